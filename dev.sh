@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# dev.sh — the two set-up commands (and their parts). On a fresh Debian 12 machine:
+#   ./dev.sh run    install dependencies, build, start Redis + two mock regions + the router on :8080
+#   ./dev.sh test   install dependencies, build, run every test (unit, integration, then again under ASan+UBSan)
+# Parts: ./dev.sh deps | build [--sanitize] | unit | integration | fuzz | format
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+
+APT_PACKAGES=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
+  libh2o-dev libuv1-dev libcurl4-openssl-dev libjansson-dev libhiredis-dev libyaml-dev libssl-dev
+  redis-server redis-tools nginx-light wrk nghttp2-client curl ca-certificates openssl nodejs npm procps)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root (or sudo) for: $*" >&2; exit 1; fi
+}
+
+deps() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  # node and npm may come from elsewhere (nodesource, nvm): only install Debian's when absent
+  if command -v node >/dev/null && command -v npm >/dev/null; then
+    missing=($(printf '%s\n' "${missing[@]}" | grep -vx -e nodejs -e npm || true))
+  fi
+  if [ ${#missing[@]} -ne 0 ]; then
+    log "installing: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+build() {
+  local dir=build type=RelWithDebInfo extra=()
+  if [ "${1:-}" = --sanitize ]; then dir=build-asan; type=Debug; extra=(-DAOR_SANITIZE=ON); fi
+  log "building in $dir"
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=$type "${extra[@]}" >/dev/null
+  cmake --build "$dir" -j"$(nproc)"
+}
+
+npm_deps() {
+  if [ ! -d tests/integration/node_modules ] || [ tests/integration/package-lock.json -nt tests/integration/node_modules ]; then
+    log "npm ci (tests/integration)"
+    (cd tests/integration && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+
+unit() {
+  local dir=${1:-build}
+  log "unit tests ($dir)"
+  ctest --test-dir "$dir" --output-on-failure
+}
+
+integration() {
+  local dir=${1:-build}
+  npm_deps
+  log "integration tests ($dir)"
+  (cd tests/integration && AOR_BUILD="$ROOT/$dir" node --test --test-concurrency=1 --test-reporter=spec ./*.test.mjs)
+}
+
+format_check() {
+  log "clang-format check"
+  local bad
+  bad=$(clang-format --dry-run --Werror router/*.[ch] auth/*.[ch] tests/unit/*.[ch] tests/mocks/*.c 2>&1 | grep -c 'error:' || true)
+  if [ "$bad" != 0 ]; then
+    clang-format --dry-run router/*.[ch] auth/*.[ch] tests/unit/*.[ch] tests/mocks/*.c 2>&1 | head -20
+    echo "clang-format: $bad places differ from .clang-format (run ./dev.sh format)" >&2
+    return 1
+  fi
+}
+
+run() {
+  deps
+  build
+  mkdir -p .run
+  log "starting redis-server on 127.0.0.1:6379"
+  redis-cli -p 6379 ping >/dev/null 2>&1 || redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --logfile "$ROOT/.run/redis.log" --pidfile "$ROOT/.run/redis.pid"
+  log "starting mock regions: eastus on :9001, swedencentral on :9002"
+  build/aoai-mock --port 9001 --name eastus >.run/mock-eastus.log 2>&1 &
+  MOCK1=$!
+  build/aoai-mock --port 9002 --name swedencentral >.run/mock-swc.log 2>&1 &
+  MOCK2=$!
+  trap 'kill $MOCK1 $MOCK2 2>/dev/null || true' EXIT
+  sleep 0.3
+  log "router on http://127.0.0.1:8080 — try:"
+  cat >&2 <<'EX'
+  curl -s http://127.0.0.1:8080/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 \
+    -H 'content-type: application/json' -d '{"messages":[{"role":"user","content":"hello"}]}'
+EX
+  build/aoai-router -c backends.yaml
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  deps) deps ;;
+  build) deps; build "$@" ;;
+  unit) unit "$@" ;;
+  integration) integration "$@" ;;
+  format) clang-format -i router/*.[ch] auth/*.[ch] tests/unit/*.[ch] tests/mocks/*.c ;;
+  run) run ;;
+  test)
+    deps
+    build
+    format_check
+    unit build
+    integration build
+    build --sanitize
+    unit build-asan
+    integration build-asan
+    log "all tests passed"
+    ;;
+  *) sed -n '2,6p' "$0"; exit 2 ;;
+esac

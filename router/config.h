@@ -1,0 +1,171 @@
+/*
+ * config — backends.yaml (SPEC §3) parsed by libyaml into an immutable,
+ * reference-counted struct aor_config. A reload builds a new one and swaps the
+ * pointer; requests in flight keep the one they started with.
+ * Owns: parsing, defaults, validation messages ("file:line: message").
+ */
+#ifndef AOR_CONFIG_H
+#define AOR_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct aor_backend_state;
+
+enum aor_provider { AOR_PROVIDER_AZURE = 0, AOR_PROVIDER_OPENAI };
+
+enum aor_cred_type {
+    AOR_CRED_NONE = 0, /* no auth: block (loopback mocks) */
+    AOR_CRED_API_KEY,
+    AOR_CRED_MANAGED_IDENTITY,
+    AOR_CRED_WORKLOAD_IDENTITY,
+    AOR_CRED_CLIENT_SECRET,
+    AOR_CRED_OIDC_FEDERATION,
+    AOR_CRED_OPENAI_WIF,
+};
+
+enum aor_client_cert { AOR_CLIENT_CERT_NONE = 0, AOR_CLIENT_CERT_OPTIONAL, AOR_CLIENT_CERT_REQUIRED };
+
+enum aor_auth_mode { AOR_AUTH_NONE = 0, AOR_AUTH_JWT, AOR_AUTH_KEY, AOR_AUTH_JWT_OR_KEY, AOR_AUTH_JWT_AND_KEY };
+
+struct aor_listen_conf {
+    char *address; /* "0.0.0.0", "127.0.0.1", "::" */
+    uint16_t port;
+    int line;
+    struct {
+        int enabled;
+        char *cert_file, *key_file, *client_ca_file;
+        enum aor_client_cert client_cert;
+    } tls;
+};
+
+/* logical deployment name -> name on this backend */
+struct aor_deployment_map {
+    char *logical;
+    char *upstream;
+};
+
+struct aor_cred_conf {
+    enum aor_cred_type type;
+    /* api_key: the key itself, read from key_env / key_file at load time; never logged */
+    char *api_key;
+    /* entra / federation / openai_wif fields, copied verbatim (NULL when absent) */
+    char *client_id, *tenant_id, *token_file, *imds_endpoint, *authority_host, *secret; /* secret from secret_env */
+    char *token_url, *client_secret, *audience, *azure_client_id, *resource;
+    char *identity_provider_id, *service_account_id, *subject_type, *subject_resource;
+};
+
+struct aor_backend_conf {
+    char *name;
+    char *url; /* without trailing '/' */
+    char *region;
+    enum aor_provider provider;
+    int priority;     /* default 1; lower is preferred */
+    unsigned weight;  /* default 1 */
+    uint64_t tpm;     /* 0 = unknown */
+    struct aor_deployment_map *deployments; /* NULL + 0 => serves any name unchanged */
+    size_t num_deployments;
+    struct aor_cred_conf cred;
+    int line;
+    /* runtime state shared by every config generation that names this backend
+     * (cooldown, circuit, headroom); set by aor_backend_attach() after load, not by config.c */
+    struct aor_backend_state *state;
+};
+
+struct aor_jwt_issuer_conf {
+    char *issuer, *openid_config, *jwks_uri, *jwks_file, *secret; /* secret from secret_env */
+    char **audiences;
+    size_t num_audiences;
+    struct {
+        char *claim;
+        char **values;
+        size_t num_values;
+    } *required_claims;
+    size_t num_required_claims;
+    char **tenant_claims; /* default: tid, azp, sub */
+    size_t num_tenant_claims;
+    unsigned clock_skew_s;         /* default 60 */
+    uint64_t max_token_lifetime_s; /* default 86400 */
+    char **algorithms;             /* NULL = every supported asymmetric alg */
+    size_t num_algorithms;
+    unsigned jwks_refetch_cooldown_s; /* default 30 */
+    int line;
+};
+
+struct aor_static_key_conf {
+    char sha256[65]; /* lower-case hex */
+    char *tenant;
+};
+
+struct aor_tenant_conf {
+    char *name;
+    int64_t tpm, rpm, tokens_per_day, tokens_per_month; /* -1 = unlimited (default) */
+    char **deployments; /* NULL = all */
+    size_t num_deployments;
+};
+
+struct aor_config {
+    int refcnt; /* atomic; see aor_config_retain/release */
+    char *path;
+    struct aor_listen_conf *listeners;
+    size_t num_listeners;
+    unsigned threads; /* resolved: 0 in the file becomes the number of cores */
+    struct {
+        char *url; /* NULL => in-process state */
+        char *prefix; /* default "aoai:" */
+        int fail_closed; /* on_failure: closed */
+    } redis;
+    struct {
+        uint64_t max_body_bytes;      /* default 16777216 */
+        uint64_t upstream_timeout_ms; /* default 120000: whole upstream transfer */
+        uint64_t connect_timeout_ms;  /* default 10000 (capped at upstream_timeout_ms) */
+        unsigned max_attempts;        /* default 3 */
+        uint64_t max_cooldown_ms;     /* default 300000: cap on a backend's retry-after */
+        uint64_t default_cooldown_ms; /* default 10000: a 429 without retry-after */
+        uint64_t drain_timeout_ms;    /* default 30000: SIGTERM waits this long for in-flight requests */
+    } limits;
+    struct {
+        unsigned failures; /* default 5 */
+        uint64_t open_ms;  /* default 30000 */
+    } circuit;
+    struct {
+        int enabled; /* separate listener */
+        char *address;
+        uint16_t port;
+    } metrics;
+    struct {
+        enum aor_auth_mode mode; /* NONE when auth: is omitted */
+        struct aor_jwt_issuer_conf *jwt;
+        size_t num_jwt;
+        char **key_headers; /* default api-key, Ocp-Apim-Subscription-Key */
+        size_t num_key_headers;
+        struct aor_static_key_conf *static_keys;
+        size_t num_static_keys;
+    } auth;
+    struct aor_tenant_conf *tenants; /* tenants: section; "default" may be among them */
+    size_t num_tenants;
+    struct aor_backend_conf *backends;
+    size_t num_backends;
+};
+
+/**
+ * Parses and validates `path`. Every problem is written to `errs` (may be NULL) as
+ * "path:line: message\n"; secrets from *_env / *_file are resolved here.
+ * Returns a config with refcnt 1, or NULL when at least one problem was found.
+ */
+struct aor_config *aor_config_load(const char *path, FILE *errs);
+
+/* same, from an in-memory document (unit tests); `name` is used in messages */
+struct aor_config *aor_config_parse(const char *name, const char *text, size_t len, FILE *errs);
+
+void aor_config_retain(struct aor_config *conf);
+/* frees the config when the last reference goes */
+void aor_config_release(struct aor_config *conf);
+
+/* backend by name, NULL if absent */
+const struct aor_backend_conf *aor_config_find_backend(const struct aor_config *conf, const char *name);
+/* the name `logical` has on `backend`, or NULL when the backend does not serve it */
+const char *aor_config_map_deployment(const struct aor_backend_conf *backend, const char *logical, size_t logical_len);
+
+#endif

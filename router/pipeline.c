@@ -1,0 +1,313 @@
+/*
+ * pipeline.c — see pipeline.h. One function per stage, called in order:
+ *
+ *   on_req ─ route ─┬─ /healthz /readyz /metrics (answered here)
+ *                   └─ data plane: read_body → authenticate → admit → candidates
+ *                      → aor_proxy_start (select backend, proxy/stream, fail over)
+ *                      → aor_pipeline_finish (account, log)
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "accesslog.h"
+#include "balancer.h"
+#include "config.h"
+#include "errors.h"
+#include "log.h"
+#include "pipeline.h"
+#include "pipeline_internal.h"
+#include "proxy.h"
+#include "request.h"
+#include "routes.h"
+#include "server.h"
+
+static struct aor_worker *worker_of(h2o_req_t *req)
+{
+    return H2O_STRUCT_FROM_MEMBER(struct aor_worker, ctx, req->conn->ctx);
+}
+
+/* ---- request id ------------------------------------------------------------------ */
+
+static int valid_request_id(const char *s, size_t len)
+{
+    size_t i;
+
+    if (len == 0 || len > AOR_REQUEST_ID_MAX)
+        return 0;
+    for (i = 0; i != len; ++i) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' ||
+              c == ':'))
+            return 0;
+    }
+    return 1;
+}
+
+/* echoes the client's x-request-id when it is sane, else makes a UUID-shaped one */
+static void assign_request_id(struct aor_worker *w, h2o_req_t *req, char *id)
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-request-id"), -1);
+    uint32_t r[4];
+    int k;
+
+    if (i >= 0 && valid_request_id(req->headers.entries[i].value.base, req->headers.entries[i].value.len)) {
+        memcpy(id, req->headers.entries[i].value.base, req->headers.entries[i].value.len);
+        id[req->headers.entries[i].value.len] = '\0';
+    } else {
+        for (k = 0; k != 4; ++k)
+            r[k] = aor_worker_random(w);
+        snprintf(id, AOR_REQUEST_ID_MAX + 1, "%08x-%04x-4%03x-%04x-%04x%08x", r[0], r[1] >> 16, r[1] & 0xfff,
+                 (r[2] >> 16 & 0x3fff) | 0x8000, r[2] & 0xffff, r[3]);
+    }
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL,
+                          h2o_strdup(&req->pool, id, strlen(id)).base, strlen(id));
+}
+
+/* ---- control endpoints ------------------------------------------------------------- */
+
+static void send_text(h2o_req_t *req, int status, const char *reason, const char *type, const char *body)
+{
+    req->res.status = status;
+    req->res.reason = reason;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, type, strlen(type));
+    h2o_send_inline(req, body, strlen(body));
+}
+
+static void serve_readyz(struct aor_worker *w, h2o_req_t *req)
+{
+    const struct aor_config *conf = w->conf;
+    int64_t now = aor_now_ms();
+    size_t i;
+
+    if (!w->shutting_down) {
+        for (i = 0; i != conf->num_backends; ++i) {
+            if (!aor_balancer_circuit_open(conf->backends[i].state, now)) {
+                send_text(req, 200, "OK", "application/json", "{\"status\":\"ready\"}\n");
+                return;
+            }
+        }
+    }
+    aor_error_send(req, AOR_ERR_NOT_READY, w->shutting_down ? "shutting down" : "every backend's circuit is open");
+}
+
+/* ---- data plane ------------------------------------------------------------------ */
+
+/* h2o disposes the request's pool: from now on `req` is gone */
+struct anchor {
+    struct aor_request *ar;
+};
+
+static void on_anchor_dispose(void *p)
+{
+    struct aor_request *ar = ((struct anchor *)p)->ar;
+
+    if (!ar->final_sent) {
+        /* the client left before the answer started (499, as nginx logs it) */
+        ar->final_status = 499;
+        ar->final_sent = 1;
+        aor_pipeline_finish(ar);
+    }
+    ar->req = NULL;
+    aor_proxy_on_dispose(ar);
+    aor_pipeline_maybe_free(ar);
+}
+
+void aor_pipeline_maybe_free(struct aor_request *ar)
+{
+    struct aor_worker *w = ar->worker;
+
+    if (ar->req != NULL || ar->xfer.active || ar->in_curl_cb)
+        return;
+    aor_proxy_free(ar);
+    if (ar->body_json != NULL)
+        json_decref(ar->body_json);
+    free(ar->body_copy);
+    aor_config_release(ar->conf);
+    free(ar);
+    aor_worker_request_done(w);
+}
+
+static int is_json_body(h2o_req_t *req)
+{
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_CONTENT_TYPE, -1);
+    size_t k;
+
+    if (i >= 0) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        return v.len >= 16 && strncasecmp(v.base, "application/json", 16) == 0;
+    }
+    /* no content type: JSON if it looks like an object */
+    for (k = 0; k != req->entity.len; ++k) {
+        char c = req->entity.base[k];
+        if (c != ' ' && c != '\t' && c != '\r' && c != '\n')
+            return c == '{';
+    }
+    return 0;
+}
+
+/* stage: read the body once — copy, parse, find the deployment. 0 or an error to send */
+static int read_body(struct aor_request *ar, h2o_req_t *req, enum aor_error *err, const char **msg)
+{
+    if (req->entity.len > ar->conf->limits.max_body_bytes) {
+        *err = AOR_ERR_BODY_TOO_LARGE;
+        *msg = "request body exceeds max_body_bytes";
+        return -1;
+    }
+    if (req->entity.len != 0) {
+        if ((ar->body_copy = malloc(req->entity.len)) == NULL) {
+            *err = AOR_ERR_BACKEND_ERROR;
+            *msg = "out of memory";
+            return -1;
+        }
+        memcpy(ar->body_copy, req->entity.base, req->entity.len);
+        ar->body = ar->body_copy;
+        ar->body_len = req->entity.len;
+    }
+    if (ar->body_len != 0 && is_json_body(req)) {
+        json_error_t jerr;
+        json_t *stream;
+        if ((ar->body_json = json_loadb(ar->body, ar->body_len, 0, &jerr)) == NULL || !json_is_object(ar->body_json)) {
+            *err = AOR_ERR_INVALID_REQUEST;
+            *msg = "request body is not a JSON object";
+            return -1;
+        }
+        stream = json_object_get(ar->body_json, "stream");
+        ar->stream = json_is_true(stream);
+    }
+    if (ar->route.kind == AOR_ROUTE_V1) {
+        json_t *model = ar->body_json != NULL ? json_object_get(ar->body_json, "model") : NULL;
+        const char *name = json_string_value(model);
+        if (name == NULL || !aor_route_valid_name(name, strlen(name))) {
+            *err = AOR_ERR_INVALID_REQUEST;
+            *msg = "the body must name a valid model";
+            return -1;
+        }
+        strcpy(ar->deployment, name);
+    } else {
+        memcpy(ar->deployment, ar->route.deployment, ar->route.deployment_len);
+        ar->deployment[ar->route.deployment_len] = '\0';
+    }
+    ar->estimate = aor_usage_estimate(ar->body_json, ar->body_len);
+    return 0;
+}
+
+/* stage: who is calling. Client authentication (SPEC §3 auth:) arrives with its own
+ * issue; without `auth:` every request belongs to tenant "default". */
+static int authenticate(struct aor_request *ar, h2o_req_t *req, enum aor_error *err, const char **msg)
+{
+    ar->tenant = "default";
+    return 0;
+}
+
+/* stage: may the tenant spend this now. Quotas in Redis arrive with their own issue. */
+static int admit(struct aor_request *ar, enum aor_error *err, const char **msg)
+{
+    return 0;
+}
+
+/* stage: the backends that serve the deployment, for the balancer to choose from */
+static int collect_candidates(struct aor_request *ar, enum aor_error *err, const char **msg)
+{
+    const struct aor_config *conf = ar->conf;
+    size_t i;
+
+    for (i = 0; i != conf->num_backends && ar->num_cand != AOR_MAX_CANDIDATES; ++i) {
+        const struct aor_backend_conf *b = conf->backends + i;
+        const char *name = aor_config_map_deployment(b, ar->deployment, strlen(ar->deployment));
+        if (name == NULL)
+            continue;
+        ar->cand[ar->num_cand].state = b->state;
+        ar->cand[ar->num_cand].priority = b->priority;
+        ar->cand[ar->num_cand].weight = b->weight;
+        ar->cand[ar->num_cand].tpm = b->tpm;
+        ar->cand_backend[ar->num_cand] = b;
+        ar->cand_name[ar->num_cand] = name;
+        ++ar->num_cand;
+    }
+    if (ar->num_cand == 0) {
+        *err = AOR_ERR_DEPLOYMENT_NOT_FOUND;
+        *msg = "no backend serves this deployment";
+        return -1;
+    }
+    return 0;
+}
+
+static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_route *route, const char *id)
+{
+    struct aor_request *ar;
+    struct anchor *anchor;
+    enum aor_error err = AOR_ERR_BACKEND_ERROR;
+    const char *msg = "out of memory";
+
+    if ((ar = calloc(1, sizeof(*ar))) == NULL) {
+        aor_error_send(req, err, msg);
+        return;
+    }
+    ar->req = req;
+    ar->worker = w;
+    ar->conf = w->conf;
+    aor_config_retain(ar->conf);
+    ar->route = *route;
+    ar->started_ms = aor_now_ms();
+    ar->started_ns = aor_mono_ns();
+    ar->backend_remaining_tokens = -1;
+    strcpy(ar->id, id);
+    for (size_t k = 0; k != req->method.len && k + 1 < sizeof(ar->method); ++k) /* a token; keep the log line JSON-safe */
+        ar->method[k] = (req->method.base[k] >= 'A' && req->method.base[k] <= 'Z') ? req->method.base[k] : '?';
+    ++w->inflight;
+    anchor = h2o_mem_alloc_shared(&req->pool, sizeof(*anchor), on_anchor_dispose);
+    anchor->ar = ar;
+
+    if (read_body(ar, req, &err, &msg) != 0 || authenticate(ar, req, &err, &msg) != 0 || admit(ar, &err, &msg) != 0 ||
+        collect_candidates(ar, &err, &msg) != 0) {
+        ar->final_status = aor_error_status(err);
+        ar->final_sent = 1;
+        aor_pipeline_finish(ar);
+        aor_error_send(req, err, msg);
+        return;
+    }
+    aor_proxy_start(ar);
+}
+
+int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    struct aor_worker *w = worker_of(req);
+    struct aor_route route;
+    char id[AOR_REQUEST_ID_MAX + 1];
+
+    assign_request_id(w, req, id);
+    aor_route_parse(req->path.base, req->path.len, &route);
+    switch (route.kind) {
+    case AOR_ROUTE_HEALTHZ:
+        send_text(req, 200, "OK", "text/plain", "ok\n");
+        break;
+    case AOR_ROUTE_READYZ:
+        serve_readyz(w, req);
+        break;
+    case AOR_ROUTE_METRICS:
+        aor_error_send(req, AOR_ERR_NOT_FOUND, "metrics are not enabled in this build");
+        break;
+    case AOR_ROUTE_NOT_FOUND:
+        aor_error_send(req, AOR_ERR_NOT_FOUND, "unknown path");
+        break;
+    case AOR_ROUTE_BAD:
+        aor_error_send(req, AOR_ERR_INVALID_REQUEST, "malformed data-plane path");
+        break;
+    case AOR_ROUTE_DEPLOYMENT:
+    case AOR_ROUTE_V1:
+        data_plane(w, req, &route, id);
+        break;
+    }
+    return 0;
+}
+
+/* ---- account and log ------------------------------------------------------------- */
+
+void aor_pipeline_add_client_headers(struct aor_request *ar)
+{
+    /* the tenant's x-ratelimit-remaining-* come with quota admission */
+}
+
+void aor_pipeline_finish(struct aor_request *ar)
+{
+    aor_accesslog_write(ar->worker->accesslog, ar);
+}

@@ -1,0 +1,95 @@
+/*
+ * request — struct aor_request, the object the pipeline stages share for one client
+ * request. Lifetime: malloc'd when a data-plane request is accepted; h2o's side ends
+ * when the request's pool is disposed (req becomes NULL); the upstream side ends when
+ * the transfer is done or cancelled. It is freed when both have ended, never inside
+ * a libcurl callback.
+ */
+#ifndef AOR_REQUEST_H
+#define AOR_REQUEST_H
+
+#include <stdint.h>
+#include <jansson.h>
+#include <h2o.h>
+#include "balancer.h"
+#include "routes.h"
+#include "upstream.h"
+#include "usage.h"
+
+#define AOR_MAX_CANDIDATES 64
+#define AOR_REQUEST_ID_MAX 64
+#define AOR_MAX_RESPONSE_HEADER_BYTES 65536
+#define AOR_STREAM_HIGH_WATER (256 * 1024) /* bytes queued for a slow client before upstream is paused */
+#define AOR_BUFFER_MAX (4 * 1024 * 1024)   /* a non-streaming reply larger than this is streamed instead */
+
+struct aor_worker;
+struct aor_config;
+struct aor_backend_conf;
+
+struct aor_buf {
+    char *base;
+    size_t len, cap;
+};
+
+enum aor_response_mode {
+    AOR_MODE_HEADERS,  /* waiting for the attempt's status and headers */
+    AOR_MODE_DISCARD,  /* 429/5xx: the body is dropped, the request fails over */
+    AOR_MODE_BUFFER,   /* a JSON reply: collected, sent whole with its length */
+    AOR_MODE_STREAM,   /* SSE (or a large reply): forwarded as it arrives */
+};
+
+struct aor_request {
+    h2o_req_t *req; /* NULL once h2o disposed the request */
+    h2o_generator_t generator;
+    struct aor_worker *worker;
+    struct aor_config *conf; /* reference held until free */
+    char id[AOR_REQUEST_ID_MAX + 1];
+    int64_t started_ms;
+    uint64_t started_ns, upstream_started_ns, first_byte_ns;
+
+    /* what was asked */
+    char method[16];
+    struct aor_route route;
+    char deployment[65]; /* logical deployment */
+    json_t *body_json;   /* NULL unless the body is JSON */
+    const char *body;    /* the client's body (copy owned here) */
+    size_t body_len;
+    char *body_copy;
+    char *attempt_body; /* body rewritten for the current backend, if any */
+    int stream;         /* the client asked for stream: true */
+    int64_t estimate;   /* tokens the request may cost */
+    const char *tenant;
+
+    /* where it may go */
+    size_t num_cand;
+    struct aor_balancer_candidate cand[AOR_MAX_CANDIDATES];
+    const struct aor_backend_conf *cand_backend[AOR_MAX_CANDIDATES];
+    const char *cand_name[AOR_MAX_CANDIDATES]; /* deployment name on that backend */
+    unsigned attempts, throttled, failed;
+    int current; /* candidate of the current attempt, -1 before the first */
+    const char *last_error;
+
+    /* the current attempt */
+    struct aor_upstream_xfer xfer;
+    struct curl_slist *upstream_headers;
+    int status;
+    enum aor_response_mode mode;
+    struct aor_buf resp_headers; /* raw header lines of the current attempt */
+    int64_t backend_remaining_tokens;
+
+    /* the response to the client */
+    int started;  /* h2o_start_response called: no failover any more */
+    int sending;  /* an h2o_send awaits proceed */
+    int paused;   /* the upstream transfer is paused (backpressure) */
+    int upstream_done;
+    int final_sent;
+    int abort_after_send; /* the upstream broke while a send was in flight */
+    int in_curl_cb; /* inside a libcurl callback: the request must not be freed */
+    struct aor_buf inflight, pending;
+    uint64_t bytes_to_client;
+    struct aor_sse_scanner sse;
+    struct aor_usage usage;
+    int final_status;
+};
+
+#endif

@@ -1,0 +1,172 @@
+/* routes.c — see routes.h */
+#include <string.h>
+#include "routes.h"
+
+#define PREFIX_DEPLOYMENTS "/openai/deployments/"
+#define PREFIX_OPENAI_V1 "/openai/v1/"
+#define PREFIX_V1 "/v1/"
+
+static int has_prefix(const char *s, size_t len, const char *prefix)
+{
+    size_t plen = strlen(prefix);
+    return len >= plen && memcmp(s, prefix, plen) == 0;
+}
+
+static int path_is(const char *s, size_t len, const char *what)
+{
+    return len == strlen(what) && memcmp(s, what, len) == 0;
+}
+
+static int name_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+}
+
+int aor_route_valid_name(const char *name, size_t len)
+{
+    size_t i;
+
+    if (len == 0 || len > 64)
+        return 0;
+    if ((len == 1 && name[0] == '.') || (len == 2 && name[0] == '.' && name[1] == '.'))
+        return 0;
+    for (i = 0; i != len; ++i)
+        if (!name_char(name[i]))
+            return 0;
+    return 1;
+}
+
+/* an operation is one or more valid names joined by single '/' */
+static int valid_op(const char *op, size_t len)
+{
+    size_t start = 0, i;
+
+    if (len == 0 || len > 256)
+        return 0;
+    for (i = 0; i <= len; ++i) {
+        if (i == len || op[i] == '/') {
+            if (!aor_route_valid_name(op + start, i - start))
+                return 0;
+            start = i + 1;
+        }
+    }
+    return 1;
+}
+
+void aor_route_parse(const char *path, size_t len, struct aor_route *out)
+{
+    const char *q = memchr(path, '?', len);
+    size_t plen = q != NULL ? (size_t)(q - path) : len;
+
+    memset(out, 0, sizeof(*out));
+    if (q != NULL) {
+        out->query = q + 1;
+        out->query_len = len - plen - 1;
+    }
+    if (path_is(path, plen, "/healthz")) {
+        out->kind = AOR_ROUTE_HEALTHZ;
+    } else if (path_is(path, plen, "/readyz")) {
+        out->kind = AOR_ROUTE_READYZ;
+    } else if (path_is(path, plen, "/metrics")) {
+        out->kind = AOR_ROUTE_METRICS;
+    } else if (has_prefix(path, plen, PREFIX_DEPLOYMENTS)) {
+        const char *name = path + strlen(PREFIX_DEPLOYMENTS), *end = path + plen, *slash;
+        slash = memchr(name, '/', end - name);
+        out->kind = AOR_ROUTE_BAD;
+        if (slash == NULL || !aor_route_valid_name(name, slash - name) || !valid_op(slash + 1, end - slash - 1))
+            return;
+        out->kind = AOR_ROUTE_DEPLOYMENT;
+        out->deployment = name;
+        out->deployment_len = slash - name;
+        out->op = slash + 1;
+        out->op_len = end - slash - 1;
+    } else if (has_prefix(path, plen, PREFIX_OPENAI_V1) || has_prefix(path, plen, PREFIX_V1)) {
+        size_t skip = has_prefix(path, plen, PREFIX_V1) ? strlen(PREFIX_V1) : strlen(PREFIX_OPENAI_V1);
+        out->kind = AOR_ROUTE_BAD;
+        if (!valid_op(path + skip, plen - skip))
+            return;
+        out->kind = AOR_ROUTE_V1;
+        out->op = path + skip;
+        out->op_len = plen - skip;
+    } else {
+        out->kind = AOR_ROUTE_NOT_FOUND;
+    }
+}
+
+int aor_route_query_param(const char *query, size_t query_len, const char *name, const char **value, size_t *value_len)
+{
+    size_t nlen = strlen(name), i = 0;
+
+    while (query != NULL && i < query_len) {
+        const char *amp = memchr(query + i, '&', query_len - i);
+        size_t end = amp != NULL ? (size_t)(amp - query) : query_len;
+        if (end - i > nlen && memcmp(query + i, name, nlen) == 0 && query[i + nlen] == '=') {
+            *value = query + i + nlen + 1;
+            *value_len = end - i - nlen - 1;
+            return 1;
+        }
+        i = end + 1;
+    }
+    return 0;
+}
+
+struct out {
+    char *buf;
+    size_t cap, len;
+    int overflow;
+};
+
+static void put(struct out *o, const char *s, size_t len)
+{
+    if (o->len + len >= o->cap) {
+        o->overflow = 1;
+        return;
+    }
+    memcpy(o->buf + o->len, s, len);
+    o->len += len;
+}
+
+#define PUTS(o, s) put((o), (s), strlen(s))
+
+static int param_is(const char *p, size_t len, const char *name)
+{
+    size_t nlen = strlen(name);
+    return (len == nlen || (len > nlen && p[nlen] == '=')) && memcmp(p, name, nlen) == 0;
+}
+
+int aor_route_upstream_path(const struct aor_route *route, enum aor_provider provider, const char *upstream_name,
+                            size_t upstream_len, char *buf, size_t cap)
+{
+    struct out o = {buf, cap, 0, 0};
+    char sep = '?';
+    size_t i = 0;
+
+    if (provider == AOR_PROVIDER_OPENAI) {
+        /* the OpenAI API: /v1/{op}, the model travels in the body */
+        PUTS(&o, "/v1/");
+    } else if (route->kind == AOR_ROUTE_DEPLOYMENT) {
+        PUTS(&o, "/openai/deployments/");
+        put(&o, upstream_name, upstream_len);
+        PUTS(&o, "/");
+    } else {
+        PUTS(&o, "/openai/v1/");
+    }
+    put(&o, route->op, route->op_len);
+
+    while (route->query != NULL && i < route->query_len) {
+        const char *p = route->query + i, *amp = memchr(p, '&', route->query_len - i);
+        size_t plen = amp != NULL ? (size_t)(amp - p) : route->query_len - i;
+        i += plen + 1;
+        if (plen == 0 || param_is(p, plen, "subscription-key"))
+            continue;
+        if (provider == AOR_PROVIDER_OPENAI && param_is(p, plen, "api-version"))
+            continue;
+        put(&o, &sep, 1);
+        put(&o, p, plen);
+        sep = '&';
+    }
+    if (o.overflow)
+        return -1;
+    buf[o.len] = '\0';
+    return (int)o.len;
+}

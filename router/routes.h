@@ -1,0 +1,53 @@
+/*
+ * routes — what a request path asks for (SPEC §4), and the upstream path a backend
+ * gets for it (SPEC §5). Pure string work on the request's bytes: no allocation
+ * except the output buffer the caller passes.
+ */
+#ifndef AOR_ROUTES_H
+#define AOR_ROUTES_H
+
+#include <stddef.h>
+#include "config.h"
+
+enum aor_route_kind {
+    AOR_ROUTE_NOT_FOUND = 0, /* unknown path: 404 */
+    AOR_ROUTE_BAD,           /* a data-plane path that is malformed: 400 invalid_request */
+    AOR_ROUTE_HEALTHZ,
+    AOR_ROUTE_READYZ,
+    AOR_ROUTE_METRICS,
+    AOR_ROUTE_DEPLOYMENT, /* /openai/deployments/{name}/{op} */
+    AOR_ROUTE_V1,         /* /openai/v1/{op} or /v1/{op}: deployment is the body's model */
+};
+
+struct aor_route {
+    enum aor_route_kind kind;
+    const char *deployment; /* DEPLOYMENT: points into the path */
+    size_t deployment_len;
+    const char *op; /* "chat/completions", "embeddings", ... */
+    size_t op_len;
+    const char *query; /* after '?', NULL when none */
+    size_t query_len;
+};
+
+/* classifies `path` (with its query). Never fails: unknown → NOT_FOUND, malformed → BAD */
+void aor_route_parse(const char *path, size_t len, struct aor_route *out);
+
+/* 1 when `name` is an acceptable deployment/model name: [A-Za-z0-9._-], 1..64 bytes, not "." or ".." */
+int aor_route_valid_name(const char *name, size_t len);
+
+/**
+ * Writes the upstream path (from the first '/', with query) for `route` on a backend
+ * of `provider`, `upstream_name` being the backend's name for the deployment.
+ * Query parameter `subscription-key` (a client credential) is dropped; `api-version`
+ * is dropped for provider openai. Returns the length written, or -1 if `cap` is too small.
+ */
+int aor_route_upstream_path(const struct aor_route *route, enum aor_provider provider, const char *upstream_name,
+                            size_t upstream_len, char *buf, size_t cap);
+
+/**
+ * Finds query parameter `name` (exact, not decoded). Returns 1 and sets *value and *value_len
+ * when present, 0 when absent.
+ */
+int aor_route_query_param(const char *query, size_t query_len, const char *name, const char **value, size_t *value_len);
+
+#endif

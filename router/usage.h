@@ -1,0 +1,40 @@
+/*
+ * usage — token counts from what the backend answered: the `usage` object of a JSON
+ * reply, or of the SSE event that carries it in a stream (stream_options.include_usage),
+ * and the estimate made from a request body before it is sent. Pure, fuzzable.
+ */
+#ifndef AOR_USAGE_H
+#define AOR_USAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct aor_usage {
+    int64_t prompt, completion, total;
+    int found;
+};
+
+/* reads `usage` from a JSON document (a reply or one SSE event). Returns 1 when found */
+int aor_usage_from_json(const char *json, size_t len, struct aor_usage *u);
+
+#define AOR_SSE_MAX_LINE 65536
+
+/* Splits a byte stream into SSE lines and keeps the last `usage` it saw.
+ * Lines longer than AOR_SSE_MAX_LINE are skipped (counted in `oversized`), never buffered whole. */
+struct aor_sse_scanner {
+    char *line; /* malloc'd on first use, AOR_SSE_MAX_LINE bytes */
+    size_t len;
+    int skipping;
+    unsigned oversized;
+    int done; /* saw "data: [DONE]" */
+    struct aor_usage usage;
+};
+
+void aor_sse_feed(struct aor_sse_scanner *s, const char *bytes, size_t len);
+void aor_sse_dispose(struct aor_sse_scanner *s);
+
+/* the tokens a request may cost: prompt characters / 4 + max_tokens (or max_completion_tokens, else 0) */
+struct json_t;
+int64_t aor_usage_estimate(struct json_t *body, size_t body_len);
+
+#endif

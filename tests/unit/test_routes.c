@@ -1,0 +1,101 @@
+/* unit tests for router/routes.c: path classification and upstream paths */
+#include <string.h>
+#include "routes.h"
+#include "test.h"
+
+static struct aor_route parse(const char *path)
+{
+    struct aor_route r;
+    aor_route_parse(path, strlen(path), &r);
+    return r;
+}
+
+static void test_classify(void)
+{
+    struct aor_route r;
+
+    CHECK_EQ_INT(parse("/healthz").kind, AOR_ROUTE_HEALTHZ);
+    CHECK_EQ_INT(parse("/healthz?x=1").kind, AOR_ROUTE_HEALTHZ);
+    CHECK_EQ_INT(parse("/readyz").kind, AOR_ROUTE_READYZ);
+    CHECK_EQ_INT(parse("/metrics").kind, AOR_ROUTE_METRICS);
+    CHECK_EQ_INT(parse("").kind, AOR_ROUTE_NOT_FOUND);
+    CHECK_EQ_INT(parse("/").kind, AOR_ROUTE_NOT_FOUND);
+    CHECK_EQ_INT(parse("/healthzz").kind, AOR_ROUTE_NOT_FOUND);
+    CHECK_EQ_INT(parse("/openai/other").kind, AOR_ROUTE_NOT_FOUND);
+
+    r = parse("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21");
+    CHECK_EQ_INT(r.kind, AOR_ROUTE_DEPLOYMENT);
+    CHECK(r.deployment_len == 6 && memcmp(r.deployment, "gpt-4o", 6) == 0);
+    CHECK(r.op_len == 16 && memcmp(r.op, "chat/completions", 16) == 0);
+    CHECK(r.query_len == 22 && memcmp(r.query, "api-version=2024-10-21", 22) == 0);
+
+    r = parse("/openai/v1/chat/completions");
+    CHECK_EQ_INT(r.kind, AOR_ROUTE_V1);
+    CHECK(r.op_len == 16 && memcmp(r.op, "chat/completions", 16) == 0);
+    CHECK(r.query == NULL);
+    r = parse("/v1/embeddings");
+    CHECK_EQ_INT(r.kind, AOR_ROUTE_V1);
+    CHECK(r.op_len == 10 && memcmp(r.op, "embeddings", 10) == 0);
+
+    /* malformed data-plane paths */
+    CHECK_EQ_INT(parse("/openai/deployments/").kind, AOR_ROUTE_BAD);
+    CHECK_EQ_INT(parse("/openai/deployments/gpt-4o").kind, AOR_ROUTE_BAD);
+    CHECK_EQ_INT(parse("/openai/deployments/gpt-4o/").kind, AOR_ROUTE_BAD);
+    CHECK_EQ_INT(parse("/openai/deployments/../chat/completions").kind, AOR_ROUTE_BAD);
+    CHECK_EQ_INT(parse("/openai/deployments/gpt-4o/../../x").kind, AOR_ROUTE_BAD);
+    CHECK_EQ_INT(parse("/openai/deployments/gpt%2f4o/chat/completions").kind, AOR_ROUTE_BAD);
+    CHECK_EQ_INT(parse("/openai/deployments/gpt-4o/chat//completions").kind, AOR_ROUTE_BAD);
+    CHECK_EQ_INT(parse("/v1/").kind, AOR_ROUTE_BAD);
+    CHECK_EQ_INT(parse("/v1/chat/completions/").kind, AOR_ROUTE_BAD);
+    CHECK(!aor_route_valid_name("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 65));
+    CHECK(aor_route_valid_name("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 64));
+}
+
+static void test_upstream_path(void)
+{
+    char buf[256];
+    struct aor_route r;
+    int n;
+
+    r = parse("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21&subscription-key=secret");
+    n = aor_route_upstream_path(&r, AOR_PROVIDER_AZURE, "gpt4o-east", 10, buf, sizeof(buf));
+    CHECK_EQ_STR(buf, "/openai/deployments/gpt4o-east/chat/completions?api-version=2024-10-21");
+    CHECK_EQ_INT(n, (int)strlen(buf));
+    r = parse("/openai/deployments/gpt-4o/chat/completions?subscription-key=secret&api-version=1");
+    aor_route_upstream_path(&r, AOR_PROVIDER_AZURE, "x", 1, buf, sizeof(buf));
+    CHECK_EQ_STR(buf, "/openai/deployments/x/chat/completions?api-version=1");
+    r = parse("/openai/deployments/gpt-4o/embeddings?subscription-key");
+    aor_route_upstream_path(&r, AOR_PROVIDER_AZURE, "x", 1, buf, sizeof(buf));
+    CHECK_EQ_STR(buf, "/openai/deployments/x/embeddings");
+    /* the key's prefix is not a key */
+    r = parse("/openai/deployments/gpt-4o/embeddings?subscription-keys=1");
+    aor_route_upstream_path(&r, AOR_PROVIDER_AZURE, "x", 1, buf, sizeof(buf));
+    CHECK_EQ_STR(buf, "/openai/deployments/x/embeddings?subscription-keys=1");
+    r = parse("/v1/chat/completions");
+    aor_route_upstream_path(&r, AOR_PROVIDER_AZURE, "x", 1, buf, sizeof(buf));
+    CHECK_EQ_STR(buf, "/openai/v1/chat/completions");
+    r = parse("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21");
+    aor_route_upstream_path(&r, AOR_PROVIDER_OPENAI, "gpt-4o", 6, buf, sizeof(buf));
+    CHECK_EQ_STR(buf, "/v1/chat/completions");
+    CHECK_EQ_INT(aor_route_upstream_path(&r, AOR_PROVIDER_AZURE, "x", 1, buf, 20), -1);
+}
+
+static void test_query_param(void)
+{
+    const char *q = "api-version=1&subscription-key=abc&x", *v;
+    size_t vlen;
+
+    CHECK(aor_route_query_param(q, strlen(q), "subscription-key", &v, &vlen) == 1 && vlen == 3 && memcmp(v, "abc", 3) == 0);
+    CHECK(aor_route_query_param(q, strlen(q), "api-version", &v, &vlen) == 1 && vlen == 1 && v[0] == '1');
+    CHECK(aor_route_query_param(q, strlen(q), "x", &v, &vlen) == 0);
+    CHECK(aor_route_query_param(q, strlen(q), "key", &v, &vlen) == 0);
+    CHECK(aor_route_query_param(NULL, 0, "key", &v, &vlen) == 0);
+}
+
+int main(void)
+{
+    test_classify();
+    test_upstream_path();
+    test_query_param();
+    return aor_test_done("test_routes");
+}

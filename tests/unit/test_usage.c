@@ -1,0 +1,99 @@
+/* unit tests for router/usage.c: usage from JSON replies and SSE streams */
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+#include "usage.h"
+#include "test.h"
+
+static void test_json(void)
+{
+    struct aor_usage u = {0};
+    const char *reply = "{\"id\":\"x\",\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":30,\"total_tokens\":42}}";
+
+    CHECK(aor_usage_from_json(reply, strlen(reply), &u) == 1);
+    CHECK_EQ_INT(u.prompt, 12);
+    CHECK_EQ_INT(u.completion, 30);
+    CHECK_EQ_INT(u.total, 42);
+    memset(&u, 0, sizeof(u));
+    CHECK(aor_usage_from_json("{\"usage\":null}", 14, &u) == 0);
+    CHECK(aor_usage_from_json("not json", 8, &u) == 0);
+    /* embeddings: no completion_tokens */
+    CHECK(aor_usage_from_json("{\"usage\":{\"prompt_tokens\":5,\"total_tokens\":5}}", 46, &u) == 1);
+    CHECK_EQ_INT(u.total, 5);
+    CHECK_EQ_INT(u.completion, 0);
+    /* total missing: the sum */
+    CHECK(aor_usage_from_json("{\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}", 51, &u) == 1);
+    CHECK_EQ_INT(u.total, 7);
+}
+
+static const char stream[] = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n"
+                             "data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\r\n\r\n"
+                             "data: {\"choices\":[],\"usage\": {\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12}}\n\n"
+                             "data: [DONE]\n\n";
+
+static void test_sse_whole_and_split(void)
+{
+    size_t split;
+
+    for (split = 0; split <= sizeof(stream) - 1; ++split) {
+        struct aor_sse_scanner s;
+        memset(&s, 0, sizeof(s));
+        aor_sse_feed(&s, stream, split);
+        aor_sse_feed(&s, stream + split, sizeof(stream) - 1 - split);
+        CHECK(s.usage.found);
+        CHECK_EQ_INT(s.usage.total, 12);
+        CHECK_EQ_INT(s.usage.prompt, 9);
+        CHECK(s.done);
+        aor_sse_dispose(&s);
+    }
+    /* byte by byte */
+    {
+        struct aor_sse_scanner s;
+        size_t i;
+        memset(&s, 0, sizeof(s));
+        for (i = 0; i != sizeof(stream) - 1; ++i)
+            aor_sse_feed(&s, stream + i, 1);
+        CHECK_EQ_INT(s.usage.completion, 3);
+        aor_sse_dispose(&s);
+    }
+}
+
+static void test_sse_oversized_line(void)
+{
+    struct aor_sse_scanner s;
+    size_t big = AOR_SSE_MAX_LINE + 1;
+    char *line = malloc(big);
+
+    memset(&s, 0, sizeof(s));
+    memset(line, 'x', big);
+    aor_sse_feed(&s, "data: ", 6);
+    aor_sse_feed(&s, line, big); /* limit + 1: skipped, not buffered */
+    {
+        const char *tail = "\ndata: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n";
+        aor_sse_feed(&s, tail, strlen(tail));
+    }
+    CHECK_EQ_INT(s.oversized, 1);
+    CHECK(s.usage.found);
+    CHECK_EQ_INT(s.usage.total, 2);
+    aor_sse_dispose(&s);
+    free(line);
+}
+
+static void test_estimate(void)
+{
+    json_t *body = json_pack("{s:i}", "max_tokens", 100);
+    CHECK_EQ_INT(aor_usage_estimate(body, 400), 200);
+    json_object_set_new(body, "max_completion_tokens", json_integer(50));
+    CHECK_EQ_INT(aor_usage_estimate(body, 400), 150);
+    CHECK_EQ_INT(aor_usage_estimate(NULL, 40), 10);
+    json_decref(body);
+}
+
+int main(void)
+{
+    test_json();
+    test_sse_whole_and_split();
+    test_sse_oversized_line();
+    test_estimate();
+    return aor_test_done("test_usage");
+}
