@@ -65,6 +65,8 @@ void aor_error_send(h2o_req_t *req, enum aor_error err, const char *message)
     len = snprintf(body, cap, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n", table[err].code, escaped);
     req->res.status = table[err].status;
     req->res.reason = table[err].reason;
+    /* with a length, HTTP/1.1 keeps the connection (h2o closes non-200 replies without one) */
+    req->res.content_length = (size_t)len;
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
     h2o_send_inline(req, body, (size_t)len);
 }

@@ -68,6 +68,7 @@ static void send_text(h2o_req_t *req, int status, const char *reason, const char
 {
     req->res.status = status;
     req->res.reason = reason;
+    req->res.content_length = strlen(body);
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, type, strlen(type));
     h2o_send_inline(req, body, strlen(body));
 }
@@ -118,8 +119,6 @@ void aor_pipeline_maybe_free(struct aor_request *ar)
     if (ar->req != NULL || ar->xfer.active || ar->in_curl_cb)
         return;
     aor_proxy_free(ar);
-    if (ar->body_json != NULL)
-        json_decref(ar->body_json);
     free(ar->body_copy);
     aor_config_release(ar->conf);
     free(ar);
@@ -163,30 +162,27 @@ static int read_body(struct aor_request *ar, h2o_req_t *req, enum aor_error *err
         ar->body_len = req->entity.len;
     }
     if (ar->body_len != 0 && is_json_body(req)) {
-        json_error_t jerr;
-        json_t *stream;
-        if ((ar->body_json = json_loadb(ar->body, ar->body_len, 0, &jerr)) == NULL || !json_is_object(ar->body_json)) {
+        if (aor_reqbody_scan(ar->body, ar->body_len, &ar->rb) != 0) {
             *err = AOR_ERR_INVALID_REQUEST;
-            *msg = "request body is not a JSON object";
+            *msg = "request body is not a well-formed JSON object (or names model or stream twice)";
             return -1;
         }
-        stream = json_object_get(ar->body_json, "stream");
-        ar->stream = json_is_true(stream);
+        ar->body_is_json = 1;
+        ar->stream = ar->rb.stream;
     }
     if (ar->route.kind == AOR_ROUTE_V1) {
-        json_t *model = ar->body_json != NULL ? json_object_get(ar->body_json, "model") : NULL;
-        const char *name = json_string_value(model);
-        if (name == NULL || !aor_route_valid_name(name, strlen(name))) {
+        if (ar->rb.model == NULL || !aor_route_valid_name(ar->rb.model, ar->rb.model_len)) {
             *err = AOR_ERR_INVALID_REQUEST;
             *msg = "the body must name a valid model";
             return -1;
         }
-        strcpy(ar->deployment, name);
+        memcpy(ar->deployment, ar->rb.model, ar->rb.model_len);
+        ar->deployment[ar->rb.model_len] = '\0';
     } else {
         memcpy(ar->deployment, ar->route.deployment, ar->route.deployment_len);
         ar->deployment[ar->route.deployment_len] = '\0';
     }
-    ar->estimate = aor_usage_estimate(ar->body_json, ar->body_len);
+    ar->estimate = aor_reqbody_estimate(&ar->rb, ar->body_len);
     return 0;
 }
 

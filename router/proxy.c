@@ -83,7 +83,7 @@ static int find_resp_header(struct aor_request *ar, const char *name, const char
 static int hop_by_hop_or_private(const char *name, size_t len)
 {
     static const char *const drop[] = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade",
-                                       "proxy-connection", "te", "trailer", "x-ratelimit-remaining-tokens",
+                                       "proxy-connection", "te", "trailer", "date", "server", "x-ratelimit-remaining-tokens",
                                        "x-ratelimit-remaining-requests", NULL};
     size_t i;
 
@@ -185,13 +185,24 @@ static void on_proceed(h2o_generator_t *gen, h2o_req_t *req)
     }
 }
 
+static void end_attempt(struct aor_request *ar);
+
+/* stops the running transfer, unless we are inside one of its callbacks: then the
+ * write callback sees req == NULL, aborts, and the done callback cleans up */
+static void cancel_upstream(struct aor_request *ar)
+{
+    if (!ar->xfer.active || ar->in_curl_cb)
+        return;
+    aor_upstream_cancel(ar->worker->upstream, &ar->xfer);
+    end_attempt(ar);
+}
+
 static void on_stop(h2o_generator_t *gen, h2o_req_t *req)
 {
     struct aor_request *ar = H2O_STRUCT_FROM_MEMBER(struct aor_request, generator, gen);
 
     /* the client went away mid-response; the dispose callback that follows frees */
-    if (ar->xfer.active && !ar->in_curl_cb)
-        aor_upstream_cancel(ar->worker->upstream, &ar->xfer);
+    cancel_upstream(ar);
 }
 
 static int is_failover_status(int status)
@@ -492,18 +503,21 @@ fail:
 static int attempt_body(struct aor_request *ar, const struct aor_backend_conf *b, const char *name, const char **body,
                         size_t *len)
 {
+    size_t name_len = strlen(name), cap = ar->body_len + name_len + 16;
+    int n;
+
     free(ar->attempt_body);
     ar->attempt_body = NULL;
-    if (ar->body_json == NULL || (ar->route.kind != AOR_ROUTE_V1 && b->provider != AOR_PROVIDER_OPENAI)) {
+    if (!ar->body_is_json || (ar->route.kind != AOR_ROUTE_V1 && b->provider != AOR_PROVIDER_OPENAI)) {
         *body = ar->body;
         *len = ar->body_len;
         return 0;
     }
-    if (json_object_set_new(ar->body_json, "model", json_string(name)) != 0 ||
-        (ar->attempt_body = json_dumps(ar->body_json, JSON_COMPACT)) == NULL)
+    if ((ar->attempt_body = malloc(cap)) == NULL ||
+        (n = aor_reqbody_with_model(ar->body, ar->body_len, &ar->rb, name, name_len, ar->attempt_body, cap)) < 0)
         return -1;
     *body = ar->attempt_body;
-    *len = strlen(ar->attempt_body);
+    *len = (size_t)n;
     return 0;
 }
 
@@ -603,10 +617,7 @@ void aor_proxy_start(struct aor_request *ar)
 
 void aor_proxy_on_dispose(struct aor_request *ar)
 {
-    if (ar->xfer.active && !ar->in_curl_cb) {
-        aor_upstream_cancel(ar->worker->upstream, &ar->xfer);
-        end_attempt(ar);
-    }
+    cancel_upstream(ar);
 }
 
 void aor_proxy_free(struct aor_request *ar)
@@ -616,5 +627,5 @@ void aor_proxy_free(struct aor_request *ar)
     buf_free(&ar->resp_headers);
     aor_sse_dispose(&ar->sse);
     free(ar->attempt_body);
-    curl_slist_free_all(ar->upstream_headers);
+    end_attempt(ar);
 }

@@ -9,9 +9,9 @@
 #define AOR_REQUEST_H
 
 #include <stdint.h>
-#include <jansson.h>
 #include <h2o.h>
 #include "balancer.h"
+#include "reqbody.h"
 #include "routes.h"
 #include "upstream.h"
 #include "usage.h"
@@ -51,7 +51,8 @@ struct aor_request {
     char method[16];
     struct aor_route route;
     char deployment[65]; /* logical deployment */
-    json_t *body_json;   /* NULL unless the body is JSON */
+    struct aor_reqbody rb; /* fields read from a JSON body */
+    int body_is_json;
     const char *body;    /* the client's body (copy owned here) */
     size_t body_len;
     char *body_copy;

@@ -1,33 +1,51 @@
 /* usage.c — see usage.h */
 #include <stdlib.h>
 #include <string.h>
-#include <jansson.h>
+#include "jsonscan.h"
 #include "usage.h"
 
-static int64_t int_member(json_t *obj, const char *name)
+#define KEY_IS(k, n, lit) ((n) == sizeof(lit) - 1 && memcmp((k), (lit), sizeof(lit) - 1) == 0)
+
+static int on_usage_member(const char *key, size_t key_len, const char *value, size_t value_len, void *data)
 {
-    json_t *v = json_object_get(obj, name);
-    return json_is_integer(v) && json_integer_value(v) >= 0 ? (int64_t)json_integer_value(v) : 0;
+    struct aor_usage *u = data;
+    int64_t v;
+
+    if (!aor_json_int(value, value_len, &v) || v < 0)
+        return 0;
+    if (KEY_IS(key, key_len, "prompt_tokens"))
+        u->prompt = v;
+    else if (KEY_IS(key, key_len, "completion_tokens"))
+        u->completion = v;
+    else if (KEY_IS(key, key_len, "total_tokens"))
+        u->total = v;
+    return 0;
+}
+
+static int on_top_member(const char *key, size_t key_len, const char *value, size_t value_len, void *data)
+{
+    struct aor_usage *u = data, found = {0, 0, 0, 0};
+
+    if (!KEY_IS(key, key_len, "usage") || value[0] != '{')
+        return 0;
+    if (aor_json_scan_object(value, value_len, on_usage_member, &found) != 0)
+        return 0;
+    if (found.total == 0)
+        found.total = found.prompt + found.completion;
+    found.found = 1;
+    *u = found;
+    return 0;
 }
 
 int aor_usage_from_json(const char *json, size_t len, struct aor_usage *u)
 {
-    json_t *doc, *usage;
-    int found = 0;
+    struct aor_usage found = {0, 0, 0, 0};
 
-    if ((doc = json_loadb(json, len, JSON_REJECT_DUPLICATES, NULL)) == NULL)
+    /* a reply that does not parse whole has no usage we can trust */
+    if (aor_json_scan_object(json, len, on_top_member, &found) != 0 || !found.found)
         return 0;
-    usage = json_object_get(doc, "usage");
-    if (json_is_object(usage)) {
-        u->prompt = int_member(usage, "prompt_tokens");
-        u->completion = int_member(usage, "completion_tokens");
-        u->total = int_member(usage, "total_tokens");
-        if (u->total == 0)
-            u->total = u->prompt + u->completion;
-        u->found = found = 1;
-    }
-    json_decref(doc);
-    return found;
+    *u = found;
+    return 1;
 }
 
 /* cheap test before parsing: does the event carry a usage object (not null)? */
@@ -108,14 +126,3 @@ void aor_sse_dispose(struct aor_sse_scanner *s)
     s->line = NULL;
 }
 
-int64_t aor_usage_estimate(struct json_t *body, size_t body_len)
-{
-    int64_t est = (int64_t)body_len / 4, max = 0;
-
-    if (body != NULL) {
-        max = int_member(body, "max_completion_tokens");
-        if (max == 0)
-            max = int_member(body, "max_tokens");
-    }
-    return est + max;
-}

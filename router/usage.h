@@ -1,7 +1,7 @@
 /*
  * usage — token counts from what the backend answered: the `usage` object of a JSON
- * reply, or of the SSE event that carries it in a stream (stream_options.include_usage),
- * and the estimate made from a request body before it is sent. Pure, fuzzable.
+ * reply, or of the SSE event that carries it in a stream (stream_options.include_usage).
+ * Pure, fuzzable.
  */
 #ifndef AOR_USAGE_H
 #define AOR_USAGE_H
@@ -32,9 +32,5 @@ struct aor_sse_scanner {
 
 void aor_sse_feed(struct aor_sse_scanner *s, const char *bytes, size_t len);
 void aor_sse_dispose(struct aor_sse_scanner *s);
-
-/* the tokens a request may cost: prompt characters / 4 + max_tokens (or max_completion_tokens, else 0) */
-struct json_t;
-int64_t aor_usage_estimate(struct json_t *body, size_t body_len);
 
 #endif

@@ -1,7 +1,6 @@
 /* unit tests for router/usage.c: usage from JSON replies and SSE streams */
 #include <stdlib.h>
 #include <string.h>
-#include <jansson.h>
 #include "usage.h"
 #include "test.h"
 
@@ -79,21 +78,10 @@ static void test_sse_oversized_line(void)
     free(line);
 }
 
-static void test_estimate(void)
-{
-    json_t *body = json_pack("{s:i}", "max_tokens", 100);
-    CHECK_EQ_INT(aor_usage_estimate(body, 400), 200);
-    json_object_set_new(body, "max_completion_tokens", json_integer(50));
-    CHECK_EQ_INT(aor_usage_estimate(body, 400), 150);
-    CHECK_EQ_INT(aor_usage_estimate(NULL, 40), 10);
-    json_decref(body);
-}
-
 int main(void)
 {
     test_json();
     test_sse_whole_and_split();
     test_sse_oversized_line();
-    test_estimate();
     return aor_test_done("test_usage");
 }
