@@ -73,6 +73,18 @@ format_check() {
   fi
 }
 
+fuzz() {
+  # short bounded runs of every libFuzzer driver over its seed corpus (longer: FUZZ_SECONDS=600)
+  local secs=${FUZZ_SECONDS:-20}
+  log "fuzzing (${secs}s per driver)"
+  CC=clang cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DAOR_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+  cmake --build build-fuzz -j"$(nproc)" --target fuzz_json
+  local work
+  work=$(mktemp -d)
+  build-fuzz/fuzz_json -max_total_time="$secs" -max_len=8192 "$work" tests/fuzz/corpus/json 2>&1 | tail -2
+  rm -rf "$work"
+}
+
 run() {
   deps
   build
@@ -102,6 +114,7 @@ case "$cmd" in
   build) deps; build "$@" ;;
   unit) unit "$@" ;;
   integration) integration "$@" ;;
+  fuzz) fuzz ;;
   format) clang-format -i router/*.[ch] auth/*.[ch] tests/unit/*.[ch] tests/mocks/*.c ;;
   run) run ;;
   test)
@@ -113,6 +126,7 @@ case "$cmd" in
     build --sanitize
     unit build-asan
     integration build-asan
+    fuzz
     log "all tests passed"
     ;;
   *) sed -n '2,6p' "$0"; exit 2 ;;

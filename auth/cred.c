@@ -12,7 +12,8 @@ static int append(struct curl_slist **headers, const char *prefix, const char *s
 
     if (line == NULL)
         return -1;
-    snprintf(line, len, "%s%s", prefix, secret);
+    memcpy(line, prefix, strlen(prefix));
+    memcpy(line + strlen(prefix), secret, strlen(secret) + 1);
     l = curl_slist_append(*headers, line);
     /* the line held a secret: do not leave it in freed or stack memory */
     memset(line, 0, len);

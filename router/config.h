@@ -54,16 +54,32 @@ struct aor_cred_conf {
     char *client_id, *tenant_id, *token_file, *imds_endpoint, *authority_host, *secret; /* secret from secret_env */
     char *token_url, *client_secret, *audience, *azure_client_id, *resource;
     char *identity_provider_id, *service_account_id, *subject_type, *subject_resource;
+    /*
+     * What aor_config_parse() fills in per type (defaults applied, secrets resolved):
+     *   api_key           api_key (key_env, or key_file with trailing whitespace trimmed; visible ASCII only)
+     *   managed_identity  client_id (NULL = system-assigned), imds_endpoint (default
+     *                     http://169.254.169.254/metadata/identity/oauth2/token), resource
+     *   workload_identity tenant_id, client_id, token_file (defaults $AZURE_TENANT_ID, $AZURE_CLIENT_ID,
+     *                     $AZURE_FEDERATED_TOKEN_FILE; the file is readable at load), authority_host, resource
+     *   client_secret     tenant_id, client_id, secret (secret_env or secret_file), authority_host, resource
+     *   oidc_federation   token_url, client_id, client_secret (client_secret_env or client_secret_file), tenant_id,
+     *                     azure_client_id, audience (default api://AzureADTokenExchange), authority_host, resource
+     *   openai_wif        identity_provider_id, service_account_id, subject_type ("managed_identity" or
+     *                     "workload_identity"), subject_resource, token_url (NULL = the credential's default), plus the
+     *                     managed_identity or workload_identity fields above (not resource / authority_host for MI)
+     * authority_host: default $AZURE_AUTHORITY_HOST or https://login.microsoftonline.com/; always ends with one '/'.
+     * resource: the Entra resource the token is for, default https://cognitiveservices.azure.com (scope: + "/.default").
+     */
 };
 
 struct aor_backend_conf {
     char *name;
-    char *url; /* without trailing '/' */
+    char *url; /* without trailing '/'; provider openai defaults to https://api.openai.com */
     char *region;
     enum aor_provider provider;
-    int priority;     /* default 1; lower is preferred */
-    unsigned weight;  /* default 1 */
-    uint64_t tpm;     /* 0 = unknown */
+    int priority;                           /* default 1; lower is preferred; 0..INT_MAX */
+    unsigned weight;                        /* default 1; 1..1000 */
+    uint64_t tpm;                           /* 0 = unknown; at most 10^12 */
     struct aor_deployment_map *deployments; /* NULL + 0 => serves any name unchanged */
     size_t num_deployments;
     struct aor_cred_conf cred;
@@ -74,20 +90,20 @@ struct aor_backend_conf {
 };
 
 struct aor_jwt_issuer_conf {
-    char *issuer, *openid_config, *jwks_uri, *jwks_file, *secret; /* secret from secret_env */
+    char *issuer, *openid_config, *jwks_uri, *jwks_file, *secret; /* secret from secret_env (or secret_file), >= 32 bytes */
     char **audiences;
     size_t num_audiences;
     struct {
         char *claim;
         char **values;
         size_t num_values;
-    } *required_claims;
+    } * required_claims;
     size_t num_required_claims;
     char **tenant_claims; /* default: tid, azp, sub */
     size_t num_tenant_claims;
     unsigned clock_skew_s;         /* default 60 */
     uint64_t max_token_lifetime_s; /* default 86400 */
-    char **algorithms;             /* NULL = every supported asymmetric alg */
+    char **algorithms;             /* NULL = every supported asymmetric alg; issuers with a secret default to HS256, HS384, HS512 */
     size_t num_algorithms;
     unsigned jwks_refetch_cooldown_s; /* default 30 */
     int line;
@@ -101,7 +117,7 @@ struct aor_static_key_conf {
 struct aor_tenant_conf {
     char *name;
     int64_t tpm, rpm, tokens_per_day, tokens_per_month; /* -1 = unlimited (default) */
-    char **deployments; /* NULL = all */
+    char **deployments;                                 /* NULL = all; never an empty list */
     size_t num_deployments;
 };
 
@@ -112,17 +128,19 @@ struct aor_config {
     size_t num_listeners;
     unsigned threads; /* resolved: 0 in the file becomes the number of cores */
     struct {
-        char *url; /* NULL => in-process state */
-        char *prefix; /* default "aoai:" */
+        char *url;       /* NULL => in-process state */
+        char *prefix;    /* default "aoai:" (also without a redis section) */
         int fail_closed; /* on_failure: closed */
+        char *password;  /* AUTH password from password_env / password_file; NULL = none. Never inline in url */
     } redis;
     struct {
+        /* every field is >= 1; the *_ms fields are at most 86400000, max_body_bytes at most 1 GiB */
         uint64_t max_body_bytes;      /* default 16777216 */
         uint64_t upstream_timeout_ms; /* default 120000: whole upstream transfer */
         uint64_t connect_timeout_ms;  /* default 10000 (capped at upstream_timeout_ms) */
         unsigned max_attempts;        /* default 3 */
         uint64_t max_cooldown_ms;     /* default 300000: cap on a backend's retry-after */
-        uint64_t default_cooldown_ms; /* default 10000: a 429 without retry-after */
+        uint64_t default_cooldown_ms; /* default 10000: a 429 without retry-after (capped at max_cooldown_ms) */
         uint64_t drain_timeout_ms;    /* default 30000: SIGTERM waits this long for in-flight requests */
     } limits;
     struct {
@@ -138,7 +156,7 @@ struct aor_config {
         enum aor_auth_mode mode; /* NONE when auth: is omitted */
         struct aor_jwt_issuer_conf *jwt;
         size_t num_jwt;
-        char **key_headers; /* default api-key, Ocp-Apim-Subscription-Key */
+        char **key_headers; /* default api-key, Ocp-Apim-Subscription-Key (also when auth: is omitted) */
         size_t num_key_headers;
         struct aor_static_key_conf *static_keys;
         size_t num_static_keys;
@@ -150,8 +168,11 @@ struct aor_config {
 };
 
 /**
- * Parses and validates `path`. Every problem is written to `errs` (may be NULL) as
- * "path:line: message\n"; secrets from *_env / *_file are resolved here.
+ * Parses and validates `path` (a regular file of at most 1 MiB). Every problem is written to
+ * `errs` (may be NULL) as "path:line: key.path: message\n" — all of them, not just the first;
+ * problems with the file itself are reported at line 1. Secrets from *_env / *_file are resolved
+ * here (getenv: call it from one thread at a time) and never appear in a message. Readable-file
+ * checks (tls, jwks_file, token_file) run relative to the current directory.
  * Returns a config with refcnt 1, or NULL when at least one problem was found.
  */
 struct aor_config *aor_config_load(const char *path, FILE *errs);
@@ -159,13 +180,32 @@ struct aor_config *aor_config_load(const char *path, FILE *errs);
 /* same, from an in-memory document (unit tests); `name` is used in messages */
 struct aor_config *aor_config_parse(const char *name, const char *text, size_t len, FILE *errs);
 
+/* takes one more reference (atomic; any thread) */
 void aor_config_retain(struct aor_config *conf);
-/* frees the config when the last reference goes */
+/* drops one reference (atomic; any thread); frees the config, zeroing its secrets, when the last one goes. NULL is a no-op */
 void aor_config_release(struct aor_config *conf);
 
 /* backend by name, NULL if absent */
 const struct aor_backend_conf *aor_config_find_backend(const struct aor_config *conf, const char *name);
-/* the name `logical` has on `backend`, or NULL when the backend does not serve it */
+
+/* sentinel returned by aor_config_map_deployment(); an empty string, compare the pointer */
+extern const char aor_config_deployment_unchanged[];
+
+/**
+ * The name the logical deployment `logical` (`logical_len` bytes, need not be NUL-terminated;
+ * matched byte for byte, case-sensitively) has on `backend`:
+ *  - NULL: the backend has a deployments map without that name, so it does not serve it
+ *    (also for a NULL backend, a NULL `logical` or `logical_len` 0);
+ *  - aor_config_deployment_unchanged: the backend has no deployments map and serves every
+ *    name as is — use `logical` / `logical_len` themselves;
+ *  - otherwise the NUL-terminated upstream name, owned by the config (valid while the caller
+ *    holds its reference).
+ * Typical use:
+ *     const char *up = aor_config_map_deployment(b, name, len);
+ *     if (up == NULL) continue;
+ *     size_t up_len = up == aor_config_deployment_unchanged ? (up = name, len) : strlen(up);
+ * Pure lookup: no allocation, safe from any thread.
+ */
 const char *aor_config_map_deployment(const struct aor_backend_conf *backend, const char *logical, size_t logical_len);
 
 #endif

@@ -211,6 +211,8 @@ static int collect_candidates(struct aor_request *ar, enum aor_error *err, const
         const char *name = aor_config_map_deployment(b, ar->deployment, strlen(ar->deployment));
         if (name == NULL)
             continue;
+        if (name == aor_config_deployment_unchanged)
+            name = ar->deployment;
         ar->cand[ar->num_cand].state = b->state;
         ar->cand[ar->num_cand].priority = b->priority;
         ar->cand[ar->num_cand].weight = b->weight;
