@@ -11,6 +11,11 @@ APT_PACKAGES=(build-essential cmake pkg-config clang clang-format libclang-rt-14
   libh2o-dev libuv1-dev libcurl4-openssl-dev libjansson-dev libhiredis-dev libyaml-dev libssl-dev
   redis-server redis-tools nginx-light wrk nghttp2-client curl ca-certificates openssl nodejs npm procps)
 
+# sanitizer runs: fail on the first report, keep going on nothing else
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$ROOT/tests/lsan.supp:print_suppressions=0}
+
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 as_root() {
@@ -78,10 +83,13 @@ fuzz() {
   local secs=${FUZZ_SECONDS:-20}
   log "fuzzing (${secs}s per driver)"
   CC=clang cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DAOR_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
-  cmake --build build-fuzz -j"$(nproc)" --target fuzz_json
+  cmake --build build-fuzz -j"$(nproc)" --target fuzz_json fuzz_jwt
   local work
+  # the scratch directory first: libFuzzer writes new inputs into its first corpus directory
   work=$(mktemp -d)
-  build-fuzz/fuzz_json -max_total_time="$secs" -max_len=8192 "$work" tests/fuzz/corpus/json 2>&1 | tail -2
+  build-fuzz/fuzz_json -max_total_time="$secs" -max_len=8192 "$work" tests/fuzz/corpus/json 2>&1 | tail -1
+  rm -rf "$work"; work=$(mktemp -d)
+  build-fuzz/fuzz_jwt -max_total_time="$secs" -max_len=12000 "$work" tests/fuzz/corpus/jwt 2>&1 | tail -1
   rm -rf "$work"
 }
 

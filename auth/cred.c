@@ -33,8 +33,8 @@ const char *aor_cred_apply(const struct aor_backend_conf *backend, struct curl_s
     case AOR_CRED_API_KEY:
         if (backend->cred.api_key == NULL)
             return AOR_CRED_ERR_UNAVAILABLE;
-        if (append(headers, backend->provider == AOR_PROVIDER_OPENAI ? "Authorization: Bearer " : "api-key: ",
-                   backend->cred.api_key) != 0)
+        if (append(headers,
+                   backend->provider == AOR_PROVIDER_OPENAI ? "Authorization: Bearer " : "api-key: ", backend->cred.api_key) != 0)
             return AOR_CRED_ERR_UNAVAILABLE;
         return NULL;
     default:

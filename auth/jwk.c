@@ -28,9 +28,9 @@ static const struct {
     int hash;
     int pss;
 } algs_tab[AOR_JWK_ALG_COUNT] = {
-    [AOR_JWK_RS256] = {"RS256", HASH_256, 0}, [AOR_JWK_RS384] = {"RS384", HASH_384, 0}, [AOR_JWK_RS512] = {"RS512", HASH_512, 0},
-    [AOR_JWK_PS256] = {"PS256", HASH_256, 1}, [AOR_JWK_PS384] = {"PS384", HASH_384, 1}, [AOR_JWK_PS512] = {"PS512", HASH_512, 1},
-    [AOR_JWK_ES256] = {"ES256", HASH_256, 0}, [AOR_JWK_ES384] = {"ES384", HASH_384, 0}, [AOR_JWK_ES512] = {"ES512", HASH_512, 0},
+    [AOR_JWK_RS256] = {"RS256", HASH_256, 0},  [AOR_JWK_RS384] = {"RS384", HASH_384, 0}, [AOR_JWK_RS512] = {"RS512", HASH_512, 0},
+    [AOR_JWK_PS256] = {"PS256", HASH_256, 1},  [AOR_JWK_PS384] = {"PS384", HASH_384, 1}, [AOR_JWK_PS512] = {"PS512", HASH_512, 1},
+    [AOR_JWK_ES256] = {"ES256", HASH_256, 0},  [AOR_JWK_ES384] = {"ES384", HASH_384, 0}, [AOR_JWK_ES512] = {"ES512", HASH_512, 0},
     [AOR_JWK_EDDSA] = {"EdDSA", HASH_NONE, 0}, [AOR_JWK_HS256] = {"HS256", HASH_256, 0}, [AOR_JWK_HS384] = {"HS384", HASH_384, 0},
     [AOR_JWK_HS512] = {"HS512", HASH_512, 0},
 };
@@ -68,10 +68,10 @@ struct aor_jwk {
     EVP_PKEY *pkey;        /* RSA, EC, OKP */
     unsigned char *secret; /* oct */
     size_t secret_len;
-    size_t sig_len;                  /* exact signature size (RSA, EC, OKP) */
-    size_t coord_len;                /* EC */
-    unsigned char order[MAX_COORD];  /* EC group order, big-endian, coord_len bytes */
-    int dropped;                     /* parse time only: duplicate kid */
+    size_t sig_len;                 /* exact signature size (RSA, EC, OKP) */
+    size_t coord_len;               /* EC */
+    unsigned char order[MAX_COORD]; /* EC group order, big-endian, coord_len bytes */
+    int dropped;                    /* parse time only: duplicate kid */
 };
 
 /* reference-counted; freed by the last aor_jwks_release on whichever thread */
@@ -167,6 +167,8 @@ const char *aor_jwk_alg_name(enum aor_jwk_alg alg)
 int aor_jwk_alg_from_name(const char *name, size_t len)
 {
     int i;
+    if (name == NULL)
+        return -1;
     for (i = 0; i != AOR_JWK_ALG_COUNT; ++i)
         if (strlen(algs_tab[i].name) == len && memcmp(algs_tab[i].name, name, len) == 0)
             return i;
@@ -177,6 +179,8 @@ int aor_jwk_alg_from_name(const char *name, size_t len)
 static int member_str(json_t *obj, const char *name, const char **s, size_t *len)
 {
     json_t *v = json_object_get(obj, name);
+    *s = NULL;
+    *len = 0;
     if (v == NULL)
         return 0;
     if (!json_is_string(v))
@@ -211,8 +215,9 @@ static int str_is(const char *s, size_t len, const char *lit)
  */
 static int rsa_weak_modulus(const BIGNUM *n)
 {
-    static const unsigned char primes[] = {3,  5,  7,  11, 13, 17, 19, 23, 29,  31,  37,  41,  43,  47,  53,  59,  61,  67,  71,
-                                           73, 79, 83, 89, 97, 101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167};
+    static const unsigned char primes[] = {3,   5,   7,   11,  13,  17,  19,  23,  29,  31,  37,  41,  43,
+                                           47,  53,  59,  61,  67,  71,  73,  79,  83,  89,  97,  101, 103,
+                                           107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167};
     size_t i;
     int all_in_subgroup = 1;
 
@@ -429,10 +434,10 @@ static enum verdict parse_oct(json_t *o, struct aor_jwk *k)
 
 static enum verdict parse_key(json_t *o, unsigned flags, struct aor_jwk *k)
 {
-    const char *kty, *use, *alg_s, *kid;
-    size_t kty_len, use_len, alg_len, kid_len;
+    const char *kty, *use, *alg_s, *kid = NULL;
+    size_t kty_len, use_len, alg_len, kid_len = 0;
     json_t *ops;
-    int alg = -1, r;
+    int alg = -1, r, has_kid;
     enum verdict v;
 
     if (!json_is_object(o) || member_str(o, "kty", &kty, &kty_len) != 1)
@@ -462,7 +467,7 @@ static enum verdict parse_key(json_t *o, unsigned flags, struct aor_jwk *k)
     /* an alg we do not know (RSA-OAEP, A256GCM, a typo like ES521) pins the key to nothing we verify */
     if (r == 1 && (alg = aor_jwk_alg_from_name(alg_s, alg_len)) < 0)
         return V_UNSUPPORTED;
-    if ((r = member_str(o, "kid", &kid, &kid_len)) < 0 || (r == 1 && (kid_len == 0 || kid_len > AOR_JWK_MAX_KID)))
+    if ((has_kid = member_str(o, "kid", &kid, &kid_len)) < 0 || (has_kid && (kid_len == 0 || kid_len > AOR_JWK_MAX_KID)))
         return V_INVALID;
 
     if (str_is(kty, kty_len, "RSA"))
@@ -483,7 +488,7 @@ static enum verdict parse_key(json_t *o, unsigned flags, struct aor_jwk *k)
             return V_INVALID;
         k->algs = AOR_JWK_ALG_BIT(alg);
     }
-    if (r == 1) {
+    if (has_kid) {
         if ((k->kid = malloc(kid_len + 1)) == NULL)
             return V_NOMEM;
         memcpy(k->kid, kid, kid_len);
@@ -527,8 +532,8 @@ int aor_jwks_parse(const char *json, size_t len, unsigned flags, struct aor_jwks
 {
     struct aor_jwks_stats st = {0};
     struct aor_jwks *set = NULL;
-    json_t *root = NULL, *keys, *entry;
-    size_t i, j, n, kept;
+    json_t *root = NULL, *keys, *entry, *sig_entries[AOR_JWKS_MAX_KEYS];
+    size_t i, j, n, kept, n_sig = 0;
     int rc, has_oct = 0, has_asym = 0;
 
     if (out == NULL || (json == NULL && len != 0)) {
@@ -558,7 +563,10 @@ int aor_jwks_parse(const char *json, size_t len, unsigned flags, struct aor_jwks
     json_array_foreach(keys, i, entry)
     {
         struct aor_jwk *k = &set->keys[set->n];
-        switch (parse_key(entry, flags, k)) {
+        enum verdict v = parse_key(entry, flags, k);
+        if (v != V_NOT_SIG)
+            sig_entries[n_sig++] = entry;
+        switch (v) {
         case V_OK:
             k->set = set;
             ++set->n;
@@ -582,12 +590,23 @@ int aor_jwks_parse(const char *json, size_t len, unsigned flags, struct aor_jwks
         }
         key_clear(k);
     }
-    /* a kid names one key; two keys under one kid is ambiguous, so neither is trusted */
-    for (i = 0; i != set->n; ++i)
-        for (j = i + 1; j != set->n; ++j)
-            if (set->keys[i].kid != NULL && set->keys[j].kid != NULL && set->keys[i].kid_len == set->keys[j].kid_len &&
-                memcmp(set->keys[i].kid, set->keys[j].kid, set->keys[i].kid_len) == 0)
-                set->keys[i].dropped = set->keys[j].dropped = 1;
+    /*
+     * A kid names one key. Two signing entries under one kid are ambiguous, even when we
+     * can use only one of them (the token may be meant for the other), so that kid is not
+     * trusted at all. Entries for encryption do not count: sharing a kid with one is fine.
+     */
+    for (i = 0; i != set->n; ++i) {
+        size_t same = 0;
+        if (set->keys[i].kid == NULL)
+            continue;
+        for (j = 0; j != n_sig; ++j) {
+            json_t *kid = json_object_get(sig_entries[j], "kid");
+            if (json_is_string(kid) && json_string_length(kid) == set->keys[i].kid_len &&
+                memcmp(json_string_value(kid), set->keys[i].kid, set->keys[i].kid_len) == 0)
+                ++same;
+        }
+        set->keys[i].dropped = same > 1;
+    }
     for (i = kept = 0; i != set->n; ++i) {
         if (set->keys[i].dropped) {
             ++st.duplicate_kid;

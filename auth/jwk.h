@@ -74,7 +74,7 @@ struct aor_jwks_stats {
     unsigned not_for_signing; /* "use" other than "sig", or "key_ops" without "verify" */
     unsigned private_parts;   /* refused: the entry publishes a private key (d, p, q, ...): it is compromised */
     unsigned invalid;         /* bad parameters: encoding, size, point not on the curve, weak RSA (e, ROCA) */
-    unsigned duplicate_kid;   /* dropped: a kid shared by two usable entries is ambiguous, all of them go */
+    unsigned duplicate_kid;   /* dropped: a kid shared by two signing entries (usable or not) is ambiguous */
 };
 
 /* one usable key, for logs and the admin CLI; strings live as long as the set */

@@ -39,11 +39,13 @@ error_log $TMP/nginx-error.log;
 events { worker_connections 4096; }
 http {
   access_log $TMP/nginx-access.log;
-  upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 128; }
+  upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 128; keepalive_requests 10000000; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
     listen 127.0.0.1:$NGINX_H2_PORT http2;
     client_body_buffer_size 64k;
+    keepalive_requests 10000000;
+    http2_max_requests 10000000;
     location / {
       proxy_pass http://mock;
       proxy_http_version 1.1;

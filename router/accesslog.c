@@ -89,11 +89,11 @@ void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar
                  "\"deployment\":\"%s\",\"backend\":\"%s\",\"attempts\":%u,\"status\":%d,\"stream\":%s,"
                  "\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld,"
                  "\"duration_ms\":%.3f,\"upstream_ms\":%.3f,\"ttfb_ms\":%.3f,\"error\":\"%s\"}\n",
-                 stamp, now.tv_nsec / 1000000, ar->id, ar->tenant != NULL ? ar->tenant : "", "none", ar->method,
-                 ar->deployment, backend, ar->attempts, ar->final_status, ar->stream ? "true" : "false",
-                 (long long)ar->usage.prompt, (long long)ar->usage.completion, (long long)ar->usage.total,
-                 ms_between(ar->started_ns, now_ns), ms_between(ar->upstream_started_ns, now_ns),
-                 ms_between(ar->started_ns, ar->first_byte_ns), ar->last_error != NULL ? ar->last_error : "");
+                 stamp, now.tv_nsec / 1000000, ar->id, ar->tenant != NULL ? ar->tenant : "", "none", ar->method, ar->deployment,
+                 backend, ar->attempts, ar->final_status, ar->stream ? "true" : "false", (long long)ar->usage.prompt,
+                 (long long)ar->usage.completion, (long long)ar->usage.total, ms_between(ar->started_ns, now_ns),
+                 ms_between(ar->upstream_started_ns, now_ns), ms_between(ar->started_ns, ar->first_byte_ns),
+                 ar->last_error != NULL ? ar->last_error : "");
     if (n < 0 || n >= LINE_MAX_BYTES)
         return;
     log->len += (size_t)n;

@@ -123,8 +123,7 @@ int aor_balancer_pick(struct aor_balancer_candidate *c, size_t n, int64_t now_ms
         {
             /* half-open: exactly one request probes the backend */
             int expected = 0;
-            if (__atomic_compare_exchange_n(&c[chosen].state->probe_in_flight, &expected, 1, 0, __ATOMIC_RELAXED,
-                                            __ATOMIC_RELAXED))
+            if (__atomic_compare_exchange_n(&c[chosen].state->probe_in_flight, &expected, 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
                 return chosen;
         }
         skip[chosen] = 1;
@@ -214,8 +213,7 @@ static int64_t parse_http_date(const char *s, size_t len)
         return -1;
     memcpy(buf, s, len);
     buf[len] = '\0';
-    if (sscanf(buf, "%*3s, %2d %3s %4d %2d:%2d:%2d GMT%n", &day, mon, &year, &hh, &mm, &ss, &consumed) != 6 ||
-        consumed != (int)len)
+    if (sscanf(buf, "%*3s, %2d %3s %4d %2d:%2d:%2d GMT%n", &day, mon, &year, &hh, &mm, &ss, &consumed) != 6 || consumed != (int)len)
         return -1;
     if ((m = strstr(months, mon)) == NULL || (m - months) % 3 != 0 || strlen(mon) != 3)
         return -1;
@@ -229,8 +227,8 @@ static int64_t parse_http_date(const char *s, size_t len)
     return (int64_t)timegm(&tm) * 1000;
 }
 
-int64_t aor_retry_after_ms(const char *ms_value, size_t ms_len, const char *value, size_t len, int64_t now_ms,
-                           int64_t default_ms, int64_t max_ms, int *capped)
+int64_t aor_retry_after_ms(const char *ms_value, size_t ms_len, const char *value, size_t len, int64_t now_ms, int64_t default_ms,
+                           int64_t max_ms, int *capped)
 {
     int64_t v = -1;
 

@@ -32,9 +32,9 @@ struct aor_balancer_candidate {
 };
 
 enum aor_balancer_outcome {
-    AOR_OUTCOME_SUCCESS,  /* any answer that is not 429/5xx */
-    AOR_OUTCOME_THROTTLED,/* 429 */
-    AOR_OUTCOME_FAILURE,  /* 5xx, connect error, timeout */
+    AOR_OUTCOME_SUCCESS,   /* any answer that is not 429/5xx */
+    AOR_OUTCOME_THROTTLED, /* 429 */
+    AOR_OUTCOME_FAILURE,   /* 5xx, connect error, timeout */
 };
 
 struct aor_balancer_policy {
@@ -52,8 +52,7 @@ void aor_balancer_state_init(struct aor_backend_state *st);
  * Returns the index, or -1 when none is eligible; then *earliest_cooldown_end_ms is the
  * earliest end of a cooldown among the untried candidates (0 if none is cooling down).
  */
-int aor_balancer_pick(struct aor_balancer_candidate *c, size_t n, int64_t now_ms, uint32_t rnd,
-                      int64_t *earliest_cooldown_end_ms);
+int aor_balancer_pick(struct aor_balancer_candidate *c, size_t n, int64_t now_ms, uint32_t rnd, int64_t *earliest_cooldown_end_ms);
 
 /* headroom factor in [0.01, 1] used by the pick (exported for tests and metrics) */
 double aor_balancer_headroom(const struct aor_backend_state *st, uint64_t tpm, int64_t now_ms);
@@ -80,7 +79,7 @@ int aor_balancer_circuit_open(const struct aor_backend_state *st, int64_t now_ms
  * `default_ms`. The result is clamped to [0, max_ms]; *capped is set when it was clamped
  * from above (the caller logs it).
  */
-int64_t aor_retry_after_ms(const char *ms_value, size_t ms_len, const char *value, size_t len, int64_t now_ms,
-                           int64_t default_ms, int64_t max_ms, int *capped);
+int64_t aor_retry_after_ms(const char *ms_value, size_t ms_len, const char *value, size_t len, int64_t now_ms, int64_t default_ms,
+                           int64_t max_ms, int *capped);
 
 #endif

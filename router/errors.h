@@ -9,19 +9,19 @@
 #include <h2o.h>
 
 enum aor_error {
-    AOR_ERR_INVALID_REQUEST,       /* 400 */
-    AOR_ERR_UNAUTHORIZED,          /* 401 */
-    AOR_ERR_FORBIDDEN,             /* 403 */
-    AOR_ERR_NOT_FOUND,             /* 404 unknown path */
-    AOR_ERR_DEPLOYMENT_NOT_FOUND,  /* 404 */
-    AOR_ERR_METHOD_NOT_ALLOWED,    /* 405 */
-    AOR_ERR_BODY_TOO_LARGE,        /* 413 */
-    AOR_ERR_TENANT_QUOTA_EXCEEDED, /* 429 */
-    AOR_ERR_BACKENDS_THROTTLED,    /* 429 */
-    AOR_ERR_BACKEND_ERROR,         /* 502 */
+    AOR_ERR_INVALID_REQUEST,         /* 400 */
+    AOR_ERR_UNAUTHORIZED,            /* 401 */
+    AOR_ERR_FORBIDDEN,               /* 403 */
+    AOR_ERR_NOT_FOUND,               /* 404 unknown path */
+    AOR_ERR_DEPLOYMENT_NOT_FOUND,    /* 404 */
+    AOR_ERR_METHOD_NOT_ALLOWED,      /* 405 */
+    AOR_ERR_BODY_TOO_LARGE,          /* 413 */
+    AOR_ERR_TENANT_QUOTA_EXCEEDED,   /* 429 */
+    AOR_ERR_BACKENDS_THROTTLED,      /* 429 */
+    AOR_ERR_BACKEND_ERROR,           /* 502 */
     AOR_ERR_QUOTA_STORE_UNAVAILABLE, /* 503 */
-    AOR_ERR_NOT_READY,             /* 503 */
-    AOR_ERR_SHUTTING_DOWN,         /* 503 */
+    AOR_ERR_NOT_READY,               /* 503 */
+    AOR_ERR_SHUTTING_DOWN,           /* 503 */
 };
 
 int aor_error_status(enum aor_error err);

@@ -14,10 +14,10 @@ extern int aor_log_level; /* written once at start-up, before workers exist */
 
 void aor_log_write(enum aor_log_level level, const char *module, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-#define AOR_LOG(level, module, ...)                                                                                        \
-    do {                                                                                                                   \
-        if ((level) <= aor_log_level)                                                                                      \
-            aor_log_write((level), (module), __VA_ARGS__);                                                                 \
+#define AOR_LOG(level, module, ...)                                                                                                \
+    do {                                                                                                                           \
+        if ((level) <= aor_log_level)                                                                                              \
+            aor_log_write((level), (module), __VA_ARGS__);                                                                         \
     } while (0)
 
 #endif

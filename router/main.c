@@ -43,8 +43,8 @@ int main(int argc, char **argv)
     }
     if (getenv("AOR_LOG_LEVEL") != NULL) {
         const char *l = getenv("AOR_LOG_LEVEL");
-        aor_log_level = strcmp(l, "debug") == 0 ? AOR_LOG_DEBUG
-                        : strcmp(l, "warn") == 0 ? AOR_LOG_WARN
+        aor_log_level = strcmp(l, "debug") == 0   ? AOR_LOG_DEBUG
+                        : strcmp(l, "warn") == 0  ? AOR_LOG_WARN
                         : strcmp(l, "error") == 0 ? AOR_LOG_ERROR
                                                   : AOR_LOG_INFO;
     }

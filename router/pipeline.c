@@ -248,6 +248,7 @@ static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_ro
     ar->started_ms = aor_now_ms();
     ar->started_ns = aor_mono_ns();
     ar->backend_remaining_tokens = -1;
+    ar->current = -1; /* no attempt yet: stages that refuse log no backend */
     strcpy(ar->id, id);
     for (size_t k = 0; k != req->method.len && k + 1 < sizeof(ar->method); ++k) /* a token; keep the log line JSON-safe */
         ar->method[k] = (req->method.base[k] >= 'A' && req->method.base[k] <= 'Z') ? req->method.base[k] : '?';

@@ -82,9 +82,19 @@ static int find_resp_header(struct aor_request *ar, const char *name, const char
 
 static int hop_by_hop_or_private(const char *name, size_t len)
 {
-    static const char *const drop[] = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade",
-                                       "proxy-connection", "te", "trailer", "date", "server", "x-ratelimit-remaining-tokens",
-                                       "x-ratelimit-remaining-requests", NULL};
+    static const char *const drop[] = {"connection",
+                                       "keep-alive",
+                                       "transfer-encoding",
+                                       "content-length",
+                                       "upgrade",
+                                       "proxy-connection",
+                                       "te",
+                                       "trailer",
+                                       "date",
+                                       "server",
+                                       "x-ratelimit-remaining-tokens",
+                                       "x-ratelimit-remaining-requests",
+                                       NULL};
     size_t i;
 
     for (i = 0; drop[i] != NULL; ++i)
@@ -119,8 +129,7 @@ static void copy_response_headers(struct aor_request *ar)
         name = h2o_mem_alloc_pool(&req->pool, nlen);
         for (i = 0; i != nlen; ++i)
             name[i] = (char)tolower((unsigned char)line[i]);
-        h2o_add_header_by_str(&req->pool, &req->res.headers, name, nlen, 1, NULL, h2o_strdup(&req->pool, v, end - v).base,
-                              end - v);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, name, nlen, 1, NULL, h2o_strdup(&req->pool, v, end - v).base, end - v);
     }
 }
 
@@ -133,8 +142,7 @@ static void start_client_response(struct aor_request *ar)
     req->res.status = ar->status;
     req->res.reason = ar->status < 300 ? "OK" : ar->status < 500 ? "Client Error" : "Server Error";
     copy_response_headers(ar);
-    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-aoai-router-backend"), 0, NULL, b->name,
-                          strlen(b->name));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-aoai-router-backend"), 0, NULL, b->name, strlen(b->name));
     aor_pipeline_add_client_headers(ar);
     ar->final_status = ar->status;
     h2o_start_response(req, &ar->generator);
@@ -225,8 +233,7 @@ static void on_headers_complete(struct aor_request *ar)
         ar->mode = AOR_MODE_DISCARD;
         return;
     }
-    if (find_resp_header(ar, "content-type", &ct, &ct_len) && ct_len >= 17 &&
-        strncasecmp(ct, "text/event-stream", 17) == 0) {
+    if (find_resp_header(ar, "content-type", &ct, &ct_len) && ct_len >= 17 && strncasecmp(ct, "text/event-stream", 17) == 0) {
         ar->mode = AOR_MODE_STREAM;
     } else {
         ar->mode = AOR_MODE_BUFFER;
@@ -449,10 +456,24 @@ static void on_transfer_done(struct aor_upstream_xfer *xfer, CURLcode result)
 
 static int skip_request_header(struct aor_request *ar, const h2o_iovec_t *name)
 {
-    static const char *const drop[] = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
-                                       "te", "upgrade", "proxy-connection", "proxy-authorization", "expect",
-                                       "accept-encoding", "authorization", "api-key", "ocp-apim-subscription-key",
-                                       "http2-settings", "x-request-id", "cookie", NULL};
+    static const char *const drop[] = {"host",
+                                       "content-length",
+                                       "transfer-encoding",
+                                       "connection",
+                                       "keep-alive",
+                                       "te",
+                                       "upgrade",
+                                       "proxy-connection",
+                                       "proxy-authorization",
+                                       "expect",
+                                       "accept-encoding",
+                                       "authorization",
+                                       "api-key",
+                                       "ocp-apim-subscription-key",
+                                       "http2-settings",
+                                       "x-request-id",
+                                       "cookie",
+                                       NULL};
     size_t i;
 
     if (name->len == 0 || name->base[0] == ':')
@@ -500,8 +521,7 @@ fail:
 }
 
 /* the body for this backend: the client's, or with `model` set to the backend's name for the deployment */
-static int attempt_body(struct aor_request *ar, const struct aor_backend_conf *b, const char *name, const char **body,
-                        size_t *len)
+static int attempt_body(struct aor_request *ar, const struct aor_backend_conf *b, const char *name, const char **body, size_t *len)
 {
     size_t name_len = strlen(name), cap = ar->body_len + name_len + 16;
     int n;
@@ -556,8 +576,7 @@ static void start_attempt(struct aor_request *ar)
         (easy = aor_upstream_acquire(w->upstream)) == NULL) {
         /* out of memory or no credential: counts as a failed attempt on this backend */
         struct aor_balancer_policy pol = policy_of(ar->conf);
-        AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s: could not prepare the attempt (credential unavailable?)", ar->id,
-                b->name);
+        AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s: could not prepare the attempt (credential unavailable?)", ar->id, b->name);
         aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
         ++ar->failed;
         curl_slist_free_all(ar->upstream_headers);

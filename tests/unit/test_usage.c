@@ -25,10 +25,11 @@ static void test_json(void)
     CHECK_EQ_INT(u.total, 7);
 }
 
-static const char stream[] = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n"
-                             "data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\r\n\r\n"
-                             "data: {\"choices\":[],\"usage\": {\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12}}\n\n"
-                             "data: [DONE]\n\n";
+static const char stream[] =
+    "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n"
+    "data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\r\n\r\n"
+    "data: {\"choices\":[],\"usage\": {\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12}}\n\n"
+    "data: [DONE]\n\n";
 
 static void test_sse_whole_and_split(void)
 {

@@ -43,15 +43,20 @@ function track(child) {
 }
 
 /** A temporary directory removed when the test process exits. */
-export function tempDir(prefix = 'aor-it-') {
-  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
-  process.on('exit', () => {
+const tempDirs = [];
+process.on('exit', () => {
+  for (const dir of tempDirs) {
     try {
       rmSync(dir, { recursive: true, force: true });
     } catch {
       /* best effort */
     }
-  });
+  }
+});
+
+export function tempDir(prefix = 'aor-it-') {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  tempDirs.push(dir);
   return dir;
 }
 
@@ -374,6 +379,8 @@ export async function startRouter({ config, env = {}, port, ready = true, tls = 
   );
   let stdout = '';
   let stderr = '';
+  let spawnError = null;
+  proc.once('error', (e) => (spawnError = e));
   proc.stdout.setEncoding('utf8');
   proc.stderr.setEncoding('utf8');
   proc.stdout.on('data', (d) => (stdout += d));
@@ -414,7 +421,9 @@ export async function startRouter({ config, env = {}, port, ready = true, tls = 
       return pollUntil(() => re.test(stderr.slice(from)), { timeoutMs, intervalMs: 50 });
     },
     async stop({ timeoutMs = 30000 * SLOW } = {}) {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      if (spawnError) return { code: null, signal: null };
+      const alive = proc.exitCode === null && proc.signalCode === null;
+      if (alive) proc.kill('SIGTERM');
       let res;
       try {
         res = await waitExit(proc, timeoutMs);
@@ -424,7 +433,10 @@ export async function startRouter({ config, env = {}, port, ready = true, tls = 
         throw new Error(`aoai-router did not exit within ${timeoutMs} ms of SIGTERM\nstderr:\n${tail(stderr)}`);
       }
       checkSanitizers(stderr);
-      if (res.code !== 0) throw new Error(`aoai-router exited with ${res.code ?? res.signal} after SIGTERM\nstderr:\n${tail(stderr)}`);
+      if (res.code !== 0)
+        throw new Error(
+          `aoai-router exited with ${res.code ?? res.signal} ${alive ? 'after SIGTERM' : 'on its own, before the test stopped it (crash?)'}\nstderr:\n${tail(stderr)}`,
+        );
       return res;
     },
   };
@@ -432,6 +444,7 @@ export async function startRouter({ config, env = {}, port, ready = true, tls = 
   if (ready) {
     const deadline = Date.now() + 15000 * SLOW;
     for (;;) {
+      if (spawnError) throw new Error(`cannot start ${ROUTER_BIN}: ${spawnError.message}`);
       if (proc.exitCode !== null || proc.signalCode !== null) {
         checkSanitizers(stderr);
         throw new Error(`aoai-router exited with ${proc.exitCode ?? proc.signalCode} before it was ready\nconfig:\n${readFileSync(configPath, 'utf8')}\nstderr:\n${stderr}`);
@@ -457,12 +470,19 @@ function tail(s, n = 4000) {
 
 /** Throws when a sanitizer reported anything. */
 export function checkSanitizers(stderr) {
-  for (const re of SANITIZER_PATTERNS) {
-    if (re.test(stderr)) {
-      const i = stderr.search(re);
-      throw new Error(`sanitizer report in router stderr (${re}):\n${stderr.slice(Math.max(0, i - 200), i + 6000)}`);
-    }
+  const hits = SANITIZER_PATTERNS.map((re) => stderr.search(re)).filter((i) => i >= 0);
+  if (hits.length === 0) return;
+  const first = Math.min(...hits);
+  // the report starts at the "==PID==ERROR:" line (or the source location of a UBSan report)
+  const start = Math.max(0, stderr.lastIndexOf('\n', Math.max(0, first - 1)) + 1, stderr.lastIndexOf('=================', first));
+  const keep = path.join(os.tmpdir(), `aor-it-sanitizer-${process.pid}-${Date.now()}.log`);
+  try {
+    writeFileSync(keep, stderr);
+  } catch {
+    /* best effort */
   }
+  const excerpt = stderr.slice(start, start + 8000);
+  throw new Error(`sanitizer report in router stderr (full stderr kept in ${keep}):\n${excerpt}`);
 }
 
 // ---- curl --------------------------------------------------------------------------------
