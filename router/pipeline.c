@@ -7,12 +7,15 @@
  *                      → aor_pipeline_finish (account, log)
  */
 #include <stdlib.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <string.h>
 #include "accesslog.h"
 #include "balancer.h"
 #include "config.h"
 #include "errors.h"
 #include "log.h"
+#include "metrics.h"
 #include "pipeline.h"
 #include "pipeline_internal.h"
 #include "proxy.h"
@@ -122,6 +125,7 @@ void aor_pipeline_maybe_free(struct aor_request *ar)
     free(ar->body_copy);
     aor_config_release(ar->conf);
     free(ar);
+    aor_metrics_inflight_add(-1);
     aor_worker_request_done(w);
 }
 
@@ -253,6 +257,7 @@ static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_ro
     for (size_t k = 0; k != req->method.len && k + 1 < sizeof(ar->method); ++k) /* a token; keep the log line JSON-safe */
         ar->method[k] = (req->method.base[k] >= 'A' && req->method.base[k] <= 'Z') ? req->method.base[k] : '?';
     ++w->inflight;
+    aor_metrics_inflight_add(1);
     anchor = h2o_mem_alloc_shared(&req->pool, sizeof(*anchor), on_anchor_dispose);
     anchor->ar = ar;
 
@@ -266,6 +271,8 @@ static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_ro
     }
     aor_proxy_start(ar);
 }
+
+static void serve_metrics(struct aor_worker *w, h2o_req_t *req);
 
 int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
 {
@@ -283,7 +290,7 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
         serve_readyz(w, req);
         break;
     case AOR_ROUTE_METRICS:
-        aor_error_send(req, AOR_ERR_NOT_FOUND, "metrics are not enabled in this build");
+        serve_metrics(w, req);
         break;
     case AOR_ROUTE_NOT_FOUND:
         aor_error_send(req, AOR_ERR_NOT_FOUND, "unknown path");
@@ -308,5 +315,44 @@ void aor_pipeline_add_client_headers(struct aor_request *ar)
 
 void aor_pipeline_finish(struct aor_request *ar)
 {
+    const char *backend = ar->current >= 0 ? ar->cand_backend[ar->current]->name : "";
+    uint64_t now = aor_mono_ns();
+
+    aor_metrics_request(ar->tenant, ar->deployment, backend, ar->final_status);
+    aor_metrics_request_duration(ar->deployment, backend, (double)(now - ar->started_ns) / 1e9);
+    if (ar->usage.found)
+        aor_metrics_tokens(ar->tenant, ar->deployment, backend, ar->usage.prompt, ar->usage.completion);
     aor_accesslog_write(ar->worker->accesslog, ar);
+}
+
+/* /metrics: on its own listener when `metrics:` is configured, else on every listener */
+static void serve_metrics(struct aor_worker *w, h2o_req_t *req)
+{
+    const struct aor_config *conf = w->conf;
+    size_t len;
+    char *text;
+
+    if (conf->metrics.enabled) {
+        struct sockaddr_storage ss;
+        socklen_t sslen = req->conn->callbacks->get_sockname(req->conn, (struct sockaddr *)&ss);
+        uint16_t port = 0;
+        if (sslen != 0 && ss.ss_family == AF_INET)
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        else if (sslen != 0 && ss.ss_family == AF_INET6)
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        if (port != conf->metrics.port) {
+            aor_error_send(req, AOR_ERR_NOT_FOUND, "metrics are served on their own listener");
+            return;
+        }
+    }
+    if ((text = aor_metrics_render(conf, aor_now_ms(), &len)) == NULL) {
+        aor_error_send(req, AOR_ERR_BACKEND_ERROR, "out of memory");
+        return;
+    }
+    req->res.status = 200;
+    req->res.reason = "OK";
+    req->res.content_length = len;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/plain; version=0.0.4"));
+    h2o_send_inline(req, text, len); /* copies into the request's pool */
+    free(text);
 }

@@ -20,6 +20,7 @@
 #include "config.h"
 #include "errors.h"
 #include "log.h"
+#include "metrics.h"
 #include "pipeline_internal.h"
 #include "proxy.h"
 #include "request.h"
@@ -389,6 +390,7 @@ static void on_transfer_done(struct aor_upstream_xfer *xfer, CURLcode result)
         AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s attempt %u failed: %s (%s)", ar->id, b->name, ar->attempts, reason,
                 curl_easy_strerror(result));
         aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
+        aor_metrics_failover(b->name, reason);
         ++ar->failed;
         ar->last_error = reason;
         ar->pending.len = 0;
@@ -430,6 +432,7 @@ static void on_transfer_done(struct aor_upstream_xfer *xfer, CURLcode result)
             ++ar->failed;
             ar->last_error = "5xx";
         }
+        aor_metrics_failover(b->name, ar->last_error);
         AOR_LOG(AOR_LOG_INFO, "proxy", "%s: backend %s answered %d, failing over", ar->id, b->name, ar->status);
         ar->pending.len = 0;
         next_attempt(ar);
@@ -437,6 +440,9 @@ static void on_transfer_done(struct aor_upstream_xfer *xfer, CURLcode result)
     }
 
     aor_balancer_record(b->state, &pol, AOR_OUTCOME_SUCCESS, 0, now);
+    aor_metrics_upstream_duration(b->name, (double)(aor_mono_ns() - ar->upstream_started_ns) / 1e9);
+    if (ar->mode == AOR_MODE_STREAM && ar->first_byte_ns != 0)
+        aor_metrics_ttfb(b->name, (double)(ar->first_byte_ns - ar->started_ns) / 1e9);
     if (ar->mode == AOR_MODE_BUFFER) {
         aor_usage_from_json(ar->pending.base, ar->pending.len, &ar->usage);
         ar->req->res.content_length = ar->pending.len;

@@ -27,6 +27,7 @@
 #include "accesslog.h"
 #include "backend.h"
 #include "log.h"
+#include "metrics.h"
 #include "pipeline.h"
 #include "server.h"
 #include "upstream.h"
@@ -35,6 +36,9 @@ static h2o_globalconf_t globalconf;
 static SSL_CTX **ssl_ctxs; /* one per listener, NULL for plain ones */
 static struct aor_worker *workers;
 static size_t num_workers;
+/* the configured listeners, plus the metrics listener when `metrics:` names one */
+static struct aor_listen_conf *listens;
+static size_t num_listens;
 
 static pthread_mutex_t gen_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct aor_config *current_conf; /* the published generation; one reference held */
@@ -222,7 +226,6 @@ static void *worker_main(void *arg)
 
 static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
 {
-    const struct aor_config *conf = w->conf;
     size_t i;
 
     w->id = id;
@@ -234,7 +237,7 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
         return -1;
     uv_async_init(&w->loop, &w->wake, on_wake);
     w->wake.data = w;
-    w->num_listeners = conf->num_listeners;
+    w->num_listeners = num_listens;
     w->listeners = calloc(w->num_listeners, sizeof(*w->listeners));
     w->accept_ctxs = calloc(w->num_listeners, sizeof(*w->accept_ctxs));
     if (w->listeners == NULL || w->accept_ctxs == NULL)
@@ -294,7 +297,7 @@ int aor_server_run(struct aor_config *conf)
     h2o_handler_t *handler;
     sigset_t sigs;
     int *fds = NULL, ret = 1, sig;
-    size_t i, started = 0, num_ssl = conf->num_listeners;
+    size_t i, started = 0, num_ssl = 0;
     char *path = strdup(conf->path);
 
     if (path == NULL || aor_backend_attach(conf) != 0)
@@ -319,30 +322,41 @@ int aor_server_run(struct aor_config *conf)
     sigaddset(&sigs, SIGINT);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
-    ssl_ctxs = calloc(conf->num_listeners, sizeof(*ssl_ctxs));
+    num_listens = conf->num_listeners + (conf->metrics.enabled ? 1 : 0);
+    num_ssl = num_listens;
+    if ((listens = calloc(num_listens, sizeof(*listens))) == NULL)
+        goto exit;
+    memcpy(listens, conf->listeners, sizeof(*listens) * conf->num_listeners);
+    if (conf->metrics.enabled) {
+        listens[conf->num_listeners].address = conf->metrics.address;
+        listens[conf->num_listeners].port = conf->metrics.port;
+    }
+    ssl_ctxs = calloc(num_listens, sizeof(*ssl_ctxs));
     num_workers = conf->threads != 0 ? conf->threads : 1;
     workers = calloc(num_workers, sizeof(*workers));
-    fds = malloc(sizeof(*fds) * conf->num_listeners * num_workers);
+    fds = malloc(sizeof(*fds) * num_listens * num_workers);
     if (ssl_ctxs == NULL || workers == NULL || fds == NULL)
         goto exit;
-    for (i = 0; i != conf->num_listeners; ++i)
-        if (conf->listeners[i].tls.enabled && (ssl_ctxs[i] = make_ssl_ctx(&conf->listeners[i])) == NULL)
+    for (i = 0; i != num_listens; ++i)
+        if (listens[i].tls.enabled && (ssl_ctxs[i] = make_ssl_ctx(&listens[i])) == NULL)
             goto exit;
-    for (i = 0; i != conf->num_listeners * num_workers; ++i)
-        if ((fds[i] = open_listener(&conf->listeners[i % conf->num_listeners], stderr)) < 0)
+    for (i = 0; i != num_listens * num_workers; ++i)
+        if ((fds[i] = open_listener(&listens[i % num_listens], stderr)) < 0)
             goto exit;
     for (started = 0; started != num_workers; ++started) {
         workers[started].conf = conf;
         aor_config_retain(conf);
         workers[started].seen_generation = generation;
-        if (start_worker(&workers[started], (unsigned)started, fds + started * conf->num_listeners) != 0) {
+        if (start_worker(&workers[started], (unsigned)started, fds + started * num_listens) != 0) {
             AOR_LOG(AOR_LOG_ERROR, "server", "cannot start worker %zu", started);
             goto exit;
         }
     }
-    for (i = 0; i != conf->num_listeners; ++i)
-        AOR_LOG(AOR_LOG_INFO, "server", "listening on %s:%u (%s)", conf->listeners[i].address, conf->listeners[i].port,
-                conf->listeners[i].tls.enabled ? "https, h2 via ALPN" : "http/1.1 + h2c");
+    for (i = 0; i != num_listens; ++i)
+        AOR_LOG(AOR_LOG_INFO, "server", "listening on %s:%u (%s)", listens[i].address, listens[i].port,
+                i >= conf->num_listeners ? "metrics"
+                : listens[i].tls.enabled ? "https, h2 via ALPN"
+                                         : "http/1.1 + h2c");
     AOR_LOG(AOR_LOG_INFO, "server", "aoai-router %s: %zu workers, %zu backends", AOR_VERSION, num_workers, conf->num_backends);
 
     for (;;) {
@@ -373,9 +387,11 @@ exit:
         if (ssl_ctxs[i] != NULL)
             SSL_CTX_free(ssl_ctxs[i]);
     free(ssl_ctxs);
+    free(listens);
     /* `workers` stays: its loops and h2o contexts may still own idle connections */
     aor_config_release(current_conf);
     aor_backend_table_free();
+    aor_metrics_free();
     curl_global_cleanup();
     free(fds);
     free(path);

@@ -1,0 +1,71 @@
+// /metrics (SPEC §7): the binding names, counted by the real request path.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startMock, startRouter, backendFor, chatBody, CHAT_PATH, stopAll, post, get, freePort } from './lib/harness.mjs';
+
+function sample(text, name, labels) {
+  const want = Object.entries(labels)
+    .map(([k, v]) => `${k}="${v}"`)
+    .join(',');
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${name}{`) && line.includes(want)) return Number(line.slice(line.lastIndexOf(' ') + 1));
+    if (line.startsWith(`${name} `) && want === '') return Number(line.slice(name.length + 1));
+  }
+  return undefined;
+}
+
+describe('metrics on every listener', () => {
+  let east, swc, router;
+  before(async () => {
+    east = await startMock('eastus');
+    swc = await startMock('swedencentral');
+    router = await startRouter({
+      config: {
+        backends: [
+          backendFor(east, { priority: 1, deployments: { 'gpt-4o': 'gpt-4o' } }),
+          backendFor(swc, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o' } }),
+        ],
+      },
+    });
+  });
+  after(async () => stopAll(router, east, swc));
+
+  it('requests, tokens, failovers, cooldown and remaining tokens are exported', async () => {
+    for (let i = 0; i < 3; i++) assert.equal((await post(router.url, CHAT_PATH, chatBody())).status, 200);
+    await east.setBehaviour({ status: 429, retry_after: '30', count: 1 });
+    const r = await post(router.url, CHAT_PATH, chatBody());
+    assert.equal(r.headers['x-aoai-router-backend'], 'swedencentral');
+    const m = await get(router.url, '/metrics');
+    assert.equal(m.status, 200);
+    assert.match(m.headers['content-type'], /text\/plain/);
+    const text = m.body;
+    assert.equal(sample(text, 'aoai_router_requests_total', { tenant: 'default', deployment: 'gpt-4o', backend: 'eastus', code: '200' }), 3);
+    assert.equal(sample(text, 'aoai_router_requests_total', { backend: 'swedencentral', code: '200' }), 1);
+    assert.equal(sample(text, 'aoai_router_failovers_total', { backend: 'eastus', reason: '429' }), 1);
+    assert.equal(sample(text, 'aoai_router_backend_cooldown', { backend: 'eastus' }), 1);
+    assert.equal(sample(text, 'aoai_router_backend_cooldown', { backend: 'swedencentral' }), 0);
+    assert.ok(sample(text, 'aoai_router_tokens_total', { backend: 'eastus', type: 'completion' }) >= 30);
+    assert.ok(sample(text, 'aoai_router_backend_remaining_tokens', { backend: 'swedencentral' }) > 0);
+    assert.equal(sample(text, 'aoai_router_request_duration_seconds_count', { deployment: 'gpt-4o', backend: 'eastus' }), 3);
+    assert.equal(sample(text, 'aoai_router_inflight_requests', {}), 0);
+    // every sample line is "name{labels} number" or "name number"
+    for (const line of text.split('\n').filter((l) => l && !l.startsWith('#')))
+      assert.match(line, /^[a-z_]+(\{[^}]*\})? -?[0-9.e+-]+$/, line);
+  });
+});
+
+describe('metrics on their own listener', () => {
+  let east, router, mport;
+  before(async () => {
+    east = await startMock('eastus');
+    mport = await freePort();
+    router = await startRouter({ config: { metrics: { address: '127.0.0.1', port: mport }, backends: [backendFor(east)] } });
+  });
+  after(async () => stopAll(router, east));
+
+  it('served on the metrics port, 404 on the data-plane port', async () => {
+    assert.equal((await get(`http://127.0.0.1:${mport}`, '/metrics')).status, 200);
+    const r = await get(router.url, '/metrics');
+    assert.equal(r.status, 404);
+  });
+});
