@@ -11,7 +11,7 @@
 #include "server.h"
 
 #define BATCH_BYTES 32768
-#define LINE_MAX_BYTES 2048
+#define LINE_MAX_BYTES 4096
 
 struct aor_accesslog {
     uv_timer_t timer;
@@ -68,8 +68,29 @@ static double ms_between(uint64_t from_ns, uint64_t to_ns)
     return from_ns == 0 || to_ns < from_ns ? 0 : (double)(to_ns - from_ns) / 1e6;
 }
 
+/* JSON string content: quotes, backslashes and control bytes escaped; bounded */
+static const char *escape(const char *s, char *buf, size_t cap)
+{
+    size_t n = 0;
+
+    for (; s != NULL && *s != '\0' && n + 7 < cap; ++s) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            buf[n++] = '\\';
+            buf[n++] = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            n += (size_t)snprintf(buf + n, cap - n, "\\u%04x", c);
+        } else {
+            buf[n++] = (char)c;
+        }
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
 void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar)
 {
+    char tenant[2 * 260], subject[2 * 260], client_id[2 * 260];
     struct timespec now;
     struct tm tm;
     time_t secs;
@@ -83,14 +104,17 @@ void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar
     gmtime_r(&secs, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
     now_ns = aor_mono_ns();
-    /* every string here is either ours or validated to [A-Za-z0-9._:-] (id, deployment) */
+    /* id and deployment are validated to [A-Za-z0-9._:-]; identities come from tokens: escaped */
     n = snprintf(log->buf + log->len, LINE_MAX_BYTES,
-                 "{\"time\":\"%s.%03ldZ\",\"request_id\":\"%s\",\"tenant\":\"%s\",\"auth\":\"%s\",\"method\":\"%s\","
-                 "\"deployment\":\"%s\",\"backend\":\"%s\",\"attempts\":%u,\"status\":%d,\"stream\":%s,"
+                 "{\"time\":\"%s.%03ldZ\",\"request_id\":\"%s\",\"tenant\":\"%s\",\"auth\":\"%s\",\"subject\":\"%s\","
+                 "\"client_id\":\"%s\",\"key_id\":\"%s\",\"method\":\"%s\",\"deployment\":\"%s\",\"backend\":\"%s\",\"attempts\":%"
+                 "u,\"status\":%d,\"stream\":%s,"
                  "\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld,"
                  "\"duration_ms\":%.3f,\"upstream_ms\":%.3f,\"ttfb_ms\":%.3f,\"error\":\"%s\"}\n",
-                 stamp, now.tv_nsec / 1000000, ar->id, ar->tenant != NULL ? ar->tenant : "", "none", ar->method, ar->deployment,
-                 backend, ar->attempts, ar->final_status, ar->stream ? "true" : "false", (long long)ar->usage.prompt,
+                 stamp, now.tv_nsec / 1000000, ar->id, escape(ar->auth.tenant, tenant, sizeof(tenant)),
+                 ar->auth.method != NULL ? ar->auth.method : "none", escape(ar->auth.subject, subject, sizeof(subject)),
+                 escape(ar->auth.client_id, client_id, sizeof(client_id)), ar->auth.key_id, ar->method, ar->deployment, backend,
+                 ar->attempts, ar->final_status, ar->stream ? "true" : "false", (long long)ar->usage.prompt,
                  (long long)ar->usage.completion, (long long)ar->usage.total, ms_between(ar->started_ns, now_ns),
                  ms_between(ar->upstream_started_ns, now_ns), ms_between(ar->started_ns, ar->first_byte_ns),
                  ar->last_error != NULL ? ar->last_error : "");

@@ -1764,6 +1764,7 @@ static void free_conf(struct aor_config *conf)
         free_cred(&b->cred);
     }
     free(conf->backends);
+    free(conf->keystores);
     free(conf->path);
     free(conf);
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 
 struct aor_backend_state;
+struct aor_keystore;
 
 enum aor_provider { AOR_PROVIDER_AZURE = 0, AOR_PROVIDER_OPENAI };
 
@@ -165,6 +166,10 @@ struct aor_config {
     size_t num_tenants;
     struct aor_backend_conf *backends;
     size_t num_backends;
+    /* runtime: auth.jwt[i]'s keystore (owned by the keystore registry; the array is freed
+     * with the config). Set by aor_keystores_attach() after load, not by config.c */
+    struct aor_keystore **keystores;
+    uint64_t generation; /* runtime: 1 for the first config, +1 per reload (caches key on it) */
 };
 
 /**

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "admin_cli.h"
 #include "config.h"
 #include "log.h"
 #include "server.h"
@@ -13,13 +14,20 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: aoai-router [-c backends.yaml]          run (default config: ./backends.yaml)\n"
                  "       aoai-router --check [-c backends.yaml]  validate the config, print problems as file:line: message\n"
-                 "       aoai-router --version\n");
+                 "       aoai-router --version\n"
+                 "       aoai-router [-c backends.yaml | --redis URL] keys create --tenant T [--name N]\n"
+                 "       aoai-router [-c backends.yaml | --redis URL] keys revoke <key-or-sha256>\n"
+                 "       aoai-router [-c backends.yaml | --redis URL] keys list [--tenant T]\n"
+                 "       aoai-router [-c backends.yaml | --redis URL] quota set T [--tpm N] [--rpm N] [--tokens-per-day N]\n"
+                 "                   [--tokens-per-month N] [--deployments a,b]\n"
+                 "       aoai-router [-c backends.yaml | --redis URL] quota get T\n"
+                 "       aoai-router [-c backends.yaml | --redis URL] usage T [--period minute|day|month]\n");
 }
 
 int main(int argc, char **argv)
 {
-    const char *path = "backends.yaml";
-    int check = 0, i;
+    const char *path = "backends.yaml", *redis_url = NULL;
+    int check = 0, path_given = 0, i;
     struct aor_config *conf;
 
     for (i = 1; i < argc; ++i) {
@@ -30,6 +38,12 @@ int main(int argc, char **argv)
             check = 1;
         } else if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
             path = argv[++i];
+            path_given = 1;
+        } else if (strcmp(argv[i], "--redis") == 0 && i + 1 < argc) {
+            redis_url = argv[++i];
+        } else if (aor_admin_is_command(argv[i])) {
+            /* operator commands (keys, quota, usage) work on Redis, not on a running router */
+            return aor_admin_main(argc - i, argv + i, path_given ? path : NULL, redis_url);
         } else if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--verbose") == 0) {
             aor_log_level = AOR_LOG_DEBUG;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {

@@ -111,6 +111,7 @@ static void on_anchor_dispose(void *p)
         aor_pipeline_finish(ar);
     }
     ar->req = NULL;
+    aor_auth_cancel(ar);
     aor_proxy_on_dispose(ar);
     aor_pipeline_maybe_free(ar);
 }
@@ -119,7 +120,7 @@ void aor_pipeline_maybe_free(struct aor_request *ar)
 {
     struct aor_worker *w = ar->worker;
 
-    if (ar->req != NULL || ar->xfer.active || ar->in_curl_cb)
+    if (ar->req != NULL || ar->xfer.active || ar->in_curl_cb || ar->auth.pending != NULL)
         return;
     aor_proxy_free(ar);
     free(ar->body_copy);
@@ -190,14 +191,6 @@ static int read_body(struct aor_request *ar, h2o_req_t *req, enum aor_error *err
     return 0;
 }
 
-/* stage: who is calling. Client authentication (SPEC §3 auth:) arrives with its own
- * issue; without `auth:` every request belongs to tenant "default". */
-static int authenticate(struct aor_request *ar, h2o_req_t *req, enum aor_error *err, const char **msg)
-{
-    ar->tenant = "default";
-    return 0;
-}
-
 /* stage: may the tenant spend this now. Quotas in Redis arrive with their own issue. */
 static int admit(struct aor_request *ar, enum aor_error *err, const char **msg)
 {
@@ -233,6 +226,43 @@ static int collect_candidates(struct aor_request *ar, enum aor_error *err, const
     return 0;
 }
 
+/* a stage refused the request: answer with the SPEC §4 error */
+static void refuse(struct aor_request *ar, enum aor_error err, const char *msg)
+{
+    ar->final_status = aor_error_status(err);
+    ar->final_sent = 1;
+    aor_pipeline_finish(ar);
+    aor_error_send(ar->req, err, msg);
+}
+
+/* the stages after authentication: admit, candidates, proxy */
+static void after_authenticate(struct aor_request *ar)
+{
+    enum aor_error err = AOR_ERR_BACKEND_ERROR;
+    const char *msg = "out of memory";
+
+    if (ar->req == NULL) { /* the client left while its key was being looked up */
+        aor_pipeline_maybe_free(ar);
+        return;
+    }
+    if (ar->auth.status != 0) {
+        aor_metrics_auth_failure(ar->auth.reason);
+        aor_auth_add_challenge(&ar->auth, ar->req);
+        refuse(ar,
+               ar->auth.status == 401   ? AOR_ERR_UNAUTHORIZED
+               : ar->auth.status == 403 ? AOR_ERR_FORBIDDEN
+                                        : AOR_ERR_QUOTA_STORE_UNAVAILABLE,
+               ar->auth.description);
+        return;
+    }
+    ar->tenant = ar->auth.tenant;
+    if (admit(ar, &err, &msg) != 0 || collect_candidates(ar, &err, &msg) != 0) {
+        refuse(ar, err, msg);
+        return;
+    }
+    aor_proxy_start(ar);
+}
+
 static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_route *route, const char *id)
 {
     struct aor_request *ar;
@@ -253,6 +283,7 @@ static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_ro
     ar->started_ns = aor_mono_ns();
     ar->backend_remaining_tokens = -1;
     ar->current = -1; /* no attempt yet: stages that refuse log no backend */
+    ar->auth.method = "none";
     strcpy(ar->id, id);
     for (size_t k = 0; k != req->method.len && k + 1 < sizeof(ar->method); ++k) /* a token; keep the log line JSON-safe */
         ar->method[k] = (req->method.base[k] >= 'A' && req->method.base[k] <= 'Z') ? req->method.base[k] : '?';
@@ -261,15 +292,12 @@ static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_ro
     anchor = h2o_mem_alloc_shared(&req->pool, sizeof(*anchor), on_anchor_dispose);
     anchor->ar = ar;
 
-    if (read_body(ar, req, &err, &msg) != 0 || authenticate(ar, req, &err, &msg) != 0 || admit(ar, &err, &msg) != 0 ||
-        collect_candidates(ar, &err, &msg) != 0) {
-        ar->final_status = aor_error_status(err);
-        ar->final_sent = 1;
-        aor_pipeline_finish(ar);
-        aor_error_send(req, err, msg);
+    if (read_body(ar, req, &err, &msg) != 0) {
+        refuse(ar, err, msg);
         return;
     }
-    aor_proxy_start(ar);
+    if (aor_auth_authenticate(ar, req, after_authenticate))
+        after_authenticate(ar);
 }
 
 static void serve_metrics(struct aor_worker *w, h2o_req_t *req);

@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 #include <h2o.h>
+#include "auth.h"
 #include "balancer.h"
 #include "reqbody.h"
 #include "routes.h"
@@ -56,10 +57,11 @@ struct aor_request {
     const char *body; /* the client's body (copy owned here) */
     size_t body_len;
     char *body_copy;
-    char *attempt_body; /* body rewritten for the current backend, if any */
-    int stream;         /* the client asked for stream: true */
-    int64_t estimate;   /* tokens the request may cost */
-    const char *tenant;
+    char *attempt_body;   /* body rewritten for the current backend, if any */
+    int stream;           /* the client asked for stream: true */
+    int64_t estimate;     /* tokens the request may cost */
+    struct aor_auth auth; /* the authenticate stage's outcome: tenant, subject, method */
+    const char *tenant;   /* auth.tenant once authenticated */
 
     /* where it may go */
     size_t num_cand;

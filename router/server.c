@@ -25,12 +25,18 @@
 #include <openssl/ssl.h>
 #include <curl/curl.h>
 #include "accesslog.h"
+#include "apikey.h"
 #include "backend.h"
+#include "jwks.h"
+#include "redis.h"
+#include "tokencache.h"
 #include "log.h"
 #include "metrics.h"
 #include "pipeline.h"
 #include "server.h"
 #include "upstream.h"
+
+#define REDIS_COMMAND_TIMEOUT_MS 1000 /* hiredis 0.14 has none: our own timer per command */
 
 static h2o_globalconf_t globalconf;
 static SSL_CTX **ssl_ctxs; /* one per listener, NULL for plain ones */
@@ -212,6 +218,12 @@ static void *worker_main(void *arg)
     /* tear down what is ours; h2o's connections that are still open (idle keep-alive
      * clients) are left to the process exit, as h2o 2.2 has no way to dispose them */
     aor_accesslog_destroy(w->accesslog);
+    if (w->id == 0)
+        aor_keystores_stop();
+    aor_apikeys_destroy(w->apikeys);
+    aor_redis_destroy(w->redis);
+    aor_tokencache_destroy(w->tokens);
+    uv_run(&w->loop, UV_RUN_NOWAIT);
     aor_upstream_destroy(w->upstream);
     uv_close((uv_handle_t *)&w->wake, NULL);
     if (w->drain_timer.loop != NULL) /* initialised by begin_shutdown */
@@ -226,6 +238,7 @@ static void *worker_main(void *arg)
 
 static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
 {
+    const struct aor_config *conf = w->conf;
     size_t i;
 
     w->id = id;
@@ -233,7 +246,16 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
         w->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)id << 32) ^ (uint64_t)time(NULL);
     uv_loop_init(&w->loop);
     h2o_context_init(&w->ctx, &w->loop, &globalconf);
-    if ((w->upstream = aor_upstream_create(&w->loop)) == NULL || (w->accesslog = aor_accesslog_create(&w->loop)) == NULL)
+    if ((w->upstream = aor_upstream_create(&w->loop)) == NULL || (w->accesslog = aor_accesslog_create(&w->loop)) == NULL ||
+        (w->tokens = aor_tokencache_create(AOR_TOKENCACHE_DEFAULT_CAPACITY)) == NULL)
+        return -1;
+    if (conf->redis.url != NULL &&
+        (w->redis = aor_redis_create(&w->loop, conf->redis.url, conf->redis.password, REDIS_COMMAND_TIMEOUT_MS)) == NULL)
+        return -1;
+    if ((w->apikeys = aor_apikeys_create(w->redis, AOR_APIKEY_CACHE_DEFAULT)) == NULL)
+        return -1;
+    /* worker 0's loop also fetches the issuers' keys (OIDC discovery, JWKS) */
+    if (id == 0 && aor_keystores_start(&w->loop, w->upstream) != 0)
         return -1;
     uv_async_init(&w->loop, &w->wake, on_wake);
     w->wake.data = w;
@@ -256,6 +278,22 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
 
 /* ---- lifecycle --------------------------------------------------------------------- */
 
+/* gives a config its runtime parts: backend state and the issuers' keystores. 0 or -1 */
+static int attach_runtime(struct aor_config *conf)
+{
+    static uint64_t generations;
+
+    conf->generation = ++generations;
+    if (aor_backend_attach(conf) != 0)
+        return -1;
+    if (conf->auth.num_jwt != 0) {
+        if ((conf->keystores = calloc(conf->auth.num_jwt, sizeof(*conf->keystores))) == NULL ||
+            aor_keystores_attach(conf, conf->keystores) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 static void wake_workers(void)
 {
     size_t i;
@@ -272,7 +310,7 @@ static void reload(const char *path)
         AOR_LOG(AOR_LOG_ERROR, "server", "reload refused: %s has errors; the running config is kept", path);
         return;
     }
-    if (aor_backend_attach(next) != 0) {
+    if (attach_runtime(next) != 0) {
         AOR_LOG(AOR_LOG_ERROR, "server", "reload refused: out of memory");
         aor_config_release(next);
         return;
@@ -300,7 +338,7 @@ int aor_server_run(struct aor_config *conf)
     size_t i, started = 0, num_ssl = 0;
     char *path = strdup(conf->path);
 
-    if (path == NULL || aor_backend_attach(conf) != 0)
+    if (path == NULL || attach_runtime(conf) != 0)
         goto exit;
     current_conf = conf;
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -391,6 +429,7 @@ exit:
     /* `workers` stays: its loops and h2o contexts may still own idle connections */
     aor_config_release(current_conf);
     aor_backend_table_free();
+    aor_keystores_free();
     aor_metrics_free();
     curl_global_cleanup();
     free(fds);

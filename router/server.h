@@ -15,6 +15,9 @@
 
 struct aor_upstream;
 struct aor_accesslog;
+struct aor_redis;
+struct aor_apikeys;
+struct aor_tokencache;
 
 struct aor_worker {
     h2o_context_t ctx; /* handlers find their worker from req->conn->ctx */
@@ -24,6 +27,9 @@ struct aor_worker {
     struct aor_upstream *upstream;
     struct aor_config *conf; /* this worker's current generation; one reference held */
     struct aor_accesslog *accesslog;
+    struct aor_redis *redis;       /* NULL when no redis: is configured */
+    struct aor_apikeys *apikeys;   /* subscription key lookups, cached per worker */
+    struct aor_tokencache *tokens; /* verified JWTs, per worker */
     uint64_t rng;
     uv_async_t wake; /* main thread → worker: reload or shutdown */
     uint64_t seen_generation;

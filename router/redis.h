@@ -1,0 +1,105 @@
+/*
+ * redis — one asynchronous Redis connection per worker, driven by the worker's uv loop
+ * (hiredis 0.14 async API). Owns: connecting (AUTH, SELECT, PING handshake), reconnecting
+ * with backoff, and a deadline on every command, which hiredis 0.14 does not have.
+ * Nothing here blocks the loop: host names are resolved on libuv's thread pool.
+ */
+#ifndef AOR_REDIS_H
+#define AOR_REDIS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct redisReply;
+struct aor_redis;
+struct aor_redis_cmd;
+
+/* errstr values given to callbacks (compare the pointers) */
+extern const char aor_redis_err_timeout[];      /* no reply within the command timeout */
+extern const char aor_redis_err_disconnected[]; /* the connection was lost or refused before the reply */
+extern const char aor_redis_err_reply[];        /* Redis answered with an error reply: `reply` is that reply */
+
+/*
+ * Redis operations that failed, for aor_router_redis_errors_total: every command refused
+ * because Redis is down, every command that failed (timeout, disconnect, error reply) and every
+ * failed connection attempt. All workers add to it (relaxed atomics); read it with
+ * __atomic_load_n(&aor_redis_errors_total, __ATOMIC_RELAXED).
+ */
+extern uint64_t aor_redis_errors_total;
+
+/*
+ * `reply` is hiredis' reply, valid only during the call (hiredis frees it afterwards):
+ *  - errstr NULL: success, reply non-NULL (may be REDIS_REPLY_NIL);
+ *  - errstr aor_redis_err_reply: reply non-NULL, REDIS_REPLY_ERROR, reply->str says why;
+ *  - errstr aor_redis_err_timeout / aor_redis_err_disconnected: reply NULL.
+ * The callback may issue new commands and cancel other commands; it must not destroy the
+ * aor_redis. The command handle is invalid once its callback has been called.
+ */
+typedef void (*aor_redis_cb)(void *data, const struct redisReply *reply, const char *errstr);
+
+/* redis://[[user]:password@]host[:port][/db] — host may be [v6 address]; user and password %-decoded */
+struct aor_redis_url {
+    char *host;     /* without brackets */
+    uint16_t port;  /* default 6379 */
+    unsigned db;    /* default 0 */
+    char *user;     /* NULL unless given (Redis 6 ACL user) */
+    char *password; /* NULL unless given */
+};
+
+/* Pure: parses `url` into `out` (all heap strings, release with aor_redis_url_clear). 0, or -1 when malformed */
+int aor_redis_url_parse(const char *url, struct aor_redis_url *out);
+/* frees the strings of `u` (the password is zeroed first) and resets it; safe on a zeroed struct */
+void aor_redis_url_clear(struct aor_redis_url *u);
+
+/**
+ * Creates the connection object for `loop` and starts connecting at once. `url` as above;
+ * `password` (may be NULL) overrides one in the URL. Every command (and the connection
+ * handshake) gets `command_timeout_ms` (at least 1).
+ *
+ * Redis answers in order, so a command that outlives its timeout means the connection's reply
+ * stream is stuck (a hung or SIGSTOPped server): that command and all those behind it fail with
+ * aor_redis_err_timeout, the connection is dropped and rebuilt with backoff (100 ms doubling to
+ * 2 s, jittered). While Redis is known to be down commands are refused synchronously, so the
+ * request path never waits on a dead Redis more than once per connection.
+ *
+ * Returns NULL when `url` does not parse or on ENOMEM. Never calls back before returning.
+ * Loop thread only, like everything else here.
+ */
+struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char *password, uint64_t command_timeout_ms);
+
+/**
+ * Frees the connection. Commands still pending are dropped: their callbacks are never called
+ * and their handles become invalid. Must not be called from inside a callback of this module.
+ * The memory goes once the loop has run the close callbacks of its handles (run the loop until
+ * it has no handles, as a worker's teardown does). NULL is a no-op.
+ */
+void aor_redis_destroy(struct aor_redis *r);
+
+/* 1 once connected, authenticated and answering PING; 0 while (re)connecting or down */
+int aor_redis_is_up(const struct aor_redis *r);
+
+/**
+ * Sends a command (hiredis format: %s C string, %b binary as pointer + size_t, %d ...).
+ * Returns a handle, or NULL when the command cannot be sent now (Redis down or reconnecting
+ * after a failure, malformed format, SUBSCRIBE/MONITOR, ENOMEM); with NULL the callback is
+ * never called. Otherwise the callback is called exactly once, never before this returns,
+ * unless the command is cancelled or the aor_redis destroyed first.
+ * During the first connection attempt (and the attempt right after a working connection
+ * dropped) commands queue behind the handshake instead of being refused.
+ */
+struct aor_redis_cmd *aor_redis_command(struct aor_redis *r, aor_redis_cb cb, void *data, const char *fmt, ...);
+
+/* same with arguments as (pointer, length) pairs; `argvlen` NULL means strlen() of each */
+struct aor_redis_cmd *aor_redis_command_argv(struct aor_redis *r, aor_redis_cb cb, void *data, int argc, const char **argv,
+                                             const size_t *argvlen);
+
+/**
+ * Cancels a pending command: its callback will not be called and `cmd` becomes invalid. The
+ * command itself still travels (Redis cannot unsend it); its reply is dropped when it arrives.
+ * Call it from the waiting object's dispose. Not for a handle whose callback already ran; NULL
+ * is a no-op.
+ */
+void aor_redis_cancel(struct aor_redis_cmd *cmd);
+
+#endif
