@@ -181,7 +181,9 @@ static int check_jwt(struct aor_request *ar, const char *token, size_t len)
         if (conf->auth.num_jwt > 1) {
             char iss[1024];
             int n = aor_jwt_peek_issuer(token, len, iss, sizeof(iss));
-            idx = n >= 0 ? aor_jwt_issuer_index(conf, iss, (size_t)n) : -1;
+            /* an unreadable token is verified against the first issuer so that it is refused
+             * for what is wrong with it (malformed, too_large), not as a wrong issuer */
+            idx = n >= 0 ? aor_jwt_issuer_index(conf, iss, (size_t)n) : 0;
         }
         memset(&res, 0, sizeof(res));
         if (idx < 0) {
@@ -380,6 +382,9 @@ void aor_auth_add_challenge(const struct aor_auth *auth, h2o_req_t *req)
     v = h2o_mem_alloc_pool(&req->pool, 256);
     if (auth->reason != NULL && strcmp(auth->reason, "missing_credentials") == 0)
         n = snprintf(v, 256, "Bearer realm=\"aoai-router\"");
+    else if (auth->status == 403) /* RFC 6750 §3.1: a valid token without the required grant */
+        n = snprintf(v, 256, "Bearer error=\"insufficient_scope\", error_description=\"%s\"",
+                     auth->description != NULL ? auth->description : "insufficient scope");
     else
         n = snprintf(v, 256, "Bearer error=\"invalid_token\", error_description=\"%s\"",
                      auth->description != NULL ? auth->description : "invalid token");

@@ -760,3 +760,52 @@ export async function stopAll(...things) {
   }
   if (errors.length) throw errors[0];
 }
+
+// ---- client authentication helpers (auth_*.test.mjs) ------------------------------------------
+
+/** GET /metrics of a router (or a metrics URL): the Prometheus text. */
+export async function fetchMetrics(routerOrUrl, { tlsInsecure = true } = {}) {
+  const base = typeof routerOrUrl === 'string' ? routerOrUrl : routerOrUrl.url;
+  const res = await httpRequest(`${base}/metrics`, { tlsInsecure });
+  if (res.status !== 200) throw new Error(`GET /metrics: ${res.status} ${res.body}`);
+  return res.body;
+}
+
+/** Sums the samples of `name` whose labels include every label in `labels` (0 when none). */
+export function metricSum(text, name, labels = {}) {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const m = /^([A-Za-z_:][A-Za-z0-9_:]*)(\{([^}]*)\})?\s+(\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = {};
+    for (const p of (m[3] ?? '').matchAll(/([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) have[p[1]] = p[2];
+    if (Object.entries(labels).every(([k, v]) => have[k] === String(v))) sum += Number(m[4]);
+  }
+  return sum;
+}
+
+/** {reason: count} of aoai_router_auth_failures_total. */
+export async function authFailures(router) {
+  const text = await fetchMetrics(router);
+  const out = {};
+  for (const m of text.matchAll(/^aoai_router_auth_failures_total\{[^}]*reason="([^"]*)"[^}]*\}\s+(\S+)/gm)) out[m[1]] = (out[m[1]] ?? 0) + Number(m[2]);
+  return out;
+}
+
+/** The reasons whose auth-failure count grew between two authFailures() snapshots: {reason: delta}. */
+export function authFailureDelta(before, after) {
+  const d = {};
+  for (const [k, v] of Object.entries(after)) if (v - (before[k] ?? 0) > 0) d[k] = v - (before[k] ?? 0);
+  return d;
+}
+
+/** Waits for the access-log line of request `id` (x-request-id); undefined if none came. */
+export async function accessLogLine(router, id, timeoutMs = 5000 * SLOW) {
+  return pollUntil(() => router.accessLog().find((l) => l.request_id === id), { timeoutMs, intervalMs: 25 });
+}
+
+/** redis-cli against a startRedis() instance: {code, stdout, stderr}. */
+export function redisCli(redis, ...args) {
+  return run('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), '--raw', ...args]);
+}
