@@ -1,41 +1,27 @@
 /* cred.c — see cred.h. This build implements api_key; the Entra ID types come with their issue. */
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include "cred.h"
 
-static int append(struct curl_slist **headers, const char *prefix, const char *secret)
+const char *aor_cred_header(const struct aor_backend_conf *backend, struct aor_cred_header *out)
 {
-    size_t len = strlen(prefix) + strlen(secret) + 1;
-    char stackbuf[512], *line = len <= sizeof(stackbuf) ? stackbuf : malloc(len);
-    struct curl_slist *l;
-
-    if (line == NULL)
-        return -1;
-    memcpy(line, prefix, strlen(prefix));
-    memcpy(line + strlen(prefix), secret, strlen(secret) + 1);
-    l = curl_slist_append(*headers, line);
-    /* the line held a secret: do not leave it in freed or stack memory */
-    memset(line, 0, len);
-    if (line != stackbuf)
-        free(line);
-    if (l == NULL)
-        return -1;
-    *headers = l;
-    return 0;
-}
-
-const char *aor_cred_apply(const struct aor_backend_conf *backend, struct curl_slist **headers)
-{
+    memset(out, 0, sizeof(*out));
     switch (backend->cred.type) {
     case AOR_CRED_NONE:
         return NULL;
     case AOR_CRED_API_KEY:
         if (backend->cred.api_key == NULL)
             return AOR_CRED_ERR_UNAVAILABLE;
-        if (append(headers,
-                   backend->provider == AOR_PROVIDER_OPENAI ? "Authorization: Bearer " : "api-key: ", backend->cred.api_key) != 0)
-            return AOR_CRED_ERR_UNAVAILABLE;
+        if (backend->provider == AOR_PROVIDER_OPENAI) {
+            out->name = "Authorization";
+            out->prefix = "Bearer ";
+        } else {
+            out->name = "api-key";
+            out->prefix = "";
+        }
+        out->name_len = strlen(out->name);
+        out->prefix_len = strlen(out->prefix);
+        out->secret = backend->cred.api_key;
+        out->secret_len = strlen(backend->cred.api_key);
         return NULL;
     default:
         return AOR_CRED_ERR_UNAVAILABLE;

@@ -7,17 +7,29 @@
 #ifndef AOR_CRED_H
 #define AOR_CRED_H
 
-#include <curl/curl.h>
+#include <stddef.h>
 #include "config.h"
 
 #define AOR_CRED_ERR_UNAVAILABLE "credential unavailable"
 
+/* the header that carries a backend credential: `name: prefix secret`. The pieces are
+ * the credential's own memory; the secret must never reach a log */
+struct aor_cred_header {
+    const char *name;
+    size_t name_len;
+    const char *prefix; /* "" or "Bearer " */
+    size_t prefix_len;
+    const char *secret;
+    size_t secret_len;
+};
+
 /**
- * Appends the backend's credential header to *headers (`api-key` for Azure,
- * `Authorization: Bearer` for provider openai). Returns NULL on success, or
- * AOR_CRED_ERR_UNAVAILABLE when no credential can be supplied now (the attempt fails
- * over like a connect error).
+ * The backend's credential header (`api-key` for Azure, `Authorization: Bearer` for
+ * provider openai). Returns NULL with *out filled (out->name NULL when the backend takes
+ * no credential), or AOR_CRED_ERR_UNAVAILABLE when none can be supplied now (the attempt
+ * fails over like a connect error). The pieces stay valid while the caller holds the
+ * config reference and does not return to the loop: copy them before that.
  */
-const char *aor_cred_apply(const struct aor_backend_conf *backend, struct curl_slist **headers);
+const char *aor_cred_header(const struct aor_backend_conf *backend, struct aor_cred_header *out);
 
 #endif

@@ -81,9 +81,18 @@ static size_t render_labels(enum metric m, const char *const *values, char *buf,
 {
     size_t n = 0, i;
 
+    /* on every request path (several series per request): no printf */
     for (i = 0; i != 4 && metric_defs[m].labels[i] != NULL; ++i) {
-        const char *v = values[i] != NULL ? values[i] : "";
-        n += (size_t)snprintf(buf + n, n < cap ? cap - n : 0, "%s%s=\"", i == 0 ? "" : ",", metric_defs[m].labels[i]);
+        const char *v = values[i] != NULL ? values[i] : "", *name = metric_defs[m].labels[i];
+        size_t name_len = strlen(name);
+        if (n + name_len + 3 >= cap)
+            break;
+        if (i != 0)
+            buf[n++] = ',';
+        memcpy(buf + n, name, name_len);
+        n += name_len;
+        buf[n++] = '=';
+        buf[n++] = '"';
         for (; *v != '\0' && n + 4 < cap; ++v) {
             if (*v == '\\' || *v == '"')
                 buf[n++] = '\\', buf[n++] = *v;

@@ -120,7 +120,7 @@ void aor_pipeline_maybe_free(struct aor_request *ar)
 {
     struct aor_worker *w = ar->worker;
 
-    if (ar->req != NULL || ar->xfer.active || ar->in_curl_cb || ar->auth.pending != NULL)
+    if (ar->req != NULL || ar->xfer.active || ar->in_upstream_cb || ar->auth.pending != NULL)
         return;
     aor_proxy_free(ar);
     free(ar->body_copy);

@@ -1,20 +1,20 @@
 /*
  * proxy.c — see proxy.h.
  *
- * An attempt runs as one libcurl transfer. Its header callback learns the status:
- * 429 and 5xx switch the attempt to DISCARD (fail over when it ends); anything else
- * commits. A committed JSON reply is collected (BUFFER) and sent whole with its
- * length when the transfer ends, so an error mid-body can still fail over; an SSE
- * reply (STREAM) goes to the client event by event. h2o allows one h2o_send in
- * flight until the generator's proceed callback: data arriving meanwhile queues in
- * `pending`, and past AOR_STREAM_HIGH_WATER the transfer is paused until the client
+ * An attempt is one upstream_h1 transfer (h2o's http1client on the worker's pool for
+ * the backend). Its head callback learns the status: 429 and 5xx switch the attempt to
+ * DISCARD (fail over when it ends); anything else commits, and the backend's headers
+ * (filtered) go into the client's response, to be taken out again if the attempt still
+ * fails. A committed JSON reply is collected (BUFFER) and sent whole with its length
+ * when the transfer ends, so an error mid-body can still fail over; an SSE reply
+ * (STREAM) goes to the client event by event. h2o allows one h2o_send in flight until
+ * the generator's proceed callback: data arriving meanwhile queues in `pending`, and
+ * past AOR_STREAM_HIGH_WATER the upstream socket stops being read until the client
  * catches up.
  */
-#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 #include "backend.h"
 #include "cred.h"
 #include "config.h"
@@ -25,6 +25,9 @@
 #include "proxy.h"
 #include "request.h"
 #include "server.h"
+
+#define MAX_REQUEST_HEADER_LINE 8192                           /* a longer client header is not forwarded */
+#define MAX_DISCARDED_BODY (4 * AOR_MAX_RESPONSE_HEADER_BYTES) /* of a 429/5xx reply, read to keep the connection */
 
 static void start_attempt(struct aor_request *ar);
 
@@ -58,81 +61,7 @@ static struct aor_balancer_policy policy_of(const struct aor_config *conf)
     return p;
 }
 
-/* the value of header `name` among the raw lines of the current attempt */
-static int find_resp_header(struct aor_request *ar, const char *name, const char **value, size_t *len)
-{
-    size_t nlen = strlen(name), off = 0;
-
-    while (off < ar->resp_headers.len) {
-        char *line = ar->resp_headers.base + off, *nl = memchr(line, '\n', ar->resp_headers.len - off);
-        size_t llen = nl != NULL ? (size_t)(nl - line) : ar->resp_headers.len - off;
-        off += llen + 1;
-        if (llen > nlen && line[nlen] == ':' && strncasecmp(line, name, nlen) == 0) {
-            const char *v = line + nlen + 1, *end = line + llen;
-            while (v < end && (*v == ' ' || *v == '\t'))
-                ++v;
-            while (end > v && (end[-1] == '\r' || end[-1] == ' ' || end[-1] == '\t'))
-                --end;
-            *value = v;
-            *len = end - v;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-static int hop_by_hop_or_private(const char *name, size_t len)
-{
-    static const char *const drop[] = {"connection",
-                                       "keep-alive",
-                                       "transfer-encoding",
-                                       "content-length",
-                                       "upgrade",
-                                       "proxy-connection",
-                                       "te",
-                                       "trailer",
-                                       "date",
-                                       "server",
-                                       "x-ratelimit-remaining-tokens",
-                                       "x-ratelimit-remaining-requests",
-                                       NULL};
-    size_t i;
-
-    for (i = 0; drop[i] != NULL; ++i)
-        if (strlen(drop[i]) == len && strncasecmp(drop[i], name, len) == 0)
-            return 1;
-    return 0;
-}
-
-/* copies the attempt's response headers (filtered, lower-cased) to the client response */
-static void copy_response_headers(struct aor_request *ar)
-{
-    h2o_req_t *req = ar->req;
-    size_t off = 0;
-
-    while (off < ar->resp_headers.len) {
-        char *line = ar->resp_headers.base + off, *nl = memchr(line, '\n', ar->resp_headers.len - off), *colon;
-        size_t llen = nl != NULL ? (size_t)(nl - line) : ar->resp_headers.len - off, nlen, i;
-        const char *v, *end;
-        char *name;
-        off += llen + 1;
-        if ((colon = memchr(line, ':', llen)) == NULL || colon == line)
-            continue;
-        nlen = colon - line;
-        if (hop_by_hop_or_private(line, nlen))
-            continue;
-        v = colon + 1;
-        end = line + llen;
-        while (v < end && (*v == ' ' || *v == '\t'))
-            ++v;
-        while (end > v && (end[-1] == '\r' || end[-1] == ' ' || end[-1] == '\t'))
-            --end;
-        name = h2o_mem_alloc_pool(&req->pool, nlen);
-        for (i = 0; i != nlen; ++i)
-            name[i] = (char)tolower((unsigned char)line[i]);
-        h2o_add_header_by_str(&req->pool, &req->res.headers, name, nlen, 1, NULL, h2o_strdup(&req->pool, v, end - v).base, end - v);
-    }
-}
+#define NAME_IS(name, lit) ((name)->len == sizeof(lit) - 1 && memcmp((name)->base, (lit), sizeof(lit) - 1) == 0)
 
 static void start_client_response(struct aor_request *ar)
 {
@@ -142,7 +71,6 @@ static void start_client_response(struct aor_request *ar)
     ar->started = 1;
     req->res.status = ar->status;
     req->res.reason = ar->status < 300 ? "OK" : ar->status < 500 ? "Client Error" : "Server Error";
-    copy_response_headers(ar);
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-aoai-router-backend"), 0, NULL, b->name, strlen(b->name));
     aor_pipeline_add_client_headers(ar);
     ar->final_status = ar->status;
@@ -187,22 +115,28 @@ static void on_proceed(h2o_generator_t *gen, h2o_req_t *req)
         return;
     }
     flush(ar);
-    if (ar->paused && ar->pending.len < AOR_STREAM_HIGH_WATER && ar->xfer.active) {
-        /* may deliver the held-back data through on_body before it returns */
+    if (ar->paused && ar->pending.len < AOR_STREAM_HIGH_WATER) {
         ar->paused = 0;
-        curl_easy_pause(ar->xfer.easy, CURLPAUSE_CONT);
+        aor_upstream_h1_resume(&ar->xfer);
     }
 }
 
-static void end_attempt(struct aor_request *ar);
+/* the attempt is over (done or cancelled): the credential leaves the request head */
+static void end_attempt(struct aor_request *ar)
+{
+    if (ar->cred_at != NULL) {
+        memset(ar->cred_at, 0, ar->cred_len);
+        ar->cred_at = NULL;
+    }
+    ar->paused = 0;
+}
 
-/* stops the running transfer, unless we are inside one of its callbacks: then the
- * write callback sees req == NULL, aborts, and the done callback cleans up */
+/* stops the running transfer; safe from inside its callbacks (upstream_h1 defers the close) */
 static void cancel_upstream(struct aor_request *ar)
 {
-    if (!ar->xfer.active || ar->in_curl_cb)
+    if (!ar->xfer.active)
         return;
-    aor_upstream_cancel(ar->worker->upstream, &ar->xfer);
+    aor_upstream_h1_cancel(&ar->xfer);
     end_attempt(ar);
 }
 
@@ -217,102 +151,6 @@ static void on_stop(h2o_generator_t *gen, h2o_req_t *req)
 static int is_failover_status(int status)
 {
     return status == 429 || status >= 500;
-}
-
-static void on_headers_complete(struct aor_request *ar)
-{
-    const char *ct, *v;
-    size_t ct_len, vlen;
-
-    if (find_resp_header(ar, "x-ratelimit-remaining-tokens", &v, &vlen) && vlen != 0 && vlen < 20) {
-        char tmp[21];
-        memcpy(tmp, v, vlen);
-        tmp[vlen] = '\0';
-        ar->backend_remaining_tokens = strtoll(tmp, NULL, 10);
-    }
-    if (is_failover_status(ar->status)) {
-        ar->mode = AOR_MODE_DISCARD;
-        return;
-    }
-    if (find_resp_header(ar, "content-type", &ct, &ct_len) && ct_len >= 17 && strncasecmp(ct, "text/event-stream", 17) == 0) {
-        ar->mode = AOR_MODE_STREAM;
-    } else {
-        ar->mode = AOR_MODE_BUFFER;
-    }
-}
-
-static size_t on_header(char *data, size_t size, size_t nitems, void *userp)
-{
-    struct aor_request *ar = userp;
-    size_t len = size * nitems;
-
-    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
-        /* a status line: (re)starts the header block (1xx blocks come before the real one) */
-        const char *sp = memchr(data, ' ', len);
-        ar->status = sp != NULL && sp + 4 <= data + len ? atoi(sp + 1) : 0;
-        ar->resp_headers.len = 0;
-        return len;
-    }
-    if (len <= 2 && (len == 0 || data[0] == '\r' || data[0] == '\n')) {
-        if (ar->status >= 200)
-            on_headers_complete(ar);
-        return len;
-    }
-    if (ar->resp_headers.len + len > AOR_MAX_RESPONSE_HEADER_BYTES)
-        return 0; /* aborts the transfer: a backend is not allowed unbounded headers */
-    if (buf_append(&ar->resp_headers, data, len) != 0)
-        return 0;
-    return len;
-}
-
-static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
-{
-    struct aor_request *ar = userp;
-    size_t len = size * nmemb;
-
-    if (ar->req == NULL)
-        return 0; /* the client is gone: abort the transfer */
-    switch (ar->mode) {
-    case AOR_MODE_HEADERS:
-        return 0;
-    case AOR_MODE_DISCARD:
-        /* an error body: read (to keep the connection reusable) but bounded */
-        return ar->resp_headers.len + len > AOR_MAX_RESPONSE_HEADER_BYTES * 4 ? 0 : len;
-    case AOR_MODE_BUFFER:
-        if (ar->pending.len + len <= AOR_BUFFER_MAX)
-            return buf_append(&ar->pending, data, len) == 0 ? len : 0;
-        /* too large to hold: stream what we have and the rest */
-        ar->mode = AOR_MODE_STREAM;
-        break;
-    case AOR_MODE_STREAM:
-        break;
-    }
-    /* STREAM */
-    if (ar->first_byte_ns == 0)
-        ar->first_byte_ns = aor_mono_ns();
-    if (ar->pending.len != 0 && ar->pending.len + len > AOR_STREAM_HIGH_WATER) {
-        ar->paused = 1;
-        return CURL_WRITEFUNC_PAUSE; /* curl keeps this chunk and delivers it again on resume */
-    }
-    aor_sse_feed(&ar->sse, data, len);
-    if (buf_append(&ar->pending, data, len) != 0)
-        return 0;
-    if (!ar->started)
-        start_client_response(ar);
-    ar->in_curl_cb = 1;
-    flush(ar);
-    ar->in_curl_cb = 0;
-    return len;
-}
-
-static const char *failover_reason(CURLcode result)
-{
-    switch (result) {
-    case CURLE_OPERATION_TIMEDOUT:
-        return "timeout";
-    default:
-        return "connect";
-    }
 }
 
 static void finish_error(struct aor_request *ar, enum aor_error err, const char *message, int64_t retry_after_s)
@@ -352,16 +190,11 @@ static void give_up(struct aor_request *ar, int64_t earliest_cooldown_end)
                  ar->attempts == 0 ? "no backend is available (circuits open)" : "every attempt to reach a backend failed", 0);
 }
 
-static void end_attempt(struct aor_request *ar)
-{
-    curl_slist_free_all(ar->upstream_headers);
-    ar->upstream_headers = NULL;
-    aor_upstream_release(ar->worker->upstream, ar->xfer.easy);
-    ar->xfer.easy = NULL;
-}
-
 static void next_attempt(struct aor_request *ar)
 {
+    /* the failed attempt's headers are not the answer */
+    ar->req->res.headers.size = ar->res_headers_mark;
+    ar->pending.len = 0;
     if (ar->attempts >= ar->conf->limits.max_attempts) {
         give_up(ar, 0);
         return;
@@ -369,9 +202,186 @@ static void next_attempt(struct aor_request *ar)
     start_attempt(ar);
 }
 
-static void on_transfer_done(struct aor_upstream_xfer *xfer, CURLcode result)
+/* the attempt failed before anything reached the client: count it and try elsewhere */
+static void attempt_failed(struct aor_request *ar, const char *reason, const char *detail)
 {
-    struct aor_request *ar = H2O_STRUCT_FROM_MEMBER(struct aor_request, xfer, xfer);
+    const struct aor_backend_conf *b = ar->cand_backend[ar->current];
+    struct aor_balancer_policy pol = policy_of(ar->conf);
+
+    AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s attempt %u failed: %s (%s)", ar->id, b->name, ar->attempts, reason,
+            detail != NULL ? detail : "-");
+    aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, aor_now_ms());
+    aor_metrics_failover(b->name, reason);
+    ++ar->failed;
+    ar->last_error = reason;
+    next_attempt(ar);
+}
+
+/* a 429 or 5xx answer (its body read or dropped): cool down or count, then fail over */
+static void attempt_refused(struct aor_request *ar)
+{
+    const struct aor_backend_conf *b = ar->cand_backend[ar->current];
+    struct aor_balancer_policy pol = policy_of(ar->conf);
+    int64_t now = aor_now_ms();
+
+    if (ar->status == 429) {
+        if (ar->cooldown_capped)
+            AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s asked for an absurd retry-after; cooldown capped at %lld ms", ar->id,
+                    b->name, (long long)ar->cooldown_ms);
+        aor_balancer_record(b->state, &pol, AOR_OUTCOME_THROTTLED, ar->cooldown_ms, now);
+        aor_balancer_add_sent(b->state, -ar->estimate, now);
+        ++ar->throttled;
+        ar->last_error = "429";
+    } else {
+        aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
+        ++ar->failed;
+        ar->last_error = "5xx";
+    }
+    aor_metrics_failover(b->name, ar->last_error);
+    AOR_LOG(AOR_LOG_INFO, "proxy", "%s: backend %s answered %d, failing over", ar->id, b->name, ar->status);
+    next_attempt(ar);
+}
+
+/* ---- the transfer's callbacks --------------------------------------------------------- */
+
+static int64_t parse_int64(const char *p, size_t len)
+{
+    int64_t v = 0;
+    size_t i;
+
+    if (len == 0 || len > 18)
+        return -1;
+    for (i = 0; i != len; ++i) {
+        if (p[i] < '0' || p[i] > '9')
+            return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v;
+}
+
+static int hop_by_hop_or_private(const h2o_iovec_t *name)
+{
+    if (h2o_iovec_is_token(name)) {
+        const h2o_token_t *t = (const h2o_token_t *)name;
+        /* proxy_should_drop_for_res: connection, date, keep-alive, transfer-encoding, upgrade */
+        return t->proxy_should_drop_for_res || t == H2O_TOKEN_CONTENT_LENGTH || t == H2O_TOKEN_SERVER || t == H2O_TOKEN_TE;
+    }
+    return NAME_IS(name, "x-ratelimit-remaining-tokens") || NAME_IS(name, "x-ratelimit-remaining-requests") ||
+           NAME_IS(name, "proxy-connection") || NAME_IS(name, "trailer");
+}
+
+static void on_upstream_head(struct aor_upstream_h1_xfer *x, int status, const h2o_header_t *headers, size_t num_headers)
+{
+    struct aor_request *ar = H2O_STRUCT_FROM_MEMBER(struct aor_request, xfer, x);
+    h2o_req_t *req = ar->req;
+    const char *ct = NULL, *ra = NULL, *ra_ms = NULL;
+    size_t ct_len = 0, ra_len = 0, ra_ms_len = 0, i;
+    int failover = is_failover_status(status);
+
+    ar->status = status;
+    for (i = 0; i != num_headers; ++i) {
+        const h2o_iovec_t *name = headers[i].name, *value = &headers[i].value;
+        if (name == &H2O_TOKEN_CONTENT_TYPE->buf) {
+            ct = value->base;
+            ct_len = value->len;
+        } else if (name == &H2O_TOKEN_RETRY_AFTER->buf) {
+            ra = value->base;
+            ra_len = value->len;
+        } else if (NAME_IS(name, "retry-after-ms")) {
+            ra_ms = value->base;
+            ra_ms_len = value->len;
+        } else if (NAME_IS(name, "x-ratelimit-remaining-tokens")) {
+            ar->backend_remaining_tokens = parse_int64(value->base, value->len);
+        }
+        if (failover || hop_by_hop_or_private(name))
+            continue;
+        /* the bytes live in the socket's buffer: the client's response gets copies */
+        if (h2o_iovec_is_token(name))
+            h2o_add_header(&req->pool, &req->res.headers, (const h2o_token_t *)name, NULL,
+                           h2o_strdup(&req->pool, value->base, value->len).base, value->len);
+        else
+            h2o_add_header_by_str(&req->pool, &req->res.headers, h2o_strdup(&req->pool, name->base, name->len).base, name->len, 0,
+                                  NULL, h2o_strdup(&req->pool, value->base, value->len).base, value->len);
+    }
+    if (failover) {
+        ar->mode = AOR_MODE_DISCARD;
+        if (status == 429)
+            ar->cooldown_ms =
+                aor_retry_after_ms(ra_ms, ra_ms_len, ra, ra_len, aor_now_ms(), (int64_t)ar->conf->limits.default_cooldown_ms,
+                                   (int64_t)ar->conf->limits.max_cooldown_ms, &ar->cooldown_capped);
+        return;
+    }
+    ar->mode = ct_len >= 17 && strncasecmp(ct, "text/event-stream", 17) == 0 ? AOR_MODE_STREAM : AOR_MODE_BUFFER;
+}
+
+static void on_upstream_body(struct aor_upstream_h1_xfer *x, const char *data, size_t len)
+{
+    struct aor_request *ar = H2O_STRUCT_FROM_MEMBER(struct aor_request, xfer, x);
+
+    switch (ar->mode) {
+    case AOR_MODE_HEADERS:
+        return;
+    case AOR_MODE_DISCARD:
+        /* an error body: read to keep the connection reusable, but bounded */
+        if ((ar->discarded += len) > MAX_DISCARDED_BODY) {
+            cancel_upstream(ar);
+            if (ar->backend_remaining_tokens >= 0)
+                aor_balancer_report_remaining(ar->cand_backend[ar->current]->state, ar->backend_remaining_tokens, aor_now_ms());
+            attempt_refused(ar); /* may start the next attempt on ar->xfer: allowed inside its callback */
+        }
+        return;
+    case AOR_MODE_BUFFER:
+        if (ar->pending.len + len <= AOR_BUFFER_MAX) {
+            if (buf_append(&ar->pending, data, len) != 0) {
+                cancel_upstream(ar);
+                attempt_failed(ar, "connect", "out of memory");
+            }
+            return;
+        }
+        /* too large to hold: stream what we have and the rest */
+        ar->mode = AOR_MODE_STREAM;
+        break;
+    case AOR_MODE_STREAM:
+        break;
+    }
+    if (ar->first_byte_ns == 0)
+        ar->first_byte_ns = aor_mono_ns();
+    aor_sse_feed(&ar->sse, data, len);
+    if (buf_append(&ar->pending, data, len) != 0) {
+        /* out of memory mid-stream: end the client's response as broken */
+        cancel_upstream(ar);
+        if (!ar->started) {
+            attempt_failed(ar, "connect", "out of memory");
+            return;
+        }
+        ar->final_status = 502;
+        ar->final_sent = 1;
+        aor_pipeline_finish(ar);
+        if (ar->sending)
+            ar->abort_after_send = 1;
+        else
+            h2o_send(ar->req, NULL, 0, H2O_SEND_STATE_ERROR);
+        return;
+    }
+    if (!ar->started)
+        start_client_response(ar);
+    ar->in_upstream_cb = 1; /* h2o_send must not be able to free `ar` under us */
+    flush(ar);
+    ar->in_upstream_cb = 0;
+    if (ar->req == NULL) { /* disposed meanwhile: the transfer was cancelled with it */
+        aor_pipeline_maybe_free(ar);
+        return;
+    }
+    if (ar->pending.len >= AOR_STREAM_HIGH_WATER && !ar->paused) {
+        /* the client is behind by a send and this much more: stop reading the backend */
+        ar->paused = 1;
+        aor_upstream_h1_pause(x);
+    }
+}
+
+static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
+{
+    struct aor_request *ar = H2O_STRUCT_FROM_MEMBER(struct aor_request, xfer, x);
     const struct aor_backend_conf *b = ar->cand_backend[ar->current];
     struct aor_balancer_policy pol = policy_of(ar->conf);
     int64_t now = aor_now_ms();
@@ -384,22 +394,15 @@ static void on_transfer_done(struct aor_upstream_xfer *xfer, CURLcode result)
     if (ar->backend_remaining_tokens >= 0)
         aor_balancer_report_remaining(b->state, ar->backend_remaining_tokens, now);
 
-    if (result != CURLE_OK && !ar->started) {
+    if (errstr != NULL && !ar->started) {
         /* nothing reached the client: this attempt failed, the request may go elsewhere */
-        const char *reason = failover_reason(result);
-        AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s attempt %u failed: %s (%s)", ar->id, b->name, ar->attempts, reason,
-                curl_easy_strerror(result));
-        aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
-        aor_metrics_failover(b->name, reason);
-        ++ar->failed;
-        ar->last_error = reason;
-        ar->pending.len = 0;
-        next_attempt(ar);
+        attempt_failed(ar, errstr == aor_upstream_h1_err_timeout ? "timeout" : "connect", x->detail);
         return;
     }
-    if (result != CURLE_OK) {
+    if (errstr != NULL) {
         /* mid-stream: the client already has part of the answer, so it gets an incomplete one */
-        AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s failed mid-response: %s", ar->id, b->name, curl_easy_strerror(result));
+        AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s failed mid-response: %s (%s)", ar->id, b->name, errstr,
+                x->detail != NULL ? x->detail : "-");
         aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
         ar->final_status = 502;
         ar->final_sent = 1;
@@ -411,31 +414,7 @@ static void on_transfer_done(struct aor_upstream_xfer *xfer, CURLcode result)
         return;
     }
     if (ar->mode == AOR_MODE_DISCARD) {
-        if (ar->status == 429) {
-            const char *ms = NULL, *s = NULL;
-            size_t ms_len = 0, s_len = 0;
-            int capped;
-            int64_t cooldown;
-            find_resp_header(ar, "retry-after-ms", &ms, &ms_len);
-            find_resp_header(ar, "retry-after", &s, &s_len);
-            cooldown = aor_retry_after_ms(ms, ms_len, s, s_len, now, (int64_t)ar->conf->limits.default_cooldown_ms,
-                                          (int64_t)ar->conf->limits.max_cooldown_ms, &capped);
-            if (capped)
-                AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s asked for an absurd retry-after; cooldown capped at %lld ms", ar->id,
-                        b->name, (long long)cooldown);
-            aor_balancer_record(b->state, &pol, AOR_OUTCOME_THROTTLED, cooldown, now);
-            aor_balancer_add_sent(b->state, -ar->estimate, now);
-            ++ar->throttled;
-            ar->last_error = "429";
-        } else {
-            aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
-            ++ar->failed;
-            ar->last_error = "5xx";
-        }
-        aor_metrics_failover(b->name, ar->last_error);
-        AOR_LOG(AOR_LOG_INFO, "proxy", "%s: backend %s answered %d, failing over", ar->id, b->name, ar->status);
-        ar->pending.len = 0;
-        next_attempt(ar);
+        attempt_refused(ar);
         return;
     }
 
@@ -460,33 +439,22 @@ static void on_transfer_done(struct aor_upstream_xfer *xfer, CURLcode result)
     flush(ar);
 }
 
+/* ---- the request ---------------------------------------------------------------------- */
+
 static int skip_request_header(struct aor_request *ar, const h2o_iovec_t *name)
 {
-    static const char *const drop[] = {"host",
-                                       "content-length",
-                                       "transfer-encoding",
-                                       "connection",
-                                       "keep-alive",
-                                       "te",
-                                       "upgrade",
-                                       "proxy-connection",
-                                       "proxy-authorization",
-                                       "expect",
-                                       "accept-encoding",
-                                       "authorization",
-                                       "api-key",
-                                       "ocp-apim-subscription-key",
-                                       "http2-settings",
-                                       "x-request-id",
-                                       "cookie",
-                                       NULL};
     size_t i;
 
-    if (name->len == 0 || name->base[0] == ':')
+    if (h2o_iovec_is_token(name)) {
+        const h2o_token_t *t = (const h2o_token_t *)name;
+        /* proxy_should_drop_for_req: connection, http2-settings, keep-alive, proxy-authenticate,
+         * proxy-authorization, te, transfer-encoding, upgrade */
+        return t->proxy_should_drop_for_req || t == H2O_TOKEN_HOST || t == H2O_TOKEN_CONTENT_LENGTH || t == H2O_TOKEN_EXPECT ||
+               t == H2O_TOKEN_ACCEPT_ENCODING || t == H2O_TOKEN_AUTHORIZATION || t == H2O_TOKEN_COOKIE || t->buf.base[0] == ':';
+    }
+    if (name->len == 0 || name->base[0] == ':' || NAME_IS(name, "api-key") || NAME_IS(name, "ocp-apim-subscription-key") ||
+        NAME_IS(name, "x-request-id") || NAME_IS(name, "proxy-connection"))
         return 1;
-    for (i = 0; drop[i] != NULL; ++i)
-        if (strlen(drop[i]) == name->len && memcmp(drop[i], name->base, name->len) == 0)
-            return 1;
     for (i = 0; i != ar->conf->auth.num_key_headers; ++i)
         if (strlen(ar->conf->auth.key_headers[i]) == name->len &&
             strncasecmp(ar->conf->auth.key_headers[i], name->base, name->len) == 0)
@@ -494,36 +462,100 @@ static int skip_request_header(struct aor_request *ar, const h2o_iovec_t *name)
     return 0;
 }
 
-static int build_headers(struct aor_request *ar, const struct aor_backend_conf *b, struct curl_slist **out)
+/* a header value may go on the wire as is: no CR, LF or other control byte but tab */
+static int is_clean_value(const h2o_iovec_t *v)
 {
-    struct curl_slist *l = NULL, *n;
-    char line[8192];
     size_t i;
 
-    for (i = 0; i != ar->req->headers.size; ++i) {
-        const h2o_header_t *h = ar->req->headers.entries + i;
-        if (skip_request_header(ar, h->name) || h->name->len + h->value.len + 3 > sizeof(line))
-            continue;
-        snprintf(line, sizeof(line), "%.*s: %.*s", (int)h->name->len, h->name->base, (int)h->value.len, h->value.base);
-        if ((n = curl_slist_append(l, line)) == NULL)
-            goto fail;
-        l = n;
+    for (i = 0; i != v->len; ++i) {
+        unsigned char c = (unsigned char)v->base[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return 0;
     }
-    snprintf(line, sizeof(line), "x-request-id: %s", ar->id);
-    if ((n = curl_slist_append(l, line)) == NULL)
-        goto fail;
-    l = n;
-    /* no "Expect: 100-continue" round trip; curl's default Accept is not ours to add */
-    if ((n = curl_slist_append(l, "Expect:")) == NULL || (l = n, (n = curl_slist_append(l, "Accept:")) == NULL))
-        goto fail;
-    l = n;
-    if (aor_cred_apply(b, &l) != NULL)
-        goto fail;
-    *out = l;
+    return 1;
+}
+
+static char *put(char *p, const void *src, size_t len)
+{
+    memcpy(p, src, len);
+    return p + len;
+}
+
+#define PUT_LIT(p, lit) put((p), (lit), sizeof(lit) - 1)
+
+static char *put_dec(char *p, size_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+
+    do
+        tmp[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    while (n != 0)
+        *p++ = tmp[--n];
+    return p;
+}
+
+/*
+ * The HTTP/1.1 request head for this attempt, in req->pool: request line, Host, the
+ * body's length, the client's headers that may go on, x-request-id and the backend
+ * credential. 0, or -1 when the credential is unavailable.
+ */
+static int build_head(struct aor_request *ar, const struct aor_backend_conf *b, const struct aor_upstream_h1_target *t,
+                      const char *path, size_t path_len, int has_body, size_t body_len, h2o_iovec_t *head)
+{
+    h2o_req_t *req = ar->req;
+    struct aor_cred_header cred;
+    size_t method_len = strlen(ar->method), id_len = strlen(ar->id), cap, i;
+    char *base, *p;
+
+    if (aor_cred_header(b, &cred) != NULL)
+        return -1;
+    cap = method_len + 1 + t->path_prefix.len + path_len + sizeof(" HTTP/1.1\r\nhost: \r\n") + t->authority.len +
+          sizeof("content-length: \r\n") + 20 + sizeof("x-request-id: \r\n") + id_len + sizeof("\r\n");
+    if (cred.name != NULL)
+        cap += cred.name_len + 2 + cred.prefix_len + cred.secret_len + 2;
+    for (i = 0; i != req->headers.size; ++i)
+        cap += req->headers.entries[i].name->len + 2 + req->headers.entries[i].value.len + 2;
+    base = p = h2o_mem_alloc_pool(&req->pool, cap);
+
+    p = put(p, ar->method, method_len);
+    *p++ = ' ';
+    p = put(p, t->path_prefix.base, t->path_prefix.len);
+    p = put(p, path, path_len);
+    p = PUT_LIT(p, " HTTP/1.1\r\nhost: ");
+    p = put(p, t->authority.base, t->authority.len);
+    p = PUT_LIT(p, "\r\n");
+    if (has_body) {
+        p = PUT_LIT(p, "content-length: ");
+        p = put_dec(p, body_len);
+        p = PUT_LIT(p, "\r\n");
+    }
+    for (i = 0; i != req->headers.size; ++i) {
+        const h2o_header_t *h = req->headers.entries + i;
+        if (skip_request_header(ar, h->name) || h->name->len + h->value.len + 4 > MAX_REQUEST_HEADER_LINE ||
+            !is_clean_value(&h->value))
+            continue;
+        p = put(p, h->name->base, h->name->len);
+        p = PUT_LIT(p, ": ");
+        p = put(p, h->value.base, h->value.len);
+        p = PUT_LIT(p, "\r\n");
+    }
+    p = PUT_LIT(p, "x-request-id: ");
+    p = put(p, ar->id, id_len);
+    p = PUT_LIT(p, "\r\n");
+    if (cred.name != NULL) {
+        p = put(p, cred.name, cred.name_len);
+        p = PUT_LIT(p, ": ");
+        ar->cred_at = p;
+        p = put(p, cred.prefix, cred.prefix_len);
+        p = put(p, cred.secret, cred.secret_len);
+        ar->cred_len = (size_t)(p - ar->cred_at);
+        p = PUT_LIT(p, "\r\n");
+    }
+    p = PUT_LIT(p, "\r\n");
+    *head = h2o_iovec_init(base, (size_t)(p - base));
     return 0;
-fail:
-    curl_slist_free_all(l);
-    return -1;
 }
 
 /* the body for this backend: the client's, or with `model` set to the backend's name for the deployment */
@@ -547,16 +579,28 @@ static int attempt_body(struct aor_request *ar, const struct aor_backend_conf *b
     return 0;
 }
 
+/* the path may go into the request line: no space or control byte */
+static int is_clean_path(const char *p, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i != len; ++i)
+        if ((unsigned char)p[i] <= 0x20 || p[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
 static void start_attempt(struct aor_request *ar)
 {
     struct aor_worker *w = ar->worker;
     int64_t earliest = 0, now = aor_now_ms();
     const struct aor_backend_conf *b;
+    const struct aor_upstream_h1_target *t;
     const char *body, *name;
-    size_t body_len, url_len;
-    char url[4096];
-    CURL *easy;
-    int pick, n;
+    size_t body_len;
+    h2o_iovec_t head;
+    char path[4096];
+    int pick, n, is_get, is_head;
 
     pick = aor_balancer_pick(ar->cand, ar->num_cand, now, aor_worker_random(w), &earliest);
     if (pick < 0) {
@@ -570,65 +614,44 @@ static void start_attempt(struct aor_request *ar)
     name = ar->cand_name[pick];
     aor_balancer_add_sent(b->state, ar->estimate, now);
 
-    url_len = strlen(b->url);
-    if (url_len >= sizeof(url) ||
-        (n = aor_route_upstream_path(&ar->route, b->provider, name, strlen(name), url + url_len, sizeof(url) - url_len)) < 0) {
+    if ((n = aor_route_upstream_path(&ar->route, b->provider, name, strlen(name), path, sizeof(path))) < 0) {
         ++ar->failed;
         next_attempt(ar);
         return;
     }
-    memcpy(url, b->url, url_len);
-    if (attempt_body(ar, b, name, &body, &body_len) != 0 || build_headers(ar, b, &ar->upstream_headers) != 0 ||
-        (easy = aor_upstream_acquire(w->upstream)) == NULL) {
-        /* out of memory or no credential: counts as a failed attempt on this backend */
+    if (!is_clean_path(path, (size_t)n)) {
+        aor_balancer_add_sent(b->state, -ar->estimate, now);
+        finish_error(ar, AOR_ERR_INVALID_REQUEST, "the request path has bytes that cannot be forwarded", 0);
+        return;
+    }
+    is_get = strcmp(ar->method, "GET") == 0;
+    is_head = strcmp(ar->method, "HEAD") == 0;
+    ar->status = 0;
+    ar->mode = AOR_MODE_HEADERS;
+    ar->discarded = 0;
+    ar->cooldown_ms = 0;
+    ar->cooldown_capped = 0;
+    ar->backend_remaining_tokens = -1;
+    ar->upstream_started_ns = aor_mono_ns();
+    if ((t = aor_upstream_h1_target(w->upstream_h1, b->url, strlen(b->url))) == NULL ||
+        attempt_body(ar, b, name, &body, &body_len) != 0 ||
+        build_head(ar, b, t, path, (size_t)n, !is_get && !is_head, body_len, &head) != 0) {
+        /* out of memory, an unusable URL or no credential: counts as a failed attempt on this backend */
         struct aor_balancer_policy pol = policy_of(ar->conf);
         AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s: could not prepare the attempt (credential unavailable?)", ar->id, b->name);
         aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
         ++ar->failed;
-        curl_slist_free_all(ar->upstream_headers);
-        ar->upstream_headers = NULL;
         next_attempt(ar);
         return;
     }
-    ar->xfer.easy = easy;
-    ar->xfer.on_done = on_transfer_done;
-    ar->status = 0;
-    ar->mode = AOR_MODE_HEADERS;
-    ar->resp_headers.len = 0;
-    ar->backend_remaining_tokens = -1;
-    ar->upstream_started_ns = aor_mono_ns();
-
-    curl_easy_setopt(easy, CURLOPT_URL, url);
-    if (ar->req->method.len == 3 && memcmp(ar->req->method.base, "GET", 3) == 0) {
-        curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
-    } else {
-        curl_easy_setopt(easy, CURLOPT_POST, 1L);
-        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
-        if (!(ar->req->method.len == 4 && memcmp(ar->req->method.base, "POST", 4) == 0)) {
-            char method[16];
-            snprintf(method, sizeof(method), "%.*s", (int)ar->req->method.len, ar->req->method.base);
-            curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, method);
-        }
-    }
-    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, ar->upstream_headers);
-    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(easy, CURLOPT_HEADERDATA, ar);
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(easy, CURLOPT_WRITEDATA, ar);
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)ar->conf->limits.upstream_timeout_ms);
-    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long)ar->conf->limits.connect_timeout_ms);
-    curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
-
-    if (aor_upstream_start(w->upstream, &ar->xfer) != 0) {
+    ar->xfer.on_head = on_upstream_head;
+    ar->xfer.on_body = on_upstream_body;
+    ar->xfer.on_done = on_upstream_done;
+    if (aor_upstream_h1_start(w->upstream_h1, &ar->xfer, t, head,
+                              is_get || is_head ? h2o_iovec_init(NULL, 0) : h2o_iovec_init(body, body_len), is_head,
+                              ar->conf->limits.connect_timeout_ms, ar->conf->limits.upstream_timeout_ms) != 0) {
         end_attempt(ar);
-        ++ar->failed;
-        next_attempt(ar);
+        attempt_failed(ar, "connect", ar->xfer.detail);
     }
 }
 
@@ -637,6 +660,7 @@ void aor_proxy_start(struct aor_request *ar)
     ar->generator.proceed = on_proceed;
     ar->generator.stop = on_stop;
     ar->current = -1;
+    ar->res_headers_mark = ar->req->res.headers.size; /* what the pipeline added; the backend's come after */
     start_attempt(ar);
 }
 
@@ -649,8 +673,6 @@ void aor_proxy_free(struct aor_request *ar)
 {
     buf_free(&ar->inflight);
     buf_free(&ar->pending);
-    buf_free(&ar->resp_headers);
     aor_sse_dispose(&ar->sse);
     free(ar->attempt_body);
-    end_attempt(ar);
 }

@@ -3,7 +3,7 @@
  * request. Lifetime: malloc'd when a data-plane request is accepted; h2o's side ends
  * when the request's pool is disposed (req becomes NULL); the upstream side ends when
  * the transfer is done or cancelled. It is freed when both have ended, never inside
- * a libcurl callback.
+ * an upstream callback.
  */
 #ifndef AOR_REQUEST_H
 #define AOR_REQUEST_H
@@ -14,7 +14,7 @@
 #include "balancer.h"
 #include "reqbody.h"
 #include "routes.h"
-#include "upstream.h"
+#include "upstream_h1.h"
 #include "usage.h"
 
 #define AOR_MAX_CANDIDATES 64
@@ -72,12 +72,16 @@ struct aor_request {
     int current; /* candidate of the current attempt, -1 before the first */
     const char *last_error;
 
-    /* the current attempt */
-    struct aor_upstream_xfer xfer;
-    struct curl_slist *upstream_headers;
+    /* the current attempt: one upstream_h1 transfer; its request head lives in req->pool */
+    struct aor_upstream_h1_xfer xfer;
     int status;
     enum aor_response_mode mode;
-    struct aor_buf resp_headers; /* raw header lines of the current attempt */
+    size_t res_headers_mark; /* req->res.headers.size before any attempt added the backend's */
+    char *cred_at;           /* the credential's bytes in the request head, wiped when the attempt ends */
+    size_t cred_len;
+    size_t discarded;    /* body bytes of a 429/5xx reply read and dropped */
+    int64_t cooldown_ms; /* a 429's retry-after, as a cooldown */
+    int cooldown_capped; /* ... cut to limits.max_cooldown_ms */
     int64_t backend_remaining_tokens;
 
     /* the response to the client */
@@ -87,7 +91,7 @@ struct aor_request {
     int upstream_done;
     int final_sent;
     int abort_after_send; /* the upstream broke while a send was in flight */
-    int in_curl_cb;       /* inside a libcurl callback: the request must not be freed */
+    int in_upstream_cb;       /* inside an upstream callback: the request must not be freed (pipeline.c reads the name) */
     struct aor_buf inflight, pending;
     uint64_t bytes_to_client;
     struct aor_sse_scanner sse;

@@ -35,6 +35,7 @@
 #include "pipeline.h"
 #include "server.h"
 #include "upstream.h"
+#include "upstream_h1.h"
 
 #define REDIS_COMMAND_TIMEOUT_MS 1000 /* hiredis 0.14 has none: our own timer per command */
 
@@ -225,10 +226,13 @@ static void *worker_main(void *arg)
     aor_tokencache_destroy(w->tokens);
     uv_run(&w->loop, UV_RUN_NOWAIT);
     aor_upstream_destroy(w->upstream);
+    aor_upstream_h1_close(w->upstream_h1);
     uv_close((uv_handle_t *)&w->wake, NULL);
     if (w->drain_timer.loop != NULL) /* initialised by begin_shutdown */
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
     uv_run(&w->loop, UV_RUN_NOWAIT); /* runs the close callbacks */
+    aor_upstream_h1_free(w->upstream_h1);
+    w->upstream_h1 = NULL;
     aor_config_release(w->conf);
     w->conf = NULL;
     free(w->listeners);
@@ -246,7 +250,9 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
         w->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)id << 32) ^ (uint64_t)time(NULL);
     uv_loop_init(&w->loop);
     h2o_context_init(&w->ctx, &w->loop, &globalconf);
-    if ((w->upstream = aor_upstream_create(&w->loop)) == NULL || (w->accesslog = aor_accesslog_create(&w->loop)) == NULL ||
+    if ((w->upstream = aor_upstream_create(&w->loop)) == NULL ||
+        (w->upstream_h1 = aor_upstream_h1_create(&w->loop, &w->ctx.receivers.hostinfo_getaddr)) == NULL ||
+        (w->accesslog = aor_accesslog_create(&w->loop)) == NULL ||
         (w->tokens = aor_tokencache_create(AOR_TOKENCACHE_DEFAULT_CAPACITY)) == NULL)
         return -1;
     if (conf->redis.url != NULL &&

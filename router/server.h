@@ -1,7 +1,8 @@
 /*
  * server — listeners, worker threads and their loops, and the process lifecycle:
  * SIGHUP reload (a new config generation handed to every worker), SIGTERM drain.
- * Each worker owns one uv loop carrying h2o, the upstream (libcurl) and its timers;
+ * Each worker owns one uv loop carrying h2o, the upstreams (backends: h2o's http1client;
+ * control plane: libcurl) and its timers;
  * workers share nothing but the config generation (reference-counted) and the
  * backend state table (atomics).
  */
@@ -14,6 +15,7 @@
 #include "config.h"
 
 struct aor_upstream;
+struct aor_upstream_h1;
 struct aor_accesslog;
 struct aor_redis;
 struct aor_apikeys;
@@ -24,8 +26,9 @@ struct aor_worker {
     uv_loop_t loop;
     pthread_t thread;
     unsigned id;
-    struct aor_upstream *upstream;
-    struct aor_config *conf; /* this worker's current generation; one reference held */
+    struct aor_upstream *upstream;       /* libcurl: control-plane calls (JWKS, OIDC, ...) */
+    struct aor_upstream_h1 *upstream_h1; /* h2o http1client: the data plane's backend connections */
+    struct aor_config *conf;             /* this worker's current generation; one reference held */
     struct aor_accesslog *accesslog;
     struct aor_redis *redis;       /* NULL when no redis: is configured */
     struct aor_apikeys *apikeys;   /* subscription key lookups, cached per worker */
