@@ -91,7 +91,7 @@ struct aor_request {
     int upstream_done;
     int final_sent;
     int abort_after_send; /* the upstream broke while a send was in flight */
-    int in_upstream_cb;       /* inside an upstream callback: the request must not be freed (pipeline.c reads the name) */
+    int in_upstream_cb;   /* inside an upstream callback: the request must not be freed */
     struct aor_buf inflight, pending;
     uint64_t bytes_to_client;
     struct aor_sse_scanner sse;
