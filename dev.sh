@@ -107,6 +107,9 @@ run() {
   MOCK2=$!
   trap 'kill $MOCK1 $MOCK2 2>/dev/null || true' EXIT
   sleep 0.3
+  for m in "$MOCK1:9001" "$MOCK2:9002"; do
+    kill -0 "${m%%:*}" 2>/dev/null || { echo "a mock region could not start: is port ${m##*:} in use? (.run/mock-*.log)" >&2; exit 1; }
+  done
   log "router on http://127.0.0.1:8080 — try:"
   cat >&2 <<'EX'
   curl -s http://127.0.0.1:8080/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 \
