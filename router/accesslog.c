@@ -15,6 +15,8 @@
 
 struct aor_accesslog {
     uv_timer_t timer;
+    time_t stamp_sec; /* the second `stamp` was formatted for */
+    char stamp[32];
     size_t len;
     char buf[BATCH_BYTES + LINE_MAX_BYTES];
 };
@@ -44,6 +46,7 @@ struct aor_accesslog *aor_accesslog_create(uv_loop_t *loop)
     if (log == NULL)
         return NULL;
     log->len = 0;
+    log->stamp_sec = 0;
     uv_timer_init(loop, &log->timer);
     log->timer.data = log;
     uv_timer_start(&log->timer, on_timer, 100, 100);
@@ -63,64 +66,144 @@ void aor_accesslog_destroy(struct aor_accesslog *log)
     uv_close((uv_handle_t *)&log->timer, on_closed);
 }
 
-static double ms_between(uint64_t from_ns, uint64_t to_ns)
+/* appends to one line, bounded; `overflow` drops the line rather than cut it */
+struct line {
+    char *p, *end;
+    int overflow;
+};
+
+static void put(struct line *l, const char *s, size_t n)
 {
-    return from_ns == 0 || to_ns < from_ns ? 0 : (double)(to_ns - from_ns) / 1e6;
+    if ((size_t)(l->end - l->p) < n) {
+        l->overflow = 1;
+        return;
+    }
+    memcpy(l->p, s, n);
+    l->p += n;
 }
 
-/* JSON string content: quotes, backslashes and control bytes escaped; bounded */
-static const char *escape(const char *s, char *buf, size_t cap)
-{
-    size_t n = 0;
+#define PUT_LIT(l, lit) put((l), (lit), sizeof(lit) - 1)
 
-    for (; s != NULL && *s != '\0' && n + 7 < cap; ++s) {
+static void put_str(struct line *l, const char *s)
+{
+    if (s != NULL)
+        put(l, s, strlen(s));
+}
+
+/* JSON string content: quotes, backslashes and control bytes escaped */
+static void put_esc(struct line *l, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    for (; s != NULL && *s != '\0'; ++s) {
         unsigned char c = (unsigned char)*s;
         if (c == '"' || c == '\\') {
-            buf[n++] = '\\';
-            buf[n++] = (char)c;
+            char e[2] = {'\\', (char)c};
+            put(l, e, 2);
         } else if (c < 0x20 || c == 0x7f) {
-            n += (size_t)snprintf(buf + n, cap - n, "\\u%04x", c);
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            put(l, e, 6);
         } else {
-            buf[n++] = (char)c;
+            put(l, (const char *)&c, 1);
         }
     }
-    buf[n] = '\0';
-    return buf;
 }
 
+static void put_int(struct line *l, int64_t v)
+{
+    char buf[24], *q = buf + sizeof(buf);
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+
+    do {
+        *--q = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        *--q = '-';
+    put(l, q, (size_t)(buf + sizeof(buf) - q));
+}
+
+/* milliseconds between two monotonic stamps with three decimals; 0.000 when `from` is unset */
+static void put_ms(struct line *l, uint64_t from_ns, uint64_t to_ns)
+{
+    uint64_t us = from_ns == 0 || to_ns < from_ns ? 0 : (to_ns - from_ns) / 1000;
+    char frac[4] = {'.', (char)('0' + us % 1000 / 100), (char)('0' + us % 100 / 10), (char)('0' + us % 10)};
+
+    put_int(l, (int64_t)(us / 1000));
+    put(l, frac, 4);
+}
+
+/* hand-rolled rather than one snprintf: this runs once per request and snprintf cost
+ * about 10k instructions of it (bench/README.md) */
 void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar)
 {
-    char tenant[2 * 260], subject[2 * 260], client_id[2 * 260];
-    struct timespec now;
-    struct tm tm;
-    time_t secs;
-    char stamp[32];
+    struct line l = {log->buf + log->len, log->buf + log->len + LINE_MAX_BYTES, 0};
     const char *backend = ar->current >= 0 ? ar->cand_backend[ar->current]->name : "";
-    uint64_t now_ns;
-    int n;
+    struct timespec now;
+    uint64_t now_ns = aor_mono_ns();
+    char ms[5];
 
     clock_gettime(CLOCK_REALTIME, &now);
-    secs = now.tv_sec;
-    gmtime_r(&secs, &tm);
-    strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
-    now_ns = aor_mono_ns();
+    if (now.tv_sec != log->stamp_sec) {
+        struct tm tm;
+        time_t secs = now.tv_sec;
+        gmtime_r(&secs, &tm);
+        strftime(log->stamp, sizeof(log->stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+        log->stamp_sec = now.tv_sec;
+    }
+    ms[0] = '.';
+    ms[1] = (char)('0' + now.tv_nsec / 100000000);
+    ms[2] = (char)('0' + now.tv_nsec / 10000000 % 10);
+    ms[3] = (char)('0' + now.tv_nsec / 1000000 % 10);
+    ms[4] = 'Z';
     /* id and deployment are validated to [A-Za-z0-9._:-]; identities come from tokens: escaped */
-    n = snprintf(log->buf + log->len, LINE_MAX_BYTES,
-                 "{\"time\":\"%s.%03ldZ\",\"request_id\":\"%s\",\"tenant\":\"%s\",\"auth\":\"%s\",\"subject\":\"%s\","
-                 "\"client_id\":\"%s\",\"key_id\":\"%s\",\"method\":\"%s\",\"deployment\":\"%s\",\"backend\":\"%s\",\"attempts\":%"
-                 "u,\"status\":%d,\"stream\":%s,"
-                 "\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld,"
-                 "\"duration_ms\":%.3f,\"upstream_ms\":%.3f,\"ttfb_ms\":%.3f,\"error\":\"%s\"}\n",
-                 stamp, now.tv_nsec / 1000000, ar->id, escape(ar->auth.tenant, tenant, sizeof(tenant)),
-                 ar->auth.method != NULL ? ar->auth.method : "none", escape(ar->auth.subject, subject, sizeof(subject)),
-                 escape(ar->auth.client_id, client_id, sizeof(client_id)), ar->auth.key_id, ar->method, ar->deployment, backend,
-                 ar->attempts, ar->final_status, ar->stream ? "true" : "false", (long long)ar->usage.prompt,
-                 (long long)ar->usage.completion, (long long)ar->usage.total, ms_between(ar->started_ns, now_ns),
-                 ms_between(ar->upstream_started_ns, now_ns), ms_between(ar->started_ns, ar->first_byte_ns),
-                 ar->last_error != NULL ? ar->last_error : "");
-    if (n < 0 || n >= LINE_MAX_BYTES)
+    PUT_LIT(&l, "{\"time\":\"");
+    put_str(&l, log->stamp);
+    put(&l, ms, 5);
+    PUT_LIT(&l, "\",\"request_id\":\"");
+    put_str(&l, ar->id);
+    PUT_LIT(&l, "\",\"tenant\":\"");
+    put_esc(&l, ar->auth.tenant);
+    PUT_LIT(&l, "\",\"auth\":\"");
+    put_str(&l, ar->auth.method != NULL ? ar->auth.method : "none");
+    PUT_LIT(&l, "\",\"subject\":\"");
+    put_esc(&l, ar->auth.subject);
+    PUT_LIT(&l, "\",\"client_id\":\"");
+    put_esc(&l, ar->auth.client_id);
+    PUT_LIT(&l, "\",\"key_id\":\"");
+    put_str(&l, ar->auth.key_id);
+    PUT_LIT(&l, "\",\"method\":\"");
+    put_str(&l, ar->method);
+    PUT_LIT(&l, "\",\"deployment\":\"");
+    put_str(&l, ar->deployment);
+    PUT_LIT(&l, "\",\"backend\":\"");
+    put_str(&l, backend);
+    PUT_LIT(&l, "\",\"attempts\":");
+    put_int(&l, ar->attempts);
+    PUT_LIT(&l, ",\"status\":");
+    put_int(&l, ar->final_status);
+    if (ar->stream)
+        PUT_LIT(&l, ",\"stream\":true");
+    else
+        PUT_LIT(&l, ",\"stream\":false");
+    PUT_LIT(&l, ",\"prompt_tokens\":");
+    put_int(&l, ar->usage.prompt);
+    PUT_LIT(&l, ",\"completion_tokens\":");
+    put_int(&l, ar->usage.completion);
+    PUT_LIT(&l, ",\"total_tokens\":");
+    put_int(&l, ar->usage.total);
+    PUT_LIT(&l, ",\"duration_ms\":");
+    put_ms(&l, ar->started_ns, now_ns);
+    PUT_LIT(&l, ",\"upstream_ms\":");
+    put_ms(&l, ar->upstream_started_ns, now_ns);
+    PUT_LIT(&l, ",\"ttfb_ms\":");
+    put_ms(&l, ar->started_ns, ar->first_byte_ns);
+    PUT_LIT(&l, ",\"error\":\"");
+    put_str(&l, ar->last_error);
+    PUT_LIT(&l, "\"}\n");
+    if (l.overflow)
         return;
-    log->len += (size_t)n;
+    log->len = (size_t)(l.p - log->buf);
     if (log->len >= BATCH_BYTES)
         aor_accesslog_flush(log);
 }
