@@ -16,6 +16,7 @@
 #include <string.h>
 #include <strings.h>
 #include "backend.h"
+#include "coolshare.h"
 #include "cred.h"
 #include "config.h"
 #include "errors.h"
@@ -229,6 +230,7 @@ static void attempt_refused(struct aor_request *ar)
             AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s asked for an absurd retry-after; cooldown capped at %lld ms", ar->id,
                     b->name, (long long)ar->cooldown_ms);
         aor_balancer_record(b->state, &pol, AOR_OUTCOME_THROTTLED, ar->cooldown_ms, now);
+        aor_coolshare_publish(ar->worker, b, now + ar->cooldown_ms, now);
         aor_balancer_add_sent(b->state, -ar->estimate, now);
         ++ar->throttled;
         ar->last_error = "429";

@@ -18,6 +18,7 @@ struct aor_upstream;
 struct aor_upstream_h1;
 struct aor_accesslog;
 struct aor_redis;
+struct aor_redis_cmd;
 struct aor_apikeys;
 struct aor_tokencache;
 
@@ -33,6 +34,9 @@ struct aor_worker {
     struct aor_redis *redis;       /* NULL when no redis: is configured */
     struct aor_apikeys *apikeys;   /* subscription key lookups, cached per worker */
     struct aor_tokencache *tokens; /* verified JWTs, per worker */
+    uv_timer_t coolshare_timer;    /* reads the cooldowns other replicas published */
+    struct aor_redis_cmd *coolshare_cmd;
+    uint64_t coolshare_gen; /* config generation of the pending read */
     uint64_t rng;
     uv_async_t wake; /* main thread → worker: reload or shutdown */
     uint64_t seen_generation;
