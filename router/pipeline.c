@@ -249,9 +249,11 @@ static void after_authenticate(struct aor_request *ar)
         aor_metrics_auth_failure(ar->auth.reason);
         aor_auth_add_challenge(&ar->auth, ar->req);
         refuse(ar,
-               ar->auth.status == 401   ? AOR_ERR_UNAUTHORIZED
-               : ar->auth.status == 403 ? AOR_ERR_FORBIDDEN
-                                        : AOR_ERR_QUOTA_STORE_UNAVAILABLE,
+               /* 503 only for the key store; anything else undecided (a verifier's internal
+                * error) is no proof of identity: 401 */
+               ar->auth.status == 403   ? AOR_ERR_FORBIDDEN
+               : ar->auth.status == 503 ? AOR_ERR_QUOTA_STORE_UNAVAILABLE
+                                        : AOR_ERR_UNAUTHORIZED,
                ar->auth.description);
         return;
     }
