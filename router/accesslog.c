@@ -133,12 +133,20 @@ static void put_ms(struct line *l, uint64_t from_ns, uint64_t to_ns)
     put(l, frac, 4);
 }
 
+/* one line's fields: a data-plane request's, or a control endpoint's (most left empty) */
+struct entry {
+    const char *id, *tenant, *auth, *subject, *client_id, *key_id, *method, *deployment, *backend, *error;
+    unsigned attempts;
+    int status, stream;
+    int64_t prompt, completion, total;
+    uint64_t started_ns, upstream_ns, first_byte_ns;
+};
+
 /* hand-rolled rather than one snprintf: this runs once per request and snprintf cost
  * about 10k instructions of it (bench/README.md) */
-void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar)
+static void write_entry(struct aor_accesslog *log, const struct entry *e)
 {
     struct line l = {log->buf + log->len, log->buf + log->len + LINE_MAX_BYTES, 0};
-    const char *backend = ar->current >= 0 ? ar->cand_backend[ar->current]->name : "";
     struct timespec now;
     uint64_t now_ns = aor_mono_ns();
     char ms[5];
@@ -161,49 +169,67 @@ void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar
     put_str(&l, log->stamp);
     put(&l, ms, 5);
     PUT_LIT(&l, "\",\"request_id\":\"");
-    put_str(&l, ar->id);
+    put_str(&l, e->id);
     PUT_LIT(&l, "\",\"tenant\":\"");
-    put_esc(&l, ar->auth.tenant);
+    put_esc(&l, e->tenant);
     PUT_LIT(&l, "\",\"auth\":\"");
-    put_str(&l, ar->auth.method != NULL ? ar->auth.method : "none");
+    put_str(&l, e->auth);
     PUT_LIT(&l, "\",\"subject\":\"");
-    put_esc(&l, ar->auth.subject);
+    put_esc(&l, e->subject);
     PUT_LIT(&l, "\",\"client_id\":\"");
-    put_esc(&l, ar->auth.client_id);
+    put_esc(&l, e->client_id);
     PUT_LIT(&l, "\",\"key_id\":\"");
-    put_str(&l, ar->auth.key_id);
+    put_str(&l, e->key_id);
     PUT_LIT(&l, "\",\"method\":\"");
-    put_str(&l, ar->method);
+    put_str(&l, e->method);
     PUT_LIT(&l, "\",\"deployment\":\"");
-    put_str(&l, ar->deployment);
+    put_str(&l, e->deployment);
     PUT_LIT(&l, "\",\"backend\":\"");
-    put_str(&l, backend);
+    put_str(&l, e->backend);
     PUT_LIT(&l, "\",\"attempts\":");
-    put_int(&l, ar->attempts);
+    put_int(&l, e->attempts);
     PUT_LIT(&l, ",\"status\":");
-    put_int(&l, ar->final_status);
-    if (ar->stream)
+    put_int(&l, e->status);
+    if (e->stream)
         PUT_LIT(&l, ",\"stream\":true");
     else
         PUT_LIT(&l, ",\"stream\":false");
     PUT_LIT(&l, ",\"prompt_tokens\":");
-    put_int(&l, ar->usage.prompt);
+    put_int(&l, e->prompt);
     PUT_LIT(&l, ",\"completion_tokens\":");
-    put_int(&l, ar->usage.completion);
+    put_int(&l, e->completion);
     PUT_LIT(&l, ",\"total_tokens\":");
-    put_int(&l, ar->usage.total);
+    put_int(&l, e->total);
     PUT_LIT(&l, ",\"duration_ms\":");
-    put_ms(&l, ar->started_ns, now_ns);
+    put_ms(&l, e->started_ns, now_ns);
     PUT_LIT(&l, ",\"upstream_ms\":");
-    put_ms(&l, ar->upstream_started_ns, now_ns);
+    put_ms(&l, e->upstream_ns, now_ns);
     PUT_LIT(&l, ",\"ttfb_ms\":");
-    put_ms(&l, ar->started_ns, ar->first_byte_ns);
+    put_ms(&l, e->started_ns, e->first_byte_ns);
     PUT_LIT(&l, ",\"error\":\"");
-    put_str(&l, ar->last_error);
+    put_str(&l, e->error);
     PUT_LIT(&l, "\"}\n");
     if (l.overflow)
         return;
     log->len = (size_t)(l.p - log->buf);
     if (log->len >= BATCH_BYTES)
         aor_accesslog_flush(log);
+}
+
+void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar)
+{
+    struct entry e = {ar->id,           ar->auth.tenant,    ar->auth.method != NULL ? ar->auth.method : "none",
+                      ar->auth.subject, ar->auth.client_id, ar->auth.key_id,
+                      ar->method,       ar->deployment,     ar->current >= 0 ? ar->cand_backend[ar->current]->name : "",
+                      ar->last_error,   ar->attempts,       ar->final_status,
+                      ar->stream,       ar->usage.prompt,   ar->usage.completion,
+                      ar->usage.total,  ar->started_ns,     ar->upstream_started_ns,
+                      ar->first_byte_ns};
+    write_entry(log, &e);
+}
+
+void aor_accesslog_write_plain(struct aor_accesslog *log, const char *id, const char *method, int status, uint64_t started_ns)
+{
+    struct entry e = {id, "", "none", "", "", "", method, "", "", "", 0, status, 0, 0, 0, 0, started_ns, 0, 0};
+    write_entry(log, &e);
 }

@@ -7,6 +7,7 @@
 #ifndef AOR_ACCESSLOG_H
 #define AOR_ACCESSLOG_H
 
+#include <stdint.h>
 #include <uv.h>
 
 struct aor_accesslog;
@@ -14,6 +15,9 @@ struct aor_request;
 
 struct aor_accesslog *aor_accesslog_create(uv_loop_t *loop);
 void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar);
+/* a request answered without the data plane (/healthz, /readyz, /metrics, unknown or malformed
+ * paths): same schema, identity and token fields empty. `method` must be a plain token. */
+void aor_accesslog_write_plain(struct aor_accesslog *log, const char *id, const char *method, int status, uint64_t started_ns);
 void aor_accesslog_flush(struct aor_accesslog *log);
 /* flushes, closes the timer; the object is freed in its close callback */
 void aor_accesslog_destroy(struct aor_accesslog *log);

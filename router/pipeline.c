@@ -310,6 +310,8 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
     struct aor_route route;
     char id[AOR_REQUEST_ID_MAX + 1];
 
+    uint64_t started_ns = aor_mono_ns();
+
     assign_request_id(w, req, id);
     aor_route_parse(req->path.base, req->path.len, &route);
     switch (route.kind) {
@@ -330,8 +332,17 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
         break;
     case AOR_ROUTE_DEPLOYMENT:
     case AOR_ROUTE_V1:
-        data_plane(w, req, &route, id);
-        break;
+        data_plane(w, req, &route, id); /* logs when its final status is known */
+        return 0;
+    }
+    {
+        /* one access-log line for every request, control endpoints included */
+        char method[16];
+        size_t k;
+        for (k = 0; k != req->method.len && k + 1 < sizeof(method); ++k)
+            method[k] = (req->method.base[k] >= 'A' && req->method.base[k] <= 'Z') ? req->method.base[k] : '?';
+        method[k] = '\0';
+        aor_accesslog_write_plain(w->accesslog, id, method, req->res.status, started_ns);
     }
     return 0;
 }
