@@ -954,6 +954,12 @@ static void parse_limits(struct ctx *c, yaml_node_t *top)
     conf->limits.max_cooldown_ms = 300000;
     conf->limits.default_cooldown_ms = 10000;
     conf->limits.drain_timeout_ms = 30000;
+    conf->limits.max_header_bytes = 32768;
+    conf->limits.max_header_count = 100;
+    conf->limits.max_connections = 10000;
+    conf->limits.max_inflight_body_bytes = 268435456;
+    conf->limits.max_streams_per_connection = 100;
+    conf->limits.max_backend_connections = 256;
     if (get_map(c, top, "", "limits", &map) == 1) {
         if (get_int(c, map, "limits", "max_body_bytes", 1, MAX_BODY_BYTES, &v) == 1)
             conf->limits.max_body_bytes = (uint64_t)v;
@@ -969,6 +975,18 @@ static void parse_limits(struct ctx *c, yaml_node_t *top)
             conf->limits.default_cooldown_ms = (uint64_t)v;
         if (get_int(c, map, "limits", "drain_timeout_ms", 1, MAX_MS, &v) == 1)
             conf->limits.drain_timeout_ms = (uint64_t)v;
+        if (get_int(c, map, "limits", "max_header_bytes", 1024, 1048576, &v) == 1)
+            conf->limits.max_header_bytes = (uint64_t)v;
+        if (get_int(c, map, "limits", "max_header_count", 8, 1000, &v) == 1)
+            conf->limits.max_header_count = (unsigned)v;
+        if (get_int(c, map, "limits", "max_connections", 1, 1000000, &v) == 1)
+            conf->limits.max_connections = (unsigned)v;
+        if (get_int(c, map, "limits", "max_inflight_body_bytes", 1, INT64_C(68719476736), &v) == 1)
+            conf->limits.max_inflight_body_bytes = (uint64_t)v;
+        if (get_int(c, map, "limits", "max_streams_per_connection", 1, 256, &v) == 1)
+            conf->limits.max_streams_per_connection = (unsigned)v;
+        if (get_int(c, map, "limits", "max_backend_connections", 1, 100000, &v) == 1)
+            conf->limits.max_backend_connections = (unsigned)v;
     }
     if (conf->limits.connect_timeout_ms > conf->limits.upstream_timeout_ms)
         conf->limits.connect_timeout_ms = conf->limits.upstream_timeout_ms;
@@ -1158,17 +1176,26 @@ static void parse_keys(struct ctx *c, yaml_node_t *map)
 
 static void parse_auth(struct ctx *c, yaml_node_t *top)
 {
-    static const char *const modes[] = {"jwt", "key", "jwt_or_key", "jwt_and_key", NULL};
+    static const char *const modes[] = {"jwt", "key", "jwt_or_key", "jwt_and_key", "none", NULL};
+    static const char *const booleans[] = {"false", "true", NULL};
     struct aor_config *conf = c->conf;
     yaml_node_t *map, *seq = NULL, *keys;
     char kp[KP_MAX];
-    int mode = -1, rc;
+    int mode = -1, rc, same = 0;
 
     if (get_map(c, top, "", "auth", &map) == 1) {
-        if ((rc = get_enum(c, map, "auth", "mode", modes, &mode)) == 1)
-            conf->auth.mode = (enum aor_auth_mode)(AOR_AUTH_JWT + mode);
-        else if (rc == 0)
+        if ((rc = get_enum(c, map, "auth", "mode", modes, &mode)) == 1) {
+            if (strcmp(modes[mode], "none") == 0) {
+                conf->auth.mode = AOR_AUTH_NONE;
+                conf->auth.open_on_purpose = 1;
+            } else {
+                conf->auth.mode = (enum aor_auth_mode)(AOR_AUTH_JWT + mode);
+            }
+        } else if (rc == 0) {
             missing(c, map, "auth", "mode");
+        }
+        if (get_enum(c, map, "auth", "same_tenant", booleans, &same) == 1)
+            conf->auth.same_tenant = same;
 
         if (get_seq(c, map, "auth", "jwt", &seq) == 1 && seq_len(seq) != 0) {
             size_t n = seq_len(seq);
@@ -1193,7 +1220,7 @@ static void parse_auth(struct ctx *c, yaml_node_t *top)
                 }
             }
         }
-        if ((seq == NULL || seq_len(seq) == 0) && mode >= 0 && conf->auth.mode != AOR_AUTH_KEY)
+        if ((seq == NULL || seq_len(seq) == 0) && mode >= 0 && conf->auth.mode != AOR_AUTH_KEY && conf->auth.mode != AOR_AUTH_NONE)
             problem(c, seq != NULL ? seq : map, "auth.jwt: mode %s needs at least one issuer", modes[mode]);
 
         if (get_map(c, map, "auth", "keys", &keys) == 1)
@@ -1507,6 +1534,53 @@ static void parse_backends(struct ctx *c, yaml_node_t *top)
     }
 }
 
+static void free_strv(char **v, size_t n);
+
+/* "METHOD /path" or "METHOD /prefix*": an operation forwarded besides the inference ones */
+static const char *check_passthrough(const char *s, size_t len)
+{
+    const char *sp = memchr(s, ' ', len);
+    size_t mlen = sp != NULL ? (size_t)(sp - s) : 0;
+
+    if (mlen == 0 || mlen > 15)
+        return "expected \"METHOD /path\" (e.g. \"GET /openai/models\")";
+    for (size_t i = 0; i < mlen; ++i)
+        if (s[i] < 'A' || s[i] > 'Z')
+            return "the method must be upper-case letters (GET, POST, DELETE, ...)";
+    if (sp[1] != '/')
+        return "the path must start with '/'";
+    for (const char *p = sp + 1; p < s + len; ++p) {
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || *p == '?' || *p == '#')
+            return "the path must be visible ASCII without spaces, '?' or '#'";
+        if (*p == '*' && p + 1 != s + len)
+            return "'*' may only end the path (a prefix match)";
+    }
+    return NULL;
+}
+
+static void parse_passthrough(struct ctx *c, yaml_node_t *top)
+{
+    struct aor_config *conf = c->conf;
+    char **items = NULL;
+    size_t n = 0;
+
+    if (get_str_list(c, top, "", "passthrough", check_passthrough, &items, &n) != 1 || n == 0)
+        return;
+    if ((conf->passthrough = xcalloc(c, n, sizeof(*conf->passthrough))) != NULL) {
+        for (size_t i = 0; i < n; ++i) {
+            struct aor_passthrough_conf *pt = &conf->passthrough[i];
+            char *sp = strchr(items[i], ' ');
+            size_t plen = strlen(sp + 1);
+            pt->method = xstrndup(c, items[i], (size_t)(sp - items[i]));
+            pt->prefix = plen != 0 && sp[plen] == '*';
+            pt->path_len = plen - (pt->prefix ? 1 : 0);
+            pt->path = xstrndup(c, sp + 1, pt->path_len);
+        }
+        conf->num_passthrough = n;
+    }
+    free_strv(items, n);
+}
+
 static void parse_threads(struct ctx *c, yaml_node_t *top)
 {
     int64_t v = 0;
@@ -1530,6 +1604,7 @@ static void parse_root(struct ctx *c, yaml_node_t *root)
     parse_circuit(c, root);
     parse_metrics(c, root);
     parse_auth(c, root);
+    parse_passthrough(c, root);
     parse_tenants(c, root);
     parse_backends(c, root);
 }
@@ -1746,6 +1821,11 @@ static void free_conf(struct aor_config *conf)
     for (size_t i = 0; i < conf->auth.num_static_keys; ++i)
         free(conf->auth.static_keys[i].tenant);
     free(conf->auth.static_keys);
+    for (size_t i = 0; i < conf->num_passthrough; ++i) {
+        free(conf->passthrough[i].method);
+        free(conf->passthrough[i].path);
+    }
+    free(conf->passthrough);
     for (size_t i = 0; i < conf->num_tenants; ++i) {
         free(conf->tenants[i].name);
         free_strv(conf->tenants[i].deployments, conf->tenants[i].num_deployments);

@@ -136,14 +136,28 @@ struct aor_config {
     } redis;
     struct {
         /* every field is >= 1; the *_ms fields are at most 86400000, max_body_bytes at most 1 GiB */
-        uint64_t max_body_bytes;      /* default 16777216 */
-        uint64_t upstream_timeout_ms; /* default 120000: whole upstream transfer */
-        uint64_t connect_timeout_ms;  /* default 10000 (capped at upstream_timeout_ms) */
-        unsigned max_attempts;        /* default 3 */
-        uint64_t max_cooldown_ms;     /* default 300000: cap on a backend's retry-after */
-        uint64_t default_cooldown_ms; /* default 10000: a 429 without retry-after (capped at max_cooldown_ms) */
-        uint64_t drain_timeout_ms;    /* default 30000: SIGTERM waits this long for in-flight requests */
+        uint64_t max_body_bytes;             /* default 16777216 */
+        uint64_t upstream_timeout_ms;        /* default 120000: whole upstream transfer */
+        uint64_t connect_timeout_ms;         /* default 10000 (capped at upstream_timeout_ms) */
+        unsigned max_attempts;               /* default 3 */
+        uint64_t max_cooldown_ms;            /* default 300000: cap on a backend's retry-after */
+        uint64_t default_cooldown_ms;        /* default 10000: a 429 without retry-after (capped at max_cooldown_ms) */
+        uint64_t drain_timeout_ms;           /* default 30000: SIGTERM waits this long for in-flight requests */
+        uint64_t max_header_bytes;           /* default 32768: decoded name+value bytes of a request's headers (431 over it) */
+        unsigned max_header_count;           /* default 100: request headers (431 over it) */
+        unsigned max_connections;            /* default 10000: client connections per process; more wait in the accept queue */
+        uint64_t max_inflight_body_bytes;    /* default 268435456: request bodies held at once, process-wide (503 overloaded) */
+        unsigned max_streams_per_connection; /* default 100: concurrent HTTP/2 streams per client connection */
+        unsigned max_backend_connections;    /* default 256: connections to one backend origin, per worker */
     } limits;
+    /* operations forwarded besides the inference ones (SPEC §4); "METHOD /path", a trailing '*' matches a prefix */
+    struct aor_passthrough_conf {
+        char *method;
+        char *path; /* without the '*' */
+        size_t path_len;
+        int prefix; /* the entry ended with '*' */
+    } * passthrough;
+    size_t num_passthrough;
     struct {
         unsigned failures; /* default 5 */
         uint64_t open_ms;  /* default 30000 */
@@ -154,7 +168,9 @@ struct aor_config {
         uint16_t port;
     } metrics;
     struct {
-        enum aor_auth_mode mode; /* NONE when auth: is omitted */
+        enum aor_auth_mode mode; /* NONE when auth: is omitted or says mode: none */
+        int open_on_purpose;     /* auth: { mode: none } */
+        int same_tenant;         /* jwt_and_key: the token's tenant must equal the key's (else 403) */
         struct aor_jwt_issuer_conf *jwt;
         size_t num_jwt;
         char **key_headers; /* default api-key, Ocp-Apim-Subscription-Key (also when auth: is omitted) */
