@@ -692,7 +692,7 @@ static void test_auth(void)
 
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "auth:\n  keys: {}\n"), "t.yaml:6: auth.mode: missing required key");
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "auth: { mode: cookie }\n"),
-                        "t.yaml:5: auth.mode: expected jwt, key, jwt_or_key or jwt_and_key");
+                        "t.yaml:5: auth.mode: expected jwt, key, jwt_or_key, jwt_and_key or none");
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "auth:\n  mode: jwt_and_key\n"),
                         "t.yaml:6: auth.jwt: mode jwt_and_key needs at least one issuer");
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "auth:\n  mode: jwt\n  jwt: []\n"),
