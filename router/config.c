@@ -421,7 +421,7 @@ static const char *suggest_key(const char *key, size_t len, const char *const *k
         return NULL;
     for (size_t i = 0; known[i] != NULL; ++i) {
         size_t klen = strlen(known[i]);
-        if (klen > MAX_SUGGEST_LEN)
+        if (klen > MAX_SUGGEST_LEN || klen > len + 2 || len > klen + 2) /* the distance is at least the length difference */
             continue;
         size_t d = edit_distance(key, len, known[i], klen), longer = klen > len ? klen : len;
         if (d <= 2 && d * 3 <= longer && d < best_d) {
