@@ -305,42 +305,42 @@ static int64_t parse_int64(const char *p, size_t len)
     return v;
 }
 
-#define MAX_CONNECTION_HEADERS 16 /* Connection headers whose named fields are dropped; more are unusual */
+#define MAX_CONNECTION_TOKENS 32 /* names a Connection header may declare hop-by-hop; later ones are not honoured */
 
-/* 1 when `name` is one of the comma-separated tokens of `list` (case-insensitive, OWS trimmed) */
-static int listed_in(const h2o_iovec_t *list, const h2o_iovec_t *name)
+/* the field names listed by a message's Connection headers, pointing into their values */
+struct conn_tokens {
+    h2o_iovec_t tok[MAX_CONNECTION_TOKENS];
+    size_t n;
+};
+
+/* collects the comma-separated tokens (OWS trimmed) of every Connection header among `headers` */
+static void connection_tokens(const h2o_header_t *headers, size_t num_headers, struct conn_tokens *out)
 {
-    size_t i = 0, start, end;
+    size_t i, k, start, end;
 
-    while (i < list->len) {
-        while (i < list->len && (list->base[i] == ' ' || list->base[i] == '\t' || list->base[i] == ','))
-            ++i;
-        start = i;
-        while (i < list->len && list->base[i] != ',')
-            ++i;
-        end = i;
-        while (end > start && (list->base[end - 1] == ' ' || list->base[end - 1] == '\t'))
-            --end;
-        if (end - start == name->len && end != start && strncasecmp(list->base + start, name->base, name->len) == 0)
-            return 1;
+    out->n = 0;
+    for (i = 0; i != num_headers; ++i) {
+        const h2o_iovec_t *v = &headers[i].value;
+        if (!(headers[i].name == &H2O_TOKEN_CONNECTION->buf ||
+              (headers[i].name->len == 10 && strncasecmp(headers[i].name->base, "connection", 10) == 0)))
+            continue;
+        for (k = 0; k < v->len && out->n != MAX_CONNECTION_TOKENS;) {
+            while (k < v->len && (v->base[k] == ' ' || v->base[k] == '\t' || v->base[k] == ','))
+                ++k;
+            start = k;
+            while (k < v->len && v->base[k] != ',')
+                ++k;
+            end = k;
+            while (end > start && (v->base[end - 1] == ' ' || v->base[end - 1] == '\t'))
+                --end;
+            if (end != start)
+                out->tok[out->n++] = h2o_iovec_init(v->base + start, end - start);
+        }
     }
-    return 0;
-}
-
-/* the values of the Connection headers among `headers` (at most MAX_CONNECTION_HEADERS); returns their count */
-static size_t connection_lists(const h2o_header_t *headers, size_t num_headers, h2o_iovec_t *out)
-{
-    size_t i, n = 0;
-
-    for (i = 0; i != num_headers && n != MAX_CONNECTION_HEADERS; ++i)
-        if (headers[i].name == &H2O_TOKEN_CONNECTION->buf ||
-            (headers[i].name->len == 10 && strncasecmp(headers[i].name->base, "connection", 10) == 0))
-            out[n++] = headers[i].value;
-    return n;
 }
 
 /* hop-by-hop (RFC 9110 §7.6.1): the fixed ones, any Proxy-*, and what a Connection header names */
-static int hop_by_hop(const h2o_iovec_t *name, const h2o_iovec_t *conn_lists, size_t num_conn_lists)
+static int hop_by_hop(const h2o_iovec_t *name, const struct conn_tokens *conn)
 {
     size_t i;
 
@@ -356,15 +356,15 @@ static int hop_by_hop(const h2o_iovec_t *name, const h2o_iovec_t *conn_lists, si
     }
     if (name->len >= 6 && strncasecmp(name->base, "proxy-", 6) == 0)
         return 1;
-    for (i = 0; i != num_conn_lists; ++i)
-        if (listed_in(conn_lists + i, name))
+    for (i = 0; i != conn->n; ++i)
+        if (conn->tok[i].len == name->len && strncasecmp(conn->tok[i].base, name->base, name->len) == 0)
             return 1;
     return 0;
 }
 
-static int hop_by_hop_or_private(const h2o_iovec_t *name, const h2o_iovec_t *conn_lists, size_t num_conn_lists)
+static int hop_by_hop_or_private(const h2o_iovec_t *name, const struct conn_tokens *conn)
 {
-    if (hop_by_hop(name, conn_lists, num_conn_lists))
+    if (hop_by_hop(name, conn))
         return 1;
     if (h2o_iovec_is_token(name)) {
         const h2o_token_t *t = (const h2o_token_t *)name;
@@ -397,13 +397,13 @@ static void on_upstream_head(struct aor_upstream_h1_xfer *x, int status, const h
     struct aor_request *ar = H2O_STRUCT_FROM_MEMBER(struct aor_request, xfer, x);
     h2o_req_t *req = ar->req;
     const char *ct = NULL, *ra = NULL, *ra_ms = NULL;
-    size_t ct_len = 0, ra_len = 0, ra_ms_len = 0, i, num_conn;
+    size_t ct_len = 0, ra_len = 0, ra_ms_len = 0, i;
     int failover = is_failover_status(status);
-    h2o_iovec_t conn[MAX_CONNECTION_HEADERS];
+    struct conn_tokens conn;
 
     ar->status = status;
     ar->backend_request_id[0] = '\0';
-    num_conn = connection_lists(headers, num_headers, conn);
+    connection_tokens(headers, num_headers, &conn);
     for (i = 0; i != num_headers; ++i) {
         const h2o_iovec_t *name = headers[i].name, *value = &headers[i].value;
         if (name == &H2O_TOKEN_CONTENT_TYPE->buf) {
@@ -425,7 +425,7 @@ static void on_upstream_head(struct aor_upstream_h1_xfer *x, int status, const h
                 h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-aoai-router-backend-request-id"), 0, NULL,
                                       h2o_strdup(&req->pool, value->base, value->len).base, value->len);
         }
-        if (failover || hop_by_hop_or_private(name, conn, num_conn))
+        if (failover || hop_by_hop_or_private(name, &conn))
             continue;
         /* the bytes live in the socket's buffer: the client's response gets copies */
         if (h2o_iovec_is_token(name))
@@ -574,12 +574,11 @@ static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
 
 /* ---- the request ---------------------------------------------------------------------- */
 
-static int skip_request_header(struct aor_request *ar, const h2o_iovec_t *name, const h2o_iovec_t *conn_lists,
-                               size_t num_conn_lists)
+static int skip_request_header(struct aor_request *ar, const h2o_iovec_t *name, const struct conn_tokens *conn)
 {
     size_t i;
 
-    if (hop_by_hop(name, conn_lists, num_conn_lists))
+    if (hop_by_hop(name, conn))
         return 1;
     if (h2o_iovec_is_token(name)) {
         const h2o_token_t *t = (const h2o_token_t *)name;
@@ -646,15 +645,15 @@ static int build_head(struct aor_request *ar, const struct aor_backend_conf *b, 
 {
     h2o_req_t *req = ar->req;
     struct aor_cred_header cred;
-    size_t method_len = strlen(ar->method), id_len = strlen(ar->id), cap, i, num_conn, peer_len = SIZE_MAX;
-    h2o_iovec_t conn[MAX_CONNECTION_HEADERS];
+    size_t method_len = strlen(ar->method), id_len = strlen(ar->id), cap, i, peer_len = SIZE_MAX;
+    struct conn_tokens conn;
     struct sockaddr_storage ss;
     socklen_t sslen;
     char *base, *p, peer[NI_MAXHOST];
 
     if (aor_cred_header(b, &cred) != NULL)
         return -1;
-    num_conn = connection_lists(req->headers.entries, req->headers.size, conn);
+    connection_tokens(req->headers.entries, req->headers.size, &conn);
     if ((sslen = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss)) != 0)
         peer_len = h2o_socket_getnumerichost((struct sockaddr *)&ss, sslen, peer);
     cap = method_len + 1 + t->path_prefix.len + path_len + sizeof(" HTTP/1.1\r\nhost: \r\n") + t->authority.len +
@@ -680,7 +679,7 @@ static int build_head(struct aor_request *ar, const struct aor_backend_conf *b, 
     }
     for (i = 0; i != req->headers.size; ++i) {
         const h2o_header_t *h = req->headers.entries + i;
-        if (skip_request_header(ar, h->name, conn, num_conn) || h->name->len + h->value.len + 4 > MAX_REQUEST_HEADER_LINE ||
+        if (skip_request_header(ar, h->name, &conn) || h->name->len + h->value.len + 4 > MAX_REQUEST_HEADER_LINE ||
             !is_clean_value(&h->value))
             continue;
         p = put(p, h->name->base, h->name->len);
