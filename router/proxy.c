@@ -12,7 +12,8 @@
  * past AOR_STREAM_HIGH_WATER the upstream socket stops being read until the client
  * catches up.
  */
-#include <netdb.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -635,27 +636,50 @@ static char *put_dec(char *p, size_t v)
     return p;
 }
 
+/* the client connection's peer address, for X-Forwarded-For (IPv4-mapped IPv6 as IPv4); its length, 0 if unknown */
+static size_t peer_address(h2o_req_t *req, char *buf /* INET6_ADDRSTRLEN */)
+{
+    struct sockaddr_storage ss;
+    const void *addr = NULL;
+    int family = AF_INET;
+
+    if (req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss) == 0)
+        return 0;
+    if (ss.ss_family == AF_INET) {
+        addr = &((struct sockaddr_in *)&ss)->sin_addr;
+    } else if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a6 = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a6)) {
+            addr = a6->s6_addr + 12;
+        } else {
+            addr = a6;
+            family = AF_INET6;
+        }
+    }
+    if (addr == NULL || inet_ntop(family, addr, buf, INET6_ADDRSTRLEN) == NULL)
+        return 0;
+    return strlen(buf);
+}
+
 /*
  * The HTTP/1.1 request head for this attempt, in req->pool: request line, Host, the
- * body's length, the client's headers that may go on, x-request-id and the backend
- * credential. 0, or -1 when the credential is unavailable.
+ * body's length, the client's headers that may go on (end-to-end ones, no credential, no
+ * forwarding claim), x-request-id, x-forwarded-for/-proto and the backend credential.
+ * 0, or -1 when the credential is unavailable.
  */
 static int build_head(struct aor_request *ar, const struct aor_backend_conf *b, const struct aor_upstream_h1_target *t,
                       const char *path, size_t path_len, int has_body, size_t body_len, h2o_iovec_t *head)
 {
     h2o_req_t *req = ar->req;
     struct aor_cred_header cred;
-    size_t method_len = strlen(ar->method), id_len = strlen(ar->id), cap, i, peer_len = SIZE_MAX;
+    size_t method_len = strlen(ar->method), id_len = strlen(ar->id), cap, i, peer_len = 0;
     struct conn_tokens conn;
-    struct sockaddr_storage ss;
-    socklen_t sslen;
-    char *base, *p, peer[NI_MAXHOST];
+    char *base, *p, peer[INET6_ADDRSTRLEN];
 
     if (aor_cred_header(b, &cred) != NULL)
         return -1;
     connection_tokens(req->headers.entries, req->headers.size, &conn);
-    if ((sslen = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss)) != 0)
-        peer_len = h2o_socket_getnumerichost((struct sockaddr *)&ss, sslen, peer);
+    peer_len = peer_address(req, peer);
     cap = method_len + 1 + t->path_prefix.len + path_len + sizeof(" HTTP/1.1\r\nhost: \r\n") + t->authority.len +
           sizeof("content-length: \r\n") + 20 + sizeof("x-request-id: \r\n") + id_len + sizeof("\r\n") +
           sizeof("x-forwarded-for: \r\n") + sizeof(peer) + sizeof("x-forwarded-proto: \r\n") + req->scheme->name.len;
@@ -690,7 +714,7 @@ static int build_head(struct aor_request *ar, const struct aor_backend_conf *b, 
     p = PUT_LIT(p, "x-request-id: ");
     p = put(p, ar->id, id_len);
     p = PUT_LIT(p, "\r\n");
-    if (peer_len != SIZE_MAX && peer_len < sizeof(peer)) {
+    if (peer_len != 0) {
         p = PUT_LIT(p, "x-forwarded-for: ");
         p = put(p, peer, peer_len);
         p = PUT_LIT(p, "\r\n");
