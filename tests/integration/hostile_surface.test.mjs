@@ -301,6 +301,9 @@ describe('hop-by-hop and forwarding headers (issue 6 item 20)', () => {
         // HTTP/2 forbids connection-specific fields; curl drops them itself
         delete headers.connection;
         delete headers['keep-alive'];
+      } else {
+        headers.te = 'trailers, deflate';
+        headers.upgrade = 'websocket';
       }
       const res = await post(router.url, CHAT_PATH, chatBody(), { proto, headers });
       assert.equal(res.status, 200, res.body);
