@@ -93,9 +93,16 @@ double aor_balancer_headroom(const struct aor_deployment_state *dep, uint64_t tp
     return f;
 }
 
-static int eligible(struct aor_balancer_candidate *c, int64_t now_ms, int64_t *earliest)
+/* 1 while a probe claim (its lease's end) holds: not yet reached, and not further away than a
+ * lease can be (a claim made before the wall clock stepped back has lapsed) */
+static int probe_held(int64_t probe, const struct aor_balancer_policy *pol, int64_t now_ms)
 {
-    int64_t until, open_until, probe;
+    return probe != 0 && probe > now_ms && probe - now_ms <= (int64_t)(pol->probe_lease_ms != 0 ? pol->probe_lease_ms : 1);
+}
+
+static int eligible(struct aor_balancer_candidate *c, const struct aor_balancer_policy *pol, int64_t now_ms, int64_t *earliest)
+{
+    int64_t until, open_until;
 
     if (c->tried)
         return 0;
@@ -109,7 +116,7 @@ static int eligible(struct aor_balancer_candidate *c, int64_t now_ms, int64_t *e
     if (open_until > now_ms)
         return 0;
     /* half-open: only while nobody holds the probe (a claim that outlived any attempt has lapsed) */
-    if (open_until != 0 && (probe = LOAD(&c->state->probe_until_ms)) != 0 && probe > now_ms)
+    if (open_until != 0 && probe_held(LOAD(&c->state->probe_until_ms), pol, now_ms))
         return 0;
     return 1;
 }
@@ -129,7 +136,7 @@ int aor_balancer_pick(struct aor_balancer_candidate *c, size_t n, const struct a
         size_t i;
 
         for (i = 0; i != n; ++i) {
-            if (skip[i] || !eligible(&c[i], now_ms, earliest_cooldown_end_ms))
+            if (skip[i] || !eligible(&c[i], pol, now_ms, earliest_cooldown_end_ms))
                 continue;
             if (!found || c[i].priority < best_prio) {
                 best_prio = c[i].priority;
@@ -140,13 +147,13 @@ int aor_balancer_pick(struct aor_balancer_candidate *c, size_t n, const struct a
             return -1;
         for (i = 0; i != n; ++i) {
             int64_t dummy = 0;
-            if (!skip[i] && c[i].priority == best_prio && eligible(&c[i], now_ms, &dummy))
+            if (!skip[i] && c[i].priority == best_prio && eligible(&c[i], pol, now_ms, &dummy))
                 total += c[i].weight * aor_balancer_headroom(c[i].dep, c[i].tpm, now_ms);
         }
         r = (double)rnd / 4294967296.0 * total;
         for (i = 0; i != n; ++i) {
             int64_t dummy = 0;
-            if (skip[i] || c[i].priority != best_prio || !eligible(&c[i], now_ms, &dummy))
+            if (skip[i] || c[i].priority != best_prio || !eligible(&c[i], pol, now_ms, &dummy))
                 continue;
             chosen = (int)i;
             acc += c[i].weight * aor_balancer_headroom(c[i].dep, c[i].tpm, now_ms);
@@ -160,8 +167,8 @@ int aor_balancer_pick(struct aor_balancer_candidate *c, size_t n, const struct a
          * also tells a late release of an older claim apart from this one */
         expected = LOAD(&c[chosen].state->probe_until_ms);
         claim = now_ms + (int64_t)(pol->probe_lease_ms != 0 ? pol->probe_lease_ms : 1);
-        if ((expected == 0 || expected <= now_ms) && __atomic_compare_exchange_n(&c[chosen].state->probe_until_ms, &expected, claim,
-                                                                                 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+        if (!probe_held(expected, pol, now_ms) && __atomic_compare_exchange_n(&c[chosen].state->probe_until_ms, &expected, claim, 0,
+                                                                              __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
             c[chosen].probe = claim;
             return chosen;
         }

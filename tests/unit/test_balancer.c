@@ -280,6 +280,9 @@ static void test_probe_release(void)
     /* a claim nobody ends (a lost request) lapses after the lease */
     CHECK_EQ_INT(aor_balancer_pick(&a, 1, &pol, t + 1 + (int64_t)pol.probe_lease_ms - 1, 0, &earliest), -1);
     CHECK_EQ_INT(aor_balancer_pick(&a, 1, &pol, t + 1 + (int64_t)pol.probe_lease_ms, 0, &earliest), 0);
+    /* the wall clock steps back 100 s: a's claim now ends further away than a lease can: it has lapsed */
+    CHECK_EQ_INT(aor_balancer_pick(&b, 1, &pol, t + 2 + (int64_t)pol.probe_lease_ms, 0, &earliest), -1);
+    CHECK_EQ_INT(aor_balancer_pick(&b, 1, &pol, t + 1 + (int64_t)pol.probe_lease_ms - 100000, 0, &earliest), 0);
     /* b's result still counts: a success closes the circuit, a's release afterwards changes nothing */
     aor_balancer_record(&b, &pol, AOR_OUTCOME_SUCCESS, 0, t + 5);
     aor_balancer_release_probe(&a);
