@@ -105,6 +105,17 @@ static void dep_init(struct dep_entry *d, const char *name, int dynamic)
         memcpy(d->name, name, len + 1);
 }
 
+/* back to "nothing known", while workers may be reading it */
+static void dep_forget(struct aor_deployment_state *st)
+{
+    STORE(&st->cooldown_until_ms, 0);
+    STORE(&st->remaining_tokens, -1);
+    STORE(&st->remaining_at_ms, 0);
+    STORE(&st->sent_since_report, 0);
+    STORE(&st->minute, 0);
+    STORE(&st->sent_minute, 0);
+}
+
 static const char *dep_name(const struct dep_entry *d)
 {
     return d->long_name != NULL ? d->long_name : d->name;
@@ -169,11 +180,11 @@ static void reset_entry(struct entry *e)
     STORE(&e->state.consecutive_failures, 0);
     STORE(&e->state.probe_until_ms, 0);
     for (d = e->configured; d != NULL; d = d->next)
-        aor_balancer_deployment_init(&d->state);
+        dep_forget(&d->state);
     pthread_mutex_lock(&e->lock);
     for (i = 0; i != AOR_BACKEND_MAX_DYNAMIC; ++i)
-        aor_balancer_deployment_init(&e->dynamic[i].state);
-    aor_balancer_deployment_init(&e->overflow.state);
+        dep_forget(&e->dynamic[i].state);
+    dep_forget(&e->overflow.state);
     pthread_mutex_unlock(&e->lock);
 }
 
@@ -245,7 +256,7 @@ static struct dep_entry *dynamic_entry(struct entry *e, const char *name, size_t
     if (free_slot == NULL)
         free_slot = lru;
     if (free_slot != NULL) {
-        aor_balancer_deployment_init(&free_slot->state);
+        dep_forget(&free_slot->state);
         memcpy(free_slot->name, name, len);
         free_slot->name[len] = '\0';
         STORE(&free_slot->instance, __atomic_add_fetch(&instances, 1, __ATOMIC_RELAXED));
