@@ -363,9 +363,17 @@ void aor_pipeline_finish(struct aor_request *ar)
 {
     const char *backend = ar->current >= 0 ? ar->cand_backend[ar->current]->name : "";
     uint64_t now = aor_mono_ns();
+    const char *deployment = NULL;
+    size_t i;
+
     /* label values from the configuration or bounded sets only: a refused request's tenant is
-     * "", a deployment no backend was found for is "" (SPEC §7, issue 6 item 4) */
-    const char *deployment = aor_metrics_deployment_label(ar->conf, ar->deployment, ar->tenant != NULL && ar->num_cand != 0);
+     * "", a deployment no backend was found for is "" (SPEC §7, issue 6 item 4). A candidate
+     * with a deployments map proves the name is configured (the common case: no lookup) */
+    for (i = 0; i != ar->num_cand && deployment == NULL; ++i)
+        if (ar->cand_backend[i]->deployments != NULL)
+            deployment = ar->deployment;
+    if (deployment == NULL)
+        deployment = aor_metrics_deployment_label(ar->conf, ar->deployment, ar->tenant != NULL && ar->num_cand != 0);
 
     aor_metrics_request(ar->tenant, deployment, backend, ar->final_status);
     aor_metrics_request_duration(deployment, backend, (double)(now - ar->started_ns) / 1e9);
