@@ -1,8 +1,11 @@
 /*
- * balancer.c — see balancer.h. Fields of struct aor_backend_state are read and
- * written with relaxed atomics: workers race benignly (two 429s may both set a
- * cooldown; the later end wins), and no decision needs more than one field to be
- * consistent with another except the half-open probe, which is claimed by CAS.
+ * balancer.c — see balancer.h. Fields of struct aor_backend_state and struct
+ * aor_deployment_state are read and written with relaxed atomics: workers race benignly
+ * (two 429s may both set a cooldown; the later end wins), and no decision needs more than
+ * one field to be consistent with another except the half-open probe, which is claimed by
+ * CAS. The claim is the lease's end (probe_until_ms): releasing compares it, so a late
+ * release of an old claim cannot free a newer one. Token counters change by CAS loops that
+ * saturate in [0, AOR_BALANCER_MAX_SENT]; every input is clamped first, so no sum overflows.
  */
 #include <ctype.h>
 #include <stdio.h>
