@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <string.h>
 #include "accesslog.h"
+#include "backend.h"
 #include "balancer.h"
 #include "config.h"
 #include "errors.h"
@@ -208,17 +209,20 @@ static int admit(struct aor_request *ar, enum aor_error *err, const char **msg)
 static int collect_candidates(struct aor_request *ar, enum aor_error *err, const char **msg)
 {
     const struct aor_config *conf = ar->conf;
+    int64_t now = aor_now_ms();
     size_t i;
 
     for (i = 0; i != conf->num_backends && ar->num_cand != AOR_MAX_CANDIDATES; ++i) {
         const struct aor_backend_conf *b = conf->backends + i;
-        const char *name = ar->deployment[0] == '\0' ? ar->deployment /* a passthrough without a deployment */
-                                                     : aor_config_map_deployment(b, ar->deployment, strlen(ar->deployment));
+        struct aor_deployment_state *dep;
+        /* the deployment's state on that backend is held until the request is freed (aor_proxy_free) */
+        const char *name = aor_backend_route(b, ar->deployment, strlen(ar->deployment), now, &dep);
         if (name == NULL || (ar->route.kind == AOR_ROUTE_RAW && b->provider != AOR_PROVIDER_AZURE))
             continue;
         if (name == aor_config_deployment_unchanged)
             name = ar->deployment;
         ar->cand[ar->num_cand].state = b->state;
+        ar->cand[ar->num_cand].dep = dep;
         ar->cand[ar->num_cand].priority = b->priority;
         ar->cand[ar->num_cand].weight = b->weight;
         ar->cand[ar->num_cand].tpm = b->tpm;
@@ -380,11 +384,22 @@ void aor_pipeline_finish(struct aor_request *ar)
 {
     const char *backend = ar->current >= 0 ? ar->cand_backend[ar->current]->name : "";
     uint64_t now = aor_mono_ns();
+    const char *deployment = NULL;
+    size_t i;
 
-    aor_metrics_request(ar->tenant, ar->deployment, backend, ar->final_status);
-    aor_metrics_request_duration(ar->deployment, backend, (double)(now - ar->started_ns) / 1e9);
+    /* label values from the configuration or bounded sets only: a refused request's tenant is
+     * "", a deployment no backend was found for is "" (SPEC §7, issue 6 item 4). A candidate
+     * with a deployments map proves the name is configured (the common case: no lookup) */
+    for (i = 0; i != ar->num_cand && deployment == NULL; ++i)
+        if (ar->cand_backend[i]->deployments != NULL)
+            deployment = ar->deployment;
+    if (deployment == NULL)
+        deployment = aor_metrics_deployment_label(ar->conf, ar->deployment, ar->tenant != NULL && ar->num_cand != 0);
+
+    aor_metrics_request(ar->tenant, deployment, backend, ar->final_status);
+    aor_metrics_request_duration(deployment, backend, (double)(now - ar->started_ns) / 1e9);
     if (ar->usage.found)
-        aor_metrics_tokens(ar->tenant, ar->deployment, backend, ar->usage.prompt, ar->usage.completion);
+        aor_metrics_tokens(ar->tenant, deployment, backend, ar->usage.prompt, ar->usage.completion);
     aor_accesslog_write(ar->worker->accesslog, ar);
 }
 

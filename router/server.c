@@ -292,7 +292,7 @@ static int attach_runtime(struct aor_config *conf)
     static uint64_t generations;
 
     conf->generation = ++generations;
-    if (aor_backend_attach(conf) != 0)
+    if (aor_backend_attach(conf, aor_now_ms()) != 0)
         return -1;
     if (conf->auth.num_jwt != 0) {
         if ((conf->keystores = calloc(conf->auth.num_jwt, sizeof(*conf->keystores))) == NULL ||

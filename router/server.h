@@ -21,6 +21,7 @@ struct aor_redis;
 struct aor_redis_cmd;
 struct aor_apikeys;
 struct aor_tokencache;
+struct aor_coolshare_read;
 
 struct aor_worker {
     h2o_context_t ctx; /* handlers find their worker from req->conn->ctx */
@@ -36,7 +37,7 @@ struct aor_worker {
     struct aor_tokencache *tokens; /* verified JWTs, per worker */
     uv_timer_t coolshare_timer;    /* reads the cooldowns other replicas published */
     struct aor_redis_cmd *coolshare_cmd;
-    uint64_t coolshare_gen; /* config generation of the pending read */
+    struct aor_coolshare_read *coolshare_read; /* what the pending read is for (coolshare.c) */
     uint64_t rng;
     uv_async_t wake; /* main thread → worker: reload or shutdown */
     uint64_t seen_generation;
