@@ -116,6 +116,13 @@ describe('cold start: an IdP that is slow or down (issue 7.1, 7.4)', () => {
       assert.equal((await east.stats()).requests, before);
       const ready = await get(router.url, '/readyz');
       assert.equal(ready.status, 503);
+      // no JWT at all, or one of another issuer: refused at once, no wait, no 503
+      for (const bad of ['not.a.jwt', await mintWith(idp.key('ES256'), claimsFor('https://other.example', AUD, { tid: 'x' }))]) {
+        const t1 = Date.now();
+        const r = await call(router, { token: bad, key: checkedKey() });
+        assert.equal(r.status, 401, `${r.status} ${r.body}`);
+        assert.ok(Date.now() - t1 < 1000 * SLOW, 'a token that cannot be valid waited for keys');
+      }
       // the worker kept serving while the request waited (the wait is a timer, not a block)
       assert.equal((await get(router.url, '/healthz')).status, 200);
     } finally {
