@@ -383,6 +383,17 @@ static int keys_unavailable(const struct aor_auth *a)
 
 static void on_key_wait_tick(h2o_timeout_entry_t *entry);
 
+/* the request no longer waits for keys (done, over, or gone): its place is free */
+static void end_key_wait(struct aor_request *ar)
+{
+    if (h2o_timeout_is_linked(&ar->auth.key_wait))
+        h2o_timeout_unlink(&ar->auth.key_wait);
+    if (ar->auth.key_wait_started == 1) {
+        ar->auth.key_wait_started = 2;
+        --ar->worker->auth_key_waiters;
+    }
+}
+
 /*
  * The token's issuer has no keys yet (cold start, IdP slow): wait for the first fetch on the
  * loop — the worker's 100 ms timeout list re-runs the stage — for at most AOR_AUTH_KEY_WAIT_MS
@@ -395,11 +406,16 @@ static int wait_for_keys(struct aor_request *ar)
     int64_t now = (int64_t)uv_now(&ar->worker->loop);
 
     if (!a->key_wait_started) {
+        if (ar->worker->auth_key_waiters >= AOR_AUTH_MAX_KEY_WAITERS)
+            return 0;
         a->key_wait_started = 1;
         a->key_wait_deadline = now + AOR_AUTH_KEY_WAIT_MS;
+        ++ar->worker->auth_key_waiters;
     }
-    if (now >= a->key_wait_deadline)
+    if (now >= a->key_wait_deadline) {
+        end_key_wait(ar);
         return 0;
+    }
     a->key_wait.cb = on_key_wait_tick;
     h2o_timeout_link(ar->worker->ctx.loop, &ar->worker->ctx.hundred_ms_timeout, &a->key_wait);
     return 1;
@@ -446,12 +462,14 @@ static int run_mode(struct aor_request *ar)
         }
         if (check_jwt(ar, a->token, a->token_len, same) != 0)
             break;
+        end_key_wait(ar);
         return check_key(ar, a->key, a->key_len, 1);
     case AOR_AUTH_NONE:
         return 1;
     }
     if (keys_unavailable(a) && wait_for_keys(ar))
         return 0;
+    end_key_wait(ar);
     return 1;
 }
 
@@ -495,8 +513,7 @@ int aor_auth_authenticate(struct aor_request *ar, h2o_req_t *req, void (*on_done
 
 void aor_auth_cancel(struct aor_request *ar)
 {
-    if (h2o_timeout_is_linked(&ar->auth.key_wait))
-        h2o_timeout_unlink(&ar->auth.key_wait);
+    end_key_wait(ar);
     if (ar->auth.pending != NULL) {
         aor_apikeys_cancel(ar->auth.pending);
         ar->auth.pending = NULL;

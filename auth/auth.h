@@ -33,13 +33,14 @@ struct aor_auth {
     /* in flight */
     struct aor_apikey_pending *pending;
     h2o_timeout_entry_t key_wait; /* linked while waiting for an issuer's first keys */
-    int key_wait_started;
-    int64_t key_wait_deadline; /* uv_now ms */
+    int key_wait_started;         /* 0 never, 1 waiting (counted in the worker), 2 done */
+    int64_t key_wait_deadline;    /* uv_now ms */
     void (*on_done)(struct aor_request *ar);
 };
 
 /* how long a request whose issuer has no keys yet waits for them (cold start), then 503 */
 #define AOR_AUTH_KEY_WAIT_MS 5000
+#define AOR_AUTH_MAX_KEY_WAITERS 1024 /* per worker; beyond, the 503 comes at once */
 #define AOR_AUTH_KEYS_RETRY_AFTER "5" /* seconds, on that 503 */
 
 /**

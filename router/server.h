@@ -34,6 +34,7 @@ struct aor_worker {
     struct aor_redis *redis;       /* NULL when no redis: is configured */
     struct aor_apikeys *apikeys;   /* subscription key lookups, cached per worker */
     struct aor_tokencache *tokens; /* verified JWTs, per worker */
+    size_t auth_key_waiters;       /* requests waiting for an issuer's first keys (auth.c) */
     uv_timer_t coolshare_timer;    /* reads the cooldowns other replicas published */
     struct aor_redis_cmd *coolshare_cmd;
     uint64_t coolshare_gen; /* config generation of the pending read */
