@@ -714,6 +714,11 @@ static void on_fetch_done(struct aor_upstream_xfer *xfer, CURLcode result)
     /* keys the IdP dropped disappear with the old set */
     install(ks, set, &st, jwks_url(ks));
     atomic_store(&ks->refresh_s, refresh_interval(ks));
+    if (ks->f.max_age > AOR_KEYSTORE_REFRESH_MAX_S) {
+        char ib[LOG_ISSUER_MAX + 1];
+        AOR_LOG(AOR_LOG_INFO, "jwks", "issuer %s: Cache-Control max-age=%lld ignored; next refresh in %u s",
+                loggable(ks->issuer, ib), (long long)ks->f.max_age, atomic_load(&ks->refresh_s));
+    }
     free_body(ks);
     ks->f.backoff_ms = AOR_KEYSTORE_BACKOFF_MIN_MS;
     ks->f.next_due = uv_now(ks->f.loop) + (uint64_t)atomic_load(&ks->refresh_s) * 1000;
