@@ -149,9 +149,17 @@ describe('cold start: an IdP that is slow or down (issue 7.1, 7.4)', () => {
       for (const r of reqs) r.destroy();
       await sleep(300);
       assert.equal((await get(router.url, '/healthz')).status, 200);
+      // SIGTERM while a request waits: the drain lets it end (503), the exit is clean
+      const waiting = call(router, { token });
+      await sleep(300);
+      const t0 = Date.now();
+      await router.stop(); // asserts a clean exit (and no sanitizer report under ASan)
+      assert.ok(Date.now() - t0 < 8000 * SLOW);
+      const res = await waiting;
+      assert.ok([503, 0].includes(res.status), `${res.status} ${res.body}`);
     } finally {
       idp.setDown(null);
-      await router.stop(); // asserts a clean exit (and no sanitizer report under ASan)
+      await router.stop();
     }
   });
 });
