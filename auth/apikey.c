@@ -571,7 +571,6 @@ int aor_apikeys_lookup(struct aor_apikeys *k, const struct aor_config *conf, con
     ++k->stats.lookups;
     if (!aor_apikey_syntax_ok(key, key_len))
         return 1;
-    checked = aor_apikey_check_format(key, key_len);
     if (aor_apikey_digest(key, key_len, digest) != 0) {
         res->status = AOR_APIKEY_UNAVAILABLE;
         return 1;
@@ -587,19 +586,20 @@ int aor_apikeys_lookup(struct aor_apikeys *k, const struct aor_config *conf, con
         copy_str(res->tenant, sizeof(res->tenant), sk->tenant);
         return 1;
     }
-    if (checked < 0) { /* a mistyped or made-up key: no Redis round trip */
+    if (conf->redis.url == NULL)
+        return 1;
+    if (k->redis != NULL && aor_apikey_cache_get(k->cache, digest, now_ms, res)) {
+        ++k->stats.cache_hits;
+        res->source = AOR_APIKEY_SOURCE_CACHE;
+        return 1;
+    }
+    /* only on a miss (a key with a wrong checksum is never cached): the hot path pays no second hash */
+    if ((checked = aor_apikey_check_format(key, key_len)) < 0) { /* a mistyped or made-up key: no Redis round trip */
         ++k->stats.bad_checksum;
         return 1;
     }
-    if (conf->redis.url == NULL)
-        return 1;
     if (k->redis == NULL) { /* configured, but this worker has no client (e.g. Redis added by a reload) */
         answer_unavailable(k, digest, now_ms, res);
-        return 1;
-    }
-    if (aor_apikey_cache_get(k->cache, digest, now_ms, res)) {
-        ++k->stats.cache_hits;
-        res->source = AOR_APIKEY_SOURCE_CACHE;
         return 1;
     }
 
