@@ -19,7 +19,9 @@
 #include "metrics.h"
 #include "pipeline.h"
 #include "pipeline_internal.h"
+#include "jwks.h"
 #include "proxy.h"
+#include "redis.h"
 #include "request.h"
 #include "routes.h"
 #include "server.h"
@@ -77,21 +79,37 @@ static void send_text(h2o_req_t *req, int status, const char *reason, const char
     h2o_send_inline(req, body, strlen(body));
 }
 
+/*
+ * Ready = able to serve (SPEC §4): not draining, one backend whose circuit is not open, in modes
+ * jwt and jwt_and_key every issuer's keys loaded once, and Redis up when on_failure: closed would
+ * refuse every keyed request without it. State reads only (a mutex per issuer), no I/O per probe.
+ */
 static void serve_readyz(struct aor_worker *w, h2o_req_t *req)
 {
     const struct aor_config *conf = w->conf;
     int64_t now = aor_now_ms();
+    const char *why = NULL;
     size_t i;
 
-    if (!w->shutting_down) {
-        for (i = 0; i != conf->num_backends; ++i) {
-            if (!aor_balancer_circuit_open(conf->backends[i].state, now)) {
-                send_text(req, 200, "OK", "application/json", "{\"status\":\"ready\"}\n");
-                return;
-            }
-        }
+    if (w->shutting_down)
+        why = "shutting down";
+    for (i = 0; why == NULL && i != conf->num_backends; ++i)
+        if (!aor_balancer_circuit_open(conf->backends[i].state, now))
+            break;
+    if (why == NULL && i == conf->num_backends)
+        why = "every backend's circuit is open";
+    if (why == NULL && (conf->auth.mode == AOR_AUTH_JWT || conf->auth.mode == AOR_AUTH_JWT_AND_KEY))
+        for (i = 0; why == NULL && i != conf->auth.num_jwt; ++i)
+            if (conf->keystores == NULL || conf->keystores[i] == NULL || !aor_keystore_ready(conf->keystores[i]))
+                why = "an issuer's signing keys are not loaded yet";
+    if (why == NULL && conf->redis.url != NULL && conf->redis.fail_closed && (w->redis == NULL || !aor_redis_is_up(w->redis)))
+        why = "redis is unreachable and on_failure is closed";
+    if (why == NULL) {
+        send_text(req, 200, "OK", "application/json", "{\"status\":\"ready\"}\n");
+        return;
     }
-    aor_error_send(req, AOR_ERR_NOT_READY, w->shutting_down ? "shutting down" : "every backend's circuit is open");
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
+    aor_error_send(req, AOR_ERR_NOT_READY, why);
 }
 
 /* ---- data plane ------------------------------------------------------------------ */
@@ -263,9 +281,10 @@ static void after_authenticate(struct aor_request *ar)
         refuse(ar,
                /* 503 only for the key store; anything else undecided (a verifier's internal
                 * error) is no proof of identity: 401 */
-               ar->auth.status == 403   ? AOR_ERR_FORBIDDEN
-               : ar->auth.status == 503 ? AOR_ERR_QUOTA_STORE_UNAVAILABLE
-                                        : AOR_ERR_UNAUTHORIZED,
+               ar->auth.status == 403                                                       ? AOR_ERR_FORBIDDEN
+               : ar->auth.status == 503 && strcmp(ar->auth.reason, "keys_unavailable") == 0 ? AOR_ERR_NOT_READY
+               : ar->auth.status == 503                                                     ? AOR_ERR_QUOTA_STORE_UNAVAILABLE
+                                                                                            : AOR_ERR_UNAUTHORIZED,
                ar->auth.description);
         return;
     }

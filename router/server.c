@@ -21,6 +21,7 @@
 #include <netinet/tcp.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <openssl/evp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <curl/curl.h>
@@ -143,6 +144,21 @@ static SSL_CTX *make_ssl_ctx(const struct aor_listen_conf *lc)
         if (lc->tls.client_cert == AOR_CLIENT_CERT_REQUIRED)
             mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
         SSL_CTX_set_verify(ctx, mode, NULL);
+        /* with peer verification on, OpenSSL refuses to resume a session whose context is unset
+         * (every reconnect of a client that caches sessions failed). One context per listener, so
+         * a session verified against one listener's CA never resumes on another's */
+        {
+            unsigned char sid[SSL_MAX_SID_CTX_LENGTH];
+            unsigned int sid_len = 0;
+            char name[512];
+            int n = snprintf(name, sizeof(name), "aoai-router %s:%u %s", lc->address, (unsigned)lc->port, lc->tls.client_ca_file);
+            if (n < 0 || EVP_Digest(name, strlen(name), sid, &sid_len, EVP_sha256(), NULL) != 1 ||
+                SSL_CTX_set_session_id_context(ctx, sid, sid_len > sizeof(sid) ? (unsigned)sizeof(sid) : sid_len) != 1) {
+                AOR_LOG(AOR_LOG_ERROR, "server", "listener %s:%u: cannot set the TLS session id context", lc->address, lc->port);
+                SSL_CTX_free(ctx);
+                return NULL;
+            }
+        }
     }
     h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);
     return ctx;

@@ -35,6 +35,7 @@ struct aor_worker {
     struct aor_redis *redis;       /* NULL when no redis: is configured */
     struct aor_apikeys *apikeys;   /* subscription key lookups, cached per worker */
     struct aor_tokencache *tokens; /* verified JWTs, per worker */
+    size_t auth_key_waiters;       /* requests waiting for an issuer's first keys (auth.c) */
     uv_timer_t coolshare_timer;    /* reads the cooldowns other replicas published */
     struct aor_redis_cmd *coolshare_cmd;
     struct aor_coolshare_read *coolshare_read; /* what the pending read is for (coolshare.c) */
