@@ -1,16 +1,25 @@
-/* cred.c — see cred.h. This build implements api_key; the Entra ID types come with their issue. */
+/* cred.c — see cred.h. api_key here; the token types' sources live in cred_entra.c. */
 #include <string.h>
 #include "cred.h"
+#include "cred_source.h"
 
-const char *aor_cred_header(const struct aor_backend_conf *backend, struct aor_cred_header *out)
+static int token_type(enum aor_cred_type t)
 {
+    return t == AOR_CRED_MANAGED_IDENTITY || t == AOR_CRED_WORKLOAD_IDENTITY || t == AOR_CRED_CLIENT_SECRET ||
+           t == AOR_CRED_OIDC_FEDERATION;
+}
+
+int aor_cred_header(const struct aor_backend_conf *backend, struct aor_cred_header *out)
+{
+    int rc;
+
     memset(out, 0, sizeof(*out));
     switch (backend->cred.type) {
     case AOR_CRED_NONE:
-        return NULL;
+        return AOR_CRED_OK;
     case AOR_CRED_API_KEY:
         if (backend->cred.api_key == NULL)
-            return AOR_CRED_ERR_UNAVAILABLE;
+            return AOR_CRED_UNAVAILABLE;
         if (backend->provider == AOR_PROVIDER_OPENAI) {
             out->name = "Authorization";
             out->prefix = "Bearer ";
@@ -22,8 +31,44 @@ const char *aor_cred_header(const struct aor_backend_conf *backend, struct aor_c
         out->prefix_len = strlen(out->prefix);
         out->secret = backend->cred.api_key;
         out->secret_len = strlen(backend->cred.api_key);
-        return NULL;
+        return AOR_CRED_OK;
     default:
-        return AOR_CRED_ERR_UNAVAILABLE;
+        if (!token_type(backend->cred.type) || backend->cred.source == NULL)
+            return AOR_CRED_UNAVAILABLE;
+        rc = aor_token_source_take(backend->cred.source, &out->hold, &out->secret, &out->secret_len, &out->serial);
+        if (rc != AOR_CRED_OK)
+            return rc;
+        out->name = "Authorization";
+        out->name_len = sizeof("Authorization") - 1;
+        out->prefix = "Bearer ";
+        out->prefix_len = sizeof("Bearer ") - 1;
+        return AOR_CRED_OK;
     }
+}
+
+void aor_cred_header_release(struct aor_cred_header *h)
+{
+    aor_token_release(h->hold);
+    h->hold = NULL;
+    h->secret = NULL;
+    h->secret_len = 0;
+}
+
+int aor_cred_usable(const struct aor_backend_conf *backend)
+{
+    switch (backend->cred.type) {
+    case AOR_CRED_NONE:
+        return 1;
+    case AOR_CRED_API_KEY:
+        return backend->cred.api_key != NULL;
+    default:
+        return token_type(backend->cred.type) && backend->cred.source != NULL &&
+               aor_token_source_state(backend->cred.source) == AOR_CRED_OK;
+    }
+}
+
+void aor_cred_refused(const struct aor_backend_conf *backend, uint64_t serial)
+{
+    if (token_type(backend->cred.type) && backend->cred.source != NULL && serial != 0)
+        aor_token_source_refused(backend->cred.source, serial);
 }

@@ -79,7 +79,9 @@ static uint64_t fingerprint(const struct aor_backend_conf *b)
                           c->identity_provider_id,
                           c->service_account_id,
                           c->subject_type,
-                          c->subject_resource};
+                          c->subject_resource,
+                          c->identity_endpoint,
+                          c->identity_header};
     size_t i;
 
     h = fnv(h, b->url);

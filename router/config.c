@@ -1633,9 +1633,29 @@ static void parse_resource(struct ctx *c, yaml_node_t *map, const char *kp, stru
 
 static void parse_managed_identity(struct ctx *c, yaml_node_t *map, const char *kp, struct aor_cred_conf *cred)
 {
+    const char *ep = getenv("IDENTITY_ENDPOINT"), *hdr = getenv("IDENTITY_HEADER");
+
     get_str(c, map, kp, "client_id", &cred->client_id);
-    if (get_endpoint_url(c, map, kp, "imds_endpoint", &cred->imds_endpoint) == 0)
-        cred->imds_endpoint = xstrdup(c, DEFAULT_IMDS);
+    if (get_endpoint_url(c, map, kp, "imds_endpoint", &cred->imds_endpoint) != 0)
+        return;
+    cred->imds_endpoint = xstrdup(c, DEFAULT_IMDS);
+    /* App Service, Container Apps, Functions: their local identity endpoint instead of IMDS (as Azure's SDKs do) */
+    if (ep != NULL && *ep != '\0' && hdr != NULL && *hdr != '\0') {
+        const char *bad = url_problem(ep);
+        char buf[KP_MAX];
+        if (bad != NULL) {
+            problem(c, map, "%s: IDENTITY_ENDPOINT %s", kp_join(buf, kp, "imds_endpoint"), bad);
+            return;
+        }
+        for (const char *h = hdr; *h != '\0'; ++h)
+            if ((unsigned char)*h < 0x21 || (unsigned char)*h > 0x7e) {
+                problem(c, map, "%s: IDENTITY_HEADER has bytes that cannot go in an HTTP header",
+                        kp_join(buf, kp, "imds_endpoint"));
+                return;
+            }
+        cred->identity_endpoint = xstrdup(c, ep);
+        cred->identity_header = xstrdup(c, hdr);
+    }
 }
 
 static void parse_workload_identity(struct ctx *c, yaml_node_t *map, const char *kp, struct aor_cred_conf *cred)
@@ -2132,6 +2152,8 @@ static void free_cred(struct aor_cred_conf *cred)
     free(cred->service_account_id);
     free(cred->subject_type);
     free(cred->subject_resource);
+    free(cred->identity_endpoint);
+    free_secret(cred->identity_header);
 }
 
 static void free_conf(struct aor_config *conf)

@@ -14,6 +14,8 @@
 struct aor_backend_state;
 struct aor_deployment_state;
 struct aor_keystore;
+struct aor_token_source;
+struct aor_cred_stats;
 
 enum aor_provider { AOR_PROVIDER_AZURE = 0, AOR_PROVIDER_OPENAI };
 
@@ -58,6 +60,12 @@ struct aor_cred_conf {
     char *client_id, *tenant_id, *token_file, *imds_endpoint, *authority_host, *secret; /* secret from secret_env */
     char *token_url, *client_secret, *audience, *azure_client_id, *resource;
     char *identity_provider_id, *service_account_id, *subject_type, *subject_resource;
+    /* managed_identity on App Service / Container Apps / Functions: $IDENTITY_ENDPOINT and $IDENTITY_HEADER
+     * (a secret) when both are set at load and imds_endpoint is not given; NULL otherwise */
+    char *identity_endpoint, *identity_header;
+    /* runtime: the token source and its stats for the token types; set by aor_creds_attach() (auth/cred.h), not by config.c */
+    struct aor_token_source *source;
+    struct aor_cred_stats *stats;
     /*
      * What aor_config_parse() fills in per type (defaults applied, secrets resolved):
      *   api_key           api_key (key_env, or key_file with trailing whitespace trimmed; visible ASCII only)

@@ -11,6 +11,7 @@
 #include "balancer.h"
 #include "config.h"
 #include "metrics.h"
+#include "cred.h"
 
 enum metric {
     M_REQUESTS,
@@ -436,6 +437,31 @@ exit:
     free(of_backend);
 }
 
+/* per backend with a token credential (cred.h): refresh failures of its token source, seconds its token has left */
+static void emit_credential_series(struct out *o, const struct aor_config *conf, int64_t now_ms)
+{
+    size_t i;
+    char backend[600];
+
+    emit(o, "# HELP aoai_router_credential_refresh_failures_total Failed token calls of the backend's credential.\n"
+            "# TYPE aoai_router_credential_refresh_failures_total counter\n");
+    for (i = 0; i != conf->num_backends; ++i)
+        if (conf->backends[i].cred.stats != NULL)
+            emit(o, "aoai_router_credential_refresh_failures_total{backend=\"%s\"} %llu\n",
+                 label_value(conf->backends[i].name, backend, sizeof(backend)),
+                 (unsigned long long)__atomic_load_n(&conf->backends[i].cred.stats->refresh_failures, __ATOMIC_RELAXED));
+    emit(o, "# HELP aoai_router_credential_expiry_seconds Seconds until the backend's current access token expires (0: none).\n"
+            "# TYPE aoai_router_credential_expiry_seconds gauge\n");
+    for (i = 0; i != conf->num_backends; ++i) {
+        int64_t at;
+        if (conf->backends[i].cred.stats == NULL)
+            continue;
+        at = __atomic_load_n(&conf->backends[i].cred.stats->expires_at_ms, __ATOMIC_RELAXED);
+        emit(o, "aoai_router_credential_expiry_seconds{backend=\"%s\"} %lld\n",
+             label_value(conf->backends[i].name, backend, sizeof(backend)), (long long)(at > now_ms ? (at - now_ms) / 1000 : 0));
+    }
+}
+
 char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *len)
 {
     struct out o = {malloc(65536), 0, 65536, 0};
@@ -501,6 +527,7 @@ char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *
              label_value(conf->backends[i].name, backend, sizeof(backend)),
              aor_balancer_circuit_open(conf->backends[i].state, now_ms));
     }
+    emit_credential_series(&o, conf, now_ms);
     if (o.failed) {
         free(o.buf);
         return NULL;

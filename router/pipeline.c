@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "balancer.h"
 #include "config.h"
+#include "cred.h"
 #include "errors.h"
 #include "log.h"
 #include "metrics.h"
@@ -94,10 +95,10 @@ static void serve_readyz(struct aor_worker *w, h2o_req_t *req)
     if (w->shutting_down)
         why = "shutting down";
     for (i = 0; why == NULL && i != conf->num_backends; ++i)
-        if (!aor_balancer_circuit_open(conf->backends[i].state, now))
+        if (!aor_balancer_circuit_open(conf->backends[i].state, now) && aor_cred_usable(&conf->backends[i]))
             break;
     if (why == NULL && i == conf->num_backends)
-        why = "every backend's circuit is open";
+        why = "no backend can be used (every circuit is open or has no valid credential token)";
     if (why == NULL && (conf->auth.mode == AOR_AUTH_JWT || conf->auth.mode == AOR_AUTH_JWT_AND_KEY))
         for (i = 0; why == NULL && i != conf->auth.num_jwt; ++i)
             if (conf->keystores == NULL || conf->keystores[i] == NULL || !aor_keystore_ready(conf->keystores[i]))

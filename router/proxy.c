@@ -248,7 +248,10 @@ static void give_up(struct aor_request *ar, int64_t earliest_cooldown_end)
         return;
     }
     finish_error(ar, AOR_ERR_BACKEND_ERROR,
-                 ar->attempts == 0 ? "no backend is available (circuits open)" : "every attempt to reach a backend failed", 0);
+                 ar->attempts != 0       ? "every attempt to reach a backend failed"
+                 : ar->cred_skipped != 0 ? "no backend credential is available"
+                                         : "no backend is available (circuits open)",
+                 0);
 }
 
 static void next_attempt(struct aor_request *ar)
@@ -298,6 +301,8 @@ static void attempt_refused(struct aor_request *ar)
         /* the router's key or token for this backend is refused: an operator's problem, loudly */
         AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s refused the router's credential (%d); check its key or identity", ar->id,
                 b->name, ar->status);
+        if (ar->status == 401) /* a token the backend no longer takes: drop it, fetch another (once per token) */
+            aor_cred_refused(b, ar->cred_serial);
         aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_FAILURE, 0, now);
         ++ar->failed;
         ar->last_error = "credential";
@@ -699,20 +704,18 @@ static size_t peer_address(h2o_req_t *req, char *buf /* INET6_ADDRSTRLEN */)
 /*
  * The HTTP/1.1 request head for this attempt, in req->pool: request line, Host, the
  * body's length, the client's headers that may go on (end-to-end ones, no credential, no
- * forwarding claim), x-request-id, x-forwarded-for/-proto and the backend credential.
- * 0, or -1 when the credential is unavailable.
+ * forwarding claim), x-request-id, x-forwarded-for/-proto and the backend credential
+ * (copied from `cred_in`; its bytes are wiped from the head when the attempt ends). 0.
  */
-static int build_head(struct aor_request *ar, const struct aor_backend_conf *b, const struct aor_upstream_h1_target *t,
+static int build_head(struct aor_request *ar, const struct aor_cred_header *cred_in, const struct aor_upstream_h1_target *t,
                       const char *path, size_t path_len, int has_body, size_t body_len, h2o_iovec_t *head)
 {
     h2o_req_t *req = ar->req;
-    struct aor_cred_header cred;
+    const struct aor_cred_header cred = *cred_in;
     size_t method_len = strlen(ar->method), id_len = strlen(ar->id), cap, i, peer_len = 0;
     struct conn_tokens conn;
     char *base, *p, peer[INET6_ADDRSTRLEN];
 
-    if (aor_cred_header(b, &cred) != NULL)
-        return -1;
     connection_tokens(req->headers.entries, req->headers.size, &conn);
     peer_len = peer_address(req, peer);
     cap = method_len + 1 + t->path_prefix.len + path_len + sizeof(" HTTP/1.1\r\nhost: \r\n") + t->authority.len +
@@ -804,6 +807,16 @@ static int is_clean_path(const char *p, size_t len)
     return 1;
 }
 
+/* the credential a request waited for is there, failed, or the wait is over: pick again */
+static void on_cred_ready(struct aor_cred_waiter *waiter)
+{
+    struct aor_request *ar = H2O_STRUCT_FROM_MEMBER(struct aor_request, cred_wait, waiter);
+
+    if (ar->req == NULL) /* never: the dispose cancels the wait */
+        return;
+    start_attempt(ar);
+}
+
 static void start_attempt(struct aor_request *ar)
 {
     struct aor_worker *w = ar->worker;
@@ -814,31 +827,53 @@ static void start_attempt(struct aor_request *ar)
     size_t body_len;
     h2o_iovec_t head;
     char path[4096];
-    int pick, n, is_get, is_head;
+    int pick, n, is_get, is_head, rc;
     struct aor_balancer_policy pol;
+    struct aor_cred_header cred;
 
     pol = policy_of(ar->conf);
-    pick = aor_balancer_pick(ar->cand, ar->num_cand, &pol, now, aor_worker_random(w), &earliest);
-    if (pick < 0) {
-        give_up(ar, earliest);
-        return;
+    for (;;) {
+        pick = aor_balancer_pick(ar->cand, ar->num_cand, &pol, now, aor_worker_random(w), &earliest);
+        if (pick < 0) {
+            give_up(ar, earliest);
+            return;
+        }
+        b = ar->cand_backend[pick];
+        if ((rc = aor_cred_header(b, &cred)) == AOR_CRED_OK)
+            break;
+        /* no token for this backend now: nothing was sent, so no attempt is spent and its circuit is
+         * not charged. While the first token is on its way the request waits for it (once, bounded);
+         * otherwise the backend is skipped like a broken one */
+        aor_balancer_release_probe(&ar->cand[pick]);
+        if (rc == AOR_CRED_PENDING && !ar->cred_waited &&
+            aor_cred_wait(w->cred_waitq, b, &ar->cred_wait, ar->conf->limits.connect_timeout_ms, on_cred_ready) == 0) {
+            ar->cred_waited = 1;
+            return;
+        }
+        ar->cand[pick].tried = 1;
+        ++ar->failed;
+        ++ar->cred_skipped;
+        ar->last_error = "credential";
+        aor_metrics_failover(b->name, "credential");
+        AOR_LOG(AOR_LOG_DEBUG, "proxy", "%s: backend %s skipped: no valid credential token", ar->id, b->name);
     }
     /* from here on, every way out of this attempt ends its probe claim and its charge:
      * aor_balancer_record() + settle, or attempt_abandoned() */
     ar->current = pick;
     ar->cand[pick].tried = 1;
     ++ar->attempts;
-    b = ar->cand_backend[pick];
     name = ar->cand_name[pick];
     aor_balancer_charge(&ar->cand[pick], ar->estimate, now);
 
     if ((n = aor_route_upstream_path(&ar->route, b->provider, name, strlen(name), path, sizeof(path))) < 0) {
+        aor_cred_header_release(&cred);
         attempt_abandoned(ar);
         ++ar->failed;
         next_attempt(ar);
         return;
     }
     if (!is_clean_path(path, (size_t)n)) {
+        aor_cred_header_release(&cred);
         attempt_abandoned(ar);
         finish_error(ar, AOR_ERR_INVALID_REQUEST, "the request path has bytes that cannot be forwarded", 0);
         return;
@@ -852,11 +887,14 @@ static void start_attempt(struct aor_request *ar)
     ar->cooldown_capped = 0;
     ar->backend_remaining_tokens = -1;
     ar->upstream_started_ns = aor_mono_ns();
-    if ((t = aor_upstream_h1_target(w->upstream_h1, b->url, strlen(b->url))) == NULL ||
-        attempt_body(ar, b, name, &body, &body_len) != 0 ||
-        build_head(ar, b, t, path, (size_t)n, !is_get && !is_head, body_len, &head) != 0) {
-        /* out of memory, an unusable URL or no credential: counts as a failed attempt on this backend */
-        AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s: could not prepare the attempt (credential unavailable?)", ar->id, b->name);
+    ar->cred_serial = cred.serial;
+    rc = (t = aor_upstream_h1_target(w->upstream_h1, b->url, strlen(b->url))) == NULL ||
+         attempt_body(ar, b, name, &body, &body_len) != 0 ||
+         build_head(ar, &cred, t, path, (size_t)n, !is_get && !is_head, body_len, &head) != 0;
+    aor_cred_header_release(&cred); /* the head holds its copy, wiped when the attempt ends */
+    if (rc) {
+        /* out of memory or an unusable URL: counts as a failed attempt on this backend */
+        AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s: could not prepare the attempt", ar->id, b->name);
         aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_FAILURE, 0, now);
         aor_balancer_settle(current_cand(ar), -1, now);
         ++ar->failed;
@@ -885,6 +923,7 @@ void aor_proxy_start(struct aor_request *ar)
 
 void aor_proxy_on_dispose(struct aor_request *ar)
 {
+    aor_cred_wait_cancel(&ar->cred_wait);
     cancel_upstream(ar);
     attempt_abandoned(ar);
 }

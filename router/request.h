@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <h2o.h>
 #include "auth.h"
+#include "cred.h"
 #include "balancer.h"
 #include "reqbody.h"
 #include "routes.h"
@@ -79,9 +80,13 @@ struct aor_request {
     size_t res_headers_mark; /* req->res.headers.size before any attempt added the backend's */
     char *cred_at;           /* the credential's bytes in the request head, wiped when the attempt ends */
     size_t cred_len;
-    size_t discarded;    /* body bytes of a 429/5xx reply read and dropped */
-    int64_t cooldown_ms; /* a 429's retry-after, as a cooldown */
-    int cooldown_capped; /* ... cut to limits.max_cooldown_ms */
+    uint64_t cred_serial;             /* the token sent (aor_cred_refused on a 401), 0 for a key */
+    struct aor_cred_waiter cred_wait; /* queued while the first token of a backend is fetched */
+    int cred_waited;                  /* a request waits once */
+    unsigned cred_skipped;            /* candidates skipped for want of a token */
+    size_t discarded;                 /* body bytes of a 429/5xx reply read and dropped */
+    int64_t cooldown_ms;              /* a 429's retry-after, as a cooldown */
+    int cooldown_capped;              /* ... cut to limits.max_cooldown_ms */
     int64_t backend_remaining_tokens;
     char backend_request_id[AOR_REQUEST_ID_MAX + 1]; /* the answering backend's x-request-id, if sane; "" else */
 

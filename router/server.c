@@ -29,6 +29,7 @@
 #include "apikey.h"
 #include "backend.h"
 #include "coolshare.h"
+#include "cred.h"
 #include "jwks.h"
 #include "redis.h"
 #include "tokencache.h"
@@ -236,8 +237,12 @@ static void *worker_main(void *arg)
     /* tear down what is ours; h2o's connections that are still open (idle keep-alive
      * clients) are left to the process exit, as h2o 2.2 has no way to dispose them */
     aor_accesslog_destroy(w->accesslog);
-    if (w->id == 0)
+    if (w->id == 0) {
         aor_keystores_stop();
+        aor_creds_stop();
+    }
+    aor_cred_waitq_close(w->cred_waitq);
+    w->cred_waitq = NULL;
     aor_apikeys_destroy(w->apikeys);
     aor_coolshare_stop(w);
     aor_redis_destroy(w->redis);
@@ -281,6 +286,9 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
     /* worker 0's loop also fetches the issuers' keys (OIDC discovery, JWKS) */
     if (id == 0 && aor_keystores_start(&w->loop, w->upstream) != 0)
         return -1;
+    /* ... and the backends' access tokens (managed identity, workload identity, Entra ID) */
+    if ((w->cred_waitq = aor_cred_waitq_create(&w->loop)) == NULL || (id == 0 && aor_creds_start(&w->loop, w->upstream) != 0))
+        return -1;
     uv_async_init(&w->loop, &w->wake, on_wake);
     w->wake.data = w;
     w->num_listeners = num_listens;
@@ -308,7 +316,7 @@ static int attach_runtime(struct aor_config *conf)
     static uint64_t generations;
 
     conf->generation = ++generations;
-    if (aor_backend_attach(conf, aor_now_ms()) != 0)
+    if (aor_backend_attach(conf, aor_now_ms()) != 0 || aor_creds_attach(conf) != 0)
         return -1;
     if (conf->auth.num_jwt != 0) {
         if ((conf->keystores = calloc(conf->auth.num_jwt, sizeof(*conf->keystores))) == NULL ||
@@ -454,6 +462,7 @@ exit:
     aor_config_release(current_conf);
     aor_backend_table_free();
     aor_keystores_free();
+    aor_creds_free();
     aor_metrics_free();
     curl_global_cleanup();
     free(fds);

@@ -22,6 +22,7 @@ struct aor_redis_cmd;
 struct aor_apikeys;
 struct aor_tokencache;
 struct aor_coolshare_read;
+struct aor_cred_waitq;
 
 struct aor_worker {
     h2o_context_t ctx; /* handlers find their worker from req->conn->ctx */
@@ -32,11 +33,12 @@ struct aor_worker {
     struct aor_upstream_h1 *upstream_h1; /* h2o http1client: the data plane's backend connections */
     struct aor_config *conf;             /* this worker's current generation; one reference held */
     struct aor_accesslog *accesslog;
-    struct aor_redis *redis;       /* NULL when no redis: is configured */
-    struct aor_apikeys *apikeys;   /* subscription key lookups, cached per worker */
-    struct aor_tokencache *tokens; /* verified JWTs, per worker */
-    size_t auth_key_waiters;       /* requests waiting for an issuer's first keys (auth.c) */
-    uv_timer_t coolshare_timer;    /* reads the cooldowns other replicas published */
+    struct aor_redis *redis;           /* NULL when no redis: is configured */
+    struct aor_apikeys *apikeys;       /* subscription key lookups, cached per worker */
+    struct aor_tokencache *tokens;     /* verified JWTs, per worker */
+    size_t auth_key_waiters;           /* requests waiting for an issuer's first keys (auth.c) */
+    struct aor_cred_waitq *cred_waitq; /* requests waiting for a backend's first token (cred.h) */
+    uv_timer_t coolshare_timer;        /* reads the cooldowns other replicas published */
     struct aor_redis_cmd *coolshare_cmd;
     struct aor_coolshare_read *coolshare_read; /* what the pending read is for (coolshare.c) */
     uint64_t rng;
