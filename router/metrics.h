@@ -30,6 +30,13 @@ void aor_metrics_ttfb(const char *backend, double seconds);
 /* the in-flight gauge */
 void aor_metrics_inflight_add(int delta);
 
+/* hostile-client counters (relaxed atomics, no registry): log lines dropped because a log's
+ * reader stalled (`log` "access" or "error"), client connections closed for their resets,
+ * requests refused by the header limits and by the in-flight body budget */
+void aor_metrics_log_dropped(int access);
+void aor_metrics_conn_reset_closed(void);
+void aor_metrics_overloaded(void);
+
 /**
  * Renders every series, plus the per-backend gauges of `conf` (cooldown, remaining
  * tokens) as of `now_ms`, in Prometheus text format 0.0.4. Returns a malloc'd string

@@ -22,6 +22,22 @@ struct aor_redis_cmd;
 struct aor_apikeys;
 struct aor_tokencache;
 
+/*
+ * One accepted client connection (item 2 connection cap, item 3 reset budget, item 22
+ * teardown). Allocated by the accept callback with the uv handle h2o's socket wraps, freed by
+ * that handle's close callback; every worker keeps a list of its own.
+ */
+struct aor_client_conn {
+    uv_tcp_t tcp; /* h2o's socket wraps this handle */
+    struct aor_worker *worker;
+    h2o_socket_t *sock;
+    h2o_linklist_t link; /* worker->conns */
+    int counted;         /* counts against limits.max_connections (not the metrics listener) */
+    int closing;         /* shut down by us: refuse whatever else arrives on it */
+    unsigned resets;     /* requests that ended before their answer was sent */
+    unsigned completed;  /* data-plane requests whose answer was sent */
+};
+
 struct aor_worker {
     h2o_context_t ctx; /* handlers find their worker from req->conn->ctx */
     uv_loop_t loop;
@@ -46,7 +62,31 @@ struct aor_worker {
     size_t num_listeners;
     h2o_accept_ctx_t *accept_ctxs; /* one per listener (TLS context differs) */
     uv_timer_t drain_timer;
+    h2o_linklist_t conns;    /* struct aor_client_conn, this worker's client connections */
+    unsigned char *paused;   /* per listener: at max_connections, accept() is held back */
+    uv_timer_t accept_timer; /* while any listener is paused: retries it */
+    uv_timer_t defer_timer;  /* starts the deferred data-plane requests (pipeline.c) */
+    h2o_linklist_t deferred; /* struct aor_request waiting for defer_timer */
+    int tearing_down;        /* the loop has stopped: requests get a bare 503 */
 };
+
+/* ceiling on the requests a client connection may abandon (reset, cancel, disconnect before the
+ * answer) beyond the ones it completed; past it the connection is shut down (Rapid Reset) */
+#define AOR_CONN_RESET_BUDGET 100
+
+/* the connection record of an h2o connection; NULL when unknown (a layout h2o did not keep) */
+struct aor_client_conn *aor_server_conn_of(h2o_conn_t *conn);
+
+/**
+ * Counts one abandoned request (`reset` 1) or one completed answer (`reset` 0) against `c`;
+ * when the resets exceed AOR_CONN_RESET_BUDGET + completed, the socket is shut down
+ * (shutdown(2) both ways: h2o sees EOF and closes the connection and its streams itself) and
+ * `closing` is set. NULL is a no-op.
+ */
+void aor_server_conn_account(struct aor_client_conn *c, int reset);
+
+/* process-wide: request-body bytes the handlers hold (limits.max_inflight_body_bytes) */
+extern uint64_t aor_inflight_body_bytes;
 
 /* runs the server until SIGTERM/SIGINT and the drain; takes over the reference to `conf`. Returns the exit code */
 int aor_server_run(struct aor_config *conf);

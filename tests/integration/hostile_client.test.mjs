@@ -1,0 +1,265 @@
+// Hostile clients (issue 6 items 1, 2, 3, 5): HPACK header bombs, over-size bodies, bodies
+// without credentials, Rapid Reset and MadeYouReset, too many connections, a stdout reader
+// that stalls. Each test attacks the real router with a raw HTTP/2 frame client
+// (lib/hostile_h2.mjs) or raw sockets and asserts what a backend saw and what the client got.
+import { describe, it, before, after, beforeEach } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import {
+  startMock,
+  startRouter,
+  backendFor,
+  resetMocks,
+  post,
+  get,
+  chatBody,
+  CHAT_PATH,
+  stopAll,
+  sleep,
+  SLOW,
+  httpRequest,
+  fetchMetrics,
+  metricSum,
+  tempDir,
+  toYaml,
+  freePort,
+  ROUTER_BIN,
+  pollUntil,
+  waitExit,
+  checkSanitizers,
+} from './lib/harness.mjs';
+import { connectH2, frames, requestHead, hpack, rssKiB } from './lib/hostile_h2.mjs';
+
+let east;
+const routers = [];
+
+async function router(extra = {}, opts = {}) {
+  const r = await startRouter({
+    config: { backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o' } })], ...extra },
+    ...opts,
+  });
+  routers.push(r);
+  return r;
+}
+
+before(async () => {
+  east = await startMock('eastus');
+});
+
+after(async () => {
+  await stopAll(...routers, east);
+});
+
+beforeEach(async () => {
+  await resetMocks(east);
+});
+
+const body = JSON.stringify(chatBody());
+
+/** p-th percentile (0..1) of a list of numbers */
+function pct(list, p) {
+  const s = [...list].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(p * s.length))];
+}
+
+/** n sequential honest HTTP/1.1 requests on one keep-alive connection; their latencies in ms */
+async function honestLatencies(url, n) {
+  const http = await import('node:http');
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const out = [];
+  try {
+    for (let i = 0; i < n; ++i) {
+      const t0 = process.hrtime.bigint();
+      const res = await httpRequest(`${url}${CHAT_PATH}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body, agent });
+      assert.equal(res.status, 200, `honest request ${i}: ${res.status} ${res.body}`);
+      out.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+  } finally {
+    agent.destroy();
+  }
+  return out;
+}
+
+describe('header limits (item 1)', () => {
+  it('HPACK bomb: 10,000 references to a 3 KB header → 431, nothing upstream, RSS bounded', async () => {
+    const r = await router();
+    const rssBefore = await rssKiB(r.proc.pid);
+    const big = 'x'.repeat(3000);
+    const results = [];
+    for (let c = 0; c < 4; ++c) {
+      const h2 = await connectH2(r.port);
+      for (let s = 0; s < 5; ++s) {
+        const id = 1 + 2 * s;
+        // first stream of the connection puts the header in the dynamic table; all reference it
+        const first = s === 0 ? hpack.literalIndexed('x-bomb', big) : Buffer.alloc(0);
+        const refs = Buffer.alloc(10000, 0x80 | 62);
+        const block = Buffer.concat([requestHead({ path: CHAT_PATH }), first, refs]);
+        await h2.write(Buffer.concat([frames.headers(id, block.subarray(0, 16000), { endHeaders: block.length <= 16000 }),
+          ...(block.length > 16000 ? [frames.continuation(id, block.subarray(16000))] : []),
+          frames.data(id, body)]));
+        results.push(await h2.waitStream(id, 10000 * SLOW));
+      }
+      h2.close();
+    }
+    const rssAfter = await rssKiB(r.proc.pid);
+    for (const res of results) {
+      assert.equal(res?.status, 431, `status ${res?.status}`);
+      assert.equal(JSON.parse(res.body.toString()).error.code, 'headers_too_large');
+    }
+    assert.equal((await east.stats()).requests, 0, 'the backend saw a bombed request');
+    // 20 requests × 30 MB decoded each: copying them would grow RSS by hundreds of MB
+    assert.ok(rssAfter - rssBefore < 32 * 1024, `RSS grew by ${rssAfter - rssBefore} KiB`);
+  });
+
+  it('HTTP/1.1: headers over max_header_bytes → 431 JSON, over max_header_count → 431', async () => {
+    const r = await router({ limits: { max_header_bytes: 8192, max_header_count: 20 } });
+    const headers = { 'content-type': 'application/json' };
+    for (let i = 0; i < 6; ++i) headers[`x-pad-${i}`] = 'p'.repeat(2000);
+    let res = await post(r.url, CHAT_PATH, chatBody(), { headers });
+    assert.equal(res.status, 431);
+    assert.equal(res.json().error.code, 'headers_too_large');
+    const many = { 'content-type': 'application/json' };
+    for (let i = 0; i < 30; ++i) many[`x-n-${i}`] = 'v';
+    res = await post(r.url, CHAT_PATH, chatBody(), { headers: many });
+    assert.equal(res.status, 431);
+    res = await post(r.url, CHAT_PATH, chatBody(), { proto: 'h2c', headers: many });
+    assert.equal(res.status, 431);
+    assert.equal((await east.stats()).requests, 0);
+    // within limits: served
+    res = await post(r.url, CHAT_PATH, chatBody(), { headers: { 'x-pad': 'p'.repeat(2000) } });
+    assert.equal(res.status, 200);
+  });
+});
+
+/** a raw HTTP/1.1 exchange: writes `head` (+ `bodyBytes` of filler, as far as the server reads), returns the reply text */
+function rawH1(port, head, { bodyBytes = 0, timeoutMs = 10000 * SLOW } = {}) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    let reply = '';
+    const done = () => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(reply);
+    };
+    const timer = setTimeout(done, timeoutMs);
+    s.on('data', (d) => {
+      reply += d.toString('latin1');
+      const m = /\r\n\r\n/.exec(reply);
+      const len = /content-length:\s*(\d+)/i.exec(reply);
+      if (m && len && reply.length >= m.index + 4 + Number(len[1])) done();
+    });
+    s.on('error', () => done());
+    s.on('close', () => done());
+    s.write(head);
+    const chunk = Buffer.alloc(65536, 'x');
+    let sent = 0;
+    const pump = () => {
+      while (sent < bodyBytes && !s.destroyed) {
+        sent += chunk.length;
+        if (!s.write(chunk)) return s.once('drain', pump);
+      }
+    };
+    pump();
+  });
+}
+
+describe('bodies (item 2)', () => {
+  const MAX = 256 * 1024;
+  const sha256 = async (x) => (await import('node:crypto')).createHash('sha256').update(x).digest('hex');
+
+  it('HTTP/1.1: any body over max_body_bytes gets the JSON 413 (content-length and chunked), nothing upstream', async () => {
+    const r = await router({ limits: { max_body_bytes: MAX } });
+    const path = CHAT_PATH;
+    for (const [what, head, bodyBytes] of [
+      ['declared 100 MiB', `POST ${path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 104857600\r\n\r\n`, 0],
+      ['chunked, endless', `POST ${path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n`, 0],
+      ['max + 1', `POST ${path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${MAX + 1}\r\n\r\n`, MAX + 1],
+    ]) {
+      let reply;
+      if (what.startsWith('chunked')) {
+        const chunk = `10000\r\n${'x'.repeat(0x10000)}\r\n`;
+        reply = await rawH1(r.port, head + chunk.repeat(8));
+      } else reply = await rawH1(r.port, head, { bodyBytes });
+      assert.match(reply, /^HTTP\/1\.1 413 /, `${what}: ${reply.slice(0, 200)}`);
+      assert.match(reply, /content-type: application\/json/i, what);
+      const body = reply.slice(reply.indexOf('\r\n\r\n') + 4);
+      assert.equal(JSON.parse(body).error.code, 'body_too_large', what);
+    }
+    assert.equal((await east.stats()).requests, 0);
+  });
+
+  it('HTTP/2: a body a little over gets the JSON 413; far over, h2o refuses the stream (RST_STREAM REFUSED_STREAM)', async () => {
+    const r = await router({ limits: { max_body_bytes: MAX } });
+    const h2 = await connectH2(r.port);
+    const send = async (id, n) => {
+      await h2.write(frames.headers(id, requestHead({ path: CHAT_PATH })));
+      for (let off = 0; off < n; off += 16384) await h2.write(frames.data(id, Buffer.alloc(Math.min(16384, n - off), 'x'), { endStream: off + 16384 >= n }));
+      return h2.waitStream(id, 10000 * SLOW);
+    };
+    let res = await send(1, MAX + 1);
+    assert.equal(res.status, 413);
+    assert.equal(JSON.parse(res.body.toString()).error.code, 'body_too_large');
+    res = await send(3, 4 * MAX);
+    assert.equal(res.rst, 7, `stream 3: ${JSON.stringify(res)}`); // REFUSED_STREAM: h2o 2.2.5 has no hook for an answer
+    h2.close();
+    assert.equal((await east.stats()).requests, 0);
+  });
+
+  it('a body without credentials is refused (401) before it is copied or scanned', async () => {
+    const key = 'aor_' + 'k'.repeat(43);
+    const r = await router({ auth: { mode: 'key', keys: { static: [{ sha256: await sha256(key), tenant: 't1' }] } } });
+    // malformed JSON: scanning it first would answer 400
+    let res = await post(r.url, CHAT_PATH, '{"messages": [', {});
+    assert.equal(res.status, 401, res.body);
+    res = await post(r.url, CHAT_PATH, '{"messages": [', { headers: { 'api-key': key } });
+    assert.equal(res.status, 400, res.body);
+    assert.equal((await east.stats()).requests, 0);
+  });
+
+  it('the in-flight body budget: over it, 503 overloaded with retry-after', async () => {
+    const r = await router({ limits: { max_inflight_body_bytes: 100000 } });
+    await east.setBehaviour({ delay_ms: 1500 });
+    const big = JSON.stringify(chatBody({ messages: [{ role: 'user', content: 'y'.repeat(60000) }] }));
+    const first = post(r.url, CHAT_PATH, big, {});
+    await pollUntil(async () => (await east.stats()).active === 1, { timeoutMs: 5000 * SLOW });
+    const second = await post(r.url, CHAT_PATH, big, { proto: 'h2c' });
+    assert.equal(second.status, 503, second.body);
+    assert.equal(second.json().error.code, 'overloaded');
+    assert.equal(second.headers['retry-after'], '1');
+    assert.equal((await first).status, 200);
+    // released when the first ended
+    await east.setBehaviour({});
+    assert.equal((await post(r.url, CHAT_PATH, big, {})).status, 200);
+  });
+
+  it('HTTP/2: at most max_streams_per_connection requests of a connection are handled at once', async () => {
+    const r = await router({ limits: { max_streams_per_connection: 2 } });
+    await east.setBehaviour({ delay_ms: 800 });
+    const h2 = await connectH2(r.port);
+    const ids = [1, 3, 5, 7, 9];
+    await h2.write(Buffer.concat(ids.flatMap((id) => [frames.headers(id, requestHead({ path: CHAT_PATH })), frames.data(id, body)])));
+    await sleep(400 * SLOW);
+    assert.ok((await east.stats()).active <= 2, `active ${(await east.stats()).active}`);
+    for (const id of ids) assert.equal((await h2.waitStream(id, 10000 * SLOW)).status, 200);
+    h2.close();
+  });
+
+  it('limits.max_connections: connections over the cap wait in the accept queue until one closes', async () => {
+    const r = await router({ limits: { max_connections: 3 } });
+    const held = [];
+    for (let i = 0; i < 3; ++i) held.push(await connectH2(r.port));
+    await sleep(100);
+    // the 4th connects (kernel backlog) but is not served
+    const extra = await connectH2(r.port);
+    await extra.write(Buffer.concat([frames.headers(1, requestHead({ method: 'GET', path: '/healthz', contentType: null }), { endStream: true })]));
+    await sleep(500 * SLOW);
+    assert.equal(extra.streams.get(1)?.status, undefined, 'served over the cap');
+    held[0].close();
+    const res = await extra.waitStream(1, 5000 * SLOW);
+    assert.equal(res?.status, 200);
+    for (const c of [...held, extra]) c.close();
+  });
+});
