@@ -263,3 +263,56 @@ describe('bodies (item 2)', () => {
     for (const c of [...held, extra]) c.close();
   });
 });
+
+const ATTACK = path.join(path.dirname(new URL(import.meta.url).pathname), 'lib', 'hostile_attack.mjs');
+
+/** runs lib/hostile_attack.mjs in a child process; resolves to its JSON summary */
+function attack(port, mode, count, { repeatMs = 0 } = {}) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [ATTACK, String(port), mode, String(count), CHAT_PATH, String(repeatMs)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let so = '';
+    let se = '';
+    p.stdout.on('data', (d) => (so += d));
+    p.stderr.on('data', (d) => (se += d));
+    p.once('exit', (code) => {
+      try {
+        resolve(JSON.parse(so.trim().split('\n').pop()));
+      } catch {
+        reject(new Error(`attacker exited ${code}: ${so} ${se}`));
+      }
+    });
+  });
+}
+
+describe('Rapid Reset and MadeYouReset (item 3)', () => {
+  for (const mode of ['rapid-reset', 'made-you-reset']) {
+    it(`${mode}: 20,000 streams on one connection → ≤ 1 % reach the backend, the connection is closed`, async () => {
+      const r = await router();
+      const res = await attack(r.port, mode, 20000);
+      const seen = (await east.stats()).requests;
+      assert.ok(seen <= 200, `the backend saw ${seen} requests (attack: ${JSON.stringify(res)})`);
+      assert.equal(res.closed + res.goaway >= 1, true, `connection not closed: ${JSON.stringify(res)}`);
+      // the router is fine afterwards
+      assert.equal((await post(r.url, CHAT_PATH, chatBody(), { proto: 'h2c' })).status, 200);
+      const m = await fetchMetrics(r);
+      assert.ok(metricSum(m, 'aoai_router_client_conns_reset_closed_total') >= 1);
+    });
+  }
+
+  it('an honest client on another connection keeps its p99 during a reset flood', async () => {
+    const r = await router();
+    await honestLatencies(r.url, 20); // warm up
+    const alone = await honestLatencies(r.url, 200);
+    const flood = attack(r.port, 'rapid-reset', 20000, { repeatMs: 4000 * SLOW });
+    await sleep(200);
+    const during = await honestLatencies(r.url, 200);
+    const res = await flood;
+    const seen = (await east.stats()).requests - 220 - 200;
+    const p99a = pct(alone, 0.99);
+    const p99d = pct(during, 0.99);
+    console.log(`honest p99 alone ${p99a.toFixed(2)} ms, during the flood ${p99d.toFixed(2)} ms; attack ${JSON.stringify(res)}; backend saw ${seen} attack requests`);
+    assert.ok(res.connections >= 2, 'the flood did not run');
+    assert.ok(seen <= res.streams_written / 100, `the backend saw ${seen} of ${res.streams_written} reset streams`);
+    assert.ok(p99d < Math.max(20 * p99a, p99a + 50), `p99 ${p99d} ms during the flood vs ${p99a} ms alone`);
+  });
+});
