@@ -7,6 +7,7 @@
 #include <string.h>
 #include "balancer.h"
 #include "config.h"
+#include "log.h"
 #include "metrics.h"
 
 enum metric {
@@ -244,12 +245,7 @@ void aor_metrics_inflight_add(int delta)
     __atomic_add_fetch(&inflight, delta, __ATOMIC_RELAXED);
 }
 
-static uint64_t log_dropped[2], conn_reset_closed, overloaded;
-
-void aor_metrics_log_dropped(int access)
-{
-    __atomic_add_fetch(&log_dropped[access ? 1 : 0], 1, __ATOMIC_RELAXED);
-}
+static uint64_t conn_reset_closed, overloaded;
 
 void aor_metrics_conn_reset_closed(void)
 {
@@ -344,8 +340,8 @@ char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *
          "# TYPE aoai_router_client_conns_reset_closed_total counter\naoai_router_client_conns_reset_closed_total %llu\n"
          "# HELP aoai_router_overloaded_total Requests refused because the in-flight body budget was spent.\n"
          "# TYPE aoai_router_overloaded_total counter\naoai_router_overloaded_total %llu\n",
-         (unsigned long long)__atomic_load_n(&log_dropped[1], __ATOMIC_RELAXED),
-         (unsigned long long)__atomic_load_n(&log_dropped[0], __ATOMIC_RELAXED),
+         (unsigned long long)__atomic_load_n(&aor_log_dropped_total[1], __ATOMIC_RELAXED),
+         (unsigned long long)__atomic_load_n(&aor_log_dropped_total[0], __ATOMIC_RELAXED),
          (unsigned long long)__atomic_load_n(&conn_reset_closed, __ATOMIC_RELAXED),
          (unsigned long long)__atomic_load_n(&overloaded, __ATOMIC_RELAXED));
     emit(&o,

@@ -30,10 +30,8 @@ void aor_metrics_ttfb(const char *backend, double seconds);
 /* the in-flight gauge */
 void aor_metrics_inflight_add(int delta);
 
-/* hostile-client counters (relaxed atomics, no registry): log lines dropped because a log's
- * reader stalled (`log` "access" or "error"), client connections closed for their resets,
- * requests refused by the header limits and by the in-flight body budget */
-void aor_metrics_log_dropped(int access);
+/* hostile-client counters (relaxed atomics, no registry): client connections closed for their
+ * resets, requests refused by the in-flight body budget. (Dropped log lines: log.h.) */
 void aor_metrics_conn_reset_closed(void);
 void aor_metrics_overloaded(void);
 

@@ -538,6 +538,7 @@ int aor_server_run(struct aor_config *conf)
     if (path == NULL || attach_runtime(conf) != 0)
         goto exit;
     current_conf = conf;
+    aor_log_set_nonblocking(1); /* a stalled log reader drops lines, never stops a worker */
     curl_global_init(CURL_GLOBAL_DEFAULT);
 
     h2o_config_init(&globalconf);
@@ -635,5 +636,6 @@ exit:
     curl_global_cleanup();
     free(fds);
     free(path);
+    aor_log_set_nonblocking(0);
     return ret;
 }

@@ -30,6 +30,7 @@ import {
   pollUntil,
   waitExit,
   checkSanitizers,
+  h2load,
 } from './lib/harness.mjs';
 import { connectH2, frames, requestHead, hpack, rssKiB } from './lib/hostile_h2.mjs';
 
@@ -314,5 +315,46 @@ describe('Rapid Reset and MadeYouReset (item 3)', () => {
     assert.ok(res.connections >= 2, 'the flood did not run');
     assert.ok(seen <= res.streams_written / 100, `the backend saw ${seen} of ${res.streams_written} reset streams`);
     assert.ok(p99d < Math.max(20 * p99a, p99a + 50), `p99 ${p99d} ms during the flood vs ${p99a} ms alone`);
+  });
+});
+
+describe('logs never block a worker (item 5)', () => {
+  it('stdout to a pipe nobody reads: /healthz and the data plane still answer; dropped lines are counted', async () => {
+    const { openSync, closeSync } = await import('node:fs');
+    const { execFileSync } = await import('node:child_process');
+    const dir = tempDir('aor-it-stall-');
+    const fifo = path.join(dir, 'stdout.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const fd = openSync(fifo, 'r+'); // held open, never read: the pipe fills at 64 KiB
+    const port = await freePort();
+    const configPath = path.join(dir, 'backends.yaml');
+    writeFileSync(
+      configPath,
+      toYaml({ threads: 1, listen: [{ address: '127.0.0.1', port }], backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o' } })] }),
+    );
+    const proc = spawn(ROUTER_BIN, ['-c', configPath], { stdio: ['ignore', fd, 'pipe'] });
+    let stderr = '';
+    proc.stderr.on('data', (d) => (stderr += d));
+    const url = `http://127.0.0.1:${port}`;
+    try {
+      assert.ok(await pollUntil(() => httpRequest(`${url}/healthz`, { timeoutMs: 1000 }).then((r) => r.status === 200, () => false), { timeoutMs: 10000 * SLOW }));
+      // ~400 bytes a line: 5,000 lines are 2 MB, more than the pipe and the 1 MiB buffer
+      const load = await h2load(['-n', '5000', '-c', '4', '-m', '8', `${url}/healthz`]);
+      assert.equal(load.status['2xx'], 5000, load.output);
+      const t0 = Date.now();
+      assert.equal((await httpRequest(`${url}/healthz`, { timeoutMs: 2000 })).status, 200);
+      const res = await post(url, CHAT_PATH, chatBody(), { timeoutMs: 5000 });
+      assert.equal(res.status, 200);
+      assert.ok(Date.now() - t0 < 2000 * SLOW, `took ${Date.now() - t0} ms`);
+      const m = await fetchMetrics(url);
+      assert.ok(metricSum(m, 'aoai_router_log_dropped_total', { log: 'access' }) > 0, m.match(/.*log_dropped.*/g)?.join('\n'));
+      proc.kill('SIGTERM');
+      const { code } = await waitExit(proc, 10000 * SLOW);
+      assert.equal(code, 0, stderr);
+      checkSanitizers(stderr);
+    } finally {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      closeSync(fd);
+    }
   });
 });
