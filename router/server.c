@@ -355,6 +355,10 @@ static void on_wake(uv_async_t *async)
         aor_config_release(old); /* requests in flight still hold it */
     }
     pthread_mutex_unlock(&gen_lock);
+    /* a changed `redis:` (URL, password rotation): the same client, reconnected with the new settings */
+    if (w->redis != NULL && w->conf->redis.url != NULL && !w->shutting_down &&
+        aor_redis_reconfigure(w->redis, w->conf->redis.url, w->conf->redis.password) != 0)
+        AOR_LOG(AOR_LOG_ERROR, "server", "worker %u: cannot apply the new redis settings; the old ones stay", w->id);
     if (shutdown_requested && !w->shutting_down)
         begin_shutdown(w);
 }
@@ -515,6 +519,11 @@ static void reload(const char *path)
     if (next->num_listeners != current_conf->num_listeners || next->threads != current_conf->threads ||
         next->limits.max_body_bytes > current_conf->limits.max_body_bytes)
         AOR_LOG(AOR_LOG_WARN, "server", "listen, threads and a larger max_body_bytes take effect only after a restart");
+    if (next->limits.max_streams_per_connection != current_conf->limits.max_streams_per_connection)
+        AOR_LOG(AOR_LOG_WARN, "server", "limits.max_streams_per_connection takes effect only after a restart");
+    if ((next->redis.url == NULL) != (current_conf->redis.url == NULL))
+        AOR_LOG(AOR_LOG_WARN, "server",
+                "adding or removing `redis:` takes effect only after a restart (a changed URL or password applies now)");
     pthread_mutex_lock(&gen_lock);
     old = current_conf;
     current_conf = next;

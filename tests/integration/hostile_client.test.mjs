@@ -5,6 +5,7 @@
 import { describe, it, before, after, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import crypto from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -31,6 +32,9 @@ import {
   waitExit,
   checkSanitizers,
   h2load,
+  startRedis,
+  redisCli,
+  run,
 } from './lib/harness.mjs';
 import { connectH2, frames, requestHead, hpack, rssKiB } from './lib/hostile_h2.mjs';
 
@@ -355,6 +359,142 @@ describe('logs never block a worker (item 5)', () => {
     } finally {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
       closeSync(fd);
+    }
+  });
+});
+
+describe('shutdown (item 22)', () => {
+  it('SIGTERM with key lookups pending on a stopped Redis, upstream requests and late keep-alive requests: clean exit', async () => {
+    const crypto = await import('node:crypto');
+    const sha = (x) => crypto.createHash('sha256').update(x).digest('hex');
+    const redis = await startRedis();
+    const key = 'aor_' + crypto.randomBytes(32).toString('base64url');
+    await redisCli(redis, 'HSET', `aoai:key:${sha(key)}`, 'tenant', 't1', 'name', 'k');
+    const r = await startRouter({
+      config: {
+        backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o' } })],
+        auth: { mode: 'key' },
+        redis: { url: redis.url },
+        limits: { drain_timeout_ms: 300 },
+      },
+    });
+    try {
+      assert.equal((await post(r.url, CHAT_PATH, chatBody(), { headers: { 'api-key': key } })).status, 200);
+      // idle keep-alive connections, HTTP/1.1 and HTTP/2
+      const idle = [];
+      for (let i = 0; i < 4; ++i) {
+        const s = net.connect(r.port, '127.0.0.1');
+        await new Promise((res) => s.once('connect', res));
+        s.on('error', () => {});
+        s.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
+        idle.push(s);
+      }
+      const h2idle = await connectH2(r.port);
+      await sleep(100);
+      // upstream requests that outlive the drain, lookups that wait on a stopped Redis
+      await east.setBehaviour({ delay_ms: 3000 });
+      const upstream = [1, 2, 3].map(() => post(r.url, CHAT_PATH, chatBody(), { headers: { 'api-key': key }, timeoutMs: 10000 }));
+      redis.proc.kill('SIGSTOP');
+      const h2 = await connectH2(r.port);
+      const parts = [];
+      for (let k = 0; k < 20; ++k) {
+        const id = 1 + 2 * k;
+        parts.push(frames.headers(id, requestHead({ path: CHAT_PATH, extra: [['api-key', 'aor_' + crypto.randomBytes(32).toString('base64url')]] })), frames.data(id, body));
+      }
+      await h2.write(Buffer.concat(parts));
+      await sleep(150);
+      r.signal('SIGTERM');
+      // late requests on the idle keep-alive connections while the worker drains and tears down
+      for (let k = 0; k < 6; ++k) {
+        for (const s of idle) if (!s.destroyed) s.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
+        if (!h2idle.closed) await h2idle.write(frames.headers(1 + 2 * k, requestHead({ path: CHAT_PATH, extra: [['api-key', key]] }), { endStream: true }));
+        await sleep(60);
+      }
+      await r.stop({ timeoutMs: 15000 * SLOW }); // exit 0, no sanitizer report (checked by stop)
+      await Promise.allSettled(upstream);
+      for (const s of idle) s.destroy();
+      h2.close();
+      h2idle.close();
+    } finally {
+      redis.proc.kill('SIGCONT');
+      await east.setBehaviour({});
+      await redis.stop();
+    }
+  });
+});
+
+describe('reload of redis: (item 21)', () => {
+  const sha = (x) => crypto.createHash('sha256').update(x).digest('hex');
+  const newKey = () => 'aor_' + crypto.randomBytes(32).toString('base64url');
+  const cli = (redis, pw, ...args) => run('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), ...(pw ? ['--no-auth-warning', '-a', pw] : []), '--raw', ...args]);
+  const put = (redis, pw, key, tenant) => cli(redis, pw, 'HSET', `aoai:key:${sha(key)}`, 'tenant', tenant, 'name', 'k');
+  const ask = (r, key) => post(r.url, CHAT_PATH, chatBody(), { headers: { 'api-key': key } });
+
+  it('a changed URL: the workers use the new Redis after SIGHUP', async () => {
+    const a = await startRedis();
+    const b = await startRedis();
+    const base = { backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o' } })], auth: { mode: 'key' } };
+    const r = await router({ ...base, redis: { url: a.url } });
+    try {
+      const inA = newKey();
+      const inB = newKey();
+      const laterA = newKey();
+      await put(a, null, inA, 'ta');
+      await put(a, null, laterA, 'ta');
+      await put(b, null, inB, 'tb');
+      assert.equal((await ask(r, inA)).status, 200);
+      assert.equal((await ask(r, inB)).status, 401);
+      const from = r.stderr().length;
+      r.writeConfig({ ...base, redis: { url: b.url } });
+      r.signal('SIGHUP');
+      assert.ok(await r.waitStderr(/reloaded/, 5000 * SLOW, from));
+      // both workers: every one of several fresh connections finds B's key and not A's
+      const probe = await ask(r, await newKeyIn(b));
+      assert.equal(probe.status, 200, `${probe.body}\n${r.stderr().slice(from)}`);
+      // fresh keys each time (answers cached before the reload live out their TTL)
+      for (let i = 0; i < 6; ++i) assert.equal((await ask(r, await newKeyIn(b))).status, 200, 'a worker still asks the old Redis');
+      assert.equal((await ask(r, laterA)).status, 401, "a key only in the old Redis");
+    } finally {
+      await stopAll(a, b);
+    }
+    async function newKeyIn(redis) {
+      const k = newKey();
+      await put(redis, null, k, 'tb');
+      return k;
+    }
+  });
+
+  it('a rotated requirepass: the workers reconnect with the new password', async () => {
+    const c = await startRedis();
+    const dir = tempDir('aor-it-redispw-');
+    const pwFile = path.join(dir, 'redis-password');
+    try {
+      await cli(c, null, 'CONFIG', 'SET', 'requirepass', 'first-password');
+      writeFileSync(pwFile, 'first-password\n');
+      const base = { backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o' } })], auth: { mode: 'key' } };
+      const r = await router({ ...base, redis: { url: c.url, password_file: pwFile } });
+      const k1 = newKey();
+      await put(c, 'first-password', k1, 't1');
+      assert.equal((await ask(r, k1)).status, 200);
+      // rotate: Redis first, then the router's secret and SIGHUP, then old connections are cut
+      await cli(c, 'first-password', 'CONFIG', 'SET', 'requirepass', 'second-password');
+      writeFileSync(pwFile, 'second-password\n');
+      const from = r.stderr().length;
+      r.signal('SIGHUP');
+      assert.ok(await r.waitStderr(/reloaded/, 5000 * SLOW, from));
+      await sleep(300);
+      await cli(c, 'second-password', 'CLIENT', 'KILL', 'TYPE', 'normal');
+      const k2 = newKey();
+      await put(c, 'second-password', k2, 't2');
+      assert.ok(await pollUntil(async () => (await ask(r, k2)).status === 200, { timeoutMs: 5000 * SLOW }), 'never admitted after the rotation');
+      for (let i = 0; i < 6; ++i) {
+        const k = newKey();
+        await put(c, 'second-password', k, 't3');
+        assert.equal((await ask(r, k)).status, 200, 'a worker uses the old password');
+      }
+      assert.doesNotMatch(r.stderr(), /second-password|first-password/);
+    } finally {
+      await c.stop();
     }
   });
 });
