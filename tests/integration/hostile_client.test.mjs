@@ -382,14 +382,15 @@ describe('shutdown (item 22)', () => {
       assert.equal((await post(r.url, CHAT_PATH, chatBody(), { headers: { 'api-key': key } })).status, 200);
       // idle keep-alive connections, HTTP/1.1 and HTTP/2
       const idle = [];
-      for (let i = 0; i < 4; ++i) {
+      for (let i = 0; i < 8; ++i) {
         const s = net.connect(r.port, '127.0.0.1');
         await new Promise((res) => s.once('connect', res));
         s.on('error', () => {});
         s.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
         idle.push(s);
       }
-      const h2idle = await connectH2(r.port);
+      const h2idle = [];
+      for (let i = 0; i < 4; ++i) h2idle.push(await connectH2(r.port));
       await sleep(100);
       // upstream requests that outlive the drain, lookups that wait on a stopped Redis
       await east.setBehaviour({ delay_ms: 3000 });
@@ -405,16 +406,22 @@ describe('shutdown (item 22)', () => {
       await sleep(150);
       r.signal('SIGTERM');
       // late requests on the idle keep-alive connections while the worker drains and tears down
-      for (let k = 0; k < 6; ++k) {
-        for (const s of idle) if (!s.destroyed) s.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
-        if (!h2idle.closed) await h2idle.write(frames.headers(1 + 2 * k, requestHead({ path: CHAT_PATH, extra: [['api-key', key]] }), { endStream: true }));
-        await sleep(60);
+      // (an unknown deployment: authenticated — a key-cache lookup — then answered at once, so
+      // late requests do not pile up behind h2o's per-connection request limit)
+      const NOPE = '/openai/deployments/nope/chat/completions?api-version=2024-10-21';
+      const until = Date.now() + 1500 * SLOW;
+      for (let k = 0; Date.now() < until; ++k) {
+        for (const s of idle) if (!s.destroyed) s.write(`POST ${NOPE} HTTP/1.1\r\nhost: x\r\napi-key: ${key}\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+        // h2o keeps taking new streams for 1 s after SIGTERM (its first GOAWAY names the last id)
+        for (const c of h2idle) if (!c.closed && k < 20000) c.sock.write(frames.headers(1 + 2 * k, requestHead({ path: NOPE, extra: [['api-key', key]] }), { endStream: true }));
+        await new Promise((res) => setTimeout(res, 0.3));
       }
+      if (process.env.AOR_IT_DEBUG) console.log(r.stderr());
       await r.stop({ timeoutMs: 15000 * SLOW }); // exit 0, no sanitizer report (checked by stop)
       await Promise.allSettled(upstream);
       for (const s of idle) s.destroy();
       h2.close();
-      h2idle.close();
+      for (const c of h2idle) c.close();
     } finally {
       redis.proc.kill('SIGCONT');
       await east.setBehaviour({});
