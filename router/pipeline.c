@@ -355,7 +355,7 @@ static void on_defer_timer(uv_timer_t *t)
             aor_pipeline_maybe_free(ar);
             continue;
         }
-        if ((c = aor_server_conn_of(ar->req->conn)) != NULL && c->closing) {
+        if (w->tearing_down || ((c = aor_server_conn_of(ar->req->conn)) != NULL && c->closing)) {
             refuse(ar, AOR_ERR_SHUTTING_DOWN, "connection closing");
             continue;
         }
