@@ -284,7 +284,8 @@ static void after_authenticate(struct aor_request *ar)
     aor_proxy_start(ar);
 }
 
-static void on_defer_timer(uv_timer_t *t);
+static void on_defer_check(uv_check_t *h);
+static void on_defer_idle(uv_idle_t *h);
 
 static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_route *route, const char *id)
 {
@@ -334,16 +335,27 @@ static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_ro
      * that read disposes the request first, and the deferred start finds it gone */
     ar->deferred = 1;
     h2o_linklist_insert(&w->deferred, &ar->deferred_link);
-    if (!uv_is_active((uv_handle_t *)&w->defer_timer))
-        uv_timer_start(&w->defer_timer, on_defer_timer, 0, 0);
+    if (!uv_is_active((uv_handle_t *)&w->defer_check)) {
+        /* the check phase follows the poll phase (every read of this iteration is processed by
+         * then); the idle handle keeps the next poll from blocking when queued outside it */
+        uv_check_start(&w->defer_check, on_defer_check);
+        uv_idle_start(&w->defer_idle, on_defer_idle);
+    }
+}
+
+static void on_defer_idle(uv_idle_t *h)
+{
+    (void)h;
 }
 
 /* the requests queued by data_plane: authenticate and go on, unless they are gone */
-static void on_defer_timer(uv_timer_t *t)
+static void on_defer_check(uv_check_t *h)
 {
-    struct aor_worker *w = H2O_STRUCT_FROM_MEMBER(struct aor_worker, defer_timer, t);
+    struct aor_worker *w = H2O_STRUCT_FROM_MEMBER(struct aor_worker, defer_check, h);
     h2o_linklist_t batch;
 
+    uv_check_stop(&w->defer_check);
+    uv_idle_stop(&w->defer_idle);
     h2o_linklist_init_anchor(&batch);
     h2o_linklist_insert_list(&batch, &w->deferred);
     while (!h2o_linklist_is_empty(&batch)) {

@@ -416,7 +416,8 @@ static void *worker_main(void *arg)
     aor_upstream_h1_close(w->upstream_h1);
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->accept_timer, NULL);
-    uv_close((uv_handle_t *)&w->defer_timer, NULL);
+    uv_close((uv_handle_t *)&w->defer_check, NULL);
+    uv_close((uv_handle_t *)&w->defer_idle, NULL);
     if (w->drain_timer.loop != NULL) /* initialised by begin_shutdown */
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
     uv_run(&w->loop, UV_RUN_NOWAIT); /* runs the close callbacks */
@@ -458,7 +459,8 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
     h2o_linklist_init_anchor(&w->conns);
     h2o_linklist_init_anchor(&w->deferred);
     uv_timer_init(&w->loop, &w->accept_timer);
-    uv_timer_init(&w->loop, &w->defer_timer);
+    uv_check_init(&w->loop, &w->defer_check);
+    uv_idle_init(&w->loop, &w->defer_idle);
     w->num_listeners = num_listens;
     w->listeners = calloc(w->num_listeners, sizeof(*w->listeners));
     w->accept_ctxs = calloc(w->num_listeners, sizeof(*w->accept_ctxs));

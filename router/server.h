@@ -65,8 +65,9 @@ struct aor_worker {
     h2o_linklist_t conns;    /* struct aor_client_conn, this worker's client connections */
     unsigned char *paused;   /* per listener: at max_connections, accept() is held back */
     uv_timer_t accept_timer; /* while any listener is paused: retries it */
-    uv_timer_t defer_timer;  /* starts the deferred data-plane requests (pipeline.c) */
-    h2o_linklist_t deferred; /* struct aor_request waiting for defer_timer */
+    uv_check_t defer_check;  /* starts the deferred data-plane requests after the poll phase (pipeline.c) */
+    uv_idle_t defer_idle;    /* ... and keeps the poll from blocking while some wait */
+    h2o_linklist_t deferred; /* struct aor_request waiting for defer_check */
     int tearing_down;        /* the loop has stopped: requests get a bare 503 */
 };
 
