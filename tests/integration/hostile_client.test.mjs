@@ -363,6 +363,53 @@ describe('logs never block a worker (item 5)', () => {
   });
 });
 
+describe('logs never block a worker: stderr (item 5)', () => {
+  it('stderr to a pipe nobody reads: a flood of failover lines is dropped and counted, the router answers', async () => {
+    const { openSync, closeSync } = await import('node:fs');
+    const { execFileSync } = await import('node:child_process');
+    const dir = tempDir('aor-it-stall2-');
+    const fifo = path.join(dir, 'stderr.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const fd = openSync(fifo, 'r+'); // never read
+    const port = await freePort();
+    const configPath = path.join(dir, 'backends.yaml');
+    writeFileSync(
+      configPath,
+      toYaml({
+        threads: 1,
+        listen: [{ address: '127.0.0.1', port }],
+        circuit: { failures: 1000000 },
+        limits: { max_attempts: 1 },
+        backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o' } })],
+      }),
+    );
+    // every request fails over with one stderr line (~120 bytes): 3,000 of them overflow the pipe
+    await east.setBehaviour({ status: 500 });
+    const proc = spawn(ROUTER_BIN, ['-c', configPath], { stdio: ['ignore', 'ignore', fd] });
+    const url = `http://127.0.0.1:${port}`;
+    try {
+      assert.ok(await pollUntil(() => httpRequest(`${url}/healthz`, { timeoutMs: 1000 }).then((r) => r.status === 200, () => false), { timeoutMs: 10000 * SLOW }));
+      writeFileSync(path.join(dir, 'body.json'), body);
+      const load = await h2load(['-n', '3000', '-c', '4', '-m', '4', '-d', path.join(dir, 'body.json'), '-H', 'content-type: application/json', `${url}${CHAT_PATH}`], { timeoutMs: 60000 * SLOW });
+      assert.equal(load.status['5xx'], 3000, load.output);
+      await east.setBehaviour({});
+      const t0 = Date.now();
+      assert.equal((await httpRequest(`${url}/healthz`, { timeoutMs: 2000 })).status, 200);
+      assert.equal((await post(url, CHAT_PATH, chatBody(), { timeoutMs: 5000 })).status, 200);
+      assert.ok(Date.now() - t0 < 2000 * SLOW, `took ${Date.now() - t0} ms`);
+      const m = await fetchMetrics(url);
+      assert.ok(metricSum(m, 'aoai_router_log_dropped_total', { log: 'error' }) > 0, m.match(/.*log_dropped.*/g)?.join('\n'));
+      proc.kill('SIGTERM');
+      const { code } = await waitExit(proc, 10000 * SLOW);
+      assert.equal(code, 0);
+    } finally {
+      await east.setBehaviour({});
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      closeSync(fd);
+    }
+  });
+});
+
 describe('shutdown (item 22)', () => {
   it('SIGTERM with key lookups pending on a stopped Redis, upstream requests and late keep-alive requests: clean exit', async () => {
     const crypto = await import('node:crypto');
