@@ -114,7 +114,8 @@ static void on_anchor_dispose(void *p)
 
     /* a request abandoned before its answer was sent (RST_STREAM from the client, or one
      * h2o reset itself, a disconnect) counts against the connection's reset budget */
-    aor_server_conn_account(aor_server_conn_of(ar->req->conn), !ar->final_sent || (ar->started && !ar->upstream_done));
+    aor_server_conn_account(aor_server_conn_of(ar->req->conn), !ar->final_sent || (ar->started && !ar->upstream_done),
+                            ar->req->version >= 0x200);
     if (!ar->final_sent) {
         /* the client left before the answer started (499, as nginx logs it) */
         ar->final_status = 499;

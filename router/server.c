@@ -177,6 +177,8 @@ static void on_conn_closed(uv_handle_t *h)
     if (c->counted)
         __atomic_fetch_sub(&client_conns, 1, __ATOMIC_RELAXED);
     h2o_linklist_unlink(&c->link);
+    if (h2o_linklist_is_linked(&c->goaway_link))
+        h2o_linklist_unlink(&c->goaway_link);
     free(c);
 }
 
@@ -191,10 +193,41 @@ struct aor_client_conn *aor_server_conn_of(h2o_conn_t *conn)
     return c != NULL && c->sock == sock ? c : NULL;
 }
 
-void aor_server_conn_account(struct aor_client_conn *c, int reset)
+static void conn_shutdown(struct aor_client_conn *c)
+{
+    uv_os_fd_t fd;
+
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+        shutdown(fd, SHUT_RDWR); /* h2o reads EOF and closes the connection and its streams */
+}
+
+static void on_goaway_timer(uv_timer_t *t)
+{
+    struct aor_worker *w = H2O_STRUCT_FROM_MEMBER(struct aor_worker, goaway_timer, t);
+
+    while (!h2o_linklist_is_empty(&w->goaways)) {
+        struct aor_client_conn *c = H2O_STRUCT_FROM_MEMBER(struct aor_client_conn, goaway_link, w->goaways.next);
+        uv_os_fd_t fd;
+        h2o_linklist_unlink(&c->goaway_link);
+        /* h2o writes whole frames per uv_write: with nothing queued in libuv the wire is at a frame
+         * boundary, and one 17-byte frame fits any socket buffer that is not full */
+        if (c->tcp.write_queue_size == 0 && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+            static const uint8_t goaway[] = {0,    0,    8,    7,    0, 0, 0, 0, 0, /* GOAWAY, stream 0, 8 bytes */
+                                             0x7f, 0xff, 0xff, 0xff,                /* last stream id: h2o's is not exposed */
+                                             0,    0,    0,    0x0b};               /* ENHANCE_YOUR_CALM */
+            ssize_t n = send(fd, goaway, sizeof(goaway), MSG_DONTWAIT | MSG_NOSIGNAL);
+            (void)n;
+        }
+        conn_shutdown(c);
+    }
+}
+
+void aor_server_conn_account(struct aor_client_conn *c, int reset, int h2)
 {
     if (c == NULL)
         return;
+    if (h2)
+        c->h2 = 1;
     if (!reset) {
         ++c->completed;
         return;
@@ -205,11 +238,14 @@ void aor_server_conn_account(struct aor_client_conn *c, int reset)
     AOR_LOG(AOR_LOG_WARN, "server", "closing a client connection: %u requests abandoned, %u completed (reset budget)", c->resets,
             c->completed);
     aor_metrics_conn_reset_closed();
-    {
-        uv_os_fd_t fd;
-        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
-            shutdown(fd, SHUT_RDWR); /* h2o reads EOF and closes the connection and its streams */
+    if (c->h2 && c->sock != NULL && c->sock->ssl == NULL) {
+        /* not from inside h2o's frame processing: at the next iteration, before any read */
+        h2o_linklist_insert(&c->worker->goaways, &c->goaway_link);
+        if (!uv_is_active((uv_handle_t *)&c->worker->goaway_timer))
+            uv_timer_start(&c->worker->goaway_timer, on_goaway_timer, 0, 0);
+        return;
     }
+    conn_shutdown(c);
 }
 
 static void on_accept_timer(uv_timer_t *t);
@@ -416,6 +452,7 @@ static void *worker_main(void *arg)
     aor_upstream_h1_close(w->upstream_h1);
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->accept_timer, NULL);
+    uv_close((uv_handle_t *)&w->goaway_timer, NULL);
     uv_close((uv_handle_t *)&w->defer_check, NULL);
     uv_close((uv_handle_t *)&w->defer_idle, NULL);
     if (w->drain_timer.loop != NULL) /* initialised by begin_shutdown */
@@ -458,6 +495,8 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
     w->wake.data = w;
     h2o_linklist_init_anchor(&w->conns);
     h2o_linklist_init_anchor(&w->deferred);
+    h2o_linklist_init_anchor(&w->goaways);
+    uv_timer_init(&w->loop, &w->goaway_timer);
     uv_timer_init(&w->loop, &w->accept_timer);
     uv_check_init(&w->loop, &w->defer_check);
     uv_idle_init(&w->loop, &w->defer_idle);

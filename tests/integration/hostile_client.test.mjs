@@ -297,6 +297,7 @@ describe('Rapid Reset and MadeYouReset (item 3)', () => {
       const seen = (await east.stats()).requests;
       assert.ok(seen <= 200, `the backend saw ${seen} requests (attack: ${JSON.stringify(res)})`);
       assert.equal(res.closed + res.goaway >= 1, true, `connection not closed: ${JSON.stringify(res)}`);
+      console.log(`${mode}: ${JSON.stringify(res)}, backend saw ${seen}`);
       // the router is fine afterwards
       assert.equal((await post(r.url, CHAT_PATH, chatBody(), { proto: 'h2c' })).status, 200);
       const m = await fetchMetrics(r);
