@@ -361,12 +361,25 @@ static void redact(char *text, size_t cap, const char *secret, size_t len)
         snprintf(at, cap - (size_t)(at - text), "[redacted]");
 }
 
-static void redact_all(struct aor_token_source *s, char *text, size_t cap)
+static struct aor_token_source *registry_head(void);
+
+/*
+ * Every source's secrets, not only the failing one's: an endpoint shared by several identities
+ * may echo another's. All sources run on this loop (their f.* are this thread's) and the registry
+ * only grows at its head until exit, so the walk needs no lock (the caller may hold reg.lock).
+ */
+static void redact_all(struct aor_token_source *self, char *text, size_t cap)
 {
-    redact(text, cap, s->secret, s->secret != NULL ? strlen(s->secret) : 0);
-    redact(text, cap, s->f.assertion, s->f.assertion_len);
-    redact(text, cap, s->f.ext_token, s->f.ext_len);
-    redact(text, cap, s->f.file_buf, s->f.file_len);
+    struct aor_token_source *s;
+
+    (void)self;
+    for (s = registry_head(); s != NULL; s = s->reg_next) {
+        redact(text, cap, s->secret, s->secret != NULL ? strlen(s->secret) : 0);
+        redact(text, cap, s->f.assertion, s->f.assertion_len);
+        redact(text, cap, s->f.ext_token, s->f.ext_len);
+        if (!s->f.work_pending) /* else the thread pool may be writing it */
+            redact(text, cap, s->f.file_buf, s->f.file_len);
+    }
 }
 
 /* ---- the schedule ------------------------------------------------------------------------- */
@@ -1066,6 +1079,11 @@ static struct {
     int running;
 } reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
+static struct aor_token_source *registry_head(void)
+{
+    return __atomic_load_n(&reg.head, __ATOMIC_ACQUIRE);
+}
+
 static void source_start(struct aor_token_source *s)
 {
     s->f.loop = reg.loop;
@@ -1120,7 +1138,7 @@ int aor_creds_attach(struct aor_config *conf)
             }
             pthread_mutex_lock(&reg.lock);
             s->reg_next = reg.head;
-            reg.head = s;
+            __atomic_store_n(&reg.head, s, __ATOMIC_RELEASE); /* redact_all walks it without the lock */
             pthread_mutex_unlock(&reg.lock);
         }
         chosen[i] = s;

@@ -839,17 +839,21 @@ static void start_attempt(struct aor_request *ar)
             return;
         }
         b = ar->cand_backend[pick];
-        if ((rc = aor_cred_header(b, &cred)) == AOR_CRED_OK)
-            break;
+        rc = aor_cred_header(b, &cred);
         /* no token for this backend now: nothing was sent, so no attempt is spent and its circuit is
          * not charged. While the first token is on its way the request waits for it (once, bounded);
          * otherwise the backend is skipped like a broken one */
-        aor_balancer_release_probe(&ar->cand[pick]);
-        if (rc == AOR_CRED_PENDING && !ar->cred_waited &&
-            aor_cred_wait(w->cred_waitq, b, &ar->cred_wait, ar->conf->limits.connect_timeout_ms, on_cred_ready) == 0) {
-            ar->cred_waited = 1;
-            return;
+        if (rc == AOR_CRED_PENDING && !ar->cred_waited) {
+            if (aor_cred_wait(w->cred_waitq, b, &ar->cred_wait, ar->conf->limits.connect_timeout_ms, on_cred_ready) == 0) {
+                aor_balancer_release_probe(&ar->cand[pick]);
+                ar->cred_waited = 1;
+                return;
+            }
+            rc = aor_cred_header(b, &cred); /* not queued: the token may have come meanwhile */
         }
+        if (rc == AOR_CRED_OK)
+            break;
+        aor_balancer_release_probe(&ar->cand[pick]);
         ar->cand[pick].tried = 1;
         ++ar->failed;
         ++ar->cred_skipped;
