@@ -4,7 +4,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { startRouter, httpRequest, fetchMetrics, metricSum, pollUntil, sleep, tempDir, stopAll, h2load, bodyFile, chatBody, SLOW, CHAT_PATH } from './lib/harness.mjs';
+import { startRouter, httpRequest, fetchMetrics, metricSum, pollUntil, sleep, tempDir, stopAll, h2load, bodyFile, chatBody, run, ROUTER_BIN, SLOW, CHAT_PATH } from './lib/harness.mjs';
 import { startIdentity, startTokenBackend } from './lib/identity_mocks.mjs';
 
 const TENANT = 'contoso.onmicrosoft.com';
@@ -176,4 +176,20 @@ test('more than 1024 requests waiting for a first token on one worker: the 1025t
   assert.equal(id.imds.calls, 1);
   assert.equal(be.seen.length, 1024);
   assert.ok(Date.now() - t0 < 15000 * SLOW);
+});
+
+test('an IDENTITY_HEADER that could split a header line is refused at load, its value never printed', async () => {
+  const dir = tempDir('aor-hid-env-');
+  const cfg = path.join(dir, 'backends.yaml');
+  writeFileSync(
+    cfg,
+    'listen: [{ address: 127.0.0.1, port: 18080 }]\nbackends:\n  - name: a\n    url: http://127.0.0.1:9\n    auth: { type: managed_identity }\n',
+  );
+  const r = await run(ROUTER_BIN, ['--check', '-c', cfg], { env: { IDENTITY_ENDPOINT: 'http://127.0.0.1:9/msi/token', IDENTITY_HEADER: 'hdr-secret\r\nX-Evil: 1' } });
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /IDENTITY_HEADER has bytes that cannot go in an HTTP header/);
+  assert.ok(!r.stderr.includes('hdr-secret') && !r.stderr.includes('X-Evil'));
+  const ok = await run(ROUTER_BIN, ['--check', '-c', cfg], { env: { IDENTITY_ENDPOINT: 'http://127.0.0.1:9/msi/token', IDENTITY_HEADER: 'hdr-secret-ok' } });
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.ok(!ok.stderr.includes('hdr-secret-ok'));
 });
