@@ -71,6 +71,8 @@ struct aor_token_source {
     uint64_t usable_until_ms;     /* under lock: uv_hrtime ms; the token is sent only before this */
     uint64_t pending_since_ms;    /* under lock: 0 = not pending; else no token and the call for one has not failed yet */
     uint64_t last_drop_ms;        /* under lock: the last 401 that dropped a token */
+    uint64_t fetch_started_ms;    /* under lock: when the call chain in flight began, 0 = none */
+    unsigned streak;              /* under lock: token calls failed in a row */
     uint64_t serial;              /* under lock */
     int running;                  /* under lock: f.async is open */
 
@@ -146,11 +148,33 @@ void aor_token_release(struct aor_cred_token *tok)
     }
 }
 
+/*
+ * Since when requests have had reason to wait for the call in flight, 0 when they have none: no
+ * valid token, and either the first token (or the one after a 401) is on its way, or a call runs
+ * with no failure in a row (a refresh slower than the token's margin, a source a reload brought
+ * back) — from when the token stopped being sendable.
+ */
+static uint64_t pending_locked(const struct aor_token_source *s, uint64_t now)
+{
+    uint64_t since;
+
+    if (s->token != NULL && now < s->usable_until_ms)
+        return 0;
+    if (s->pending_since_ms != 0)
+        return s->pending_since_ms;
+    if (s->fetch_started_ms == 0 || s->streak != 0)
+        return 0;
+    since = s->fetch_started_ms;
+    if (s->token != NULL && s->usable_until_ms > since)
+        since = s->usable_until_ms;
+    return since;
+}
+
 static int state_locked(struct aor_token_source *s, uint64_t now)
 {
     if (s->token != NULL && now < s->usable_until_ms)
         return AOR_CRED_OK;
-    return s->pending_since_ms != 0 ? AOR_CRED_PENDING : AOR_CRED_UNAVAILABLE;
+    return pending_locked(s, now) != 0 ? AOR_CRED_PENDING : AOR_CRED_UNAVAILABLE;
 }
 
 int aor_token_source_take(struct aor_token_source *s, struct aor_cred_token **tok, const char **value, size_t *len,
@@ -315,7 +339,7 @@ int aor_cred_wait(struct aor_cred_waitq *q, const struct aor_backend_conf *backe
         return -1;
     pthread_mutex_lock(&s->lock);
     st = state_locked(s, now);
-    since = s->pending_since_ms;
+    since = pending_locked(s, now);
     pthread_mutex_unlock(&s->lock);
     if (st != AOR_CRED_PENDING)
         return -1;
@@ -435,8 +459,10 @@ static void fetch_failed(struct aor_token_source *s, const char *what, const cha
     s->f.next_due = now + delay;
     __atomic_fetch_add(&s->stats.refresh_failures, 1, __ATOMIC_RELAXED);
     pthread_mutex_lock(&s->lock);
-    was_pending = s->pending_since_ms != 0;
+    was_pending = pending_locked(s, now) != 0;
     s->pending_since_ms = 0;
+    s->fetch_started_ms = 0;
+    s->streak = s->f.failures;
     valid = s->token != NULL && now < s->usable_until_ms;
     if (valid)
         snprintf(kept, sizeof(kept), "keeping the current token (%llu s left)",
@@ -472,6 +498,8 @@ static void install(struct aor_token_source *s, const char *tok, const struct ao
     s->token = t;
     s->usable_until_ms = now + (uint64_t)(r->lifetime_ms - aor_cred_send_margin_ms(r->lifetime_ms));
     s->pending_since_ms = 0;
+    s->fetch_started_ms = 0;
+    s->streak = 0;
     pthread_mutex_unlock(&s->lock);
     aor_token_release(old);
     __atomic_store_n(&s->stats.expires_at_ms, wall_ms() + r->lifetime_ms, __ATOMIC_RELAXED);
@@ -752,6 +780,9 @@ static void start_fetch(struct aor_token_source *s)
     s->f.fetching = 1;
     s->f.stage = STAGE_TOKEN;
     s->f.next_due = UINT64_MAX;
+    pthread_mutex_lock(&s->lock);
+    s->fetch_started_ms = mono_ms();
+    pthread_mutex_unlock(&s->lock);
     switch (s->type) {
     case AOR_CRED_MANAGED_IDENTITY:
         rc = call_managed_identity(s);
@@ -844,10 +875,14 @@ static void pause_fetching(struct aor_token_source *s)
         aor_upstream_release(s->f.up, s->f.xfer.easy);
         s->f.xfer.easy = NULL;
     }
-    if (!s->f.work_pending)
+    if (!s->f.work_pending) {
         end_fetch(s);
-    else
+        pthread_mutex_lock(&s->lock);
+        s->fetch_started_ms = 0; /* nothing in flight to wait for */
+        pthread_mutex_unlock(&s->lock);
+    } else {
         s->f.next_due = 0;
+    }
     uv_timer_stop(&s->f.timer);
 }
 

@@ -124,6 +124,29 @@ test('client_secret: 6 s tokens are refreshed ahead of expiry — no failed requ
   assert.equal(f.client_secret, SP_SECRET);
 });
 
+test('a refresh slower than the token\'s margin: requests wait for it instead of failing', async () => {
+  const { id } = await identityMocks();
+  id.entra.lifetimeS = 6; // refreshed at 3 s, sent until 5 s
+  const be = await startTokenBackend('slowrefresh', id);
+  cleanup.push(be);
+  const router = await startRouter({
+    config: { backends: [tokenBackendConf(be, { type: 'client_secret', tenant_id: TENANT, client_id: SP, secret_env: 'SP_SECRET', authority_host: id.authority })] },
+    env: { SP_SECRET },
+  });
+  cleanup.push(router);
+  assert.equal((await chat(router)).status, 200);
+  id.entra.delayMs = 2800; // the refresh started at ~3 s answers at ~5.8 s: 0.8 s without a sendable token
+  const statuses = [];
+  const until = Date.now() + 7000;
+  while (Date.now() < until) {
+    statuses.push((await chat(router)).status);
+    await sleep(100);
+  }
+  assert.deepEqual([...new Set(statuses)], [200]);
+  assert.equal(be.expired, 0);
+  assert.ok(id.entra.calls >= 2);
+});
+
 test('workload identity: the token file is read again at each refresh — a rotated file gives a new assertion', async () => {
   const { id, tokenFile } = await identityMocks();
   id.entra.lifetimeS = 4;
