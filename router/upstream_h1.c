@@ -584,6 +584,8 @@ static void conn_release(struct aor_upstream_h1_conn *c, int fresh)
 
     if (h2o_timeout_is_linked(&c->timer))
         h2o_timeout_unlink(&c->timer);
+    if (!h2o_socket_is_reading(c->sock))
+        conn_read_start(c); /* its last transfer ended paused */
     for (l = o->waiters.next; l != &o->waiters; l = l->next) {
         struct aor_upstream_h1_xfer *x = H2O_STRUCT_FROM_MEMBER(struct aor_upstream_h1_xfer, wait_link, l);
         if (fresh || !x->retried) { /* a transfer moved off a dead pooled connection takes a new one only */
