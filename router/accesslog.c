@@ -140,6 +140,7 @@ struct entry {
     int status, stream;
     int64_t prompt, completion, total;
     uint64_t started_ns, upstream_ns, first_byte_ns;
+    const char *backend_request_id; /* validated to [A-Za-z0-9._:-] like id; NULL for none */
 };
 
 /* hand-rolled rather than one snprintf: this runs once per request and snprintf cost
@@ -186,6 +187,8 @@ static void write_entry(struct aor_accesslog *log, const struct entry *e)
     put_str(&l, e->deployment);
     PUT_LIT(&l, "\",\"backend\":\"");
     put_str(&l, e->backend);
+    PUT_LIT(&l, "\",\"backend_request_id\":\"");
+    put_str(&l, e->backend_request_id);
     PUT_LIT(&l, "\",\"attempts\":");
     put_int(&l, e->attempts);
     PUT_LIT(&l, ",\"status\":");
@@ -218,18 +221,31 @@ static void write_entry(struct aor_accesslog *log, const struct entry *e)
 
 void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar)
 {
-    struct entry e = {ar->id,           ar->auth.tenant,    ar->auth.method != NULL ? ar->auth.method : "none",
-                      ar->auth.subject, ar->auth.client_id, ar->auth.key_id,
-                      ar->method,       ar->deployment,     ar->current >= 0 ? ar->cand_backend[ar->current]->name : "",
-                      ar->last_error,   ar->attempts,       ar->final_status,
-                      ar->stream,       ar->usage.prompt,   ar->usage.completion,
-                      ar->usage.total,  ar->started_ns,     ar->upstream_started_ns,
-                      ar->first_byte_ns};
+    struct entry e = {ar->id,
+                      ar->auth.tenant,
+                      ar->auth.method != NULL ? ar->auth.method : "none",
+                      ar->auth.subject,
+                      ar->auth.client_id,
+                      ar->auth.key_id,
+                      ar->method,
+                      ar->deployment,
+                      ar->current >= 0 ? ar->cand_backend[ar->current]->name : "",
+                      ar->last_error,
+                      ar->attempts,
+                      ar->final_status,
+                      ar->stream,
+                      ar->usage.prompt,
+                      ar->usage.completion,
+                      ar->usage.total,
+                      ar->started_ns,
+                      ar->upstream_started_ns,
+                      ar->first_byte_ns,
+                      ar->backend_request_id};
     write_entry(log, &e);
 }
 
 void aor_accesslog_write_plain(struct aor_accesslog *log, const char *id, const char *method, int status, uint64_t started_ns)
 {
-    struct entry e = {id, "", "none", "", "", "", method, "", "", "", 0, status, 0, 0, 0, 0, started_ns, 0, 0};
+    struct entry e = {id, "", "none", "", "", "", method, "", "", "", 0, status, 0, 0, 0, 0, started_ns, 0, 0, NULL};
     write_entry(log, &e);
 }

@@ -191,7 +191,10 @@ struct aor_config {
 /**
  * Parses and validates `path` (a regular file of at most 1 MiB). Every problem is written to
  * `errs` (may be NULL) as "path:line: key.path: message\n" — all of them, not just the first;
- * problems with the file itself are reported at line 1. Secrets from *_env / *_file are resolved
+ * problems with the file itself are reported at line 1. Unknown keys are problems (keys
+ * starting with "x-" are free). Warnings ("path:line: warning: key.path: message\n": auth
+ * mode none, plain http:// key and token endpoints off loopback) go to `errs` too but do
+ * not fail the load. Secrets from *_env / *_file are resolved
  * here (getenv: call it from one thread at a time) and never appear in a message. Readable-file
  * checks (tls, jwks_file, token_file) run relative to the current directory.
  * Returns a config with refcnt 1, or NULL when at least one problem was found.

@@ -156,6 +156,11 @@ static int read_body(struct aor_request *ar, h2o_req_t *req, enum aor_error *err
         *msg = "request body exceeds max_body_bytes";
         return -1;
     }
+    if (req->entity.len == 0 && !ar->route.passthrough) { /* every inference operation takes a body */
+        *err = AOR_ERR_INVALID_REQUEST;
+        *msg = "the request body is empty";
+        return -1;
+    }
     if (req->entity.len != 0) {
         if ((ar->body_copy = malloc(req->entity.len)) == NULL) {
             *err = AOR_ERR_BACKEND_ERROR;
@@ -175,7 +180,9 @@ static int read_body(struct aor_request *ar, h2o_req_t *req, enum aor_error *err
         ar->body_is_json = 1;
         ar->stream = ar->rb.stream;
     }
-    if (ar->route.kind == AOR_ROUTE_V1) {
+    if (ar->route.kind == AOR_ROUTE_RAW || (ar->route.kind == AOR_ROUTE_V1 && ar->route.passthrough && ar->rb.model == NULL)) {
+        ar->deployment[0] = '\0'; /* a passthrough without a deployment: any backend may take it */
+    } else if (ar->route.kind == AOR_ROUTE_V1) {
         if (ar->rb.model == NULL || !aor_route_valid_name(ar->rb.model, ar->rb.model_len)) {
             *err = AOR_ERR_INVALID_REQUEST;
             *msg = "the body must name a valid model";
@@ -205,8 +212,9 @@ static int collect_candidates(struct aor_request *ar, enum aor_error *err, const
 
     for (i = 0; i != conf->num_backends && ar->num_cand != AOR_MAX_CANDIDATES; ++i) {
         const struct aor_backend_conf *b = conf->backends + i;
-        const char *name = aor_config_map_deployment(b, ar->deployment, strlen(ar->deployment));
-        if (name == NULL)
+        const char *name = ar->deployment[0] == '\0' ? ar->deployment /* a passthrough without a deployment */
+                                                     : aor_config_map_deployment(b, ar->deployment, strlen(ar->deployment));
+        if (name == NULL || (ar->route.kind == AOR_ROUTE_RAW && b->provider != AOR_PROVIDER_AZURE))
             continue;
         if (name == aor_config_deployment_unchanged)
             name = ar->deployment;
@@ -324,16 +332,30 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
     case AOR_ROUTE_METRICS:
         serve_metrics(w, req);
         break;
-    case AOR_ROUTE_NOT_FOUND:
-        aor_error_send(req, AOR_ERR_NOT_FOUND, "unknown path");
-        break;
     case AOR_ROUTE_BAD:
         aor_error_send(req, AOR_ERR_INVALID_REQUEST, "malformed data-plane path");
         break;
+    case AOR_ROUTE_NOT_FOUND:
     case AOR_ROUTE_DEPLOYMENT:
     case AOR_ROUTE_V1:
-        data_plane(w, req, &route, id); /* logs when its final status is known */
-        return 0;
+    case AOR_ROUTE_RAW:
+        /* only inference operations (and what the operator listed) travel with the router's credential */
+        switch (aor_route_authorize(&route, req->method.base, req->method.len, w->conf)) {
+        case AOR_ACCESS_INFERENCE:
+        case AOR_ACCESS_PASSTHROUGH:
+            data_plane(w, req, &route, id); /* logs when its final status is known */
+            return 0;
+        case AOR_ACCESS_METHOD_NOT_ALLOWED:
+            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("POST"));
+            aor_error_send(req, AOR_ERR_METHOD_NOT_ALLOWED, "this operation takes POST only");
+            break;
+        case AOR_ACCESS_NOT_FOUND:
+            aor_error_send(req, AOR_ERR_NOT_FOUND,
+                           route.kind == AOR_ROUTE_NOT_FOUND ? "unknown path"
+                                                             : "this operation is not forwarded by the router (see passthrough)");
+            break;
+        }
+        break;
     }
     {
         /* one access-log line for every request, control endpoints included */

@@ -17,6 +17,8 @@
  * past AOR_STREAM_HIGH_WATER the upstream socket stops being read until the client
  * catches up.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -25,6 +27,7 @@
 #include "cred.h"
 #include "config.h"
 #include "errors.h"
+#include "jsonscan.h"
 #include "log.h"
 #include "metrics.h"
 #include "pipeline_internal.h"
@@ -154,9 +157,34 @@ static void on_stop(h2o_generator_t *gen, h2o_req_t *req)
     cancel_upstream(ar);
 }
 
+/* 429 and 5xx; 401/403 are the router's credential failing there, not the client's (SPEC §5) */
 static int is_failover_status(int status)
 {
-    return status == 429 || status >= 500;
+    return status == 429 || status >= 500 || status == 401 || status == 403;
+}
+
+#define MAX_NOT_FOUND_BODY 65536 /* a 404 body longer than this is not Azure's DeploymentNotFound */
+
+static int on_error_member(const char *key, size_t key_len, const char *value, size_t value_len, void *data)
+{
+    const char *inner;
+    size_t inner_len;
+
+    (void)data;
+    return key_len == 4 && memcmp(key, "code", 4) == 0 && aor_json_plain_string(value, value_len, &inner, &inner_len) &&
+           inner_len == 18 && memcmp(inner, "DeploymentNotFound", 18) == 0;
+}
+
+static int on_top_member(const char *key, size_t key_len, const char *value, size_t value_len, void *data)
+{
+    return key_len == 5 && memcmp(key, "error", 5) == 0 && value_len != 0 && value[0] == '{' &&
+           aor_json_scan_object(value, value_len, on_error_member, data) == 1;
+}
+
+/* Azure's {"error":{"code":"DeploymentNotFound",...}}: the backend lacks the mapped deployment */
+static int is_deployment_not_found(const char *body, size_t len)
+{
+    return len <= MAX_NOT_FOUND_BODY && aor_json_scan_object(body, len, on_top_member, NULL) == 1;
 }
 
 static void finish_error(struct aor_request *ar, enum aor_error err, const char *message, int64_t retry_after_s)
@@ -258,13 +286,30 @@ static void attempt_refused(struct aor_request *ar)
         aor_balancer_add_sent(b->state, -ar->estimate, now);
         ++ar->throttled;
         ar->last_error = "429";
+    } else if (ar->status == 401 || ar->status == 403) {
+        /* the router's key or token for this backend is refused: an operator's problem, loudly */
+        AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s refused the router's credential (%d); check its key or identity", ar->id,
+                b->name, ar->status);
+        aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
+        aor_balancer_add_sent(b->state, -ar->estimate, now);
+        ++ar->failed;
+        ar->last_error = "credential";
+    } else if (ar->status == 404) {
+        /* DeploymentNotFound: the config maps the deployment to a name this backend lacks; the backend is up */
+        AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s has no deployment %s (DeploymentNotFound); check its deployments mapping",
+                ar->id, b->name, ar->cand_name[ar->current]);
+        aor_balancer_record(b->state, &pol, AOR_OUTCOME_SUCCESS, 0, now);
+        aor_balancer_add_sent(b->state, -ar->estimate, now);
+        ++ar->failed;
+        ar->last_error = "not_found";
     } else {
         aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
         ++ar->failed;
         ar->last_error = "5xx";
     }
     aor_metrics_failover(b->name, ar->last_error);
-    AOR_LOG(AOR_LOG_INFO, "proxy", "%s: backend %s answered %d, failing over", ar->id, b->name, ar->status);
+    if (ar->status == 429 || ar->status >= 500)
+        AOR_LOG(AOR_LOG_INFO, "proxy", "%s: backend %s answered %d, failing over", ar->id, b->name, ar->status);
     next_attempt(ar);
 }
 
@@ -285,15 +330,91 @@ static int64_t parse_int64(const char *p, size_t len)
     return v;
 }
 
-static int hop_by_hop_or_private(const h2o_iovec_t *name)
+#define MAX_CONNECTION_TOKENS 32 /* names a Connection header may declare hop-by-hop; later ones are not honoured */
+
+/* the field names listed by a message's Connection headers, pointing into their values */
+struct conn_tokens {
+    h2o_iovec_t tok[MAX_CONNECTION_TOKENS];
+    size_t n;
+};
+
+/* collects the comma-separated tokens (OWS trimmed) of every Connection header among `headers` */
+static void connection_tokens(const h2o_header_t *headers, size_t num_headers, struct conn_tokens *out)
 {
+    size_t i, k, start, end;
+
+    out->n = 0;
+    for (i = 0; i != num_headers; ++i) {
+        const h2o_iovec_t *v = &headers[i].value;
+        if (!(headers[i].name == &H2O_TOKEN_CONNECTION->buf ||
+              (headers[i].name->len == 10 && strncasecmp(headers[i].name->base, "connection", 10) == 0)))
+            continue;
+        for (k = 0; k < v->len && out->n != MAX_CONNECTION_TOKENS;) {
+            while (k < v->len && (v->base[k] == ' ' || v->base[k] == '\t' || v->base[k] == ','))
+                ++k;
+            start = k;
+            while (k < v->len && v->base[k] != ',')
+                ++k;
+            end = k;
+            while (end > start && (v->base[end - 1] == ' ' || v->base[end - 1] == '\t'))
+                --end;
+            if (end != start)
+                out->tok[out->n++] = h2o_iovec_init(v->base + start, end - start);
+        }
+    }
+}
+
+/* hop-by-hop (RFC 9110 §7.6.1): the fixed ones, any Proxy-*, and what a Connection header names */
+static int hop_by_hop(const h2o_iovec_t *name, const struct conn_tokens *conn)
+{
+    size_t i;
+
+    if (h2o_iovec_is_token(name)) {
+        const h2o_token_t *t = (const h2o_token_t *)name;
+        if (t == H2O_TOKEN_CONNECTION || t == H2O_TOKEN_KEEP_ALIVE || t == H2O_TOKEN_TE || t == H2O_TOKEN_TRANSFER_ENCODING ||
+            t == H2O_TOKEN_UPGRADE || t == H2O_TOKEN_HTTP2_SETTINGS)
+            return 1;
+    } else if (name->len == 7 && strncasecmp(name->base, "trailer", 7) == 0) {
+        return 1;
+    } else if (name->len == 10 && strncasecmp(name->base, "keep-alive", 10) == 0) {
+        return 1;
+    }
+    if (name->len >= 6 && strncasecmp(name->base, "proxy-", 6) == 0)
+        return 1;
+    for (i = 0; i != conn->n; ++i)
+        if (conn->tok[i].len == name->len && strncasecmp(conn->tok[i].base, name->base, name->len) == 0)
+            return 1;
+    return 0;
+}
+
+static int hop_by_hop_or_private(const h2o_iovec_t *name, const struct conn_tokens *conn)
+{
+    if (hop_by_hop(name, conn))
+        return 1;
     if (h2o_iovec_is_token(name)) {
         const h2o_token_t *t = (const h2o_token_t *)name;
         /* proxy_should_drop_for_res: connection, date, keep-alive, transfer-encoding, upgrade */
-        return t->proxy_should_drop_for_res || t == H2O_TOKEN_CONTENT_LENGTH || t == H2O_TOKEN_SERVER || t == H2O_TOKEN_TE;
+        return t->proxy_should_drop_for_res || t == H2O_TOKEN_CONTENT_LENGTH || t == H2O_TOKEN_SERVER;
     }
+    /* the router's own names: the client sees exactly one of each, the router's */
     return NAME_IS(name, "x-ratelimit-remaining-tokens") || NAME_IS(name, "x-ratelimit-remaining-requests") ||
-           NAME_IS(name, "proxy-connection") || NAME_IS(name, "trailer");
+           NAME_IS(name, "x-request-id") || (name->len >= 14 && strncasecmp(name->base, "x-aoai-router-", 14) == 0);
+}
+
+/* a backend's request id may be shown and logged: [A-Za-z0-9._:-], 1..AOR_REQUEST_ID_MAX bytes */
+static int sane_request_id(const h2o_iovec_t *v)
+{
+    size_t i;
+
+    if (v->len == 0 || v->len > AOR_REQUEST_ID_MAX)
+        return 0;
+    for (i = 0; i != v->len; ++i) {
+        char c = v->base[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' ||
+              c == ':'))
+            return 0;
+    }
+    return 1;
 }
 
 static void on_upstream_head(struct aor_upstream_h1_xfer *x, int status, const h2o_header_t *headers, size_t num_headers)
@@ -303,8 +424,11 @@ static void on_upstream_head(struct aor_upstream_h1_xfer *x, int status, const h
     const char *ct = NULL, *ra = NULL, *ra_ms = NULL;
     size_t ct_len = 0, ra_len = 0, ra_ms_len = 0, i;
     int failover = is_failover_status(status);
+    struct conn_tokens conn;
 
     ar->status = status;
+    ar->backend_request_id[0] = '\0';
+    connection_tokens(headers, num_headers, &conn);
     for (i = 0; i != num_headers; ++i) {
         const h2o_iovec_t *name = headers[i].name, *value = &headers[i].value;
         if (name == &H2O_TOKEN_CONTENT_TYPE->buf) {
@@ -318,8 +442,15 @@ static void on_upstream_head(struct aor_upstream_h1_xfer *x, int status, const h
             ra_ms_len = value->len;
         } else if (NAME_IS(name, "x-ratelimit-remaining-tokens")) {
             ar->backend_remaining_tokens = parse_int64(value->base, value->len);
+        } else if (NAME_IS(name, "x-request-id") && ar->backend_request_id[0] == '\0' && sane_request_id(value)) {
+            /* the backend's own id: logged, and shown under the router's name for it (SPEC §4) */
+            memcpy(ar->backend_request_id, value->base, value->len);
+            ar->backend_request_id[value->len] = '\0';
+            if (!failover)
+                h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-aoai-router-backend-request-id"), 0, NULL,
+                                      h2o_strdup(&req->pool, value->base, value->len).base, value->len);
         }
-        if (failover || hop_by_hop_or_private(name))
+        if (failover || hop_by_hop_or_private(name, &conn))
             continue;
         /* the bytes live in the socket's buffer: the client's response gets copies */
         if (h2o_iovec_is_token(name))
@@ -444,7 +575,8 @@ static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
             h2o_send(ar->req, NULL, 0, H2O_SEND_STATE_ERROR);
         return;
     }
-    if (ar->mode == AOR_MODE_DISCARD) {
+    if (ar->mode == AOR_MODE_DISCARD ||
+        (ar->mode == AOR_MODE_BUFFER && ar->status == 404 && is_deployment_not_found(ar->pending.base, ar->pending.len))) {
         attempt_refused(ar);
         return;
     }
@@ -472,19 +604,25 @@ static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
 
 /* ---- the request ---------------------------------------------------------------------- */
 
-static int skip_request_header(struct aor_request *ar, const h2o_iovec_t *name)
+static int skip_request_header(struct aor_request *ar, const h2o_iovec_t *name, const struct conn_tokens *conn)
 {
     size_t i;
 
+    if (hop_by_hop(name, conn))
+        return 1;
     if (h2o_iovec_is_token(name)) {
         const h2o_token_t *t = (const h2o_token_t *)name;
         /* proxy_should_drop_for_req: connection, http2-settings, keep-alive, proxy-authenticate,
          * proxy-authorization, te, transfer-encoding, upgrade */
         return t->proxy_should_drop_for_req || t == H2O_TOKEN_HOST || t == H2O_TOKEN_CONTENT_LENGTH || t == H2O_TOKEN_EXPECT ||
-               t == H2O_TOKEN_ACCEPT_ENCODING || t == H2O_TOKEN_AUTHORIZATION || t == H2O_TOKEN_COOKIE || t->buf.base[0] == ':';
+               t == H2O_TOKEN_ACCEPT_ENCODING || t == H2O_TOKEN_AUTHORIZATION || t == H2O_TOKEN_COOKIE ||
+               t == H2O_TOKEN_X_FORWARDED_FOR || t->buf.base[0] == ':';
     }
+    /* the client's forwarding claims are not trusted: the router writes its own X-Forwarded-For/-Proto */
     if (name->len == 0 || name->base[0] == ':' || NAME_IS(name, "api-key") || NAME_IS(name, "ocp-apim-subscription-key") ||
-        NAME_IS(name, "x-request-id") || NAME_IS(name, "proxy-connection"))
+        NAME_IS(name, "x-request-id") || NAME_IS(name, "forwarded") || NAME_IS(name, "x-forwarded-for") ||
+        NAME_IS(name, "x-forwarded-proto") || NAME_IS(name, "x-forwarded-host") || NAME_IS(name, "x-forwarded-port") ||
+        NAME_IS(name, "x-real-ip"))
         return 1;
     for (i = 0; i != ar->conf->auth.num_key_headers; ++i)
         if (strlen(ar->conf->auth.key_headers[i]) == name->len &&
@@ -527,23 +665,53 @@ static char *put_dec(char *p, size_t v)
     return p;
 }
 
+/* the client connection's peer address, for X-Forwarded-For (IPv4-mapped IPv6 as IPv4); its length, 0 if unknown */
+static size_t peer_address(h2o_req_t *req, char *buf /* INET6_ADDRSTRLEN */)
+{
+    struct sockaddr_storage ss;
+    const void *addr = NULL;
+    int family = AF_INET;
+
+    if (req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss) == 0)
+        return 0;
+    if (ss.ss_family == AF_INET) {
+        addr = &((struct sockaddr_in *)&ss)->sin_addr;
+    } else if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a6 = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a6)) {
+            addr = a6->s6_addr + 12;
+        } else {
+            addr = a6;
+            family = AF_INET6;
+        }
+    }
+    if (addr == NULL || inet_ntop(family, addr, buf, INET6_ADDRSTRLEN) == NULL)
+        return 0;
+    return strlen(buf);
+}
+
 /*
  * The HTTP/1.1 request head for this attempt, in req->pool: request line, Host, the
- * body's length, the client's headers that may go on, x-request-id and the backend
- * credential. 0, or -1 when the credential is unavailable.
+ * body's length, the client's headers that may go on (end-to-end ones, no credential, no
+ * forwarding claim), x-request-id, x-forwarded-for/-proto and the backend credential.
+ * 0, or -1 when the credential is unavailable.
  */
 static int build_head(struct aor_request *ar, const struct aor_backend_conf *b, const struct aor_upstream_h1_target *t,
                       const char *path, size_t path_len, int has_body, size_t body_len, h2o_iovec_t *head)
 {
     h2o_req_t *req = ar->req;
     struct aor_cred_header cred;
-    size_t method_len = strlen(ar->method), id_len = strlen(ar->id), cap, i;
-    char *base, *p;
+    size_t method_len = strlen(ar->method), id_len = strlen(ar->id), cap, i, peer_len = 0;
+    struct conn_tokens conn;
+    char *base, *p, peer[INET6_ADDRSTRLEN];
 
     if (aor_cred_header(b, &cred) != NULL)
         return -1;
+    connection_tokens(req->headers.entries, req->headers.size, &conn);
+    peer_len = peer_address(req, peer);
     cap = method_len + 1 + t->path_prefix.len + path_len + sizeof(" HTTP/1.1\r\nhost: \r\n") + t->authority.len +
-          sizeof("content-length: \r\n") + 20 + sizeof("x-request-id: \r\n") + id_len + sizeof("\r\n");
+          sizeof("content-length: \r\n") + 20 + sizeof("x-request-id: \r\n") + id_len + sizeof("\r\n") +
+          sizeof("x-forwarded-for: \r\n") + sizeof(peer) + sizeof("x-forwarded-proto: \r\n") + req->scheme->name.len;
     if (cred.name != NULL)
         cap += cred.name_len + 2 + cred.prefix_len + cred.secret_len + 2;
     for (i = 0; i != req->headers.size; ++i)
@@ -564,7 +732,7 @@ static int build_head(struct aor_request *ar, const struct aor_backend_conf *b, 
     }
     for (i = 0; i != req->headers.size; ++i) {
         const h2o_header_t *h = req->headers.entries + i;
-        if (skip_request_header(ar, h->name) || h->name->len + h->value.len + 4 > MAX_REQUEST_HEADER_LINE ||
+        if (skip_request_header(ar, h->name, &conn) || h->name->len + h->value.len + 4 > MAX_REQUEST_HEADER_LINE ||
             !is_clean_value(&h->value))
             continue;
         p = put(p, h->name->base, h->name->len);
@@ -574,6 +742,14 @@ static int build_head(struct aor_request *ar, const struct aor_backend_conf *b, 
     }
     p = PUT_LIT(p, "x-request-id: ");
     p = put(p, ar->id, id_len);
+    p = PUT_LIT(p, "\r\n");
+    if (peer_len != 0) {
+        p = PUT_LIT(p, "x-forwarded-for: ");
+        p = put(p, peer, peer_len);
+        p = PUT_LIT(p, "\r\n");
+    }
+    p = PUT_LIT(p, "x-forwarded-proto: ");
+    p = put(p, req->scheme->name.base, req->scheme->name.len);
     p = PUT_LIT(p, "\r\n");
     if (cred.name != NULL) {
         p = put(p, cred.name, cred.name_len);
@@ -597,7 +773,8 @@ static int attempt_body(struct aor_request *ar, const struct aor_backend_conf *b
 
     free(ar->attempt_body);
     ar->attempt_body = NULL;
-    if (!ar->body_is_json || (ar->route.kind != AOR_ROUTE_V1 && b->provider != AOR_PROVIDER_OPENAI)) {
+    if (!ar->body_is_json || ar->deployment[0] == '\0' || ar->route.kind == AOR_ROUTE_RAW ||
+        (ar->route.kind != AOR_ROUTE_V1 && b->provider != AOR_PROVIDER_OPENAI)) {
         *body = ar->body;
         *len = ar->body_len;
         return 0;

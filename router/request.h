@@ -84,6 +84,7 @@ struct aor_request {
     int64_t cooldown_ms; /* a 429's retry-after, as a cooldown */
     int cooldown_capped; /* ... cut to limits.max_cooldown_ms */
     int64_t backend_remaining_tokens;
+    char backend_request_id[AOR_REQUEST_ID_MAX + 1]; /* the answering backend's x-request-id, if sane; "" else */
 
     /* the response to the client */
     int started; /* h2o_start_response called: no failover any more */

@@ -59,6 +59,8 @@ void aor_route_parse(const char *path, size_t len, struct aor_route *out)
     size_t plen = q != NULL ? (size_t)(q - path) : len;
 
     memset(out, 0, sizeof(*out));
+    out->path = path;
+    out->path_len = plen;
     if (q != NULL) {
         out->query = q + 1;
         out->query_len = len - plen - 1;
@@ -91,6 +93,71 @@ void aor_route_parse(const char *path, size_t len, struct aor_route *out)
     } else {
         out->kind = AOR_ROUTE_NOT_FOUND;
     }
+}
+
+/*
+ * The inference operations (Azure OpenAI data plane, 2024-10-21 GA and the v1 API), POST only.
+ * Multipart ones (audio transcriptions/translations, image edits) are served on the
+ * deployments path only: on /v1 the model would be a multipart field, which is not read.
+ */
+static const char *const deployment_ops[] = {
+    "chat/completions",   "completions",  "embeddings",         "audio/transcriptions",
+    "audio/translations", "audio/speech", "images/generations", "images/edits",
+};
+static const char *const v1_ops[] = {
+    "chat/completions", "completions", "embeddings", "responses", "audio/speech", "images/generations",
+};
+
+static int op_in(const struct aor_route *route, const char *const *ops, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i != n; ++i)
+        if (path_is(route->op, route->op_len, ops[i]))
+            return 1;
+    return 0;
+}
+
+/* every segment after the leading '/' is a valid name: nothing to normalise, nothing to escape */
+static int clean_segments(const char *path, size_t len)
+{
+    return len > 1 && path[0] == '/' && valid_op(path + 1, len - 1);
+}
+
+static int passthrough_listed(const struct aor_route *route, const char *method, size_t method_len, const struct aor_config *conf)
+{
+    size_t i;
+
+    for (i = 0; i != conf->num_passthrough; ++i) {
+        const struct aor_passthrough_conf *pt = conf->passthrough + i;
+        if (strlen(pt->method) != method_len || memcmp(pt->method, method, method_len) != 0)
+            continue;
+        if (pt->prefix ? has_prefix(route->path, route->path_len, pt->path) : path_is(route->path, route->path_len, pt->path))
+            return 1;
+    }
+    return 0;
+}
+
+enum aor_route_access aor_route_authorize(struct aor_route *route, const char *method, size_t method_len,
+                                          const struct aor_config *conf)
+{
+    int known = 0;
+
+    if (route->kind == AOR_ROUTE_DEPLOYMENT)
+        known = op_in(route, deployment_ops, sizeof(deployment_ops) / sizeof(deployment_ops[0]));
+    else if (route->kind == AOR_ROUTE_V1)
+        known = op_in(route, v1_ops, sizeof(v1_ops) / sizeof(v1_ops[0]));
+    else if (route->kind != AOR_ROUTE_NOT_FOUND)
+        return AOR_ACCESS_NOT_FOUND;
+    if (known && method_len == 4 && memcmp(method, "POST", 4) == 0)
+        return AOR_ACCESS_INFERENCE;
+    if (clean_segments(route->path, route->path_len) && passthrough_listed(route, method, method_len, conf)) {
+        route->passthrough = 1;
+        if (route->kind == AOR_ROUTE_NOT_FOUND)
+            route->kind = AOR_ROUTE_RAW;
+        return AOR_ACCESS_PASSTHROUGH;
+    }
+    return known ? AOR_ACCESS_METHOD_NOT_ALLOWED : AOR_ACCESS_NOT_FOUND;
 }
 
 int aor_route_query_param(const char *query, size_t query_len, const char *name, const char **value, size_t *value_len)
@@ -141,7 +208,10 @@ int aor_route_upstream_path(const struct aor_route *route, enum aor_provider pro
     char sep = '?';
     size_t i = 0;
 
-    if (provider == AOR_PROVIDER_OPENAI) {
+    if (route->kind == AOR_ROUTE_RAW) {
+        /* an operator-listed path outside the data-plane prefixes: as the client sent it */
+        put(&o, route->path, route->path_len);
+    } else if (provider == AOR_PROVIDER_OPENAI) {
         /* the OpenAI API: /v1/{op}, the model travels in the body */
         PUTS(&o, "/v1/");
     } else if (route->kind == AOR_ROUTE_DEPLOYMENT) {
@@ -151,7 +221,8 @@ int aor_route_upstream_path(const struct aor_route *route, enum aor_provider pro
     } else {
         PUTS(&o, "/openai/v1/");
     }
-    put(&o, route->op, route->op_len);
+    if (route->kind != AOR_ROUTE_RAW)
+        put(&o, route->op, route->op_len);
 
     while (route->query != NULL && i < route->query_len) {
         const char *p = route->query + i, *amp = memchr(p, '&', route->query_len - i);

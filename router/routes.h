@@ -17,6 +17,15 @@ enum aor_route_kind {
     AOR_ROUTE_METRICS,
     AOR_ROUTE_DEPLOYMENT, /* /openai/deployments/{name}/{op} */
     AOR_ROUTE_V1,         /* /openai/v1/{op} or /v1/{op}: deployment is the body's model */
+    AOR_ROUTE_RAW,        /* set by aor_route_authorize: an operator-listed path outside those, forwarded as is */
+};
+
+/* what aor_route_authorize decided */
+enum aor_route_access {
+    AOR_ACCESS_INFERENCE = 0,      /* POST to an inference operation (README "HTTP surface") */
+    AOR_ACCESS_PASSTHROUGH,        /* listed in the config's passthrough: */
+    AOR_ACCESS_METHOD_NOT_ALLOWED, /* an inference path with another method: 405, allow: POST */
+    AOR_ACCESS_NOT_FOUND,          /* anything else: 404 not_found, nothing upstream */
 };
 
 struct aor_route {
@@ -27,10 +36,23 @@ struct aor_route {
     size_t op_len;
     const char *query; /* after '?', NULL when none */
     size_t query_len;
+    const char *path; /* the whole path without its query */
+    size_t path_len;
+    int passthrough; /* aor_route_authorize allowed it through the config's passthrough: */
 };
 
 /* classifies `path` (with its query). Never fails: unknown → NOT_FOUND, malformed → BAD */
 void aor_route_parse(const char *path, size_t len, struct aor_route *out);
+
+/**
+ * Decides whether `method` on `route` (parsed by aor_route_parse, kind NOT_FOUND, DEPLOYMENT
+ * or V1) may be forwarded with the router's credential: the inference operations by POST,
+ * or what `conf->passthrough` lists (exact path or prefix; only paths whose every segment is
+ * a valid name, so no "..", "%2e" or empty segment can reach another operation). For a
+ * passthrough it sets route->passthrough, and a NOT_FOUND path becomes AOR_ROUTE_RAW.
+ */
+enum aor_route_access aor_route_authorize(struct aor_route *route, const char *method, size_t method_len,
+                                          const struct aor_config *conf);
 
 /* 1 when `name` is an acceptable deployment/model name: [A-Za-z0-9._-], 1..64 bytes, not "." or ".." */
 int aor_route_valid_name(const char *name, size_t len);

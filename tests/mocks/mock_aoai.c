@@ -357,6 +357,8 @@ static void add_dataplane_headers(h2o_req_t *req)
                      (uint32_t)(a >> 16) & 0xffff, (uint32_t)a & 0xfff, (uint32_t)(b >> 48) & 0xffff,
                      (uint64_t)(b & 0xffffffffffffull));
     ADD_HEADER(req, "apim-request-id", h2o_iovec_init(id, (size_t)n));
+    /* Azure sends its request id under both names */
+    ADD_HEADER(req, "x-request-id", h2o_iovec_init(id, (size_t)n));
 }
 
 /* ---- behaviour ----------------------------------------------------------------------------- */

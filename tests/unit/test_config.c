@@ -103,8 +103,10 @@ static void write_file(const char *path, const char *content)
     } while (0)
 
 /* line 1-2 of most documents below; backends start at line 3 */
-#define LISTEN "listen:\n  - port: 8080\n"
+#define LISTEN "listen:\n  - { address: 127.0.0.1, port: 8080 }\n"
 #define BACKEND "backends:\n  - { name: b1, url: \"http://127.0.0.1:9000\" }\n"
+/* appended to documents whose listeners are not loopback (omitting auth: is refused there) */
+#define KEYAUTH "auth: { mode: key }\n"
 
 /* ---- the SPEC example, every field ---------------------------------------------------------------------------------- */
 
@@ -156,7 +158,7 @@ static void test_full_example(void)
                "    - issuer: file-issuer\n"
                "      jwks_file: %s\n"
                "      audiences: [x]\n"
-               "      some_future_key: ignored\n"
+               "      x-note: operators' notes are free\n"
                "  keys:\n"
                "    headers: [api-key, X-Key]\n"
                "    static: [ { sha256: \"%s\", tenant: t1 } ]\n"
@@ -412,7 +414,7 @@ static void test_defaults(void)
     if (conf == NULL)
         return;
     CHECK_EQ_INT(conf->num_listeners, 1);
-    CHECK_EQ_STR(conf->listeners[0].address, "0.0.0.0");
+    CHECK_EQ_STR(conf->listeners[0].address, "127.0.0.1");
     CHECK_EQ_INT(conf->listeners[0].line, 2);
     CHECK_EQ_INT(conf->listeners[0].tls.enabled, 0);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -516,18 +518,23 @@ static void test_structure(void)
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "---\nthreads: 1\n"), "t.yaml:5: only one YAML document is allowed");
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "x: *nowhere\n"), "t.yaml:5: YAML syntax error: found undefined alias");
 
-    /* keys: duplicates and merges are refused, unknown ones ignored */
+    /* keys: duplicates and merges are refused (unknown ones: test_unknown_keys) */
     EXPECT_ONLY_PROBLEM(parse(LISTEN "backends:\n  - name: b1\n    url: http://a\n    url: http://b\n"),
                         "t.yaml:6: backends[0].url: duplicate key");
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "tenants:\n  t1: {}\n  t1: {}\n"), "t.yaml:7: tenants.t1: duplicate key");
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "threads: 1\nthreads: 2\n"), "t.yaml:6: threads: duplicate key");
     /* the merge is refused rather than silently ignored; url is then (truly) missing too */
-    EXPECT_PROBLEM(parse(LISTEN "base: &base { url: \"http://a\" }\nbackends:\n  - { <<: *base, name: b1 }\n"),
+    EXPECT_PROBLEM(parse(LISTEN "x-base: &base { url: \"http://a\" }\nbackends:\n  - { <<: *base, name: b1 }\n"),
                    "t.yaml:5: backends[0]: merge keys (<<) are not supported\nt.yaml:5: backends[0].url: missing required key\n");
     CHECK_EQ_INT(count_lines(errs), 2);
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "limits: { [a]: 1 }\n"), "t.yaml:5: limits: mapping keys must be strings");
     struct aor_config *conf;
-    EXPECT_OK(conf, parse(LISTEN BACKEND "future_section: { anything: [1, 2] }\nlimits: { future_limit: 7 }\n"));
+    EXPECT_PROBLEM(parse(LISTEN BACKEND "future_section: { anything: [1, 2] }\nlimits: { future_limit: 7 }\n"),
+                   "t.yaml:5: future_section: unknown key \"future_section\" (expected listen, threads, redis, limits, circuit, "
+                   "metrics, auth, tenants, backends or passthrough; x- keys are free)\n"
+                   "t.yaml:6: limits.future_limit: unknown key \"future_limit\" (expected max_body_bytes,");
+    CHECK_EQ_INT(count_lines(errs), 2);
+    EXPECT_OK(conf, parse(LISTEN BACKEND "x-future-section: { anything: [1, 2] }\nlimits: { x-future-limit: 7 }\n"));
     aor_config_release(conf);
 
     /* types */
@@ -567,7 +574,7 @@ static void test_integers(void)
         EXPECT_ONLY_PROBLEM(parse(yaml), msg);
     }
     /* quoted digits and an explicit sign are integers too */
-    EXPECT_OK(conf, parse("listen:\n  - { port: \"8080\" }\n  - { port: +8081 }\n" BACKEND));
+    EXPECT_OK(conf, parse("listen:\n  - { port: \"8080\" }\n  - { port: +8081 }\n" BACKEND KEYAUTH));
     if (conf != NULL) {
         CHECK_EQ_INT(conf->listeners[0].port, 8080);
         CHECK_EQ_INT(conf->listeners[1].port, 8081);
@@ -589,41 +596,46 @@ static void test_listen(void)
     EXPECT_ONLY_PROBLEM(parse("listen:\n  - { address: localhost, port: 80 }\n" BACKEND),
                         "t.yaml:2: listen[0].address: expected an IPv4 or IPv6 address");
     EXPECT_ONLY_PROBLEM(parse("listen:\n  - { address: 127.0.0.1 }\n" BACKEND), "t.yaml:2: listen[0].port: missing required key");
-    EXPECT_ONLY_PROBLEM(parse("listen:\n  - { port: 80 }\n  - { address: 0.0.0.0, port: 80 }\n" BACKEND),
+    EXPECT_ONLY_PROBLEM(parse("listen:\n  - { port: 80 }\n  - { address: 0.0.0.0, port: 80 }\n" BACKEND KEYAUTH),
                         "t.yaml:3: listen[1]: duplicate address:port 0.0.0.0:80 (also listen[0])");
-    EXPECT_ONLY_PROBLEM(parse("listen:\n  - { address: \"::\", port: 80 }\n  - { address: \"0::0\", port: 80 }\n" BACKEND),
+    EXPECT_ONLY_PROBLEM(parse("listen:\n  - { address: \"::\", port: 80 }\n  - { address: \"0::0\", port: 80 }\n" BACKEND KEYAUTH),
                         "t.yaml:3: listen[1]: duplicate address:port [0::0]:80 (also listen[0])");
     struct aor_config *conf;
-    EXPECT_OK(conf, parse("listen:\n  - { port: 80 }\n  - { address: \"::\", port: 80 }\n  - { port: 81 }\n" BACKEND));
+    EXPECT_OK(conf, parse("listen:\n  - { port: 80 }\n  - { address: \"::\", port: 80 }\n  - { port: 81 }\n" BACKEND KEYAUTH));
+    if (conf != NULL) /* the default address */
+        CHECK_EQ_STR(conf->listeners[0].address, "0.0.0.0");
     aor_config_release(conf);
 
     write_file(tmp("cert.pem"), "cert");
     write_file(tmp("key.pem"), "key");
     write_file(tmp("ca.pem"), "ca");
-    EXPECT_ONLY_PROBLEM(parsef("listen:\n  - port: 443\n    tls: { cert_file: %s }\n" BACKEND, tmp("cert.pem")),
+    EXPECT_ONLY_PROBLEM(parsef("listen:\n  - port: 443\n    tls: { cert_file: %s }\n" BACKEND KEYAUTH, tmp("cert.pem")),
                         "t.yaml:3: listen[0].tls.key_file: missing required key");
-    EXPECT_ONLY_PROBLEM(parsef("listen:\n  - port: 443\n    tls:\n      cert_file: %s\n      key_file: %s\n" BACKEND,
+    EXPECT_ONLY_PROBLEM(parsef("listen:\n  - port: 443\n    tls:\n      cert_file: %s\n      key_file: %s\n" BACKEND KEYAUTH,
                                tmp("no-such-cert.pem"), tmp("key.pem")),
                         "t.yaml:4: listen[0].tls.cert_file: cannot read \"");
     CHECK(strstr(errs, "no-such-cert.pem\": No such file or directory") != NULL);
     EXPECT_ONLY_PROBLEM(
-        parsef("listen:\n  - port: 443\n    tls: { cert_file: %s, key_file: %s }\n" BACKEND, tmpdir, tmp("key.pem")),
+        parsef("listen:\n  - port: 443\n    tls: { cert_file: %s, key_file: %s }\n" BACKEND KEYAUTH, tmpdir, tmp("key.pem")),
         "t.yaml:3: listen[0].tls.cert_file: \"");
     CHECK(strstr(errs, "\" is not a regular file") != NULL);
-    EXPECT_ONLY_PROBLEM(parsef("listen:\n  - port: 443\n    tls: { cert_file: %s, key_file: %s, client_cert: required }\n" BACKEND,
-                               tmp("cert.pem"), tmp("key.pem")),
-                        "t.yaml:3: listen[0].tls.client_ca_file: missing required key (client_cert: required needs it)");
-    EXPECT_ONLY_PROBLEM(parsef("listen:\n  - port: 443\n    tls: { cert_file: %s, key_file: %s, client_ca_file: %s }\n" BACKEND,
-                               tmp("cert.pem"), tmp("key.pem"), tmp("ca.pem")),
-                        "t.yaml:3: listen[0].tls.client_cert: missing required key");
+    EXPECT_ONLY_PROBLEM(
+        parsef("listen:\n  - port: 443\n    tls: { cert_file: %s, key_file: %s, client_cert: required }\n" BACKEND KEYAUTH,
+               tmp("cert.pem"), tmp("key.pem")),
+        "t.yaml:3: listen[0].tls.client_ca_file: missing required key (client_cert: required needs it)");
+    EXPECT_ONLY_PROBLEM(
+        parsef("listen:\n  - port: 443\n    tls: { cert_file: %s, key_file: %s, client_ca_file: %s }\n" BACKEND KEYAUTH,
+               tmp("cert.pem"), tmp("key.pem"), tmp("ca.pem")),
+        "t.yaml:3: listen[0].tls.client_cert: missing required key");
     EXPECT_ONLY_PROBLEM(parsef("listen:\n  - port: 443\n    tls: { cert_file: %s, key_file: %s, client_ca_file: %s,\n"
-                               "           client_cert: sometimes }\n" BACKEND,
+                               "           client_cert: sometimes }\n" BACKEND KEYAUTH,
                                tmp("cert.pem"), tmp("key.pem"), tmp("ca.pem")),
                         "t.yaml:4: listen[0].tls.client_cert: expected none, optional or required");
     EXPECT_OK(
         conf,
         parsef(
-            "listen:\n  - port: 443\n    tls: { cert_file: %s, key_file: %s, client_ca_file: %s, client_cert: required }\n" BACKEND,
+            "listen:\n  - port: 443\n    tls: { cert_file: %s, key_file: %s, client_ca_file: %s, client_cert: required }\n" BACKEND
+                KEYAUTH,
             tmp("cert.pem"), tmp("key.pem"), tmp("ca.pem")));
     if (conf != NULL)
         CHECK_EQ_INT(conf->listeners[0].tls.client_cert, AOR_CLIENT_CERT_REQUIRED);
@@ -672,7 +684,8 @@ static void test_sections(void)
                         "t.yaml:5: circuit.open_ms: expected an integer between 1");
 
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "metrics: { address: 127.0.0.1 }\n"), "t.yaml:5: metrics.port: missing required key");
-    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "metrics: { port: 8080 }\n"), "t.yaml:5: metrics: 0.0.0.0:8080 is already listen[0]");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "metrics: { address: 127.0.0.1, port: 8080 }\n"),
+                        "t.yaml:5: metrics: 127.0.0.1:8080 is already listen[0]");
 
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "tenants:\n  \"a{b}\": { tpm: 1 }\n"),
                         "t.yaml:6: tenants.a{b}: tenant name must be 1 to 256 characters without { }");
@@ -935,9 +948,10 @@ static void test_secrets(void)
                               "\"0000000000000000000000000000000000000000000000000000000000000000\", tenant: t } ]\n"),
                         "t.yaml:8: auth.keys.static[0].key: secrets must come from");
     CHECK(strstr(errs, "sk-INLINE-VALUE") == NULL);
-    /* an empty value is not a secret */
-    EXPECT_OK(conf, parse(AUTH_HEAD "      type: managed_identity\n      secret:\n"));
-    aor_config_release(conf);
+    /* an empty value is not a secret, but still an unknown key for this type */
+    EXPECT_ONLY_PROBLEM(
+        parse(AUTH_HEAD "      type: managed_identity\n      secret:\n"),
+        "t.yaml:8: backends[0].auth.secret: unknown key \"secret\" (expected type, client_id, imds_endpoint or resource;");
 
     /* secret_file for the other kinds; file content kept but trailing newline trimmed */
     write_file(tmp("sp"), "sp secret with spaces\n");
@@ -999,7 +1013,7 @@ static void test_limits(void)
 static void test_all_problems(void)
 {
     EXPECT_PROBLEM(parse("listen:\n"
-                         "  - port: 0\n"
+                         "  - { address: 127.0.0.1, port: 0 }\n"
                          "backends:\n"
                          "  - { name: b1, url: \"ftp://a\" }\n"
                          "  - { name: b1, url: \"http://a\", weight: 0 }\n"),
@@ -1009,7 +1023,8 @@ static void test_all_problems(void)
                    "t.yaml:5: backends[1].name: duplicate backend name \"b1\" (also backends[0])\n");
     CHECK_EQ_INT(count_lines(errs), 4);
 
-    EXPECT_PROBLEM(parse("listen:\n  - { port: 99999 }\nthreads: many\nbackends:\n  - { name: \"b 1\", url: \"http://a\" }\n"),
+    EXPECT_PROBLEM(parse("listen:\n  - { address: 127.0.0.1, port: 99999 }\nthreads: many\nbackends:\n  - { name: \"b 1\", url: "
+                         "\"http://a\" }\n"),
                    "t.yaml:2: listen[0].port");
     CHECK(strstr(errs, "t.yaml:3: threads: expected an integer between 0 and 256") != NULL);
     CHECK(strstr(errs, "t.yaml:5: backends[0].name: must be") != NULL);
@@ -1017,6 +1032,252 @@ static void test_all_problems(void)
 
     /* NULL errs is fine */
     CHECK(aor_config_parse("t.yaml", "x", 1, NULL) == NULL);
+}
+
+/* ---- unknown keys (SPEC §3): an error with the nearest known name; x- keys free ------------------------------------ */
+
+static void test_unknown_keys(void)
+{
+    struct aor_config *conf;
+
+    /* the typos of issue 7, each at its own line */
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "authentication:\n  mode: key\n"),
+                        "t.yaml:5: authentication: unknown key \"authentication\" (did you mean \"auth\"?)\n");
+    EXPECT_ONLY_PROBLEM(
+        parse(JWT_HEAD "    - issuer: i\n      jwks_uri: \"https://i/k\"\n      audiences: [a]\n"
+                       "      requried_claims: { roles: [Gateway.Use] }\n"),
+        "t.yaml:11: auth.jwt[0].requried_claims: unknown key \"requried_claims\" (did you mean \"required_claims\"?)\n");
+    EXPECT_ONLY_PROBLEM(parse(JWT_HEAD "    - { issuer: i, jwks_uri: \"https://i/k\", audiences: [a], tenant_claim: azp }\n"),
+                        "t.yaml:8: auth.jwt[0].tenant_claim: unknown key \"tenant_claim\" (did you mean \"tenant_claims\"?)\n");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN "backends:\n  - name: b1\n    url: \"http://127.0.0.1:9000\"\n    priorty: 2\n"),
+                        "t.yaml:6: backends[0].priorty: unknown key \"priorty\" (did you mean \"priority\"?)\n");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN "backends:\n  - name: b1\n    url: \"http://127.0.0.1:9000\"\n    deployment: { a: b }\n"),
+                        "t.yaml:6: backends[0].deployment: unknown key \"deployment\" (did you mean \"deployments\"?)\n");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "limits:\n  max_attemps: 5\n"),
+                        "t.yaml:6: limits.max_attemps: unknown key \"max_attemps\" (did you mean \"max_attempts\"?)\n");
+    /* case, one-letter slips, transpositions, a plural, an abbreviation */
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "Tenants: {}\n"),
+                        "t.yaml:5: Tenants: unknown key \"Tenants\" (did you mean \"tenants\"?)");
+    EXPECT_PROBLEM(
+        parse("listeners:\n  - { address: 127.0.0.1, port: 8080 }\n" BACKEND),
+        "t.yaml:1: listeners: unknown key \"listeners\" (did you mean \"listen\"?)\nt.yaml:1: listen: missing required key\n");
+    CHECK_EQ_INT(count_lines(errs), 2);
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "tenants:\n  t1: { tmp: 5 }\n"),
+                        "t.yaml:6: tenants.t1.tmp: unknown key \"tmp\" (did you mean \"tpm\"?)");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "circuit: { open_sm: 5 }\n"),
+                        "t.yaml:5: circuit.open_sm: unknown key \"open_sm\" (did you mean \"open_ms\"?)");
+    EXPECT_PROBLEM(parse(LISTEN BACKEND "metrics: { address: 127.0.0.1, prot: 9100 }\n"),
+                   "t.yaml:5: metrics.prot: unknown key \"prot\" (did you mean \"port\"?)");
+    /* not close to anything: the known names are listed */
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "circuit: { colour: blue }\n"),
+                        "t.yaml:5: circuit.colour: unknown key \"colour\" (expected failures or open_ms; x- keys are free)\n");
+    /* every mapping of the schema: listen, tls, redis, auth, auth.keys, static keys, backends[].auth per type, subject */
+    EXPECT_ONLY_PROBLEM(parse("listen:\n  - { address: 127.0.0.1, port: 8080, adress: 0.0.0.0 }\n" BACKEND),
+                        "t.yaml:2: listen[0].adress: unknown key \"adress\" (did you mean \"address\"?)");
+    write_file(tmp("cert.pem"), "cert");
+    write_file(tmp("key.pem"), "key");
+    EXPECT_ONLY_PROBLEM(
+        parsef("listen:\n  - { address: 127.0.0.1, port: 443, tls: { cert_file: %s, key_file: %s, client_certs: x } }\n" BACKEND,
+               tmp("cert.pem"), tmp("key.pem")),
+        "listen[0].tls.client_certs: unknown key \"client_certs\" (did you mean \"client_cert\"?)");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "redis: { url: \"redis://h\", on_failur: closed }\n"),
+                        "t.yaml:5: redis.on_failur: unknown key \"on_failur\" (did you mean \"on_failure\"?)");
+    EXPECT_ONLY_PROBLEM(
+        parse(
+            LISTEN BACKEND
+            "auth: { mode: jwt_and_key, same_tenants: true, jwt: [ { issuer: i, jwks_uri: \"https://i/k\", audiences: [a] } ] }\n"),
+        "t.yaml:5: auth.same_tenants: unknown key \"same_tenants\" (did you mean \"same_tenant\"?)");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "auth: { mode: key, keys: { header: [x-key] } }\n"),
+                        "t.yaml:5: auth.keys.header: unknown key \"header\" (did you mean \"headers\"?)");
+    EXPECT_PROBLEM(parse(LISTEN BACKEND
+                         "auth: { mode: key, keys: { static: [ { sha256: "
+                         "\"0000000000000000000000000000000000000000000000000000000000000000\", tennant: t } ] } }\n"),
+                   "t.yaml:5: auth.keys.static[0].tennant: unknown key \"tennant\" (did you mean \"tenant\"?)");
+    EXPECT_PROBLEM(parse(LISTEN "backends:\n  - name: b1\n    url: \"http://127.0.0.1:9000\"\n"
+                                "    auth: { type: api_key, key_env: HOME, key_evn: X }\n"),
+                   "t.yaml:6: backends[0].auth.key_evn: unknown key \"key_evn\" (did you mean \"key_env\"?)");
+    /* a key of another credential type is unknown for this one */
+    EXPECT_ONLY_PROBLEM(
+        parse(LISTEN "backends:\n  - name: b1\n    url: \"http://127.0.0.1:9000\"\n"
+                     "    auth: { type: managed_identity, tenant_id: t }\n"),
+        "t.yaml:6: backends[0].auth.tenant_id: unknown key \"tenant_id\" (expected type, client_id, imds_endpoint or resource;");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN "backends:\n  - name: b1\n    provider: openai\n"
+                                     "    auth: { type: openai_wif, identity_provider_id: i, service_account_id: s,\n"
+                                     "            subject: { type: managed_identity, resource: r, resorce: q } }\n"),
+                        "t.yaml:7: backends[0].auth.subject.resorce: unknown key \"resorce\" (did you mean \"resource\"?)");
+    setenv("AOR_TEST_TOKEN_FILE", "/etc/hostname", 1);
+    EXPECT_ONLY_PROBLEM(parse(LISTEN "backends:\n  - name: b1\n    provider: openai\n"
+                                     "    auth: { type: openai_wif, identity_provider_id: i, service_account_id: s, imds_endpoint: "
+                                     "\"http://127.0.0.1:1/t\",\n"
+                                     "            subject: { type: workload_identity, resource: r }, tenant_id: t, client_id: c, "
+                                     "token_file: /etc/hostname }\n"),
+                        "t.yaml:6: backends[0].auth.imds_endpoint: unknown key \"imds_endpoint\" (expected type,");
+    /* free-named maps: tenants, deployments, required_claims; their values' maps are checked */
+    EXPECT_OK(conf,
+              parse(LISTEN "backends:\n  - { name: b1, url: \"http://127.0.0.1:9000\", deployments: { anything: x, tpm: y } }\n"
+                           "tenants:\n  whatever: { tpm: 1 }\n  priority: {}\n"));
+    aor_config_release(conf);
+    /* x- keys anywhere a known key may stand, with any value; inline secrets in them are still refused */
+    EXPECT_OK(conf,
+              parse(LISTEN "x-owner: team-gateway\nbackends:\n  - { name: b1, url: \"http://127.0.0.1:9000\", x-ticket: [1, 2] }\n"
+                           "limits: { x-why: { a: b } }\ntenants:\n  t1: { x-contact: someone }\n"));
+    aor_config_release(conf);
+    EXPECT_ONLY_PROBLEM(parse(LISTEN "backends:\n  - name: b1\n    url: \"http://127.0.0.1:9000\"\n"
+                                     "    auth: { type: managed_identity, x-old: { key: sk-INLINE-VALUE } }\n"),
+                        "t.yaml:6: backends[0].auth.x-old.key: secrets must come from");
+    CHECK(strstr(errs, "sk-INLINE-VALUE") == NULL);
+    /* "x" alone, or "X-": not the escape */
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "x: 1\n"), "t.yaml:5: x: unknown key \"x\"");
+    /* a hostile key: long, control characters, quotes — no suggestion, nothing raw echoed */
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "\"a\\tb\\\"c\": 1\n"), "t.yaml:5: a?b\"c: unknown key \"a?b?c\" (expected");
+    {
+        char yaml[4096], *p = yaml;
+        p += sprintf(p, LISTEN BACKEND "? ");
+        memset(p, 'k', 2000);
+        strcpy(p + 2000, "\n: 1\n");
+        EXPECT_ONLY_PROBLEM(parse(yaml), "...\" (expected listen");
+    }
+    /* the SPEC's keys of sections this build does not implement are known, and refused as such */
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "redis: { url: \"rediss://h:6380/0\" }\n"),
+                        "t.yaml:5: redis.url: rediss:// (TLS to Redis) is not implemented in this build yet");
+    EXPECT_ONLY_PROBLEM(
+        parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n  auth: { type: managed_identity, client_id: c, object_id: o }\n"),
+        "t.yaml:7: redis.auth: Entra ID authentication to Redis is not implemented in this build yet");
+    EXPECT_PROBLEM(parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n  auth: { type: managed_identity, objectid: o }\n"),
+                   "t.yaml:7: redis.auth.objectid: unknown key \"objectid\" (did you mean \"object_id\"?)");
+}
+
+/* ---- who may omit auth: (SPEC §3) ----------------------------------------------------------------------------------- */
+
+static void test_auth_omitted(void)
+{
+    struct aor_config *conf;
+
+    /* loopback only: fine without auth */
+    EXPECT_OK(conf, parse("listen:\n  - { address: 127.0.0.1, port: 1 }\n  - { address: 127.9.9.9, port: 2 }\n"
+                          "  - { address: \"::1\", port: 3 }\n  - { address: \"::ffff:127.0.0.1\", port: 4 }\n" BACKEND
+                          "metrics: { address: 127.0.0.1, port: 9100 }\n"));
+    if (conf != NULL) {
+        CHECK_EQ_INT(conf->auth.mode, AOR_AUTH_NONE);
+        CHECK_EQ_INT(conf->auth.open_on_purpose, 0);
+    }
+    aor_config_release(conf);
+    /* anything else: refused at the first listener that is not loopback */
+    EXPECT_ONLY_PROBLEM(parse("listen:\n  - { address: 127.0.0.1, port: 1 }\n  - { port: 2 }\n" BACKEND),
+                        "t.yaml:3: auth: missing: listen[1] (0.0.0.0:2) is not loopback; without auth: every client is served as "
+                        "tenant \"default\" with the backends' credentials; add an auth: section, or auth: { mode: none } to run "
+                        "open on purpose\n");
+    EXPECT_ONLY_PROBLEM(parse("listen:\n  - { address: \"::\", port: 1 }\n" BACKEND),
+                        "t.yaml:2: auth: missing: listen[0] ([::]:1)");
+    EXPECT_ONLY_PROBLEM(parse("listen:\n  - { address: 10.0.0.5, port: 1 }\n" BACKEND),
+                        "t.yaml:2: auth: missing: listen[0] (10.0.0.5:1)");
+    EXPECT_ONLY_PROBLEM(parse("listen:\n  - { address: \"::ffff:10.0.0.5\", port: 1 }\n" BACKEND), "auth: missing: listen[0]");
+    EXPECT_ONLY_PROBLEM(parse("listen:\n  - { address: 128.0.0.1, port: 1 }\n" BACKEND), "auth: missing: listen[0]");
+    /* auth: with nothing under it is omitted too */
+    EXPECT_ONLY_PROBLEM(parse("listen:\n  - { address: 0.0.0.0, port: 1 }\n" BACKEND "auth:\n"),
+                        "t.yaml:2: auth: missing: listen[0]");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "metrics: { port: 9100 }\n"),
+                        "t.yaml:5: auth: missing: metrics (0.0.0.0:9100) is not loopback");
+    /* authentication: for auth: on 0.0.0.0 — both problems, as issue 7 met it */
+    EXPECT_PROBLEM(parse("listen:\n  - { address: 0.0.0.0, port: 8080 }\n" BACKEND "authentication:\n  mode: key\n"),
+                   "t.yaml:5: authentication: unknown key \"authentication\" (did you mean \"auth\"?)\n"
+                   "t.yaml:2: auth: missing: listen[0] (0.0.0.0:8080) is not loopback");
+    CHECK_EQ_INT(count_lines(errs), 2);
+    /* a real auth section, or mode none on purpose (a warning, the config loads) */
+    EXPECT_OK(conf, parse("listen:\n  - { address: 0.0.0.0, port: 1 }\n" BACKEND KEYAUTH));
+    aor_config_release(conf);
+    conf = parse("listen:\n  - { address: 0.0.0.0, port: 1 }\n" BACKEND "auth:\n  mode: none\n");
+    CHECK(conf != NULL);
+    CHECK_EQ_STR(errs, "t.yaml:6: warning: auth.mode: none: clients are not authenticated; every request is tenant \"default\" "
+                       "and spends the backends' credentials\n");
+    if (conf != NULL) {
+        CHECK_EQ_INT(conf->auth.mode, AOR_AUTH_NONE);
+        CHECK_EQ_INT(conf->auth.open_on_purpose, 1);
+    }
+    aor_config_release(conf);
+}
+
+/* ---- backend url: scheme://host[:port] only --------------------------------------------------------------------------- */
+
+static void test_backend_url(void)
+{
+    struct aor_config *conf;
+
+    EXPECT_ONLY_PROBLEM(parse(LISTEN "backends:\n  - name: b1\n    url: https://x.openai.azure.com/openai/deployments/gpt-4o\n"),
+                        "t.yaml:5: backends[0].url: give only scheme://host[:port], without a path, query or fragment (the router "
+                        "adds /openai/deployments/<name>/... and /openai/v1/... itself)\n");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN "backends:\n  - name: b1\n    provider: openai\n    url: https://api.openai.com/v1\n"),
+                        "t.yaml:6: backends[0].url: give only scheme://host[:port], without a path, query or fragment (the router "
+                        "adds /v1/... itself)\n");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN "backends:\n  - { name: b1, url: \"https://x.openai.azure.com?api-key=SECRET\" }\n"),
+                        "t.yaml:4: backends[0].url: give only scheme://host[:port]");
+    CHECK(strstr(errs, "SECRET") == NULL);
+    EXPECT_ONLY_PROBLEM(parse(LISTEN "backends:\n  - { name: b1, url: \"https://x.openai.azure.com#f\" }\n"),
+                        "t.yaml:4: backends[0].url: give only scheme://host[:port]");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN "backends:\n  - { name: b1, url: \"https://u:SECRET@x.openai.azure.com\" }\n"),
+                        "t.yaml:4: backends[0].url: must not carry user:password@");
+    CHECK(strstr(errs, "SECRET") == NULL);
+    /* a trailing slash is only the root */
+    EXPECT_OK(conf, parse(LISTEN "backends:\n  - { name: b1, url: \"https://x.openai.azure.com:8443//\" }\n"
+                                 "  - { name: b2, url: \"http://[::1]:9000/\" }\n  - { name: b3, provider: openai }\n"));
+    if (conf != NULL) {
+        CHECK_EQ_STR(conf->backends[0].url, "https://x.openai.azure.com:8443");
+        CHECK_EQ_STR(conf->backends[1].url, "http://[::1]:9000");
+        CHECK_EQ_STR(conf->backends[2].url, "https://api.openai.com");
+    }
+    aor_config_release(conf);
+}
+
+/* ---- warnings: printed as "file:line: warning: ...", the config still loads ------------------------------------------ */
+
+static void test_warnings(void)
+{
+    struct aor_config *conf;
+
+    /* plain http:// off loopback for keys and tokens */
+    conf = parse(JWT_HEAD "    - { issuer: i, jwks_uri: \"http://idp.example/keys\", audiences: [a] }\n"
+                          "    - issuer: j\n      openid_config: \"HTTP://10.1.2.3:8080/.well-known/openid-configuration\"\n"
+                          "      audiences: [a]\n");
+    CHECK(conf != NULL);
+    CHECK_EQ_STR(errs, "t.yaml:8: warning: auth.jwt[0].jwks_uri: plain http:// to a host that is not loopback: whoever is on the "
+                       "path can read or alter the keys and tokens fetched there; use https://\n"
+                       "t.yaml:10: warning: auth.jwt[1].openid_config: plain http:// to a host that is not loopback: whoever is "
+                       "on the path can read or alter the keys and tokens fetched there; use https://\n");
+    aor_config_release(conf);
+    setenv("AOR_TEST_SP_SECRET", "sp-secret", 1);
+    conf =
+        parse(LISTEN "backends:\n"
+                     "  - name: mi\n    url: \"http://127.0.0.1:9000\"\n    auth: { type: managed_identity, imds_endpoint: "
+                     "\"http://imds.example/t\" }\n"
+                     "  - name: sp\n    url: \"http://127.0.0.1:9000\"\n"
+                     "    auth: { type: client_secret, tenant_id: t, client_id: c, secret_env: AOR_TEST_SP_SECRET, authority_host: "
+                     "\"http://login.example\" }\n"
+                     "  - name: fed\n    url: \"http://127.0.0.1:9000\"\n"
+                     "    auth: { type: oidc_federation, token_url: \"http://user@[2001:db8::1]:80/oauth/token\", client_id: c,\n"
+                     "            client_secret_env: AOR_TEST_SP_SECRET, tenant_id: t, azure_client_id: a }\n");
+    CHECK(conf != NULL);
+    CHECK(strstr(errs, "t.yaml:6: warning: backends[0].auth.imds_endpoint: plain http://") != NULL);
+    CHECK(strstr(errs, "t.yaml:9: warning: backends[1].auth.authority_host: plain http://") != NULL);
+    CHECK(strstr(errs, "t.yaml:12: warning: backends[2].auth.token_url: plain http://") != NULL);
+    CHECK_EQ_INT(count_lines(errs), 3);
+    aor_config_release(conf);
+    /* no warning: https, loopback (IPv4, IPv6, localhost), IMDS's link-local address (the default too) */
+    EXPECT_OK(conf, parse(JWT_HEAD "    - { issuer: i, jwks_uri: \"https://idp.example/keys\", audiences: [a] }\n"
+                                   "    - { issuer: j, jwks_uri: \"http://127.0.0.1:9/keys\", audiences: [a] }\n"
+                                   "    - { issuer: k, jwks_uri: \"http://[::1]:9/keys\", audiences: [a] }\n"
+                                   "    - { issuer: l, openid_config: \"http://localhost:9/x\", audiences: [a] }\n"));
+    aor_config_release(conf);
+    EXPECT_OK(
+        conf,
+        parse(LISTEN
+              "backends:\n  - name: mi\n    url: \"http://10.0.0.1:9000\"\n"
+              "    auth: { type: managed_identity, imds_endpoint: \"http://169.254.169.254/metadata/identity/oauth2/token\" }\n"
+              "  - name: mi2\n    url: \"http://10.0.0.2:9000\"\n    auth: { type: managed_identity }\n"));
+    aor_config_release(conf);
+    /* warnings and problems together: both printed, the config refused */
+    EXPECT_PROBLEM(parse(JWT_HEAD "    - { issuer: i, jwks_uri: \"http://idp.example/keys\", audiences: [a], clock_skew_s: -1 }\n"),
+                   "t.yaml:8: auth.jwt[0].clock_skew_s: expected an integer");
+    CHECK(strstr(errs, "t.yaml:8: warning: auth.jwt[0].jwks_uri: plain http://") != NULL);
 }
 
 /* ---- the API around the struct ---------------------------------------------------------------------------------------- */
@@ -1228,6 +1489,10 @@ int main(void)
     test_backend_auth();
     test_secrets();
     test_limits();
+    test_unknown_keys();
+    test_auth_omitted();
+    test_backend_url();
+    test_warnings();
     test_all_problems();
     test_load();
     test_refcount();

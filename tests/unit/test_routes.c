@@ -92,10 +92,79 @@ static void test_query_param(void)
     CHECK(aor_route_query_param(NULL, 0, "key", &v, &vlen) == 0);
 }
 
+static enum aor_route_access authorize(const char *method, const char *path, const struct aor_config *conf, struct aor_route *r)
+{
+    aor_route_parse(path, strlen(path), r);
+    return aor_route_authorize(r, method, strlen(method), conf);
+}
+
+/* issue 6 item 13: only inference operations by POST, and what the operator lists */
+static void test_authorize(void)
+{
+    struct aor_config conf;
+    struct aor_passthrough_conf pt[2] = {
+        {"GET", "/openai/v1/models", 17, 0},
+        {"DELETE", "/openai/v1/files/", 17, 1},
+    };
+    struct aor_route r;
+    char buf[256];
+
+    memset(&conf, 0, sizeof(conf));
+    CHECK_EQ_INT(authorize("POST", "/openai/deployments/gpt-4o/chat/completions?api-version=1", &conf, &r), AOR_ACCESS_INFERENCE);
+    CHECK_EQ_INT(authorize("POST", "/openai/deployments/d/completions", &conf, &r), AOR_ACCESS_INFERENCE);
+    CHECK_EQ_INT(authorize("POST", "/openai/deployments/d/embeddings", &conf, &r), AOR_ACCESS_INFERENCE);
+    CHECK_EQ_INT(authorize("POST", "/openai/deployments/d/audio/transcriptions", &conf, &r), AOR_ACCESS_INFERENCE);
+    CHECK_EQ_INT(authorize("POST", "/openai/deployments/d/audio/translations", &conf, &r), AOR_ACCESS_INFERENCE);
+    CHECK_EQ_INT(authorize("POST", "/openai/deployments/d/audio/speech", &conf, &r), AOR_ACCESS_INFERENCE);
+    CHECK_EQ_INT(authorize("POST", "/openai/deployments/d/images/generations", &conf, &r), AOR_ACCESS_INFERENCE);
+    CHECK_EQ_INT(authorize("POST", "/openai/deployments/d/images/edits", &conf, &r), AOR_ACCESS_INFERENCE);
+    CHECK_EQ_INT(authorize("POST", "/openai/v1/responses", &conf, &r), AOR_ACCESS_INFERENCE);
+    CHECK_EQ_INT(authorize("POST", "/v1/chat/completions", &conf, &r), AOR_ACCESS_INFERENCE);
+    CHECK_EQ_INT(r.passthrough, 0);
+    /* multipart operations only on the deployments path */
+    CHECK_EQ_INT(authorize("POST", "/v1/audio/transcriptions", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    /* another method on an inference path */
+    CHECK_EQ_INT(authorize("GET", "/openai/deployments/d/chat/completions", &conf, &r), AOR_ACCESS_METHOD_NOT_ALLOWED);
+    CHECK_EQ_INT(authorize("HEAD", "/v1/embeddings", &conf, &r), AOR_ACCESS_METHOD_NOT_ALLOWED);
+    CHECK_EQ_INT(authorize("post", "/v1/embeddings", &conf, &r), AOR_ACCESS_METHOD_NOT_ALLOWED);
+    CHECK_EQ_INT(authorize("POSTX", "/v1/embeddings", &conf, &r), AOR_ACCESS_METHOD_NOT_ALLOWED);
+    /* everything else */
+    CHECK_EQ_INT(authorize("GET", "/v1/files", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("DELETE", "/openai/v1/files/file-1", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("POST", "/openai/v1/batches", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("GET", "/v1/responses/resp_1", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("POST", "/openai/deployments/d/chat/completions/x", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("GET", "/openai/v1/models", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("GET", "/", &conf, &r), AOR_ACCESS_NOT_FOUND);
+
+    conf.passthrough = pt;
+    conf.num_passthrough = 2;
+    CHECK_EQ_INT(authorize("GET", "/openai/v1/models?api-version=x", &conf, &r), AOR_ACCESS_PASSTHROUGH);
+    CHECK_EQ_INT(r.kind, AOR_ROUTE_V1);
+    CHECK_EQ_INT(r.passthrough, 1);
+    CHECK_EQ_INT(authorize("GET", "/openai/v1/models/gpt-4o", &conf, &r), AOR_ACCESS_NOT_FOUND); /* exact, not a prefix */
+    CHECK_EQ_INT(authorize("POST", "/openai/v1/models", &conf, &r), AOR_ACCESS_NOT_FOUND);       /* method is exact */
+    CHECK_EQ_INT(authorize("DELETE", "/openai/v1/files/file-1", &conf, &r), AOR_ACCESS_PASSTHROUGH);
+    CHECK_EQ_INT(authorize("DELETE", "/openai/v1/files/", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    /* a prefix cannot be climbed out of, nor escaped */
+    CHECK_EQ_INT(authorize("DELETE", "/openai/v1/files/../deployments/d/x", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("DELETE", "/openai/v1/files/%2e%2e/x", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("DELETE", "/openai/v1/files/a//b", &conf, &r), AOR_ACCESS_NOT_FOUND);
+
+    /* a listed path outside the data-plane prefixes goes up as is, credential query dropped */
+    pt[0].path = "/openai/models";
+    pt[0].path_len = 14;
+    CHECK_EQ_INT(authorize("GET", "/openai/models?api-version=1&subscription-key=k", &conf, &r), AOR_ACCESS_PASSTHROUGH);
+    CHECK_EQ_INT(r.kind, AOR_ROUTE_RAW);
+    aor_route_upstream_path(&r, AOR_PROVIDER_AZURE, "", 0, buf, sizeof(buf));
+    CHECK_EQ_STR(buf, "/openai/models?api-version=1");
+}
+
 int main(void)
 {
     test_classify();
     test_upstream_path();
     test_query_param();
+    test_authorize();
     return aor_test_done("test_routes");
 }
