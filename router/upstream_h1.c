@@ -1159,6 +1159,37 @@ static void on_write_done(h2o_socket_t *sock, const char *err)
     conn_unref(c);
 }
 
+/* Over plain TCP the request is first offered to the kernel directly (uv_try_write): written
+ * whole, as it nearly always is, it costs one writev and no write request — libuv would
+ * otherwise re-arm the socket in epoll (an epoll_ctl per request) when the write completes.
+ * What is left (or an error, reported by the callback) goes through h2o's write. */
+static void write_request(struct aor_upstream_h1_conn *c, h2o_iovec_t *bufs, size_t n)
+{
+    h2o_iovec_t rest[2];
+    size_t i, k = 0;
+    int written = 0;
+
+    if (c->sock->ssl == NULL) {
+        uv_buf_t ub[2];
+        for (i = 0; i != n; ++i)
+            ub[i] = uv_buf_init(bufs[i].base, (unsigned)bufs[i].len);
+        if ((written = uv_try_write((uv_stream_t *)&c->box->tcp, ub, (unsigned)n)) < 0)
+            written = 0; /* EAGAIN, or an error the write below reports */
+    }
+    for (i = 0; i != n; ++i) {
+        size_t skip = (size_t)written < bufs[i].len ? (size_t)written : bufs[i].len;
+        written -= (int)skip;
+        if (skip != bufs[i].len)
+            rest[k++] = h2o_iovec_init(bufs[i].base + skip, bufs[i].len - skip);
+    }
+    if (k == 0) {
+        c->req_sent = 1;
+        return;
+    }
+    c->writing = 1;
+    h2o_socket_write(c->sock, rest, k, on_write_done);
+}
+
 /* `c` carries `x` from now on: the request goes out */
 static void conn_assign(struct aor_upstream_h1_conn *c, struct aor_upstream_h1_xfer *x)
 {
@@ -1185,8 +1216,7 @@ static void conn_assign(struct aor_upstream_h1_conn *c, struct aor_upstream_h1_x
     c->read_status = 0;
     c->keep_alive = 0;
     c->req_sent = 0;
-    c->writing = 1;
-    h2o_socket_write(c->sock, x->reqbufs, x->reqbufs[1].len != 0 ? 2 : 1, on_write_done);
+    write_request(c, x->reqbufs, x->reqbufs[1].len != 0 ? 2 : 1);
 }
 
 /* ---- transfers ---------------------------------------------------------------------- */
