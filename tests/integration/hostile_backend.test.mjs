@@ -209,6 +209,57 @@ describe('broken answers before the first byte fail over (non-streaming)', () =>
     assert.equal(be.stats.connections, 1, 'the connection was not reused');
   });
 
+  it('transfer-encoding and content-length together (a smuggling signal) fail over', async () => {
+    be.handler = (ctx) => {
+      ctx.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n` + chunk(CHAT_JSON) + '0\r\n\r\n');
+      ctx.done();
+    };
+    await expectFailover();
+  });
+
+  it('an endless run of 100-continue heads: capped with the head, fails over', async () => {
+    be.handler = (ctx) => flood(ctx, 'HTTP/1.1 100 Continue\r\n\r\n'.repeat(512), 64 * 1024 * 1024);
+    const ms = await expectFailover();
+    assert.ok(ms < 2500 * SLOW, `took ${ms} ms`);
+  });
+
+  it('bytes after a complete answer, or sent on an idle connection: that connection is never reused', async () => {
+    be.handler = (ctx) => {
+      if (ctx.conn.id === 1) {
+        // the answer and, in the same write, a second one nobody asked for
+        ctx.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${CHAT_JSON.length}\r\n\r\n${CHAT_JSON}`);
+        ctx.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nno');
+        ctx.done();
+      } else {
+        ctx.ok(CHAT_JSON);
+        setTimeout(() => ctx.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nno'), 100); // unasked, while idle
+      }
+    };
+    for (let i = 0; i < 3; i++) {
+      const r = await ask(router);
+      assert.equal(r.status, 200, r.body);
+      assert.equal(r.headers['x-aoai-router-backend'], 'hostile');
+      assert.equal(r.body, CHAT_JSON);
+      await sleep(250);
+    }
+    assert.equal(be.stats.connections, 3, 'each answer was followed by junk: a new connection each time');
+    assert.equal(be.stats.posts, 3);
+    assert.equal((await healthy.stats()).requests, 0);
+  });
+
+  it('an HTTP/1.0 answer without keep-alive is complete; its connection is not reused', async () => {
+    be.handler = (ctx) => {
+      ctx.write(`HTTP/1.0 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${CHAT_JSON.length}\r\n\r\n${CHAT_JSON}`);
+      ctx.done();
+    };
+    for (let i = 0; i < 2; i++) {
+      const r = await ask(router);
+      assert.equal(r.status, 200, r.body);
+      assert.equal(r.headers['x-aoai-router-backend'], 'hostile');
+    }
+    assert.equal(be.stats.connections, 2);
+  });
+
   it('a backend that never answers: the transfer deadline fails over (reason timeout)', async () => {
     be.handler = () => {};
     const ms = await expectFailover('timeout');
