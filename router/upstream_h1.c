@@ -85,6 +85,7 @@ struct aor_upstream_h1_origin {
     unsigned cap;                /* connections allowed (the latest start's max_conns) */
     unsigned num_conns;          /* open or opening */
     unsigned num_connecting;     /* not yet ready */
+    unsigned num_resolving;      /* ... of which still waiting for the resolver */
     unsigned num_waiting;
     h2o_timeout_t *connect_timeout; /* the latest start's connect bound, for the connects it causes */
     h2o_linklist_t conns;           /* every connection */
@@ -262,13 +263,9 @@ void aor_upstream_h1_close(struct aor_upstream_h1 *h1)
 
     if (h1 == NULL)
         return;
-    while (!h2o_linklist_is_empty(&h1->active)) {
-        struct aor_upstream_h1_xfer *x = H2O_STRUCT_FROM_MEMBER(struct aor_upstream_h1_xfer, link, h1->active.next);
-        struct aor_upstream_h1_conn *c = x->conn;
-        xfer_detach(x);
-        if (c != NULL)
-            conn_close(c);
-    }
+    /* every transfer first: a connection closing must find no waiter to open another for */
+    while (!h2o_linklist_is_empty(&h1->active))
+        xfer_detach(H2O_STRUCT_FROM_MEMBER(struct aor_upstream_h1_xfer, link, h1->active.next));
     for (i = 0; i != h1->num_origins; ++i) {
         struct aor_upstream_h1_origin *o = h1->origins[i];
         while (!h2o_linklist_is_empty(&o->conns))
@@ -534,6 +531,7 @@ static void conn_close(struct aor_upstream_h1_conn *c)
     if (c->getaddr != NULL) {
         h2o_hostinfo_getaddr_cancel(c->getaddr);
         c->getaddr = NULL;
+        --o->num_resolving;
     }
     if (c->sock != NULL) {
         uv_stream_t *stream = (uv_stream_t *)&c->box->tcp;
@@ -661,8 +659,13 @@ static void conn_defer_failure(struct aor_upstream_h1_conn *c, const char *errst
 static void on_connect_timeout(h2o_timeout_entry_t *entry)
 {
     struct aor_upstream_h1_conn *c = H2O_STRUCT_FROM_MEMBER(struct aor_upstream_h1_conn, timer, entry);
-    char detail[128];
+    char detail[160];
 
+    if (c->getaddr != NULL) { /* still waiting for the router's resolver: its trouble, not the backend's */
+        snprintf(detail, sizeof(detail), "resolving %s took longer than the connect timeout", c->origin->host);
+        conn_connect_failed(c, aor_upstream_h1_err_local, detail);
+        return;
+    }
     snprintf(detail, sizeof(detail), "connect to %s:%u timed out", c->origin->host, (unsigned)c->origin->port);
     conn_connect_failed(c, aor_upstream_h1_err_timeout, detail);
 }
@@ -756,6 +759,7 @@ static void on_getaddr(h2o_hostinfo_getaddr_req_t *req, const char *errstr, stru
     char detail[160];
 
     c->getaddr = NULL;
+    --o->num_resolving;
     if (errstr != NULL) {
         snprintf(detail, sizeof(detail), "resolving %s: %s", o->host, errstr);
         conn_connect_failed(c, gai_err_is_local(errstr) ? aor_upstream_h1_err_local : aor_upstream_h1_err_connect, detail);
@@ -792,6 +796,7 @@ static int conn_open(struct aor_upstream_h1_origin *o)
         tcp_connect(c);
     } else {
         /* h2o's resolver threads: never the loop's own */
+        ++o->num_resolving;
         c->getaddr =
             h2o_hostinfo_getaddr(h1->getaddr, h2o_iovec_init(o->host, strlen(o->host)), h2o_iovec_init(o->serv, strlen(o->serv)),
                                  AF_UNSPEC, SOCK_STREAM, IPPROTO_TCP, AI_ADDRCONFIG | AI_NUMERICSERV, on_getaddr, c);
@@ -1226,7 +1231,7 @@ static void on_wait_timeout(h2o_timeout_entry_t *entry)
     struct aor_upstream_h1_xfer *x = H2O_STRUCT_FROM_MEMBER(struct aor_upstream_h1_xfer, wait, entry);
     struct aor_upstream_h1_origin *o = x->origin;
 
-    if (o->num_connecting != 0) /* a connect is under way and slow: the backend's */
+    if (o->num_connecting > o->num_resolving) /* a connect is under way and slow: the backend's */
         xfer_fail(x, aor_upstream_h1_err_timeout, "connect to %s:%u timed out", o->host, (unsigned)o->port);
     else
         xfer_fail(x, aor_upstream_h1_err_local, "all %u connections to %s:%u stayed busy (limits.max_backend_connections)", o->cap,
