@@ -27,8 +27,7 @@
  *    OpenSSL checks it in chain verification instead (verify_chain_and_name), so h2o's
  *    "certificate name mismatch" is redundant and ignored (it also misjudges IP addresses).
  *  - the hostinfo resolver answers on the worker's loop through its multithread receiver.
- *  - picohttpparser (phr_parse_response, phr_decode_chunked) is exported by libh2o; Debian
- *    installs no header, so the prototypes and structs are declared below (2.2.5's layout).
+ *  - the response's bytes are parsed by h1resp.c (picohttpparser from libh2o).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -43,25 +42,9 @@
 #include <sys/socket.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include "h1resp.h"
 #include "log.h"
 #include "upstream_h1.h"
-
-/* picohttpparser as built into libh2o 2.2.5 (deps/picohttpparser/picohttpparser.h) */
-struct phr_header {
-    const char *name;
-    size_t name_len;
-    const char *value;
-    size_t value_len;
-};
-struct phr_chunked_decoder {
-    size_t bytes_left_in_chunk;
-    char consume_trailer;
-    char _hex_count;
-    char _state;
-};
-int phr_parse_response(const char *buf, size_t len, int *minor_version, int *status, const char **msg, size_t *msg_len,
-                       struct phr_header *headers, size_t *num_headers, size_t last_len);
-ssize_t phr_decode_chunked(struct phr_chunked_decoder *decoder, char *buf, size_t *bufsz);
 
 #define POOL_IDLE_MS 30000         /* an idle pooled connection is closed after this */
 #define DRAIN_MS 1000              /* a cancelled transfer's response is read to its end for at most this long ... */
@@ -100,13 +83,6 @@ enum conn_state {
     CONN_DRAINING, /* reading the response of a cancelled transfer, to pool the connection */
 };
 
-enum body_framing {
-    BODY_NONE,    /* HEAD, 1xx, 204, 304 */
-    BODY_LENGTH,  /* content-length */
-    BODY_CHUNKED, /* transfer-encoding: chunked */
-    BODY_EOF,     /* neither: ends when the backend closes (cleanly) */
-};
-
 /* the libuv handle of a connection; freed by libuv's close callback (the connect request must outlive a close) */
 struct tcp_box {
     uv_tcp_t tcp; /* first: the close callback gets this pointer */
@@ -140,12 +116,10 @@ struct aor_upstream_h1_conn {
     /* the response being read */
     int phase; /* 0 head, 1 body */
     int got_bytes;
-    size_t head_bytes, last_len;
-    enum body_framing framing;
-    uint64_t remaining; /* BODY_LENGTH */
-    uint64_t body_bytes;
-    struct phr_chunked_decoder chunked;
     int keep_alive;
+    uint64_t body_bytes; /* read since the head, or since a cancel (draining) */
+    struct aor_h1resp_parser parser;
+    struct aor_h1resp_body body;
 };
 
 struct aor_upstream_h1 {
@@ -885,155 +859,37 @@ static int deliver(struct aor_upstream_h1_conn *c, const char *data, size_t len)
     return 1;
 }
 
-/* a content-length value: digits only, at most 18 of them; -1 otherwise */
-static int64_t parse_length(const char *p, size_t len)
-{
-    int64_t v = 0;
-    size_t i;
-
-    while (len != 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
-        --len;
-    if (len == 0 || len > 18)
-        return -1;
-    for (i = 0; i != len; ++i) {
-        if (p[i] < '0' || p[i] > '9')
-            return -1;
-        v = v * 10 + (p[i] - '0');
-    }
-    return v;
-}
-
-/* whether the comma-separated list `v` has the token `tok` (case-insensitive) */
-static int has_token(h2o_iovec_t v, const char *tok)
-{
-    size_t tok_len = strlen(tok), i = 0;
-
-    while (i < v.len) {
-        size_t start, end;
-        while (i < v.len && (v.base[i] == ' ' || v.base[i] == '\t' || v.base[i] == ','))
-            ++i;
-        start = i;
-        while (i < v.len && v.base[i] != ',')
-            ++i;
-        end = i;
-        while (end > start && (v.base[end - 1] == ' ' || v.base[end - 1] == '\t'))
-            --end;
-        if (end - start == tok_len && strncasecmp(v.base + start, tok, tok_len) == 0)
-            return 1;
-    }
-    return 0;
-}
-
 /* parses the response head when it is all in. 1: go on with the body bytes in the buffer; 0: stop */
 static int read_head(struct aor_upstream_h1_conn *c)
 {
-    struct phr_header src[AOR_UPSTREAM_H1_MAX_HEADERS];
-    h2o_header_t headers[AOR_UPSTREAM_H1_MAX_HEADERS];
-    h2o_iovec_t names[AOR_UPSTREAM_H1_MAX_HEADERS];
-    size_t num, i, msg_len;
-    const char *msg;
-    int minor, status, ret, chunked = 0, has_te = 0, close = 0, keep_alive = 0;
-    int64_t length = -1;
+    struct aor_h1resp_head head;
+    ssize_t ret;
 
     for (;;) {
         h2o_buffer_t *in = c->sock->input;
-        num = AOR_UPSTREAM_H1_MAX_HEADERS;
-        ret = phr_parse_response(in->bytes, in->size, &minor, &status, &msg, &msg_len, src, &num, c->last_len);
-        if (ret == -2) {
-            if (c->head_bytes + in->size > AOR_UPSTREAM_H1_MAX_HEAD_BYTES) {
-                conn_fail(c, aor_upstream_h1_err_io, "response head over %d bytes", AOR_UPSTREAM_H1_MAX_HEAD_BYTES);
-                return 0;
-            }
-            c->last_len = in->size;
+        if ((ret = aor_h1resp_parse_head(&c->parser, in->bytes, in->size, c->is_head, &head)) < 0) {
+            conn_fail(c, aor_upstream_h1_err_io, "%s", head.error);
             return 0;
         }
-        if (ret < 0) {
-            conn_fail(c, aor_upstream_h1_err_io,
-                      num == AOR_UPSTREAM_H1_MAX_HEADERS ? "response head with more than %d header fields (or malformed)"
-                                                         : "malformed response head (max %d header fields)",
-                      AOR_UPSTREAM_H1_MAX_HEADERS);
+        if (ret == 0)
             return 0;
-        }
-        if (c->head_bytes + (size_t)ret > AOR_UPSTREAM_H1_MAX_HEAD_BYTES) {
-            conn_fail(c, aor_upstream_h1_err_io, "response head over %d bytes", AOR_UPSTREAM_H1_MAX_HEAD_BYTES);
-            return 0;
-        }
-        c->head_bytes += (size_t)ret;
-        c->last_len = 0;
-        if (status < 100 || status == 101) {
-            conn_fail(c, aor_upstream_h1_err_io, "unexpected status %d", status);
-            return 0;
-        }
-        if (status >= 200)
+        if (head.status >= 200)
             break;
-        /* an interim answer (100, 103): skipped, its bytes count against the head's bound */
-        h2o_buffer_consume(&c->sock->input, (size_t)ret);
+        h2o_buffer_consume(&c->sock->input, (size_t)ret); /* an interim 1xx head */
         if (c->sock->input->size == 0)
             return 0;
     }
-
-    for (i = 0; i != num; ++i) {
-        const h2o_token_t *tok;
-        h2o_iovec_t value = h2o_iovec_init(src[i].value, src[i].value_len);
-        if (src[i].name == NULL) {
-            conn_fail(c, aor_upstream_h1_err_io, "folded header line in the response");
-            return 0;
-        }
-        h2o_strtolower((char *)src[i].name, src[i].name_len); /* in our own input buffer */
-        if ((tok = h2o_lookup_token(src[i].name, src[i].name_len)) != NULL) {
-            headers[i].name = (h2o_iovec_t *)&tok->buf;
-        } else {
-            names[i] = h2o_iovec_init(src[i].name, src[i].name_len);
-            headers[i].name = &names[i];
-        }
-        headers[i].orig_name = src[i].name;
-        headers[i].value = value;
-        if (tok == H2O_TOKEN_CONTENT_LENGTH) {
-            int64_t v = parse_length(value.base, value.len);
-            if (v < 0 || (length >= 0 && v != length)) {
-                conn_fail(c, aor_upstream_h1_err_io, "invalid content-length in the response");
-                return 0;
-            }
-            length = v;
-        } else if (tok == H2O_TOKEN_TRANSFER_ENCODING) {
-            /* only "chunked", once: anything else cannot be framed or is an attempt to confuse */
-            if (has_te || !has_token(value, "chunked") || memchr(value.base, ',', value.len) != NULL) {
-                conn_fail(c, aor_upstream_h1_err_io, "unsupported transfer-encoding in the response");
-                return 0;
-            }
-            has_te = chunked = 1;
-        } else if (tok == H2O_TOKEN_CONNECTION) {
-            close |= has_token(value, "close");
-            keep_alive |= has_token(value, "keep-alive");
-        }
-    }
-    if (has_te && length >= 0) {
-        conn_fail(c, aor_upstream_h1_err_io, "both transfer-encoding and content-length in the response");
-        return 0;
-    }
-    if (c->is_head || status == 204 || status == 304) {
-        c->framing = BODY_NONE;
-    } else if (chunked) {
-        c->framing = BODY_CHUNKED;
-        memset(&c->chunked, 0, sizeof(c->chunked));
-        c->chunked.consume_trailer = 1;
-    } else if (length >= 0) {
-        c->framing = BODY_LENGTH;
-        c->remaining = (uint64_t)length;
-    } else {
-        c->framing = BODY_EOF;
-    }
-    c->keep_alive = c->framing != BODY_EOF && !close && (minor >= 1 || keep_alive);
+    c->body = head.body;
+    c->keep_alive = head.keep_alive;
     c->phase = 1;
     c->body_bytes = 0;
-
     if (c->xfer != NULL) {
-        c->xfer->on_head(c->xfer, status, headers, num);
+        c->xfer->on_head(c->xfer, head.status, head.headers, head.num_headers);
         if (c->closed)
             return 0;
     }
     h2o_buffer_consume(&c->sock->input, (size_t)ret);
-    if (c->framing == BODY_NONE || (c->framing == BODY_LENGTH && c->remaining == 0)) {
+    if (c->body.framing == AOR_H1RESP_NONE || (c->body.framing == AOR_H1RESP_LENGTH && c->body.remaining == 0)) {
         complete(c);
         return 0;
     }
@@ -1044,42 +900,20 @@ static int read_head(struct aor_upstream_h1_conn *c)
 static void read_body(struct aor_upstream_h1_conn *c)
 {
     h2o_buffer_t *in = c->sock->input;
-    size_t n, total;
-    ssize_t ret;
+    size_t len = in->size, data_len, extra;
+    int ret;
 
-    switch (c->framing) {
-    case BODY_LENGTH:
-        n = in->size < c->remaining ? in->size : (size_t)c->remaining;
-        if (!deliver(c, in->bytes, n))
-            return;
-        c->remaining -= n;
-        h2o_buffer_consume(&c->sock->input, n);
-        if (c->remaining == 0)
-            complete(c); /* bytes beyond the length (if any) keep it out of the pool */
+    if ((ret = aor_h1resp_body_step(&c->body, in->bytes, len, &data_len, &extra)) < 0) {
+        conn_fail(c, aor_upstream_h1_err_io, "malformed chunked body");
         return;
-    case BODY_CHUNKED:
-        total = n = in->size;
-        if ((ret = phr_decode_chunked(&c->chunked, in->bytes, &n)) == -1) {
-            conn_fail(c, aor_upstream_h1_err_io, "malformed chunked body");
-            return;
-        }
-        if (n != 0 && !deliver(c, in->bytes, n))
-            return;
-        h2o_buffer_consume(&c->sock->input, total);
-        if (ret >= 0) {
-            if (ret != 0)
-                c->keep_alive = 0; /* bytes after the last chunk */
-            complete(c);
-        }
+    }
+    if (data_len != 0 && !deliver(c, in->bytes, data_len))
         return;
-    case BODY_EOF:
-        n = in->size;
-        if (!deliver(c, in->bytes, n))
-            return;
-        h2o_buffer_consume(&c->sock->input, n);
-        return;
-    case BODY_NONE:
-        return;
+    h2o_buffer_consume(&c->sock->input, len);
+    if (ret == 1) {
+        if (extra != 0)
+            c->keep_alive = 0; /* bytes after the end of the answer: the connection is out of step */
+        complete(c);
     }
 }
 
@@ -1094,7 +928,7 @@ static void on_read_end(struct aor_upstream_h1_conn *c)
         conn_close(c); /* idle: the backend let it go */
         return;
     }
-    if (c->phase == 1 && c->framing == BODY_EOF && clean) {
+    if (c->phase == 1 && c->body.framing == AOR_H1RESP_EOF && clean) {
         c->keep_alive = 0;
         complete(c); /* a body delimited by the close, closed cleanly */
         return;
@@ -1115,10 +949,10 @@ static void on_read_end(struct aor_upstream_h1_conn *c)
     }
     if (c->phase == 0) {
         conn_fail(c, aor_upstream_h1_err_io, "truncated: connection closed in the response head");
-    } else if (c->framing == BODY_LENGTH) {
+    } else if (c->body.framing == AOR_H1RESP_LENGTH) {
         conn_fail(c, aor_upstream_h1_err_io, "truncated: connection closed %llu bytes short of the content-length",
-                  (unsigned long long)c->remaining);
-    } else if (c->framing == BODY_CHUNKED) {
+                  (unsigned long long)c->body.remaining);
+    } else if (c->body.framing == AOR_H1RESP_CHUNKED) {
         conn_fail(c, aor_upstream_h1_err_io, "truncated: connection closed before the last chunk");
     } else {
         conn_fail(c, aor_upstream_h1_err_io, "truncated: read error before the end (%s)",
@@ -1217,7 +1051,7 @@ static void conn_assign(struct aor_upstream_h1_conn *c, struct aor_upstream_h1_x
     c->is_head = x->is_head;
     c->phase = 0;
     c->got_bytes = 0;
-    c->head_bytes = c->last_len = 0;
+    memset(&c->parser, 0, sizeof(c->parser));
     c->read_status = 0;
     c->keep_alive = 0;
     c->req_sent = 0;
@@ -1310,8 +1144,8 @@ void aor_upstream_h1_cancel(struct aor_upstream_h1_xfer *x)
     xfer_detach(x);
     if (c == NULL)
         return; /* it was waiting: nothing was sent; a connect it caused goes on and ends in the pool */
-    if (!request_sent(c) || (c->phase == 1 && c->framing == BODY_EOF) ||
-        (c->phase == 1 && c->framing == BODY_LENGTH && c->remaining > DRAIN_MAX_BODY)) {
+    if (!request_sent(c) || (c->phase == 1 && c->body.framing == AOR_H1RESP_EOF) ||
+        (c->phase == 1 && c->body.framing == AOR_H1RESP_LENGTH && c->body.remaining > DRAIN_MAX_BODY)) {
         conn_close(c); /* part of a request on the wire, or too much (or no end) to read */
         return;
     }

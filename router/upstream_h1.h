@@ -6,7 +6,7 @@
  * bounded by the connect timeout). A transfer sends one request (head + fixed-length body)
  * and reports the response head, its body as it arrives and its end, once. The framing is
  * owned here: a body cut short (content-length, chunked, a read error before EOF) is an
- * error, never an end. Bounds: response head 64 KiB and 100 headers, a connect timeout
+ * error, never an end (h1resp.h). Bounds: response head 64 KiB and 100 headers, a connect timeout
  * (pool wait, DNS, TCP, TLS) and a whole-transfer deadline. TLS: one client SSL_CTX for the
  * process (system CAs), peer and host name verified on every new connection. The control
  * plane keeps libcurl (upstream.h).
@@ -26,9 +26,6 @@ extern const char aor_upstream_h1_err_io[];      /* "connection failed": broken,
  * failure (EAI_AGAIN, EAI_MEMORY, EAI_SYSTEM), or every allowed connection to the origin busy for the
  * whole connect timeout */
 extern const char aor_upstream_h1_err_local[];
-
-#define AOR_UPSTREAM_H1_MAX_HEAD_BYTES 65536 /* a response head (1xx heads included) longer than this is an error */
-#define AOR_UPSTREAM_H1_MAX_HEADERS 100      /* ... and so is one with more header fields */
 
 struct aor_upstream_h1;
 struct aor_upstream_h1_xfer;
