@@ -565,6 +565,10 @@ static void conn_release(struct aor_upstream_h1_conn *c, int fresh)
             return;
         }
     }
+    if (o->num_waiting != 0 && o->num_conns >= o->cap) {
+        conn_close(c); /* only waiters for a fresh connection, at the cap: make room for one */
+        return;
+    }
     c->state = CONN_IDLE;
     h2o_linklist_insert(o->idle.next, &c->idle_link); /* on top */
     c->timer.cb = on_idle_timeout;
