@@ -20,6 +20,7 @@
 #include "config.h"
 #include "log.h"
 #include "redis.h"
+#include "tenant.h"
 
 #define WAYS 8
 #define FLIGHT_BUCKETS 1024
@@ -52,6 +53,36 @@ int aor_apikey_digest(const char *key, size_t len, unsigned char out[32])
     if (sha256_md == NULL || EVP_Digest(key, len, out, &n, sha256_md, NULL) != 1 || n != 32)
         return -1;
     return 0;
+}
+
+int aor_apikey_checksum(const char *key, char out[AOR_APIKEY_CHECKSUM_LEN])
+{
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    unsigned char d[32];
+
+    if (aor_apikey_digest(key, AOR_APIKEY_LEGACY_LEN, d) != 0)
+        return -1;
+    /* 6 bytes, 48 bits: 8 characters of 6 bits */
+    for (int i = 0; i != 2; ++i) {
+        uint32_t v = (uint32_t)d[3 * i] << 16 | (uint32_t)d[3 * i + 1] << 8 | d[3 * i + 2];
+        out[4 * i] = abc[v >> 18 & 63];
+        out[4 * i + 1] = abc[v >> 12 & 63];
+        out[4 * i + 2] = abc[v >> 6 & 63];
+        out[4 * i + 3] = abc[v & 63];
+    }
+    return 0;
+}
+
+int aor_apikey_check_format(const char *key, size_t len)
+{
+    char sum[AOR_APIKEY_CHECKSUM_LEN];
+
+    if (len != AOR_APIKEY_CHECKED_LEN || memcmp(key, AOR_APIKEY_PREFIX, sizeof(AOR_APIKEY_PREFIX) - 1) != 0)
+        return 0;
+    if (aor_apikey_checksum(key, sum) != 0)
+        return 0; /* cannot tell: let Redis decide, as for a key without a checksum */
+    /* not a secret (anyone can compute it), so a plain comparison */
+    return memcmp(sum, key + AOR_APIKEY_LEGACY_LEN, AOR_APIKEY_CHECKSUM_LEN) == 0 ? 1 : -1;
 }
 
 void aor_apikey_hex(const unsigned char digest[32], char out[65])
@@ -90,12 +121,7 @@ int aor_apikey_unhex(const char *hex, size_t len, unsigned char out[32])
 
 int aor_apikey_tenant_ok(const char *s, size_t len)
 {
-    if (s == NULL || len < 1 || len > AOR_APIKEY_TENANT_MAX)
-        return 0;
-    for (size_t i = 0; i < len; ++i)
-        if ((unsigned char)s[i] <= 0x20 || s[i] == 0x7f || s[i] == '{' || s[i] == '}')
-            return 0;
-    return 1;
+    return aor_tenant_name_ok(s, len);
 }
 
 const struct aor_static_key_conf *aor_apikey_find_static(const struct aor_config *conf, const char hex[65])
@@ -299,7 +325,8 @@ struct flight {
     struct flight *next; /* in its bucket */
     unsigned char digest[32];
     char hex[65];
-    char *prefix; /* redis.prefix of the lookup that started it */
+    char *prefix;  /* redis.prefix of the lookup that started it */
+    int unchecked; /* the key has no checksum: counted in num_unchecked */
     int64_t started_ms;
     struct aor_redis_cmd *cmd;                         /* the round trip under way, NULL between them */
     struct aor_apikey_pending *waiters, *waiters_tail; /* answered in arrival order */
@@ -318,6 +345,7 @@ struct aor_apikeys {
     struct aor_apikey_cache *cache;
     struct flight *buckets[FLIGHT_BUCKETS];
     size_t num_flights;
+    size_t num_unchecked; /* flights of keys without a checksum */
     uint64_t k0, k1;
     struct aor_apikeys_stats stats;
 };
@@ -386,6 +414,8 @@ static void flight_unlink(struct flight *f)
     if (*pp == f) {
         *pp = f->next;
         --f->k->num_flights;
+        if (f->unchecked)
+            --f->k->num_unchecked;
     }
 }
 
@@ -532,6 +562,7 @@ int aor_apikeys_lookup(struct aor_apikeys *k, const struct aor_config *conf, con
     struct aor_apikey_pending *w;
     struct flight **slot, *f;
     char hex[65];
+    int checked;
 
     *pending = NULL;
     res->status = AOR_APIKEY_UNKNOWN;
@@ -557,13 +588,18 @@ int aor_apikeys_lookup(struct aor_apikeys *k, const struct aor_config *conf, con
     }
     if (conf->redis.url == NULL)
         return 1;
-    if (k->redis == NULL) { /* configured, but this worker has no client (e.g. Redis added by a reload) */
-        answer_unavailable(k, digest, now_ms, res);
-        return 1;
-    }
-    if (aor_apikey_cache_get(k->cache, digest, now_ms, res)) {
+    if (k->redis != NULL && aor_apikey_cache_get(k->cache, digest, now_ms, res)) {
         ++k->stats.cache_hits;
         res->source = AOR_APIKEY_SOURCE_CACHE;
+        return 1;
+    }
+    /* only on a miss (a key with a wrong checksum is never cached): the hot path pays no second hash */
+    if ((checked = aor_apikey_check_format(key, key_len)) < 0) { /* a mistyped or made-up key: no Redis round trip */
+        ++k->stats.bad_checksum;
+        return 1;
+    }
+    if (k->redis == NULL) { /* configured, but this worker has no client (e.g. Redis added by a reload) */
+        answer_unavailable(k, digest, now_ms, res);
         return 1;
     }
 
@@ -576,6 +612,14 @@ int aor_apikeys_lookup(struct aor_apikeys *k, const struct aor_config *conf, con
     if ((f = *slot) != NULL) {
         ++k->stats.shared_lookups;
     } else {
+        if (checked == 0 && k->num_unchecked >= AOR_APIKEY_MAX_UNCHECKED_FLIGHTS) {
+            /* keys anyone can make up share a small budget: a flood of them cannot take the
+             * round trips of checksummed keys; one of them refused now may try again (503) */
+            ++k->stats.busy;
+            free(w);
+            res->status = AOR_APIKEY_BUSY;
+            return 1;
+        }
         if (k->num_flights >= AOR_APIKEY_MAX_FLIGHTS || (f = calloc(1, sizeof(*f))) == NULL ||
             (f->prefix = strdup(conf->redis.prefix != NULL ? conf->redis.prefix : "aoai:")) == NULL)
             goto unavailable;
@@ -590,6 +634,8 @@ int aor_apikeys_lookup(struct aor_apikeys *k, const struct aor_config *conf, con
         ++k->stats.redis_lookups;
         *slot = f;
         ++k->num_flights;
+        if ((f->unchecked = checked == 0))
+            ++k->num_unchecked;
     }
     w->f = f;
     w->cb = cb;

@@ -25,6 +25,21 @@ struct aor_apikey_pending;
 #define AOR_APIKEY_STALE_MS 600000 /* how long a good answer may still name the tenant when Redis is down */
 #define AOR_APIKEY_CACHE_DEFAULT 4096
 #define AOR_APIKEY_MAX_FLIGHTS 4096 /* distinct keys being looked up at once, per worker */
+/* of which keys without a checksum (legacy aor_ keys, operators' own): a flood of random keys
+ * costs at most this many Redis round trips in flight per worker and never touches the rest */
+#define AOR_APIKEY_MAX_UNCHECKED_FLIGHTS 64
+
+/*
+ * Key format made by `keys create` (like GitHub's tokens): "aor_" + base64url(32 random bytes)
+ * (43 characters) + a checksum of 8 base64url characters, the first 6 bytes of SHA-256 over the
+ * first 47 characters. A key with that prefix and length whose checksum does not hold is refused
+ * without a Redis round trip. Keys made before (AOR_APIKEY_LEGACY_LEN) and operators' own keys
+ * have no checksum: still looked up, within AOR_APIKEY_MAX_UNCHECKED_FLIGHTS.
+ */
+#define AOR_APIKEY_PREFIX "aor_"
+#define AOR_APIKEY_LEGACY_LEN 47  /* "aor_" + 43 */
+#define AOR_APIKEY_CHECKSUM_LEN 8 /* base64url characters */
+#define AOR_APIKEY_CHECKED_LEN 55 /* "aor_" + 43 + 8 */
 
 enum aor_apikey_status {
     AOR_APIKEY_OK = 0,
@@ -32,6 +47,7 @@ enum aor_apikey_status {
     AOR_APIKEY_REVOKED,         /* 403: revoked 1 */
     AOR_APIKEY_TENANT_DISABLED, /* 403: <prefix>tenant:{T} disabled 1 */
     AOR_APIKEY_UNAVAILABLE,     /* Redis down or failing: the caller applies redis.on_failure */
+    AOR_APIKEY_BUSY,            /* 503: a key without a checksum, and AOR_APIKEY_MAX_UNCHECKED_FLIGHTS are in flight */
 };
 
 enum aor_apikey_source { AOR_APIKEY_SOURCE_NONE = 0, AOR_APIKEY_SOURCE_STATIC, AOR_APIKEY_SOURCE_CACHE, AOR_APIKEY_SOURCE_REDIS };
@@ -68,7 +84,8 @@ void aor_apikeys_destroy(struct aor_apikeys *k);
  * redis.url / redis.prefix; `conf` need only live for the call).
  * `now_ms`: a monotonic millisecond clock, the same for every call on `k` (uv_now(loop) is the one).
  *
- * Returns 1 when answered at once — malformed key, static key, no Redis configured (UNKNOWN),
+ * Returns 1 when answered at once — malformed key or wrong checksum, static key, no Redis configured (UNKNOWN),
+ * a key without a checksum while AOR_APIKEY_MAX_UNCHECKED_FLIGHTS are in flight (BUSY),
  * fresh cached answer, or Redis known to be down or `k` created without a client while the config
  * names one (UNAVAILABLE) — with `*sync_result` filled; `*pending` is NULL and `cb` is never called.
  * Returns 0 when the answer needs Redis: `*pending` is set, and `cb(data, result)` will be called
@@ -86,6 +103,8 @@ void aor_apikeys_cancel(struct aor_apikey_pending *p);
 /* counters since creation (loop thread only) */
 struct aor_apikeys_stats {
     uint64_t lookups, static_hits, cache_hits, redis_lookups, shared_lookups, unavailable;
+    uint64_t bad_checksum; /* refused without Redis: the aor_ format with a wrong checksum */
+    uint64_t busy;         /* refused: too many lookups of keys without a checksum in flight */
 };
 void aor_apikeys_get_stats(const struct aor_apikeys *k, struct aor_apikeys_stats *out);
 
@@ -93,6 +112,14 @@ void aor_apikeys_get_stats(const struct aor_apikeys *k, struct aor_apikeys_stats
 
 /* 1 when `key` has AOR_APIKEY_MIN_LEN..AOR_APIKEY_MAX_LEN bytes, all printable ASCII without space */
 int aor_apikey_syntax_ok(const char *key, size_t len);
+
+/* the AOR_APIKEY_CHECKSUM_LEN characters of the checksum of the first AOR_APIKEY_LEGACY_LEN bytes of `key`; 0, or -1 if OpenSSL
+ * fails */
+int aor_apikey_checksum(const char *key, char out[AOR_APIKEY_CHECKSUM_LEN]);
+
+/* 1: a key of the checksummed format whose checksum holds; 0: no checksum to check (another
+ * format); -1: the checksummed format (prefix and length) with a wrong checksum */
+int aor_apikey_check_format(const char *key, size_t len);
 
 /* SHA-256 of the key bytes (OpenSSL EVP); 0, or -1 if OpenSSL fails */
 int aor_apikey_digest(const char *key, size_t len, unsigned char out[32]);
@@ -106,7 +133,7 @@ int aor_apikey_unhex(const char *hex, size_t len, unsigned char out[32]);
 /* Redis yes/no fields (revoked, disabled): absent (NULL), "", "0", "false", "no" are no; anything else is yes, failing safe */
 int aor_apikey_flag_set(const char *s, size_t len);
 
-/* tenant names as config.c accepts them: 1..256 bytes, no space, control character, { or } */
+/* the one tenant-name rule (tenant.h): 1..128 bytes of [A-Za-z0-9._:@-] */
 int aor_apikey_tenant_ok(const char *s, size_t len);
 
 /*

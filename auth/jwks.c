@@ -65,6 +65,7 @@ struct aor_keystore {
     int running;              /* under lock: f.async is open */
 
     atomic_int refetch_flag; /* a refetch was asked for and f.async signalled */
+    atomic_int force_flag;   /* a reload asked for a fetch now, whatever the cooldown */
     atomic_int wanted;       /* the current config names this keystore */
     atomic_uint cooldown_s;
     atomic_uint refresh_s;
@@ -91,6 +92,7 @@ struct aor_keystore {
         uint64_t next_due;   /* uv_now when the next periodic/backoff fetch is due */
         uint64_t backoff_ms;
         int refetch_wanted;
+        int force_wanted; /* taken from force_flag: fetch as soon as no fetch is in flight */
         char errbuf[CURL_ERROR_SIZE];
     } f;
 };
@@ -313,6 +315,7 @@ static struct aor_keystore *create(const struct aor_jwt_issuer_conf *ic, int wan
     }
     pthread_mutex_init(&ks->lock, NULL);
     atomic_init(&ks->refetch_flag, 0);
+    atomic_init(&ks->force_flag, 0);
     atomic_init(&ks->wanted, wanted);
     atomic_init(&ks->cooldown_s, ic->jwks_refetch_cooldown_s);
     atomic_init(&ks->refresh_s, 0);
@@ -373,6 +376,11 @@ int aor_keystore_ready(struct aor_keystore *ks)
     ready = ks->current != NULL;
     pthread_mutex_unlock(&ks->lock);
     return ready;
+}
+
+uint64_t aor_keystore_updates(const struct aor_keystore *ks)
+{
+    return atomic_load(&ks->updates);
 }
 
 uint64_t aor_keystore_fetch_count(const struct aor_keystore *ks)
@@ -706,6 +714,11 @@ static void on_fetch_done(struct aor_upstream_xfer *xfer, CURLcode result)
     /* keys the IdP dropped disappear with the old set */
     install(ks, set, &st, jwks_url(ks));
     atomic_store(&ks->refresh_s, refresh_interval(ks));
+    if (ks->f.max_age > AOR_KEYSTORE_REFRESH_MAX_S) {
+        char ib[LOG_ISSUER_MAX + 1];
+        AOR_LOG(AOR_LOG_INFO, "jwks", "issuer %s: Cache-Control max-age=%lld ignored; next refresh in %u s",
+                loggable(ks->issuer, ib), (long long)ks->f.max_age, atomic_load(&ks->refresh_s));
+    }
     free_body(ks);
     ks->f.backoff_ms = AOR_KEYSTORE_BACKOFF_MIN_MS;
     ks->f.next_due = uv_now(ks->f.loop) + (uint64_t)atomic_load(&ks->refresh_s) * 1000;
@@ -720,6 +733,7 @@ static void start_fetch(struct aor_keystore *ks, int periodic)
 
     uv_timer_stop(&ks->f.timer);
     ks->f.refetch_wanted = 0;
+    ks->f.force_wanted = 0;
     ks->f.ever_started = 1;
     ks->f.last_start = uv_now(ks->f.loop);
     ks->f.next_due = UINT64_MAX; /* set again when the fetch ends */
@@ -760,16 +774,23 @@ static void evaluate(struct aor_keystore *ks)
 
     if (!ks->f.started || ks->f.stopping)
         return;
+    if (atomic_exchange(&ks->force_flag, 0) != 0)
+        ks->f.force_wanted = 1;
     if (!atomic_load(&ks->wanted)) {
         pause_fetching(ks);
+        ks->f.force_wanted = 0;
         return;
     }
     if (ks->f.xfer.active) {
-        ks->f.refetch_wanted = 0; /* single flight: the fetch in progress answers it */
+        /* single flight: the fetch in progress answers a refetch; a forced fetch (reload) waits for
+         * it to end and goes then, as the one in progress may have started before the reload */
+        ks->f.refetch_wanted = 0;
         return;
     }
     now = uv_now(ks->f.loop);
     due = ks->f.next_due;
+    if (ks->f.force_wanted)
+        due = now;
     if (ks->f.refetch_wanted) {
         uint64_t earliest = ks->f.ever_started ? ks->f.last_start + (uint64_t)atomic_load(&ks->cooldown_s) * 1000 : now;
         if (earliest < due) {
@@ -895,6 +916,8 @@ int aor_keystores_attach(const struct aor_config *conf, struct aor_keystore **ou
         pthread_mutex_unlock(&reg.lock);
         if (ks != NULL) {
             aor_keystore_reload_file(ks); /* a no-op unless jwks_file */
+            if (ks->kind == KIND_URI || ks->kind == KIND_DISCOVERY)
+                atomic_store(&ks->force_flag, 1); /* taken on the fetch loop when reg.wake runs */
         } else {
             if ((ks = create(ic, 0)) == NULL)
                 return -1;

@@ -25,9 +25,9 @@ struct uv_loop_s;
 #define AOR_KEYSTORE_MAX_URL 2048          /* bytes of a discovered jwks_uri */
 #define AOR_KEYSTORE_TIMEOUT_MS 10000      /* one whole HTTP transfer */
 #define AOR_KEYSTORE_CONNECT_TIMEOUT_MS 5000
-#define AOR_KEYSTORE_REFRESH_S 3600    /* without Cache-Control: max-age */
-#define AOR_KEYSTORE_REFRESH_MIN_S 300 /* max-age (and no-cache/no-store) clamped to [MIN, MAX] */
-#define AOR_KEYSTORE_REFRESH_MAX_S 86400
+#define AOR_KEYSTORE_REFRESH_S 3600      /* without Cache-Control: max-age */
+#define AOR_KEYSTORE_REFRESH_MIN_S 300   /* max-age (and no-cache/no-store) clamped to [MIN, MAX] */
+#define AOR_KEYSTORE_REFRESH_MAX_S 3600  /* a key the IdP dropped is trusted at most this long (a longer max-age is ignored) */
 #define AOR_KEYSTORE_BACKOFF_MIN_MS 5000 /* after a failed fetch; doubles up to MAX */
 #define AOR_KEYSTORE_BACKOFF_MAX_MS 300000
 
@@ -100,6 +100,9 @@ void aor_keystore_request_refetch(struct aor_keystore *ks);
 int aor_keystore_reload_file(struct aor_keystore *ks);
 
 int aor_keystore_ready(struct aor_keystore *ks);
+/* key sets installed so far (any thread, an atomic load): a verified-token cache keyed by it forgets
+ * what it learnt from an older set the moment a new one is installed */
+uint64_t aor_keystore_updates(const struct aor_keystore *ks);
 uint64_t aor_keystore_fetch_count(const struct aor_keystore *ks);
 void aor_keystore_stats(struct aor_keystore *ks, struct aor_keystore_stats *stats);
 const char *aor_keystore_issuer(const struct aor_keystore *ks);
@@ -112,8 +115,10 @@ const char *aor_keystore_issuer(const struct aor_keystore *ks);
  * be the same bytes), else a new one. Keystores `conf` does not name stop refreshing (their keys
  * stay readable for requests of older generations); new URL keystores start on the fetch loop
  * (at once when aor_keystores_start ran, else when it runs). Main thread, at start and on every
- * reload, before the config is published. Returns 0, or -1 on ENOMEM (the previous attach stays
- * in force; out is not to be used).
+ * reload, before the config is published. A URL keystore the new config keeps is refetched at once
+ * (discovery included), whatever its cooldown: a reload (SIGHUP) is the operator's lever after a
+ * compromise or a key the IdP withdrew. Returns 0, or -1 on ENOMEM (the previous attach stays in
+ * force; out is not to be used).
  */
 int aor_keystores_attach(const struct aor_config *conf, struct aor_keystore **out);
 

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <jansson.h>
 #include "jwt.h"
+#include "tenant.h"
 
 /* decoded sizes: base64url turns 4 characters into 3 bytes */
 #define MAX_PAYLOAD (AOR_JWT_MAX_TOKEN / 4 * 3 + 3)
@@ -318,11 +319,17 @@ static int check_claims(json_t *c, const struct aor_jwt_policy *pol, int64_t now
         return AOR_JWT_E_CLAIMS;
     if ((r = copy_id(c, "azp", res->client_id)) < 0 || (r == 0 && copy_id(c, "appid", res->client_id) < 0))
         return AOR_JWT_E_CLAIMS;
+    /* the first tenant claim PRESENT names the tenant: one that is present but no tenant name
+     * (not a string, empty, outside the rule of tenant.h) refuses the token rather than
+     * falling through to the next claim, which an attacker may control more easily */
     for (i = 0; i != pol->n_tenant_claims; ++i) {
-        if ((r = copy_id(c, pol->tenant_claims[i], res->tenant)) < 0)
+        json_t *v = json_object_get(c, pol->tenant_claims[i]);
+        if (v == NULL)
+            continue;
+        if (!json_is_string(v) || !aor_tenant_name_ok(json_string_value(v), json_string_length(v)))
             return AOR_JWT_E_CLAIMS;
-        if (r == 1)
-            break;
+        memcpy(res->tenant, json_string_value(v), json_string_length(v) + 1);
+        break;
     }
     /* the token is valid from here on: what is still missing is a permission (403) */
     for (i = 0; i != pol->n_required; ++i)

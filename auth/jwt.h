@@ -19,7 +19,7 @@
 #define AOR_JWT_MAX_HEADER 2048  /* decoded bytes of the JOSE header */
 #define AOR_JWT_HEADER_DEPTH 2   /* JSON nesting of the header ({"crit":[...]} is 2) */
 #define AOR_JWT_PAYLOAD_DEPTH 8  /* JSON nesting of the claims set */
-#define AOR_JWT_MAX_KEY_TRIES 4  /* keys tried for a token that names no (known) kid */
+#define AOR_JWT_MAX_KEY_TRIES 64 /* keys tried for a token that names no (known) kid: every fitting key, bounded */
 #define AOR_JWT_MAX_SKEW_S 86400 /* clock_skew_s is clamped to [0, this] */
 #define AOR_JWT_ID_MAX 256       /* result buffers below, NUL included */
 
@@ -62,7 +62,7 @@ struct aor_jwt_policy {
     size_t n_audiences;
     const struct aor_jwt_claim_rule *required; /* all must hold (else 403) */
     size_t n_required;
-    const char *const *tenant_claims; /* the first present string claim names the tenant */
+    const char *const *tenant_claims; /* the first PRESENT claim names the tenant; it must be a tenant name (tenant.h) */
     size_t n_tenant_claims;
     int64_t clock_skew_s;   /* tolerance for exp, nbf, iat */
     int64_t max_lifetime_s; /* exp - iat (exp - now without iat) above it is refused; 0 = no limit */
@@ -96,9 +96,11 @@ struct aor_jwt_result {
  * rotated, the caller may refetch its JWKS (single flight, with a cooldown).
  * The claims set is parsed only after the signature verifies.
  * Claims: exp required; nbf, iat optional (iat in the future refused); iss exact; aud; max
- * lifetime; identity claims (tenant, sub, oid, azp/appid) must be strings under
- * AOR_JWT_ID_MAX bytes without control characters or the token is refused; then the
- * required claims (403).
+ * lifetime; identity claims (sub, oid, azp/appid) must be strings under
+ * AOR_JWT_ID_MAX bytes without control characters or the token is refused; the first of
+ * tenant_claims that is present must be a tenant name (tenant.h: a non-empty string of
+ * [A-Za-z0-9._:@-], at most 128 bytes) or the token is refused (invalid_claims), never
+ * passed over for the next claim; then the required claims (403).
  * Returns 0 or an AOR_JWT_E_* code, and fills *result either way.
  */
 int aor_jwt_verify(const char *token, size_t len, const struct aor_jwks *keys, const struct aor_jwt_policy *policy, int64_t now_s,

@@ -18,6 +18,7 @@
 #include "apikey.h"
 #include "config.h"
 #include "redis.h"
+#include "tenant.h"
 
 #define DEFAULT_CONFIG "backends.yaml"
 #define DEFAULT_PREFIX "aoai:"
@@ -262,7 +263,7 @@ static int keys_create(struct admin *a, int argc, char **argv)
 {
     const char *tenant = NULL, *name = NULL;
     unsigned char raw[KEY_RANDOM_BYTES], digest[32];
-    char key[sizeof(KEY_PREFIX) + (KEY_RANDOM_BYTES * 4 + 2) / 3 + 1], hex[65];
+    char key[AOR_APIKEY_CHECKED_LEN + 1], hex[65];
     redisReply *r;
     int ret = 1, o;
 
@@ -276,7 +277,7 @@ static int keys_create(struct admin *a, int argc, char **argv)
     if (tenant == NULL)
         return usage_error("keys create: --tenant is required");
     if (!tenant_ok(tenant))
-        return usage_error("keys create: bad tenant name (1 to 256 characters without { }, spaces or control characters)");
+        return usage_error("keys create: bad tenant name (" AOR_TENANT_NAME_RULE ")");
     if (name != NULL && !name_ok(name))
         return usage_error("keys create: bad name (1 to 64 printable ASCII characters)");
     if (connect_redis(a) != 0)
@@ -286,9 +287,13 @@ static int keys_create(struct admin *a, int argc, char **argv)
         fprintf(stderr, "aoai-router: getrandom: %s\n", strerror(errno));
         goto done;
     }
+    /* "aor_" + 43 characters + an 8-character checksum (apikey.h): the router refuses a mistyped
+     * or made-up key of this format without asking Redis */
+    memset(key, 0, sizeof(key));
     memcpy(key, KEY_PREFIX, sizeof(KEY_PREFIX) - 1);
     base64url(raw, sizeof(raw), key + sizeof(KEY_PREFIX) - 1);
-    if (aor_apikey_digest(key, strlen(key), digest) != 0) {
+    if (strlen(key) != AOR_APIKEY_LEGACY_LEN || aor_apikey_checksum(key, key + AOR_APIKEY_LEGACY_LEN) != 0 ||
+        aor_apikey_check_format(key, strlen(key)) != 1 || aor_apikey_digest(key, strlen(key), digest) != 0) {
         fprintf(stderr, "aoai-router: SHA-256 failed\n");
         goto done;
     }
@@ -701,7 +706,7 @@ static int quota_cmd(struct admin *a, int argc, char **argv)
     if (tenant == NULL)
         return usage_error("quota: give the tenant");
     if (!tenant_ok(tenant))
-        return usage_error("quota: bad tenant name: %s", tenant);
+        return usage_error("quota: bad tenant name (" AOR_TENANT_NAME_RULE ")");
     if (set && !any)
         return usage_error("quota set: nothing to set");
     if (connect_redis(a) != 0)
@@ -758,7 +763,7 @@ static int usage_cmd(struct admin *a, int argc, char **argv)
     if (tenant == NULL)
         return usage_error("usage: give the tenant");
     if (!tenant_ok(tenant))
-        return usage_error("usage: bad tenant name: %s", tenant);
+        return usage_error("usage: bad tenant name (" AOR_TENANT_NAME_RULE ")");
     if (period != NULL && strcmp(period, "minute") != 0 && strcmp(period, "day") != 0 && strcmp(period, "month") != 0)
         return usage_error("usage: --period is minute, day or month, not %s", period);
     if (connect_redis(a) != 0)

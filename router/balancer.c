@@ -1,8 +1,11 @@
 /*
- * balancer.c — see balancer.h. Fields of struct aor_backend_state are read and
- * written with relaxed atomics: workers race benignly (two 429s may both set a
- * cooldown; the later end wins), and no decision needs more than one field to be
- * consistent with another except the half-open probe, which is claimed by CAS.
+ * balancer.c — see balancer.h. Fields of struct aor_backend_state and struct
+ * aor_deployment_state are read and written with relaxed atomics: workers race benignly
+ * (two 429s may both set a cooldown; the later end wins), and no decision needs more than
+ * one field to be consistent with another except the half-open probe, which is claimed by
+ * CAS. The claim is the lease's end (probe_until_ms): releasing compares it, so a late
+ * release of an old claim cannot free a newer one. Token counters change by CAS loops that
+ * saturate in [0, AOR_BALANCER_MAX_SENT]; every input is clamped first, so no sum overflows.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -19,12 +22,17 @@
 void aor_balancer_state_init(struct aor_backend_state *st)
 {
     memset(st, 0, sizeof(*st));
-    st->remaining_tokens = -1;
 }
 
-int aor_balancer_cooling(const struct aor_backend_state *st, int64_t now_ms)
+void aor_balancer_deployment_init(struct aor_deployment_state *dep)
 {
-    return LOAD(&st->cooldown_until_ms) > now_ms;
+    memset(dep, 0, sizeof(*dep));
+    dep->remaining_tokens = -1;
+}
+
+int aor_balancer_cooling(const struct aor_deployment_state *dep, int64_t now_ms)
+{
+    return LOAD(&dep->cooldown_until_ms) > now_ms;
 }
 
 int aor_balancer_circuit_open(const struct aor_backend_state *st, int64_t now_ms)
@@ -32,25 +40,52 @@ int aor_balancer_circuit_open(const struct aor_backend_state *st, int64_t now_ms
     return LOAD(&st->circuit_open_until_ms) > now_ms;
 }
 
-double aor_balancer_headroom(const struct aor_backend_state *st, uint64_t tpm, int64_t now_ms)
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
 {
-    int64_t est = INT64_MAX, sent_minute = 0, remaining = LOAD(&st->remaining_tokens);
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* adds `delta` to *p keeping the result in [0, AOR_BALANCER_MAX_SENT]; |delta| is at most that bound */
+static void add_saturating(int64_t *p, int64_t delta)
+{
+    int64_t old = LOAD(p), next;
+
+    do
+        next = clamp64(old + delta, 0, AOR_BALANCER_MAX_SENT);
+    while (!__atomic_compare_exchange_n(p, &old, next, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+}
+
+/* tokens a figure from a client or a backend may count for: [0, AOR_BALANCER_MAX_TOKENS], and at most tpm when known */
+static int64_t clamp_tokens(int64_t tokens, uint64_t tpm)
+{
+    int64_t hi = AOR_BALANCER_MAX_TOKENS;
+
+    if (tpm != 0 && tpm < (uint64_t)hi)
+        hi = (int64_t)tpm;
+    return clamp64(tokens, 0, hi);
+}
+
+double aor_balancer_headroom(const struct aor_deployment_state *dep, uint64_t tpm, int64_t now_ms)
+{
+    int64_t est = INT64_MAX, sent_minute = 0, remaining = LOAD(&dep->remaining_tokens);
+    int64_t t = tpm > (uint64_t)AOR_BALANCER_MAX_SENT ? AOR_BALANCER_MAX_SENT : (int64_t)tpm;
     double f;
 
-    if (LOAD(&st->minute) == now_ms / MINUTE_MS)
-        sent_minute = LOAD(&st->sent_minute);
-    if (tpm > 0)
-        est = (int64_t)tpm - sent_minute;
+    /* every term is in [0, AOR_BALANCER_MAX_SENT]: no difference below can overflow */
+    if (LOAD(&dep->minute) == now_ms / MINUTE_MS)
+        sent_minute = LOAD(&dep->sent_minute);
+    if (t > 0)
+        est = t - sent_minute;
     /* a report older than a minute describes a window that has since reset */
-    if (remaining >= 0 && now_ms - LOAD(&st->remaining_at_ms) < MINUTE_MS) {
-        int64_t r = remaining - LOAD(&st->sent_since_report);
+    if (remaining >= 0 && now_ms - LOAD(&dep->remaining_at_ms) < MINUTE_MS) {
+        int64_t r = remaining - LOAD(&dep->sent_since_report);
         if (r < est)
             est = r;
     }
     if (est == INT64_MAX)
         return 1.0;
-    if (tpm > 0)
-        f = (double)est / (double)tpm;
+    if (t > 0)
+        f = (double)est / (double)t;
     else
         f = est > 0 ? 1.0 : 0.0;
     /* an exhausted backend stays a (rare) choice: its next answer refreshes the figure */
@@ -61,13 +96,20 @@ double aor_balancer_headroom(const struct aor_backend_state *st, uint64_t tpm, i
     return f;
 }
 
-static int eligible(struct aor_balancer_candidate *c, int64_t now_ms, int64_t *earliest)
+/* 1 while a probe claim (its lease's end) holds: not yet reached, and not further away than a
+ * lease can be (a claim made before the wall clock stepped back has lapsed) */
+static int probe_held(int64_t probe, const struct aor_balancer_policy *pol, int64_t now_ms)
+{
+    return probe != 0 && probe > now_ms && probe - now_ms <= (int64_t)(pol->probe_lease_ms != 0 ? pol->probe_lease_ms : 1);
+}
+
+static int eligible(struct aor_balancer_candidate *c, const struct aor_balancer_policy *pol, int64_t now_ms, int64_t *earliest)
 {
     int64_t until, open_until;
 
     if (c->tried)
         return 0;
-    until = LOAD(&c->state->cooldown_until_ms);
+    until = LOAD(&c->dep->cooldown_until_ms);
     if (until > now_ms) {
         if (*earliest == 0 || until < *earliest)
             *earliest = until;
@@ -76,12 +118,14 @@ static int eligible(struct aor_balancer_candidate *c, int64_t now_ms, int64_t *e
     open_until = LOAD(&c->state->circuit_open_until_ms);
     if (open_until > now_ms)
         return 0;
-    if (open_until != 0 && LOAD(&c->state->probe_in_flight))
+    /* half-open: only while nobody holds the probe (a claim that outlived any attempt has lapsed) */
+    if (open_until != 0 && probe_held(LOAD(&c->state->probe_until_ms), pol, now_ms))
         return 0;
     return 1;
 }
 
-int aor_balancer_pick(struct aor_balancer_candidate *c, size_t n, int64_t now_ms, uint32_t rnd, int64_t *earliest_cooldown_end_ms)
+int aor_balancer_pick(struct aor_balancer_candidate *c, size_t n, const struct aor_balancer_policy *pol, int64_t now_ms,
+                      uint32_t rnd, int64_t *earliest_cooldown_end_ms)
 {
     char skip[64] = {0}; /* probes lost to another worker during this pick */
 
@@ -91,10 +135,11 @@ int aor_balancer_pick(struct aor_balancer_candidate *c, size_t n, int64_t now_ms
     for (;;) {
         int best_prio = 0, found = 0, chosen = -1;
         double total = 0, r, acc = 0;
+        int64_t expected, claim;
         size_t i;
 
         for (i = 0; i != n; ++i) {
-            if (skip[i] || !eligible(&c[i], now_ms, earliest_cooldown_end_ms))
+            if (skip[i] || !eligible(&c[i], pol, now_ms, earliest_cooldown_end_ms))
                 continue;
             if (!found || c[i].priority < best_prio) {
                 best_prio = c[i].priority;
@@ -105,46 +150,67 @@ int aor_balancer_pick(struct aor_balancer_candidate *c, size_t n, int64_t now_ms
             return -1;
         for (i = 0; i != n; ++i) {
             int64_t dummy = 0;
-            if (!skip[i] && c[i].priority == best_prio && eligible(&c[i], now_ms, &dummy))
-                total += c[i].weight * aor_balancer_headroom(c[i].state, c[i].tpm, now_ms);
+            if (!skip[i] && c[i].priority == best_prio && eligible(&c[i], pol, now_ms, &dummy))
+                total += c[i].weight * aor_balancer_headroom(c[i].dep, c[i].tpm, now_ms);
         }
         r = (double)rnd / 4294967296.0 * total;
         for (i = 0; i != n; ++i) {
             int64_t dummy = 0;
-            if (skip[i] || c[i].priority != best_prio || !eligible(&c[i], now_ms, &dummy))
+            if (skip[i] || c[i].priority != best_prio || !eligible(&c[i], pol, now_ms, &dummy))
                 continue;
             chosen = (int)i;
-            acc += c[i].weight * aor_balancer_headroom(c[i].state, c[i].tpm, now_ms);
+            acc += c[i].weight * aor_balancer_headroom(c[i].dep, c[i].tpm, now_ms);
             if (r < acc)
                 break;
         }
+        c[chosen].probe = 0;
         if (LOAD(&c[chosen].state->circuit_open_until_ms) == 0)
             return chosen;
-        {
-            /* half-open: exactly one request probes the backend */
-            int expected = 0;
-            if (__atomic_compare_exchange_n(&c[chosen].state->probe_in_flight, &expected, 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-                return chosen;
+        /* half-open: exactly one request probes the backend; its claim is the lease's end, which
+         * also tells a late release of an older claim apart from this one */
+        expected = LOAD(&c[chosen].state->probe_until_ms);
+        claim = now_ms + (int64_t)(pol->probe_lease_ms != 0 ? pol->probe_lease_ms : 1);
+        if (!probe_held(expected, pol, now_ms) && __atomic_compare_exchange_n(&c[chosen].state->probe_until_ms, &expected, claim, 0,
+                                                                              __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+            c[chosen].probe = claim;
+            return chosen;
         }
         skip[chosen] = 1;
     }
 }
 
-void aor_balancer_record(struct aor_backend_state *st, const struct aor_balancer_policy *pol, enum aor_balancer_outcome outcome,
+void aor_balancer_release_probe(struct aor_balancer_candidate *c)
+{
+    int64_t expected = c->probe;
+
+    if (expected == 0)
+        return;
+    c->probe = 0;
+    /* only our own claim: the circuit may have reopened and another probe been claimed since */
+    __atomic_compare_exchange_n(&c->state->probe_until_ms, &expected, 0, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+
+void aor_balancer_record(struct aor_balancer_candidate *c, const struct aor_balancer_policy *pol, enum aor_balancer_outcome outcome,
                          int64_t cooldown_ms, int64_t now_ms)
 {
+    struct aor_backend_state *st = c->state;
+
     switch (outcome) {
     case AOR_OUTCOME_THROTTLED: {
-        int64_t until = now_ms + cooldown_ms;
-        if (until > LOAD(&st->cooldown_until_ms))
-            STORE(&st->cooldown_until_ms, until);
+        int64_t until;
+        if (pol->max_cooldown_ms != 0 && cooldown_ms > (int64_t)pol->max_cooldown_ms)
+            cooldown_ms = (int64_t)pol->max_cooldown_ms;
+        until = now_ms + (cooldown_ms > 0 ? cooldown_ms : 0);
+        if (until > LOAD(&c->dep->cooldown_until_ms))
+            STORE(&c->dep->cooldown_until_ms, until);
     }
         /* a 429 proves the backend is up: it closes the circuit like a success */
         /* fallthrough */
     case AOR_OUTCOME_SUCCESS:
         STORE(&st->consecutive_failures, 0);
         STORE(&st->circuit_open_until_ms, 0);
-        STORE(&st->probe_in_flight, 0);
+        STORE(&st->probe_until_ms, 0);
+        c->probe = 0;
         break;
     case AOR_OUTCOME_FAILURE: {
         int failures = __atomic_add_fetch(&st->consecutive_failures, 1, __ATOMIC_RELAXED);
@@ -152,29 +218,96 @@ void aor_balancer_record(struct aor_backend_state *st, const struct aor_balancer
         if (open_until != 0 || failures >= (int)pol->circuit_failures) {
             /* the threshold was reached, or the half-open probe failed: (re)open */
             STORE(&st->circuit_open_until_ms, now_ms + (int64_t)pol->circuit_open_ms);
-            STORE(&st->probe_in_flight, 0);
+            STORE(&st->probe_until_ms, 0);
+            c->probe = 0;
         }
+        aor_balancer_release_probe(c);
     } break;
     }
 }
 
-void aor_balancer_report_remaining(struct aor_backend_state *st, int64_t remaining, int64_t now_ms)
-{
-    STORE(&st->remaining_tokens, remaining);
-    STORE(&st->remaining_at_ms, now_ms);
-    STORE(&st->sent_since_report, 0);
-}
-
-void aor_balancer_add_sent(struct aor_backend_state *st, int64_t tokens, int64_t now_ms)
+/* adds to both counters of tokens sent; the minute's counter restarts with a new minute */
+static void add_sent(struct aor_deployment_state *dep, int64_t minute_delta, int64_t report_delta, int64_t now_ms)
 {
     int64_t minute = now_ms / MINUTE_MS;
 
-    if (LOAD(&st->minute) != minute) {
-        STORE(&st->minute, minute);
-        STORE(&st->sent_minute, 0);
+    if (LOAD(&dep->minute) != minute) {
+        /* two workers may both restart it: the loser's addition is lost, which the next report corrects */
+        STORE(&dep->minute, minute);
+        STORE(&dep->sent_minute, 0);
     }
-    __atomic_add_fetch(&st->sent_minute, tokens, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&st->sent_since_report, tokens, __ATOMIC_RELAXED);
+    if (minute_delta != 0)
+        add_saturating(&dep->sent_minute, minute_delta);
+    if (report_delta != 0)
+        add_saturating(&dep->sent_since_report, report_delta);
+}
+
+void aor_balancer_charge(struct aor_balancer_candidate *c, int64_t estimate, int64_t now_ms)
+{
+    int64_t t = clamp_tokens(estimate, c->tpm);
+
+    if (c->charged_minute != 0) /* an earlier charge was not settled: it ends here */
+        aor_balancer_settle(c, -1, now_ms);
+    c->charged = t;
+    c->charged_minute = now_ms / MINUTE_MS + 1; /* +1: 0 means "no charge" */
+    add_sent(c->dep, t, t, now_ms);
+}
+
+void aor_balancer_settle(struct aor_balancer_candidate *c, int64_t actual, int64_t now_ms)
+{
+    int64_t spent, minute_delta;
+
+    if (c->charged_minute == 0)
+        return;
+    spent = actual < 0 ? 0 : clamp_tokens(actual, 0);
+    /* the charge counted in its own minute only: a later minute gets what was spent, nothing taken back */
+    minute_delta = c->charged_minute - 1 == now_ms / MINUTE_MS ? spent - c->charged : spent;
+    add_sent(c->dep, minute_delta, spent - c->charged, now_ms);
+    c->charged = 0;
+    c->charged_minute = 0;
+}
+
+void aor_balancer_report_remaining(struct aor_deployment_state *dep, int64_t remaining, int64_t now_ms)
+{
+    STORE(&dep->remaining_tokens, clamp64(remaining, 0, AOR_BALANCER_MAX_SENT));
+    STORE(&dep->remaining_at_ms, now_ms);
+    STORE(&dep->sent_since_report, 0);
+}
+
+int aor_balancer_adopt_cooldown(struct aor_deployment_state *dep, int64_t until_ms, int64_t now_ms, int64_t max_cooldown_ms)
+{
+    if (until_ms <= now_ms)
+        return 0;
+    if (until_ms - now_ms > max_cooldown_ms)
+        until_ms = now_ms + max_cooldown_ms;
+    if (until_ms <= LOAD(&dep->cooldown_until_ms))
+        return 0;
+    STORE(&dep->cooldown_until_ms, until_ms);
+    return 1;
+}
+
+void aor_balancer_cap_cooldown(struct aor_deployment_state *dep, int64_t now_ms, int64_t max_cooldown_ms)
+{
+    if (LOAD(&dep->cooldown_until_ms) - now_ms > max_cooldown_ms)
+        STORE(&dep->cooldown_until_ms, now_ms + max_cooldown_ms);
+}
+
+int64_t aor_balancer_parse_until(const char *s, size_t len)
+{
+    int64_t v = 0;
+    size_t i;
+
+    if (len == 0)
+        return -1;
+    for (i = 0; i != len; ++i) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        if (v > (INT64_MAX - 9) / 10)
+            v = INT64_MAX; /* keep checking the rest are digits */
+        else
+            v = v * 10 + (s[i] - '0');
+    }
+    return v;
 }
 
 /* parses a non-negative decimal integer filling the whole span; -1 if it is not one */

@@ -1,8 +1,10 @@
 /*
- * balancer — which backend gets the next attempt (SPEC §5), and what a result
- * does to a backend's standing: 429 cooldown, circuit breaker, TPM headroom.
+ * balancer — which backend gets the next attempt (SPEC §5), and what a result does to
+ * a backend's standing: the circuit breaker per backend; the 429 cooldown and the TPM
+ * headroom per backend deployment (Azure enforces TPM/RPM per deployment).
  * Pure: every function takes `now_ms` and a random number, so tests move the clock
- * by hand. State is shared by all workers through relaxed atomics.
+ * by hand. State is shared by all workers through relaxed atomics; every figure that
+ * comes from a client, a backend or another replica is clamped before it is stored.
  */
 #ifndef AOR_BALANCER_H
 #define AOR_BALANCER_H
@@ -10,25 +12,39 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* one per backend name for the life of the process; survives config reloads */
+/* an estimate or a reported token count is clamped to this (a request's worth, never more) */
+#define AOR_BALANCER_MAX_TOKENS 1000000000LL
+/* counters of tokens sent saturate here: far beyond any TPM, far below INT64_MAX */
+#define AOR_BALANCER_MAX_SENT 1000000000000000LL
+
+/* one per backend: the circuit breaker. Lives as long as the process (backend.c) */
 struct aor_backend_state {
-    int64_t cooldown_until_ms;     /* 429: skipped until then */
     int64_t circuit_open_until_ms; /* 0 = closed; else open until then, then one probe */
     int consecutive_failures;      /* 5xx, connect errors, timeouts in a row */
-    int probe_in_flight;           /* half-open: the one probe has been handed out */
-    int64_t remaining_tokens;      /* last x-ratelimit-remaining-tokens, -1 unknown */
-    int64_t remaining_at_ms;       /* when it was reported */
-    int64_t sent_since_report;     /* tokens the router sent since that report */
-    int64_t minute;                /* minute index (now_ms / 60000) of sent_minute */
-    int64_t sent_minute;           /* tokens the router sent this minute */
+    int64_t probe_until_ms;        /* half-open: 0 = the probe is free; else claimed, the claim lapses then */
+};
+
+/* one per backend deployment (the name on that backend): cooldown and headroom */
+struct aor_deployment_state {
+    int64_t cooldown_until_ms; /* 429: skipped until then */
+    int64_t remaining_tokens;  /* last x-ratelimit-remaining-tokens, -1 unknown */
+    int64_t remaining_at_ms;   /* when it was reported */
+    int64_t sent_since_report; /* tokens the router sent since that report, in [0, AOR_BALANCER_MAX_SENT] */
+    int64_t minute;            /* minute index (now_ms / 60000) of sent_minute */
+    int64_t sent_minute;       /* tokens the router sent this minute, in [0, AOR_BALANCER_MAX_SENT] */
 };
 
 struct aor_balancer_candidate {
-    struct aor_backend_state *state;
+    struct aor_backend_state *state;  /* the backend's circuit */
+    struct aor_deployment_state *dep; /* the deployment on that backend: cooldown, headroom */
     int priority;
     unsigned weight;
     uint64_t tpm; /* 0 = unknown */
     int tried;    /* excluded from this pick (already attempted for this request) */
+    /* set by the pick and the charge calls; the caller hands them back when the attempt ends */
+    int64_t probe;   /* the half-open probe claim this candidate holds (0: none) */
+    int64_t charged; /* tokens charged to dep for the running attempt */
+    int64_t charged_minute;
 };
 
 enum aor_balancer_outcome {
@@ -40,37 +56,66 @@ enum aor_balancer_outcome {
 struct aor_balancer_policy {
     unsigned circuit_failures;
     uint64_t circuit_open_ms;
+    uint64_t probe_lease_ms;  /* a probe claim lapses after this (the longest an attempt can last) */
+    uint64_t max_cooldown_ms; /* no cooldown ends later than now + this */
 };
 
 void aor_balancer_state_init(struct aor_backend_state *st);
+void aor_balancer_deployment_init(struct aor_deployment_state *dep);
 
 /**
  * Picks among candidates not `tried`: the lowest priority that has an eligible backend
- * (not cooling down, circuit closed or its half-open probe still free), then at random
- * in proportion to weight x headroom. Claims the half-open probe of the backend it
- * returns. `rnd` is a uniformly random 32-bit number.
+ * (deployment not cooling down, circuit closed or its half-open probe free), then at random
+ * in proportion to weight x headroom. `rnd` is a uniformly random 32-bit number.
  * Returns the index, or -1 when none is eligible; then *earliest_cooldown_end_ms is the
  * earliest end of a cooldown among the untried candidates (0 if none is cooling down).
+ * When the chosen backend is half-open, the pick claims its one probe and stores the claim
+ * in c[i].probe: the caller must end it with aor_balancer_record() or
+ * aor_balancer_release_probe() however the attempt ends (an unreleased claim lapses after
+ * pol->probe_lease_ms).
  */
-int aor_balancer_pick(struct aor_balancer_candidate *c, size_t n, int64_t now_ms, uint32_t rnd, int64_t *earliest_cooldown_end_ms);
+int aor_balancer_pick(struct aor_balancer_candidate *c, size_t n, const struct aor_balancer_policy *pol, int64_t now_ms,
+                      uint32_t rnd, int64_t *earliest_cooldown_end_ms);
 
 /* headroom factor in [0.01, 1] used by the pick (exported for tests and metrics) */
-double aor_balancer_headroom(const struct aor_backend_state *st, uint64_t tpm, int64_t now_ms);
+double aor_balancer_headroom(const struct aor_deployment_state *dep, uint64_t tpm, int64_t now_ms);
 
 /**
- * Records the end of an attempt. THROTTLED starts a cooldown of `cooldown_ms`;
- * FAILURE counts towards the circuit; SUCCESS closes it.
+ * Records the result of c's attempt: THROTTLED starts a cooldown of `cooldown_ms` (capped at
+ * pol->max_cooldown_ms) on c->dep; FAILURE counts towards c->state's circuit; SUCCESS and
+ * THROTTLED close it. Ends c's probe claim either way.
  */
-void aor_balancer_record(struct aor_backend_state *st, const struct aor_balancer_policy *pol, enum aor_balancer_outcome outcome,
+void aor_balancer_record(struct aor_balancer_candidate *c, const struct aor_balancer_policy *pol, enum aor_balancer_outcome outcome,
                          int64_t cooldown_ms, int64_t now_ms);
 
-/* the backend reported x-ratelimit-remaining-tokens */
-void aor_balancer_report_remaining(struct aor_backend_state *st, int64_t remaining, int64_t now_ms);
-/* the router sent (or learned it spent) `tokens` on this backend */
-void aor_balancer_add_sent(struct aor_backend_state *st, int64_t tokens, int64_t now_ms);
+/* the attempt of c ended without a result (cancelled, refused before it started): its probe claim, if any, is freed */
+void aor_balancer_release_probe(struct aor_balancer_candidate *c);
 
-/* 1 while a 429 cooldown runs; 1 while the circuit is open (probe time not reached) */
-int aor_balancer_cooling(const struct aor_backend_state *st, int64_t now_ms);
+/**
+ * Charges c's attempt with `estimate` tokens (clamped to [0, AOR_BALANCER_MAX_TOKENS] and to
+ * c->tpm when known) on c->dep, as tokens sent this minute. The charge is ended by
+ * aor_balancer_settle(): `actual` < 0 takes it back (the attempt spent nothing we know of:
+ * refused, cancelled, failed), otherwise replaces it by `actual` (clamped the same way). A
+ * charge made in an earlier minute is not taken from this one. Settling twice is a no-op.
+ */
+void aor_balancer_charge(struct aor_balancer_candidate *c, int64_t estimate, int64_t now_ms);
+void aor_balancer_settle(struct aor_balancer_candidate *c, int64_t actual, int64_t now_ms);
+
+/* the backend reported x-ratelimit-remaining-tokens for this deployment (clamped to [0, AOR_BALANCER_MAX_SENT]) */
+void aor_balancer_report_remaining(struct aor_deployment_state *dep, int64_t remaining, int64_t now_ms);
+
+/**
+ * Adopts a cooldown end another replica published (unix ms): values not later than now are
+ * ignored, later ones are capped at now + max_cooldown_ms; the later of that and the local
+ * end wins. Returns 1 when the local end moved.
+ */
+int aor_balancer_adopt_cooldown(struct aor_deployment_state *dep, int64_t until_ms, int64_t now_ms, int64_t max_cooldown_ms);
+
+/* a configuration change: a cooldown may not end later than now + max_cooldown_ms */
+void aor_balancer_cap_cooldown(struct aor_deployment_state *dep, int64_t now_ms, int64_t max_cooldown_ms);
+
+/* 1 while a 429 cooldown runs on the deployment; 1 while the backend's circuit is open (probe time not reached) */
+int aor_balancer_cooling(const struct aor_deployment_state *dep, int64_t now_ms);
 int aor_balancer_circuit_open(const struct aor_backend_state *st, int64_t now_ms);
 
 /**
@@ -81,5 +126,12 @@ int aor_balancer_circuit_open(const struct aor_backend_state *st, int64_t now_ms
  */
 int64_t aor_retry_after_ms(const char *ms_value, size_t ms_len, const char *value, size_t len, int64_t now_ms, int64_t default_ms,
                            int64_t max_ms, int *capped);
+
+/**
+ * A cooldown end as another replica stored it in Redis: unix ms in decimal digits only.
+ * Returns the value, INT64_MAX for a digit string too large for int64 (absurd: the caller
+ * caps it), or -1 when it is not a non-negative decimal integer.
+ */
+int64_t aor_balancer_parse_until(const char *s, size_t len);
 
 #endif

@@ -29,6 +29,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <yaml.h>
+#include "tenant.h"
 
 #define MAX_CONFIG_BYTES (1024 * 1024)
 #define MAX_SECRET_BYTES (64 * 1024)
@@ -735,14 +736,8 @@ bad:
 /* tenant names end up in Redis keys inside a {hash tag} */
 static const char *check_tenant_name(const char *s, size_t len)
 {
-    if (len < 1 || len > 256)
-        goto bad;
-    for (size_t i = 0; i < len; ++i)
-        if ((unsigned char)s[i] <= 0x20 || s[i] == 0x7f || s[i] == '{' || s[i] == '}')
-            goto bad;
-    return NULL;
-bad:
-    return "must be 1 to 256 characters without { }, spaces or control characters";
+    /* the one rule of auth/tenant.h (also used for redis.prefix) */
+    return aor_tenant_name_ok(s, len) ? NULL : "must be " AOR_TENANT_NAME_RULE;
 }
 
 static const char *check_header_name(const char *s, size_t len)

@@ -12,6 +12,7 @@
 #include <stdio.h>
 
 struct aor_backend_state;
+struct aor_deployment_state;
 struct aor_keystore;
 
 enum aor_provider { AOR_PROVIDER_AZURE = 0, AOR_PROVIDER_OPENAI };
@@ -45,6 +46,8 @@ struct aor_listen_conf {
 struct aor_deployment_map {
     char *logical;
     char *upstream;
+    /* runtime: the cooldown and headroom of `upstream` on this backend; set by aor_backend_attach(), not by config.c */
+    struct aor_deployment_state *state;
 };
 
 struct aor_cred_conf {
@@ -85,8 +88,8 @@ struct aor_backend_conf {
     size_t num_deployments;
     struct aor_cred_conf cred;
     int line;
-    /* runtime state shared by every config generation that names this backend
-     * (cooldown, circuit, headroom); set by aor_backend_attach() after load, not by config.c */
+    /* runtime state shared by every config generation that names this backend (its circuit;
+     * cooldowns and headroom are per deployment); set by aor_backend_attach() after load, not by config.c */
     struct aor_backend_state *state;
 };
 

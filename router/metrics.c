@@ -1,12 +1,16 @@
 /* metrics.c — see metrics.h. An open-addressing hash table of series keyed by
- * (metric, label values); rendering sorts nothing: series come out grouped by metric. */
+ * (metric, label values); rendering copies the series under the lock and formats the copy
+ * after it (label strings are never freed before exit), so a scrape holds the lock only for
+ * a memcpy per series. Series come out grouped by metric, unsorted. */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "backend.h"
 #include "balancer.h"
 #include "config.h"
+#include "log.h"
 #include "metrics.h"
 
 enum metric {
@@ -67,6 +71,96 @@ static struct series **table;
 static size_t table_cap, num_series;
 static uint64_t dropped, redis_errors;
 static int64_t inflight;
+
+/*
+ * Bounded sets of label values that do not come from the configuration: tenants (authenticated
+ * ones only: the caller passes NULL for a refused request) and deployment names served by a
+ * backend without a deployments map. The first AOR_METRICS_MAX_* distinct values keep their
+ * name for the life of the process; later ones are "other". Interned strings live until exit.
+ */
+struct label_set {
+    pthread_mutex_t lock;
+    char **slots; /* open addressing, 2 x max */
+    size_t cap, num, max;
+};
+
+static struct label_set tenants = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0, AOR_METRICS_MAX_TENANTS};
+static struct label_set dyn_deployments = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0, AOR_METRICS_MAX_DYNAMIC_DEPLOYMENTS};
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (; *s != '\0'; ++s)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* `value` itself (interned) if it is in the set or the set has room, else "other" */
+static const char *bound_label(struct label_set *set, const char *value)
+{
+    const char *ret = AOR_METRICS_OTHER;
+    size_t j;
+
+    pthread_mutex_lock(&set->lock);
+    if (set->slots == NULL) {
+        set->cap = set->max * 2;
+        if ((set->slots = calloc(set->cap, sizeof(*set->slots))) == NULL) {
+            set->cap = 0;
+            goto exit;
+        }
+    }
+    for (j = hash_str(value) % set->cap; set->slots[j] != NULL; j = (j + 1) % set->cap) {
+        if (strcmp(set->slots[j], value) == 0) {
+            ret = set->slots[j];
+            goto exit;
+        }
+    }
+    if (set->num < set->max && (set->slots[j] = strdup(value)) != NULL) {
+        ++set->num;
+        ret = set->slots[j];
+    }
+exit:
+    pthread_mutex_unlock(&set->lock);
+    return ret;
+}
+
+static void free_label_set(struct label_set *set)
+{
+    size_t j;
+
+    pthread_mutex_lock(&set->lock);
+    for (j = 0; j != set->cap; ++j)
+        free(set->slots[j]);
+    free(set->slots);
+    set->slots = NULL;
+    set->cap = set->num = 0;
+    pthread_mutex_unlock(&set->lock);
+}
+
+const char *aor_metrics_tenant_label(const char *tenant)
+{
+    if (tenant == NULL || *tenant == '\0')
+        return "";
+    return bound_label(&tenants, tenant);
+}
+
+const char *aor_metrics_deployment_label(const struct aor_config *conf, const char *logical, int authenticated_and_served)
+{
+    size_t i, j, len;
+
+    if (logical == NULL || *logical == '\0')
+        return "";
+    len = strlen(logical);
+    for (i = 0; i != conf->num_backends; ++i)
+        for (j = 0; j != conf->backends[i].num_deployments; ++j)
+            if (strcmp(conf->backends[i].deployments[j].logical, logical) == 0)
+                return logical;
+    /* not a configured name: only a backend without a map can have served it, and only an
+     * authenticated client can have asked; the names such clients use are a bounded set */
+    if (!authenticated_and_served || len > 64)
+        return "";
+    return bound_label(&dyn_deployments, logical);
+}
 
 static uint64_t hash_bytes(uint64_t h, const char *s, size_t len)
 {
@@ -184,14 +278,15 @@ static void add(enum metric m, const char *const *values, uint64_t delta, int ob
 void aor_metrics_request(const char *tenant, const char *deployment, const char *backend, int code)
 {
     char c[12];
-    const char *v[4] = {tenant, deployment, backend, c};
+    const char *v[4] = {aor_metrics_tenant_label(tenant), deployment, backend, c};
     snprintf(c, sizeof(c), "%d", code);
     add(M_REQUESTS, v, 1, 0, 0);
 }
 
 void aor_metrics_tokens(const char *tenant, const char *deployment, const char *backend, int64_t prompt, int64_t completion)
 {
-    const char *p[4] = {tenant, deployment, backend, "prompt"}, *c[4] = {tenant, deployment, backend, "completion"};
+    const char *t = aor_metrics_tenant_label(tenant);
+    const char *p[4] = {t, deployment, backend, "prompt"}, *c[4] = {t, deployment, backend, "completion"};
     if (prompt > 0)
         add(M_TOKENS, p, (uint64_t)prompt, 0, 0);
     if (completion > 0)
@@ -206,7 +301,7 @@ void aor_metrics_failover(const char *backend, const char *reason)
 
 void aor_metrics_quota_rejection(const char *tenant, const char *limit)
 {
-    const char *v[4] = {tenant, limit};
+    const char *v[4] = {aor_metrics_tenant_label(tenant), limit};
     add(M_QUOTA_REJECTIONS, v, 1, 0, 0);
 }
 
@@ -242,6 +337,18 @@ void aor_metrics_ttfb(const char *backend, double seconds)
 void aor_metrics_inflight_add(int delta)
 {
     __atomic_add_fetch(&inflight, delta, __ATOMIC_RELAXED);
+}
+
+static uint64_t conn_reset_closed, overloaded;
+
+void aor_metrics_conn_reset_closed(void)
+{
+    __atomic_add_fetch(&conn_reset_closed, 1, __ATOMIC_RELAXED);
+}
+
+void aor_metrics_overloaded(void)
+{
+    __atomic_add_fetch(&overloaded, 1, __ATOMIC_RELAXED);
 }
 
 struct out {
@@ -280,20 +387,96 @@ static void __attribute__((format(printf, 2, 3))) emit(struct out *o, const char
     }
 }
 
+/* `v` as a label value in `buf` (cap >= 1): backslash, quote and newline escaped; cut at the capacity */
+static const char *label_value(const char *v, char *buf, size_t cap)
+{
+    size_t n = 0;
+
+    for (; *v != '\0' && n + 3 < cap; ++v) {
+        if (*v == '\\' || *v == '"')
+            buf[n++] = '\\', buf[n++] = *v;
+        else if (*v == '\n')
+            buf[n++] = '\\', buf[n++] = 'n';
+        else
+            buf[n++] = *v;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+/* the per backend deployment gauges: cooldown and remaining tokens, for every deployment the backends of `conf` have */
+static void emit_backend_gauges(struct out *o, const struct aor_config *conf, int64_t now_ms)
+{
+    struct aor_backend_deployment_view *views;
+    size_t *of_backend, i, j, k, max = 0, total = 0;
+    char backend[600], deployment[600]; /* names are at most 256 bytes, escaped at most twice that */
+
+    for (i = 0; i != conf->num_backends; ++i)
+        max += aor_backend_max_deployments(&conf->backends[i]);
+    /* one listing for both gauges: a map-less backend's names may change between two listings */
+    views = calloc(max != 0 ? max : 1, sizeof(*views));
+    of_backend = calloc(max != 0 ? max : 1, sizeof(*of_backend));
+    if (views == NULL || of_backend == NULL) {
+        o->failed = 1;
+        goto exit;
+    }
+    for (i = 0; i != conf->num_backends; ++i) {
+        size_t n = aor_backend_list_deployments(&conf->backends[i], views + total, max - total);
+        for (j = 0; j != n; ++j)
+            of_backend[total + j] = i;
+        total += n;
+    }
+    for (k = 0; k != 2; ++k) {
+        if (k == 0)
+            emit(o, "# HELP aoai_router_backend_cooldown 1 while the backend deployment cools down after a 429.\n"
+                    "# TYPE aoai_router_backend_cooldown gauge\n");
+        else
+            emit(o, "# HELP aoai_router_backend_remaining_tokens The backend deployment's last x-ratelimit-remaining-tokens "
+                    "(-1 unknown).\n# TYPE aoai_router_backend_remaining_tokens gauge\n");
+        for (j = 0; j != total; ++j) {
+            label_value(conf->backends[of_backend[j]].name, backend, sizeof(backend));
+            label_value(views[j].label, deployment, sizeof(deployment));
+            if (k == 0)
+                emit(o, "aoai_router_backend_cooldown{backend=\"%s\",deployment=\"%s\"} %d\n", backend, deployment,
+                     aor_balancer_cooling(views[j].state, now_ms));
+            else
+                emit(o, "aoai_router_backend_remaining_tokens{backend=\"%s\",deployment=\"%s\"} %lld\n", backend, deployment,
+                     (long long)__atomic_load_n(&views[j].state->remaining_tokens, __ATOMIC_RELAXED));
+        }
+    }
+exit:
+    free(views);
+    free(of_backend);
+}
+
 char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *len)
 {
     struct out o = {malloc(65536), 0, 65536, 0};
-    size_t i, m, b;
+    struct series *snap = NULL;
+    size_t i, m, b, n = 0;
+    uint64_t dropped_now;
 
     if (o.buf == NULL)
         return NULL;
+    /* the lock is held for a copy of the series only; formatting happens after it */
     pthread_mutex_lock(&lock);
+    if (num_series != 0 && (snap = malloc(num_series * sizeof(*snap))) == NULL) {
+        pthread_mutex_unlock(&lock);
+        free(o.buf);
+        return NULL;
+    }
+    for (i = 0; i != table_cap; ++i)
+        if (table[i] != NULL)
+            snap[n++] = *table[i];
+    dropped_now = dropped;
+    pthread_mutex_unlock(&lock);
+
     for (m = 0; m != M_NUM; ++m) {
         emit(&o, "# HELP %s %s\n# TYPE %s %s\n", metric_defs[m].name, metric_defs[m].help, metric_defs[m].name,
              metric_defs[m].type);
-        for (i = 0; i != table_cap; ++i) {
-            struct series *s = table[i];
-            if (s == NULL || s->metric != m)
+        for (i = 0; i != n; ++i) {
+            struct series *s = &snap[i];
+            if (s->metric != m)
                 continue;
             if (s->metric < M_REQUEST_DURATION) {
                 emit(&o, "%s{%s} %llu\n", metric_defs[m].name, s->labels, (unsigned long long)s->count);
@@ -309,35 +492,40 @@ char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *
             }
         }
     }
+    free(snap);
     emit(&o,
          "# HELP aoai_router_metrics_dropped_total Updates not stored: the series bound was reached.\n"
          "# TYPE aoai_router_metrics_dropped_total counter\naoai_router_metrics_dropped_total %llu\n",
-         (unsigned long long)dropped);
-    pthread_mutex_unlock(&lock);
-
+         (unsigned long long)dropped_now);
     emit(&o,
          "# HELP aoai_router_redis_errors_total Redis commands that failed or timed out.\n"
          "# TYPE aoai_router_redis_errors_total counter\naoai_router_redis_errors_total %llu\n",
          (unsigned long long)__atomic_load_n(&redis_errors, __ATOMIC_RELAXED));
     emit(&o,
+         "# HELP aoai_router_log_dropped_total Log lines dropped because the log's reader stalled.\n"
+         "# TYPE aoai_router_log_dropped_total counter\naoai_router_log_dropped_total{log=\"access\"} %llu\n"
+         "aoai_router_log_dropped_total{log=\"error\"} %llu\n"
+         "# HELP aoai_router_client_conns_reset_closed_total Client connections closed for abandoning too many requests.\n"
+         "# TYPE aoai_router_client_conns_reset_closed_total counter\naoai_router_client_conns_reset_closed_total %llu\n"
+         "# HELP aoai_router_overloaded_total Requests refused because the in-flight body budget was spent.\n"
+         "# TYPE aoai_router_overloaded_total counter\naoai_router_overloaded_total %llu\n",
+         (unsigned long long)__atomic_load_n(&aor_log_dropped_total[1], __ATOMIC_RELAXED),
+         (unsigned long long)__atomic_load_n(&aor_log_dropped_total[0], __ATOMIC_RELAXED),
+         (unsigned long long)__atomic_load_n(&conn_reset_closed, __ATOMIC_RELAXED),
+         (unsigned long long)__atomic_load_n(&overloaded, __ATOMIC_RELAXED));
+    emit(&o,
          "# HELP aoai_router_inflight_requests Requests being served.\n"
          "# TYPE aoai_router_inflight_requests gauge\naoai_router_inflight_requests %lld\n",
          (long long)__atomic_load_n(&inflight, __ATOMIC_RELAXED));
-    emit(&o, "# HELP aoai_router_backend_cooldown 1 while the backend cools down after a 429.\n"
-             "# TYPE aoai_router_backend_cooldown gauge\n");
-    for (i = 0; i != conf->num_backends; ++i)
-        emit(&o, "aoai_router_backend_cooldown{backend=\"%s\"} %d\n", conf->backends[i].name,
-             aor_balancer_cooling(conf->backends[i].state, now_ms));
-    emit(&o, "# HELP aoai_router_backend_remaining_tokens The backend's last x-ratelimit-remaining-tokens (-1 unknown).\n"
-             "# TYPE aoai_router_backend_remaining_tokens gauge\n");
-    for (i = 0; i != conf->num_backends; ++i)
-        emit(&o, "aoai_router_backend_remaining_tokens{backend=\"%s\"} %lld\n", conf->backends[i].name,
-             (long long)__atomic_load_n(&conf->backends[i].state->remaining_tokens, __ATOMIC_RELAXED));
+    emit_backend_gauges(&o, conf, now_ms);
     emit(&o, "# HELP aoai_router_backend_circuit_open 1 while the backend's circuit is open.\n"
              "# TYPE aoai_router_backend_circuit_open gauge\n");
-    for (i = 0; i != conf->num_backends; ++i)
-        emit(&o, "aoai_router_backend_circuit_open{backend=\"%s\"} %d\n", conf->backends[i].name,
+    for (i = 0; i != conf->num_backends; ++i) {
+        char backend[600];
+        emit(&o, "aoai_router_backend_circuit_open{backend=\"%s\"} %d\n",
+             label_value(conf->backends[i].name, backend, sizeof(backend)),
              aor_balancer_circuit_open(conf->backends[i].state, now_ms));
+    }
     if (o.failed) {
         free(o.buf);
         return NULL;
@@ -361,4 +549,6 @@ void aor_metrics_free(void)
     table = NULL;
     table_cap = num_series = 0;
     pthread_mutex_unlock(&lock);
+    free_label_set(&tenants);
+    free_label_set(&dyn_deployments);
 }

@@ -11,8 +11,24 @@
 #include <stdint.h>
 
 #define AOR_METRICS_MAX_SERIES 20000
+#define AOR_METRICS_MAX_TENANTS 1000            /* distinct tenant label values; later tenants are "other" */
+#define AOR_METRICS_MAX_DYNAMIC_DEPLOYMENTS 100 /* distinct names served by map-less backends; later ones "other" */
+#define AOR_METRICS_OTHER "other"
 
 struct aor_config;
+
+/*
+ * Label values (SPEC §7, issue 6 item 4): only from the configuration or from bounded sets.
+ * aor_metrics_tenant_label: "" for NULL/"" (a request refused before it was authenticated),
+ * the tenant while fewer than AOR_METRICS_MAX_TENANTS distinct ones were seen, else "other".
+ * aor_metrics_deployment_label: a logical name some backend's deployments map has; otherwise,
+ * for an authenticated request a map-less backend served, the name while fewer than
+ * AOR_METRICS_MAX_DYNAMIC_DEPLOYMENTS distinct ones were seen, else "other"; anything else "".
+ * The strings returned live until aor_metrics_free() (or are `logical` itself). Any thread.
+ * The counters below apply aor_metrics_tenant_label() to their `tenant` themselves.
+ */
+const char *aor_metrics_tenant_label(const char *tenant);
+const char *aor_metrics_deployment_label(const struct aor_config *conf, const char *logical, int authenticated_and_served);
 
 /* counters (label values are copied; NULL counts as "") */
 void aor_metrics_request(const char *tenant, const char *deployment, const char *backend, int code);
@@ -30,10 +46,16 @@ void aor_metrics_ttfb(const char *backend, double seconds);
 /* the in-flight gauge */
 void aor_metrics_inflight_add(int delta);
 
+/* hostile-client counters (relaxed atomics, no registry): client connections closed for their
+ * resets, requests refused by the in-flight body budget. (Dropped log lines: log.h.) */
+void aor_metrics_conn_reset_closed(void);
+void aor_metrics_overloaded(void);
+
 /**
- * Renders every series, plus the per-backend gauges of `conf` (cooldown, remaining
- * tokens) as of `now_ms`, in Prometheus text format 0.0.4. Returns a malloc'd string
- * (*len set), or NULL on ENOMEM; the caller frees it.
+ * Renders every series, plus the gauges of `conf`'s backends as of `now_ms` (per backend
+ * deployment: cooldown, remaining tokens; per backend: circuit), in Prometheus text format
+ * 0.0.4. The registry's lock is held only while the series are copied. Returns a malloc'd
+ * string (*len set), or NULL on ENOMEM; the caller frees it.
  */
 char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *len);
 

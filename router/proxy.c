@@ -66,8 +66,39 @@ static void buf_free(struct aor_buf *b)
 
 static struct aor_balancer_policy policy_of(const struct aor_config *conf)
 {
-    struct aor_balancer_policy p = {conf->circuit.failures, conf->circuit.open_ms};
+    /* a probe's claim outlives the longest attempt (connect + whole transfer) by a second */
+    struct aor_balancer_policy p = {conf->circuit.failures, conf->circuit.open_ms,
+                                    conf->limits.connect_timeout_ms + conf->limits.upstream_timeout_ms + 1000,
+                                    conf->limits.max_cooldown_ms};
     return p;
+}
+
+static struct aor_balancer_candidate *current_cand(struct aor_request *ar)
+{
+    return &ar->cand[ar->current];
+}
+
+/*
+ * The current attempt ended without a result the balancer learns from (the client left, the
+ * request could not be sent, the request is freed): its half-open probe claim is freed, and
+ * its token estimate is taken back — or, if the backend already streamed an answer, cut to
+ * what it can have cost (prompt + every byte received). Idempotent; safe with no attempt.
+ */
+static void attempt_abandoned(struct aor_request *ar)
+{
+    struct aor_balancer_candidate *c;
+    int64_t received = (int64_t)(ar->bytes_to_client + ar->pending.len);
+
+    if (ar->current < 0)
+        return;
+    c = current_cand(ar);
+    aor_balancer_release_probe(c);
+    if (ar->started && ar->status >= 200 && ar->status < 300 && received > 0)
+        aor_balancer_settle(
+            c, ar->estimate < (int64_t)ar->body_len / 4 + received ? ar->estimate : (int64_t)ar->body_len / 4 + received,
+            aor_now_ms());
+    else
+        aor_balancer_settle(c, -1, aor_now_ms());
 }
 
 #define NAME_IS(name, lit) ((name)->len == sizeof(lit) - 1 && memcmp((name)->base, (lit), sizeof(lit) - 1) == 0)
@@ -155,6 +186,7 @@ static void on_stop(h2o_generator_t *gen, h2o_req_t *req)
 
     /* the client went away mid-response; the dispose callback that follows frees */
     cancel_upstream(ar);
+    attempt_abandoned(ar);
 }
 
 /* 429 and 5xx; 401/403 are the router's credential failing there, not the client's (SPEC §5) */
@@ -209,7 +241,7 @@ static void give_up(struct aor_request *ar, int64_t earliest_cooldown_end)
     size_t i;
 
     for (i = 0; i != ar->num_cand; ++i) {
-        int64_t until = __atomic_load_n(&ar->cand[i].state->cooldown_until_ms, __ATOMIC_RELAXED);
+        int64_t until = __atomic_load_n(&ar->cand[i].dep->cooldown_until_ms, __ATOMIC_RELAXED);
         if (until > now && (earliest_cooldown_end == 0 || until < earliest_cooldown_end))
             earliest_cooldown_end = until;
     }
@@ -249,7 +281,8 @@ static void attempt_failed(struct aor_request *ar, const char *reason, const cha
 
     AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s attempt %u failed: %s (%s)", ar->id, b->name, ar->attempts, reason,
             detail != NULL ? detail : "-");
-    aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, aor_now_ms());
+    aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_FAILURE, 0, aor_now_ms());
+    aor_balancer_settle(current_cand(ar), -1, aor_now_ms());
     aor_metrics_failover(b->name, reason);
     ++ar->failed;
     ar->last_error = reason;
@@ -257,13 +290,15 @@ static void attempt_failed(struct aor_request *ar, const char *reason, const cha
 }
 
 /* the attempt ended for a reason of the router's own (upstream_h1's err_local, out of memory): logged
- * with the cause, the request tries elsewhere, the backend's standing is untouched */
+ * with the cause, the request tries elsewhere, the backend's standing is untouched (its probe claim
+ * freed, the estimate taken back) */
 static void attempt_local_failure(struct aor_request *ar, const char *detail)
 {
     const struct aor_backend_conf *b = ar->cand_backend[ar->current];
 
     AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s attempt %u: local failure, not counted against the backend: %s", ar->id, b->name,
             ar->attempts, detail != NULL ? detail : "-");
+    attempt_abandoned(ar);
     aor_metrics_failover(b->name, "local");
     ++ar->local_failed;
     ar->last_error = "local";
@@ -281,32 +316,30 @@ static void attempt_refused(struct aor_request *ar)
         if (ar->cooldown_capped)
             AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s asked for an absurd retry-after; cooldown capped at %lld ms", ar->id,
                     b->name, (long long)ar->cooldown_ms);
-        aor_balancer_record(b->state, &pol, AOR_OUTCOME_THROTTLED, ar->cooldown_ms, now);
-        aor_coolshare_publish(ar->worker, b, now + ar->cooldown_ms, now);
-        aor_balancer_add_sent(b->state, -ar->estimate, now);
+        aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_THROTTLED, ar->cooldown_ms, now);
+        aor_coolshare_publish(ar->worker, b, ar->cand_name[ar->current], now + ar->cooldown_ms, now);
         ++ar->throttled;
         ar->last_error = "429";
     } else if (ar->status == 401 || ar->status == 403) {
         /* the router's key or token for this backend is refused: an operator's problem, loudly */
         AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s refused the router's credential (%d); check its key or identity", ar->id,
                 b->name, ar->status);
-        aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
-        aor_balancer_add_sent(b->state, -ar->estimate, now);
+        aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_FAILURE, 0, now);
         ++ar->failed;
         ar->last_error = "credential";
     } else if (ar->status == 404) {
         /* DeploymentNotFound: the config maps the deployment to a name this backend lacks; the backend is up */
         AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s has no deployment %s (DeploymentNotFound); check its deployments mapping",
                 ar->id, b->name, ar->cand_name[ar->current]);
-        aor_balancer_record(b->state, &pol, AOR_OUTCOME_SUCCESS, 0, now);
-        aor_balancer_add_sent(b->state, -ar->estimate, now);
+        aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_SUCCESS, 0, now);
         ++ar->failed;
         ar->last_error = "not_found";
     } else {
-        aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
+        aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_FAILURE, 0, now);
         ++ar->failed;
         ar->last_error = "5xx";
     }
+    aor_balancer_settle(current_cand(ar), -1, now); /* a refusal costs no tokens */
     aor_metrics_failover(b->name, ar->last_error);
     if (ar->status == 429 || ar->status >= 500)
         AOR_LOG(AOR_LOG_INFO, "proxy", "%s: backend %s answered %d, failing over", ar->id, b->name, ar->status);
@@ -483,7 +516,7 @@ static void on_upstream_body(struct aor_upstream_h1_xfer *x, const char *data, s
         if ((ar->discarded += len) > MAX_DISCARDED_BODY) {
             cancel_upstream(ar);
             if (ar->backend_remaining_tokens >= 0)
-                aor_balancer_report_remaining(ar->cand_backend[ar->current]->state, ar->backend_remaining_tokens, aor_now_ms());
+                aor_balancer_report_remaining(current_cand(ar)->dep, ar->backend_remaining_tokens, aor_now_ms());
             attempt_refused(ar); /* may start the next attempt on ar->xfer: allowed inside its callback */
         }
         return;
@@ -545,11 +578,12 @@ static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
 
     end_attempt(ar);
     if (ar->req == NULL) {
+        attempt_abandoned(ar);
         aor_pipeline_maybe_free(ar);
         return;
     }
     if (ar->backend_remaining_tokens >= 0)
-        aor_balancer_report_remaining(b->state, ar->backend_remaining_tokens, now);
+        aor_balancer_report_remaining(current_cand(ar)->dep, ar->backend_remaining_tokens, now);
 
     if (errstr == aor_upstream_h1_err_local && !ar->started) {
         attempt_local_failure(ar, x->detail);
@@ -565,7 +599,8 @@ static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
          * (HTTP/2 RST_STREAM, HTTP/1.1 a close without the last chunk), and the backend is blamed */
         AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s failed mid-response: %s (%s)", ar->id, b->name, errstr,
                 x->detail != NULL ? x->detail : "-");
-        aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
+        aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_FAILURE, 0, now);
+        attempt_abandoned(ar); /* what was streamed may have cost tokens: bounded by the bytes */
         ar->final_status = 502;
         ar->final_sent = 1;
         aor_pipeline_finish(ar);
@@ -581,7 +616,7 @@ static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
         return;
     }
 
-    aor_balancer_record(b->state, &pol, AOR_OUTCOME_SUCCESS, 0, now);
+    aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_SUCCESS, 0, now);
     aor_metrics_upstream_duration(b->name, (double)(aor_mono_ns() - ar->upstream_started_ns) / 1e9);
     if (ar->mode == AOR_MODE_STREAM && ar->first_byte_ns != 0)
         aor_metrics_ttfb(b->name, (double)(ar->first_byte_ns - ar->started_ns) / 1e9);
@@ -596,8 +631,10 @@ static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
     }
     if (!ar->started)
         start_client_response(ar);
-    if (ar->usage.found) /* replace the estimate counted at the start of the attempt by what was spent */
-        aor_balancer_add_sent(b->state, ar->usage.total - ar->estimate, now);
+    if (ar->usage.found) /* replace the estimate charged at the start of the attempt by what was spent */
+        aor_balancer_settle(current_cand(ar), ar->usage.total, now);
+    else /* a 2xx without usage: at most prompt + what came back; another answer (4xx): nothing */
+        attempt_abandoned(ar);
     ar->upstream_done = 1;
     flush(ar);
 }
@@ -809,26 +846,31 @@ static void start_attempt(struct aor_request *ar)
     h2o_iovec_t head;
     char path[4096];
     int pick, n, is_get, is_head;
+    struct aor_balancer_policy pol;
 
-    pick = aor_balancer_pick(ar->cand, ar->num_cand, now, aor_worker_random(w), &earliest);
+    pol = policy_of(ar->conf);
+    pick = aor_balancer_pick(ar->cand, ar->num_cand, &pol, now, aor_worker_random(w), &earliest);
     if (pick < 0) {
         give_up(ar, earliest);
         return;
     }
+    /* from here on, every way out of this attempt ends its probe claim and its charge:
+     * aor_balancer_record() + settle, or attempt_abandoned() */
     ar->current = pick;
     ar->cand[pick].tried = 1;
     ++ar->attempts;
     b = ar->cand_backend[pick];
     name = ar->cand_name[pick];
-    aor_balancer_add_sent(b->state, ar->estimate, now);
+    aor_balancer_charge(&ar->cand[pick], ar->estimate, now);
 
     if ((n = aor_route_upstream_path(&ar->route, b->provider, name, strlen(name), path, sizeof(path))) < 0) {
+        attempt_abandoned(ar);
         ++ar->failed;
         next_attempt(ar);
         return;
     }
     if (!is_clean_path(path, (size_t)n)) {
-        aor_balancer_add_sent(b->state, -ar->estimate, now);
+        attempt_abandoned(ar);
         finish_error(ar, AOR_ERR_INVALID_REQUEST, "the request path has bytes that cannot be forwarded", 0);
         return;
     }
@@ -845,9 +887,9 @@ static void start_attempt(struct aor_request *ar)
         attempt_body(ar, b, name, &body, &body_len) != 0 ||
         build_head(ar, b, t, path, (size_t)n, !is_get && !is_head, body_len, &head) != 0) {
         /* out of memory, an unusable URL or no credential: counts as a failed attempt on this backend */
-        struct aor_balancer_policy pol = policy_of(ar->conf);
         AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s: could not prepare the attempt (credential unavailable?)", ar->id, b->name);
-        aor_balancer_record(b->state, &pol, AOR_OUTCOME_FAILURE, 0, now);
+        aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_FAILURE, 0, now);
+        aor_balancer_settle(current_cand(ar), -1, now);
         ++ar->failed;
         next_attempt(ar);
         return;
@@ -876,10 +918,22 @@ void aor_proxy_start(struct aor_request *ar)
 void aor_proxy_on_dispose(struct aor_request *ar)
 {
     cancel_upstream(ar);
+    attempt_abandoned(ar);
 }
 
 void aor_proxy_free(struct aor_request *ar)
 {
+    size_t i;
+    int64_t now = aor_now_ms();
+
+    /* whatever path led here, no probe claim, charge or deployment entry outlives the request */
+    attempt_abandoned(ar);
+    for (i = 0; i != ar->num_cand; ++i) {
+        aor_balancer_release_probe(&ar->cand[i]);
+        aor_balancer_settle(&ar->cand[i], -1, now);
+        aor_backend_deployment_release(ar->cand[i].dep, now);
+        ar->cand[i].dep = NULL;
+    }
     buf_free(&ar->inflight);
     buf_free(&ar->pending);
     aor_sse_dispose(&ar->sse);

@@ -201,6 +201,32 @@ static int param_is(const char *p, size_t len, const char *name)
     return (len == nlen || (len > nlen && p[nlen] == '=')) && memcmp(p, name, nlen) == 0;
 }
 
+static int hexdigit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+int aor_route_param_named(const char *p, size_t plen, const char *name)
+{
+    size_t i = 0, n = 0, nlen = strlen(name);
+
+    while (i != plen && p[i] != '=') {
+        char c = p[i];
+        if (c == '%' && i + 2 < plen && hexdigit(p[i + 1]) >= 0 && hexdigit(p[i + 2]) >= 0) {
+            c = (char)(hexdigit(p[i + 1]) * 16 + hexdigit(p[i + 2]));
+            i += 3;
+        } else {
+            ++i;
+        }
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c + 32);
+        if (n == nlen || c != name[n])
+            return 0;
+        ++n;
+    }
+    return n == nlen;
+}
+
 int aor_route_upstream_path(const struct aor_route *route, enum aor_provider provider, const char *upstream_name,
                             size_t upstream_len, char *buf, size_t cap)
 {
@@ -228,7 +254,8 @@ int aor_route_upstream_path(const struct aor_route *route, enum aor_provider pro
         const char *p = route->query + i, *amp = memchr(p, '&', route->query_len - i);
         size_t plen = amp != NULL ? (size_t)(amp - p) : route->query_len - i;
         i += plen + 1;
-        if (plen == 0 || param_is(p, plen, "subscription-key"))
+        /* a client credential never goes upstream, however its name is spelt or encoded */
+        if (plen == 0 || aor_route_param_named(p, plen, "subscription-key"))
             continue;
         if (provider == AOR_PROVIDER_OPENAI && param_is(p, plen, "api-version"))
             continue;

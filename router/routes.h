@@ -60,11 +60,19 @@ int aor_route_valid_name(const char *name, size_t len);
 /**
  * Writes the upstream path (from the first '/', with query) for `route` on a backend
  * of `provider`, `upstream_name` being the backend's name for the deployment.
- * Query parameter `subscription-key` (a client credential) is dropped; `api-version`
+ * Query parameter `subscription-key` (a client credential) is dropped, every occurrence and
+ * spelling (aor_route_param_named); `api-version`
  * is dropped for provider openai. Returns the length written, or -1 if `cap` is too small.
  */
 int aor_route_upstream_path(const struct aor_route *route, enum aor_provider provider, const char *upstream_name,
                             size_t upstream_len, char *buf, size_t cap);
+
+/**
+ * 1 when the query parameter `p` (`plen` bytes, "name" or "name=value") is named `name` (lower
+ * case) once its name is percent-decoded and compared case-insensitively: Subscription-Key,
+ * subscription%2Dkey and SUBSCRIPTION%2dKEY all name "subscription-key". 0 otherwise.
+ */
+int aor_route_param_named(const char *p, size_t plen, const char *name);
 
 /**
  * Finds query parameter `name` (exact, not decoded). Returns 1 and sets *value and *value_len

@@ -680,7 +680,13 @@ describe('JWKS sources and key shapes', () => {
     assert.ok(await pollUntil(() => idpMis.counts.discovery >= 1, { timeoutMs: 10000 * SLOW }), 'no discovery fetch');
     await sleep(300);
     assert.equal(idpMis.counts.jwks, 0, 'the router fetched the JWKS a mismatched discovery document named');
-    await expectRefused(await idpMis.mint({ tid: 'mis' }), 'issuer mismatch', { reasons: ['keys_unavailable', 'unknown_kid'] });
+    // issue 7.1: keys that cannot be had are the router's fault: 503 not_ready with retry-after
+    // after a bounded wait, never a 401 for a token that may be valid
+    const res = await call(await idpMis.mint({ tid: 'mis' }));
+    assert.equal(res.status, 503, res.body);
+    assert.equal(res.json().error.code, 'not_ready');
+    assert.ok(Number(res.headers['retry-after']) >= 1, `retry-after: ${res.headers['retry-after']}`);
+    assert.equal(res.headers['www-authenticate'], undefined);
   });
 });
 

@@ -533,12 +533,10 @@ describe('jwt_or_key and jwt_and_key', () => {
     await assertNotForwarded('jwt_and_key');
   });
 
-  it('jwt_and_key: different tenants: 403', async () => {
-    await expectRefused(andRouter, { token: await idp.mint({ tid: 'shared' }, { alg: 'ES256' }), key: OTHER_KEY }, 'mismatch', {
-      status: 403,
-      code: 'forbidden',
-      reasons: ['tenant_mismatch'],
-    });
+  it('jwt_and_key: different tenants: the key names the tenant (SPEC §3; 403 only with same_tenant, hostile_auth)', async () => {
+    const { line } = await expectOk(andRouter, { token: await idp.mint({ tid: 'shared' }, { alg: 'ES256' }), key: OTHER_KEY }, 'mismatch');
+    assert.equal(line.auth, 'jwt+key');
+    assert.equal(line.tenant, 'other');
   });
 
   it('jwt_and_key: one of them missing: 401', async () => {

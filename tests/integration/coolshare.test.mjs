@@ -1,5 +1,6 @@
-// SPEC §5/§6: with Redis, a backend's 429 cooldown is shared with every router replica
-// through <prefix>backend:<name>:cooldown_until (unix ms, PX TTL).
+// SPEC §5/§6: with Redis, a backend deployment's 429 cooldown is shared with every router
+// replica through <prefix>backend:<name>:<deployment>:cooldown_until (unix ms, PX TTL;
+// <deployment> is the name on that backend).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -27,8 +28,8 @@ describe('cooldown shared through Redis', () => {
     const config = () => ({
       redis: { url: `redis://127.0.0.1:${redis.port}/0` },
       backends: [
-        backendFor(east, { priority: 1, deployments: { 'gpt-4o': 'gpt-4o' } }),
-        backendFor(swc, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o' } }),
+        backendFor(east, { priority: 1, deployments: { 'gpt-4o': 'gpt-4o-east', emb: 'emb-east' } }),
+        backendFor(swc, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o', emb: 'emb' } }),
       ],
     });
     a = await startRouter({ config: config() });
@@ -44,10 +45,11 @@ describe('cooldown shared through Redis', () => {
     const r = await post(a.url, CHAT_PATH, chatBody());
     assert.equal(r.status, 200);
     assert.equal(r.headers['x-aoai-router-backend'], 'swedencentral');
-    // the cooldown is in Redis, as SPEC §6 names it, with a TTL
-    const until = Number(((await redisCli(redis, 'GET', 'aoai:backend:eastus:cooldown_until')).stdout).trim());
+    // the cooldown is in Redis, as SPEC §6 names it (the deployment's name on that backend), with a TTL
+    const KEY = 'aoai:backend:eastus:gpt-4o-east:cooldown_until';
+    const until = Number(((await redisCli(redis, 'GET', KEY)).stdout).trim());
     assert.ok(until > Date.now() + 5000 && until < Date.now() + 9000, `cooldown_until ${until}`);
-    const pttl = Number(((await redisCli(redis, 'PTTL', 'aoai:backend:eastus:cooldown_until')).stdout).trim());
+    const pttl = Number(((await redisCli(redis, 'PTTL', KEY)).stdout).trim());
     assert.ok(pttl > 5000 && pttl <= 8000, `PTTL ${pttl}`);
     // within the poll interval (1 s per worker) replica b adopts it
     await pollUntil(
@@ -62,6 +64,10 @@ describe('cooldown shared through Redis', () => {
     }
     assert.equal((await east.stats()).requests, before, 'replica b sent nothing to the cooling primary');
     const m = await (await fetch(`${b.url}/metrics`)).text();
-    assert.match(m, /aoai_router_backend_cooldown\{backend="eastus"\} 1/);
+    assert.match(m, /aoai_router_backend_cooldown\{backend="eastus",deployment="gpt-4o"\} 1/);
+    // the other deployment on that backend is not cooling down, on either replica
+    assert.match(m, /aoai_router_backend_cooldown\{backend="eastus",deployment="emb"\} 0/);
+    const EMB = '/openai/deployments/emb/chat/completions?api-version=2024-10-21';
+    for (const r of [a, b]) assert.equal((await post(r.url, EMB, chatBody())).headers['x-aoai-router-backend'], 'eastus');
   });
 });

@@ -114,6 +114,39 @@ describe('429 cooldown', () => {
   });
 });
 
+describe('cooldowns are per backend deployment (SPEC §5)', () => {
+  let router;
+  const EMB = '/openai/deployments/emb/chat/completions?api-version=2024-10-21';
+  before(async () => {
+    router = await startRouter({
+      config: {
+        backends: [
+          backendFor(east, { priority: 1, deployments: { 'gpt-4o': 'gpt-4o', emb: 'emb-east' } }),
+          backendFor(swc, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o-swc', emb: 'emb-swc' } }),
+        ],
+      },
+    });
+  });
+  after(() => router?.stop());
+
+  it("a 429 for one deployment does not stop the backend's other deployments", async () => {
+    await east.setBehaviour({ status: 429, retry_after: '30', count: 1 });
+    const r = await ask(router);
+    assert.equal(r.headers['x-aoai-router-backend'], 'swedencentral');
+    // gpt-4o cools down on eastus: the secondary serves it, eastus is not asked
+    assert.equal((await ask(router)).headers['x-aoai-router-backend'], 'swedencentral');
+    assert.equal((await east.stats()).requests, 1);
+    // emb on eastus is another Azure deployment with its own TPM: served by the primary
+    for (const proto of ['h1', 'h2c']) {
+      const e = await post(router.url, EMB, chatBody(), { proto });
+      assert.equal(e.status, 200, e.body);
+      assert.equal(e.headers['x-aoai-router-backend'], 'eastus');
+      assert.equal(e.json().model, 'emb-east');
+    }
+    assert.equal((await east.stats()).requests, 3);
+  });
+});
+
 describe('every backend throttled', () => {
   let router;
   before(async () => {

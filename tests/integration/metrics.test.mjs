@@ -22,7 +22,8 @@ describe('metrics on every listener', () => {
     router = await startRouter({
       config: {
         backends: [
-          backendFor(east, { priority: 1, deployments: { 'gpt-4o': 'gpt-4o' } }),
+          // two logical names for one deployment on eastus: one state, a series for each name
+          backendFor(east, { priority: 1, deployments: { 'gpt-4o': 'gpt-4o', 'gpt-4o-alias': 'gpt-4o', emb: 'emb3' } }),
           backendFor(swc, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o' } }),
         ],
       },
@@ -42,10 +43,16 @@ describe('metrics on every listener', () => {
     assert.equal(sample(text, 'aoai_router_requests_total', { tenant: 'default', deployment: 'gpt-4o', backend: 'eastus', code: '200' }), 3);
     assert.equal(sample(text, 'aoai_router_requests_total', { backend: 'swedencentral', code: '200' }), 1);
     assert.equal(sample(text, 'aoai_router_failovers_total', { backend: 'eastus', reason: '429' }), 1);
-    assert.equal(sample(text, 'aoai_router_backend_cooldown', { backend: 'eastus' }), 1);
-    assert.equal(sample(text, 'aoai_router_backend_cooldown', { backend: 'swedencentral' }), 0);
+    // cooldown and remaining tokens are per backend deployment (SPEC §7), labelled with the
+    // logical name like every other series; an alias shares its deployment's state
+    assert.equal(sample(text, 'aoai_router_backend_cooldown', { backend: 'eastus', deployment: 'gpt-4o' }), 1);
+    assert.equal(sample(text, 'aoai_router_backend_cooldown', { backend: 'eastus', deployment: 'gpt-4o-alias' }), 1);
+    assert.equal(sample(text, 'aoai_router_backend_cooldown', { backend: 'eastus', deployment: 'emb' }), 0);
+    assert.equal(sample(text, 'aoai_router_backend_cooldown', { backend: 'swedencentral', deployment: 'gpt-4o' }), 0);
+    assert.equal(text.split('\n').filter((l) => l.startsWith('aoai_router_backend_cooldown{')).length, 4);
     assert.ok(sample(text, 'aoai_router_tokens_total', { backend: 'eastus', type: 'completion' }) >= 30);
-    assert.ok(sample(text, 'aoai_router_backend_remaining_tokens', { backend: 'swedencentral' }) > 0);
+    assert.ok(sample(text, 'aoai_router_backend_remaining_tokens', { backend: 'swedencentral', deployment: 'gpt-4o' }) > 0);
+    assert.equal(sample(text, 'aoai_router_backend_remaining_tokens', { backend: 'eastus', deployment: 'emb' }), -1);
     assert.equal(sample(text, 'aoai_router_request_duration_seconds_count', { deployment: 'gpt-4o', backend: 'eastus' }), 3);
     assert.equal(sample(text, 'aoai_router_inflight_requests', {}), 0);
     // every sample line is "name{labels} number" or "name number"

@@ -70,7 +70,18 @@ static void test_digest(void)
 static void test_tenant_names(void)
 {
     CHECK(aor_apikey_tenant_ok("t1", 2));
-    CHECK(aor_apikey_tenant_ok("contoso.com/x", 13));
+    CHECK(aor_apikey_tenant_ok("contoso.com:x@y_z-1", 19));
+    CHECK(!aor_apikey_tenant_ok("contoso.com/x", 13));
+    CHECK(!aor_apikey_tenant_ok("a\"b", 3));
+    CHECK(!aor_apikey_tenant_ok("a\\b", 3));
+    CHECK(!aor_apikey_tenant_ok("\xc3\xa9", 2));
+    CHECK(!aor_apikey_tenant_ok("a\0b", 3));
+    CHECK(aor_apikey_tenant_ok("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                               "xxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                               128));
+    CHECK(!aor_apikey_tenant_ok("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                                129));
     CHECK(!aor_apikey_tenant_ok("", 0));
     CHECK(!aor_apikey_tenant_ok("a b", 3));
     CHECK(!aor_apikey_tenant_ok("a{b", 3));
@@ -241,6 +252,47 @@ static void never_called(void *data, const struct aor_apikey_result *r)
 }
 
 /* every synchronous path of aor_apikeys_lookup, without Redis */
+/* issue 7.7: the key format of `keys create` carries a checksum; a wrong one costs no Redis round trip */
+static void test_checksum(void)
+{
+    char key[AOR_APIKEY_CHECKED_LEN + 1] = "aor_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
+    struct aor_config *conf = static_conf("redis: { url: \"redis://127.0.0.1:1\" }\n");
+    struct aor_apikeys *k = aor_apikeys_create(NULL, 0);
+    struct aor_apikey_pending *p = NULL;
+    struct aor_apikey_result r;
+    struct aor_apikeys_stats st;
+
+    CHECK_EQ_INT(strlen(key), AOR_APIKEY_LEGACY_LEN);
+    CHECK_EQ_INT(aor_apikey_check_format(key, strlen(key)), 0); /* legacy: no checksum to check */
+    CHECK_EQ_INT(aor_apikey_checksum(key, key + AOR_APIKEY_LEGACY_LEN), 0);
+    key[AOR_APIKEY_CHECKED_LEN] = '\0';
+    CHECK_EQ_INT(aor_apikey_check_format(key, AOR_APIKEY_CHECKED_LEN), 1);
+    for (size_t i = 4; i != AOR_APIKEY_CHECKED_LEN; ++i) {
+        char saved = key[i];
+        key[i] = saved == 'x' ? 'y' : 'x'; /* one character mistyped anywhere */
+        CHECK_EQ_INT(aor_apikey_check_format(key, AOR_APIKEY_CHECKED_LEN), -1);
+        key[i] = saved;
+    }
+    key[0] = 'b'; /* another prefix: not this format */
+    CHECK_EQ_INT(aor_apikey_check_format(key, AOR_APIKEY_CHECKED_LEN), 0);
+    key[0] = 'a';
+    CHECK(conf != NULL && k != NULL);
+    if (conf != NULL && k != NULL) {
+        key[10] ^= 1;
+        /* Redis is configured but (here) has no client: a lookup would say UNAVAILABLE; a wrong
+         * checksum says UNKNOWN at once */
+        CHECK_EQ_INT(aor_apikeys_lookup(k, conf, key, AOR_APIKEY_CHECKED_LEN, 0, never_called, NULL, &r, &p), 1);
+        CHECK_EQ_INT(r.status, AOR_APIKEY_UNKNOWN);
+        key[10] ^= 1;
+        CHECK_EQ_INT(aor_apikeys_lookup(k, conf, key, AOR_APIKEY_CHECKED_LEN, 0, never_called, NULL, &r, &p), 1);
+        CHECK_EQ_INT(r.status, AOR_APIKEY_UNAVAILABLE);
+        aor_apikeys_get_stats(k, &st);
+        CHECK_EQ_INT(st.bad_checksum, 1);
+    }
+    aor_apikeys_destroy(k);
+    aor_config_release(conf);
+}
+
 static void test_lookup_sync(void)
 {
     struct aor_config *conf = static_conf("");
@@ -851,6 +903,41 @@ static void test_e2e(void)
                 (unsigned long long)(st.redis_lookups - before.redis_lookups));
     }
 
+    /* issue 7.7: keys without a checksum share AOR_APIKEY_MAX_UNCHECKED_FLIGHTS round trips in
+     * flight; beyond them BUSY at once, and a checksummed key still gets its lookup */
+    {
+        enum { N = AOR_APIKEY_MAX_UNCHECKED_FLIGHTS + 16 };
+        static struct waiter ws[N + 1];
+        static struct aor_apikey_pending *ps[N + 1];
+        char keys[N + 1][AOR_APIKEY_CHECKED_LEN + 1];
+        int pending = 0, busy = 0;
+        int64_t now = (int64_t)uv_now(&loop);
+
+        memset(ws, 0, sizeof(ws));
+        for (int i = 0; i != N; ++i) {
+            snprintf(keys[i], sizeof(keys[i]), "legacy-random-key-%08d-xxxxxxxxxx", i);
+            if (aor_apikeys_lookup(k, conf, keys[i], strlen(keys[i]), now, on_result, &ws[i], &res, &ps[i]) == 0)
+                ++pending;
+            else if (res.status == AOR_APIKEY_BUSY)
+                ++busy;
+        }
+        CHECK_EQ_INT(pending, AOR_APIKEY_MAX_UNCHECKED_FLIGHTS);
+        CHECK_EQ_INT(busy, N - AOR_APIKEY_MAX_UNCHECKED_FLIGHTS);
+        snprintf(keys[N], sizeof(keys[N]), "aor_%043d", 7);
+        CHECK_EQ_INT(aor_apikey_checksum(keys[N], keys[N] + AOR_APIKEY_LEGACY_LEN), 0);
+        keys[N][AOR_APIKEY_CHECKED_LEN] = '\0';
+        CHECK_EQ_INT(aor_apikeys_lookup(k, conf, keys[N], AOR_APIKEY_CHECKED_LEN, now, on_result, &ws[N], &res, &ps[N]), 0);
+        run_until(&ws[N].calls, 2000);
+        CHECK_EQ_INT(ws[N].res.status, AOR_APIKEY_UNKNOWN);
+        for (int i = 0; i != N; ++i)
+            if (ws[i].calls == 0 && ps[i] != NULL && i < AOR_APIKEY_MAX_UNCHECKED_FLIGHTS)
+                run_until(&ws[i].calls, 2000);
+        /* once answered, the budget is free again */
+        CHECK_EQ_INT(aor_apikeys_lookup(k, conf, keys[N - 1], strlen(keys[N - 1]), now, on_result, &ws[N - 1], &res, &ps[N - 1]),
+                     0);
+        run_until(&ws[N - 1].calls, 2000);
+    }
+
     /* a revoke (and a tenant disable) is seen within 2 s while the key is used continuously */
     {
         const char *what[] = {"revoke", "disable"};
@@ -976,6 +1063,7 @@ int main(void)
     test_static();
     test_cache_expiry();
     test_cache_bound();
+    test_checksum();
     test_lookup_sync();
     test_flags();
     test_url();

@@ -3,78 +3,119 @@
 #include "balancer.h"
 #include "test.h"
 
-static struct aor_balancer_policy pol = {3, 30000};
+static struct aor_balancer_policy pol = {3, 30000, 120000, 300000};
 
-static void setup(struct aor_backend_state *st, struct aor_balancer_candidate *c, size_t n)
+struct fixture {
+    struct aor_backend_state st[4];
+    struct aor_deployment_state dep[4];
+    struct aor_balancer_candidate c[4];
+};
+
+static void setup(struct fixture *f, size_t n)
 {
     size_t i;
+    memset(f, 0, sizeof(*f));
     for (i = 0; i != n; ++i) {
-        aor_balancer_state_init(&st[i]);
-        memset(&c[i], 0, sizeof(c[i]));
-        c[i].state = &st[i];
-        c[i].priority = 1;
-        c[i].weight = 1;
+        aor_balancer_state_init(&f->st[i]);
+        aor_balancer_deployment_init(&f->dep[i]);
+        f->c[i].state = &f->st[i];
+        f->c[i].dep = &f->dep[i];
+        f->c[i].priority = 1;
+        f->c[i].weight = 1;
     }
 }
 
+#define PICK(f, n, now, rnd, earliest) aor_balancer_pick((f)->c, (n), &pol, (now), (rnd), (earliest))
+
 static void test_priority_and_skip(void)
 {
-    struct aor_backend_state st[3];
-    struct aor_balancer_candidate c[3];
+    struct fixture f;
     int64_t now = 1000000, earliest;
 
-    setup(st, c, 3);
-    c[0].priority = 2;
-    c[1].priority = 1;
-    c[2].priority = 3;
-    CHECK_EQ_INT(aor_balancer_pick(c, 3, now, 0, &earliest), 1);
-    CHECK_EQ_INT(aor_balancer_pick(c, 3, now, 0xffffffff, &earliest), 1);
+    setup(&f, 3);
+    f.c[0].priority = 2;
+    f.c[1].priority = 1;
+    f.c[2].priority = 3;
+    CHECK_EQ_INT(PICK(&f, 3, now, 0, &earliest), 1);
+    CHECK_EQ_INT(PICK(&f, 3, now, 0xffffffff, &earliest), 1);
     /* 429 on the primary: cooldown; the next priority serves */
-    aor_balancer_record(&st[1], &pol, AOR_OUTCOME_THROTTLED, 5000, now);
-    CHECK_EQ_INT(aor_balancer_pick(c, 3, now, 0, &earliest), 0);
+    aor_balancer_record(&f.c[1], &pol, AOR_OUTCOME_THROTTLED, 5000, now);
+    CHECK_EQ_INT(PICK(&f, 3, now, 0, &earliest), 0);
     CHECK_EQ_INT(earliest, now + 5000);
     /* tried candidates are excluded */
-    c[0].tried = 1;
-    CHECK_EQ_INT(aor_balancer_pick(c, 3, now, 0, &earliest), 2);
-    c[2].tried = 1;
-    CHECK_EQ_INT(aor_balancer_pick(c, 3, now, 0, &earliest), -1);
+    f.c[0].tried = 1;
+    CHECK_EQ_INT(PICK(&f, 3, now, 0, &earliest), 2);
+    f.c[2].tried = 1;
+    CHECK_EQ_INT(PICK(&f, 3, now, 0, &earliest), -1);
     CHECK_EQ_INT(earliest, now + 5000);
     /* cooldown ends: recovery */
-    c[0].tried = c[2].tried = 0;
-    CHECK_EQ_INT(aor_balancer_pick(c, 3, now + 4999, 0, &earliest), 0);
-    CHECK_EQ_INT(aor_balancer_pick(c, 3, now + 5000, 0, &earliest), 1);
-    CHECK(!aor_balancer_cooling(&st[1], now + 5000));
+    f.c[0].tried = f.c[2].tried = 0;
+    CHECK_EQ_INT(PICK(&f, 3, now + 4999, 0, &earliest), 0);
+    CHECK_EQ_INT(PICK(&f, 3, now + 5000, 0, &earliest), 1);
+    CHECK(!aor_balancer_cooling(&f.dep[1], now + 5000));
 }
 
 static void test_all_cooling(void)
 {
-    struct aor_backend_state st[2];
-    struct aor_balancer_candidate c[2];
+    struct fixture f;
     int64_t now = 5000000, earliest;
 
-    setup(st, c, 2);
-    aor_balancer_record(&st[0], &pol, AOR_OUTCOME_THROTTLED, 8000, now);
-    aor_balancer_record(&st[1], &pol, AOR_OUTCOME_THROTTLED, 3000, now);
-    CHECK_EQ_INT(aor_balancer_pick(c, 2, now, 0, &earliest), -1);
+    setup(&f, 2);
+    aor_balancer_record(&f.c[0], &pol, AOR_OUTCOME_THROTTLED, 8000, now);
+    aor_balancer_record(&f.c[1], &pol, AOR_OUTCOME_THROTTLED, 3000, now);
+    CHECK_EQ_INT(PICK(&f, 2, now, 0, &earliest), -1);
     CHECK_EQ_INT(earliest, now + 3000);
     /* a later, shorter 429 does not shorten a running cooldown */
-    aor_balancer_record(&st[0], &pol, AOR_OUTCOME_THROTTLED, 1000, now);
-    CHECK_EQ_INT(st[0].cooldown_until_ms, now + 8000);
+    aor_balancer_record(&f.c[0], &pol, AOR_OUTCOME_THROTTLED, 1000, now);
+    CHECK_EQ_INT(f.dep[0].cooldown_until_ms, now + 8000);
+    /* a cooldown longer than the policy's maximum is cut to it */
+    aor_balancer_record(&f.c[1], &pol, AOR_OUTCOME_THROTTLED, INT64_MAX / 2, now);
+    CHECK_EQ_INT(f.dep[1].cooldown_until_ms, now + 300000);
+}
+
+/* issue 6 item 12: a 429 for one deployment leaves the backend's other deployments alone; circuits are per backend */
+static void test_per_deployment(void)
+{
+    struct aor_backend_state st;
+    struct aor_deployment_state a, b;
+    struct aor_balancer_candidate ca = {0}, cb = {0};
+    int64_t now = 7000000, earliest;
+
+    aor_balancer_state_init(&st);
+    aor_balancer_deployment_init(&a);
+    aor_balancer_deployment_init(&b);
+    ca.state = cb.state = &st;
+    ca.dep = &a;
+    cb.dep = &b;
+    ca.weight = cb.weight = 1;
+    aor_balancer_record(&ca, &pol, AOR_OUTCOME_THROTTLED, 10000, now);
+    CHECK_EQ_INT(aor_balancer_pick(&ca, 1, &pol, now, 0, &earliest), -1);
+    CHECK_EQ_INT(aor_balancer_pick(&cb, 1, &pol, now, 0, &earliest), 0);
+    /* headroom too: what deployment a was sent does not count against b */
+    ca.tpm = cb.tpm = 1000;
+    aor_balancer_charge(&ca, 990, now);
+    CHECK(aor_balancer_headroom(&a, 1000, now) < 0.02);
+    CHECK(aor_balancer_headroom(&b, 1000, now) == 1.0);
+    /* failures of either deployment open the one circuit */
+    aor_balancer_record(&ca, &pol, AOR_OUTCOME_FAILURE, 0, now);
+    aor_balancer_record(&cb, &pol, AOR_OUTCOME_FAILURE, 0, now);
+    aor_balancer_record(&cb, &pol, AOR_OUTCOME_FAILURE, 0, now);
+    CHECK(aor_balancer_circuit_open(&st, now));
+    CHECK_EQ_INT(aor_balancer_pick(&cb, 1, &pol, now, 0, &earliest), -1);
 }
 
 static void test_weights(void)
 {
-    struct aor_backend_state st[2];
-    struct aor_balancer_candidate c[2];
+    struct fixture f;
     int64_t now = 0, earliest;
     int counts[2] = {0, 0};
     uint32_t r;
 
-    setup(st, c, 2);
-    c[0].weight = 3;
-    c[1].weight = 1;
+    setup(&f, 2);
+    f.c[0].weight = 3;
+    f.c[1].weight = 1;
     for (r = 0; r < 1000; ++r)
-        ++counts[aor_balancer_pick(c, 2, now, r * 4294967u, &earliest)];
+        ++counts[PICK(&f, 2, now, r * 4294967u, &earliest)];
     /* uniform draws over [0, 2^32): 3:1 split */
     CHECK(counts[0] >= 740 && counts[0] <= 760);
     CHECK_EQ_INT(counts[0] + counts[1], 1000);
@@ -82,68 +123,208 @@ static void test_weights(void)
 
 static void test_headroom(void)
 {
-    struct aor_backend_state st[2];
-    struct aor_balancer_candidate c[2];
+    struct fixture f;
     int64_t now = 60000 * 100, earliest;
     int counts[2] = {0, 0};
     uint32_t r;
 
-    setup(st, c, 2);
-    c[0].tpm = c[1].tpm = 100000;
-    CHECK(aor_balancer_headroom(&st[0], 100000, now) == 1.0);
+    setup(&f, 2);
+    f.c[0].tpm = f.c[1].tpm = 100000;
+    CHECK(aor_balancer_headroom(&f.dep[0], 100000, now) == 1.0);
     /* the router sent 75k tokens to backend 0 this minute: a quarter left */
-    aor_balancer_add_sent(&st[0], 75000, now);
-    CHECK(aor_balancer_headroom(&st[0], 100000, now) > 0.249 && aor_balancer_headroom(&st[0], 100000, now) < 0.251);
+    aor_balancer_charge(&f.c[0], 75000, now);
+    CHECK(aor_balancer_headroom(&f.dep[0], 100000, now) > 0.249 && aor_balancer_headroom(&f.dep[0], 100000, now) < 0.251);
     for (r = 0; r < 1000; ++r)
-        ++counts[aor_balancer_pick(c, 2, now, r * 4294967u, &earliest)];
+        ++counts[PICK(&f, 2, now, r * 4294967u, &earliest)];
     CHECK(counts[0] >= 190 && counts[0] <= 210); /* 0.25 : 1 */
     /* a new minute resets what was sent */
-    CHECK(aor_balancer_headroom(&st[0], 100000, now + 60000) == 1.0);
+    CHECK(aor_balancer_headroom(&f.dep[0], 100000, now + 60000) == 1.0);
     /* a backend's own report wins when lower; stale after a minute */
-    aor_balancer_report_remaining(&st[1], 10000, now);
-    CHECK(aor_balancer_headroom(&st[1], 100000, now + 1000) > 0.099 && aor_balancer_headroom(&st[1], 100000, now + 1000) < 0.101);
-    CHECK(aor_balancer_headroom(&st[1], 100000, now + 60001) == 1.0);
+    aor_balancer_report_remaining(&f.dep[1], 10000, now);
+    CHECK(aor_balancer_headroom(&f.dep[1], 100000, now + 1000) > 0.099 &&
+          aor_balancer_headroom(&f.dep[1], 100000, now + 1000) < 0.101);
+    CHECK(aor_balancer_headroom(&f.dep[1], 100000, now + 60001) == 1.0);
     /* exhausted: floor at 1% so it can still be probed */
-    aor_balancer_report_remaining(&st[1], 0, now);
-    CHECK(aor_balancer_headroom(&st[1], 100000, now) == 0.01);
+    aor_balancer_report_remaining(&f.dep[1], 0, now);
+    CHECK(aor_balancer_headroom(&f.dep[1], 100000, now) == 0.01);
     /* without tpm, a report of zero is the floor, a positive one full */
-    CHECK(aor_balancer_headroom(&st[1], 0, now) == 0.01);
+    CHECK(aor_balancer_headroom(&f.dep[1], 0, now) == 0.01);
+}
+
+/* issue 6 item 10: absurd estimates are clamped, counters saturate, an estimate is settled once */
+static void test_estimates(void)
+{
+    struct fixture f;
+    int64_t now = 60000 * 200 + 5000;
+    int i;
+
+    setup(&f, 2);
+    f.c[0].tpm = 100000;
+    /* clamped to the backend's tpm: one request can at most fill it */
+    aor_balancer_charge(&f.c[0], INT64_MAX, now);
+    CHECK_EQ_INT(f.c[0].charged, 100000);
+    CHECK_EQ_INT(f.dep[0].sent_minute, 100000);
+    CHECK(aor_balancer_headroom(&f.dep[0], 100000, now) == 0.01);
+    /* taken back: headroom is whole again */
+    aor_balancer_settle(&f.c[0], -1, now);
+    CHECK_EQ_INT(f.dep[0].sent_minute, 0);
+    CHECK(aor_balancer_headroom(&f.dep[0], 100000, now) == 1.0);
+    aor_balancer_settle(&f.c[0], -1, now); /* twice: nothing more */
+    CHECK_EQ_INT(f.dep[0].sent_minute, 0);
+    /* replaced by the usage the backend reported */
+    aor_balancer_charge(&f.c[0], 50000, now);
+    aor_balancer_settle(&f.c[0], 1200, now);
+    CHECK_EQ_INT(f.dep[0].sent_minute, 1200);
+    /* a reported usage is clamped too (a hostile backend) */
+    aor_balancer_charge(&f.c[0], 10, now);
+    aor_balancer_settle(&f.c[0], INT64_MAX, now);
+    CHECK_EQ_INT(f.dep[0].sent_minute, 1200 + AOR_BALANCER_MAX_TOKENS);
+    /* negative estimates are nothing */
+    aor_balancer_charge(&f.c[1], INT64_MIN, now);
+    CHECK_EQ_INT(f.dep[1].sent_minute, 0);
+    aor_balancer_settle(&f.c[1], INT64_MIN, now);
+    CHECK_EQ_INT(f.dep[1].sent_minute, 0);
+    /* without tpm, at most AOR_BALANCER_MAX_TOKENS per request, and sums saturate */
+    for (i = 0; i < 2000000; ++i) {
+        aor_balancer_charge(&f.c[1], 999999999999999999LL, now);
+        f.c[1].charged_minute = 0; /* never settled */
+    }
+    CHECK_EQ_INT(f.dep[1].sent_minute, AOR_BALANCER_MAX_SENT);
+    CHECK_EQ_INT(f.dep[1].sent_since_report, AOR_BALANCER_MAX_SENT);
+    aor_balancer_report_remaining(&f.dep[1], INT64_MAX, now);
+    CHECK_EQ_INT(f.dep[1].remaining_tokens, AOR_BALANCER_MAX_SENT);
+    CHECK(aor_balancer_headroom(&f.dep[1], 0, now) == 1.0);
+    CHECK(aor_balancer_headroom(&f.dep[1], 1000000000000ULL, now) == 0.01);
+    CHECK(aor_balancer_headroom(&f.dep[1], UINT64_MAX, now) >= 0.01);
+    /* a charge from the previous minute is not taken from this one */
+    setup(&f, 1);
+    aor_balancer_charge(&f.c[0], 5000, now);
+    aor_balancer_charge(&f.c[0], 0, now); /* an unsettled charge ends when a new one starts */
+    CHECK_EQ_INT(f.dep[0].sent_minute, 0);
+    aor_balancer_charge(&f.c[0], 5000, now);
+    aor_balancer_settle(&f.c[0], -1, now + 60000);
+    CHECK_EQ_INT(f.dep[0].sent_minute, 0); /* the new minute started at 0 and stays there */
+    aor_balancer_charge(&f.c[0], 5000, now);
+    aor_balancer_settle(&f.c[0], 700, now + 60000);
+    CHECK_EQ_INT(f.dep[0].sent_minute, 700);
 }
 
 static void test_circuit(void)
 {
-    struct aor_backend_state st[2];
-    struct aor_balancer_candidate c[2];
+    struct fixture f;
     int64_t now = 10000000, earliest;
 
-    setup(st, c, 2);
-    c[1].priority = 2;
-    aor_balancer_record(&st[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
-    aor_balancer_record(&st[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
-    CHECK_EQ_INT(aor_balancer_pick(c, 2, now, 0, &earliest), 0); /* 2 < 3 failures: still closed */
-    aor_balancer_record(&st[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
-    CHECK(aor_balancer_circuit_open(&st[0], now));
-    CHECK_EQ_INT(aor_balancer_pick(c, 2, now, 0, &earliest), 1);
+    setup(&f, 2);
+    f.c[1].priority = 2;
+    aor_balancer_record(&f.c[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
+    aor_balancer_record(&f.c[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
+    CHECK_EQ_INT(PICK(&f, 2, now, 0, &earliest), 0); /* 2 < 3 failures: still closed */
+    CHECK_EQ_INT(f.c[0].probe, 0);
+    aor_balancer_record(&f.c[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
+    CHECK(aor_balancer_circuit_open(&f.st[0], now));
+    CHECK_EQ_INT(PICK(&f, 2, now, 0, &earliest), 1);
     CHECK_EQ_INT(earliest, 0); /* an open circuit is not a cooldown */
     /* after open_ms: exactly one probe */
-    CHECK_EQ_INT(aor_balancer_pick(c, 2, now + 30000, 0, &earliest), 0);
-    CHECK_EQ_INT(aor_balancer_pick(c, 2, now + 30000, 0, &earliest), 1);
+    CHECK_EQ_INT(PICK(&f, 2, now + 30000, 0, &earliest), 0);
+    CHECK(f.c[0].probe != 0);
+    {
+        struct aor_balancer_candidate other = f.c[0]; /* another request's candidate for the same backend */
+        other.probe = 0;
+        CHECK_EQ_INT(aor_balancer_pick(&other, 1, &pol, now + 30000, 0, &earliest), -1);
+    }
+    CHECK_EQ_INT(PICK(&f, 2, now + 30000, 0, &earliest), 1);
     /* the probe fails: open again for open_ms */
-    aor_balancer_record(&st[0], &pol, AOR_OUTCOME_FAILURE, 0, now + 30000);
-    CHECK_EQ_INT(aor_balancer_pick(c, 2, now + 59999, 0, &earliest), 1);
-    CHECK_EQ_INT(aor_balancer_pick(c, 2, now + 60000, 0, &earliest), 0);
+    aor_balancer_record(&f.c[0], &pol, AOR_OUTCOME_FAILURE, 0, now + 30000);
+    CHECK_EQ_INT(f.c[0].probe, 0);
+    CHECK_EQ_INT(PICK(&f, 2, now + 59999, 0, &earliest), 1);
+    CHECK_EQ_INT(PICK(&f, 2, now + 60000, 0, &earliest), 0);
     /* the probe succeeds: closed, failures forgotten */
-    aor_balancer_record(&st[0], &pol, AOR_OUTCOME_SUCCESS, 0, now + 60000);
-    CHECK(!aor_balancer_circuit_open(&st[0], now + 60000));
-    CHECK_EQ_INT(st[0].consecutive_failures, 0);
-    CHECK_EQ_INT(aor_balancer_pick(c, 2, now + 60000, 0, &earliest), 0);
-    CHECK_EQ_INT(aor_balancer_pick(c, 2, now + 60000, 0, &earliest), 0);
+    aor_balancer_record(&f.c[0], &pol, AOR_OUTCOME_SUCCESS, 0, now + 60000);
+    CHECK(!aor_balancer_circuit_open(&f.st[0], now + 60000));
+    CHECK_EQ_INT(f.st[0].consecutive_failures, 0);
+    CHECK_EQ_INT(PICK(&f, 2, now + 60000, 0, &earliest), 0);
+    CHECK_EQ_INT(PICK(&f, 2, now + 60000, 0, &earliest), 0);
     /* a success in between resets the count */
-    aor_balancer_record(&st[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
-    aor_balancer_record(&st[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
-    aor_balancer_record(&st[0], &pol, AOR_OUTCOME_SUCCESS, 0, now);
-    aor_balancer_record(&st[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
-    CHECK(!aor_balancer_circuit_open(&st[0], now));
+    aor_balancer_record(&f.c[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
+    aor_balancer_record(&f.c[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
+    aor_balancer_record(&f.c[0], &pol, AOR_OUTCOME_SUCCESS, 0, now);
+    aor_balancer_record(&f.c[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
+    CHECK(!aor_balancer_circuit_open(&f.st[0], now));
+}
+
+/* issue 6 item 8: a probe whose attempt ends without a result (cancel, refusal) frees the backend */
+static void test_probe_release(void)
+{
+    struct fixture f;
+    struct aor_balancer_candidate a, b;
+    int64_t now = 20000000, earliest, t;
+
+    setup(&f, 1);
+    for (int i = 0; i < 3; ++i)
+        aor_balancer_record(&f.c[0], &pol, AOR_OUTCOME_FAILURE, 0, now);
+    t = now + 30000; /* half-open */
+    a = b = f.c[0];
+    CHECK_EQ_INT(aor_balancer_pick(&a, 1, &pol, t, 0, &earliest), 0);
+    CHECK(a.probe != 0);
+    CHECK_EQ_INT(aor_balancer_pick(&b, 1, &pol, t, 0, &earliest), -1); /* one probe at a time */
+    /* the client cancels: released, the next request probes */
+    aor_balancer_release_probe(&a);
+    CHECK_EQ_INT(a.probe, 0);
+    CHECK_EQ_INT(aor_balancer_pick(&b, 1, &pol, t + 1, 0, &earliest), 0);
+    CHECK(b.probe != 0);
+    /* a late, second release of the first claim does not free the second probe */
+    a.probe = t + (int64_t)pol.probe_lease_ms;
+    aor_balancer_release_probe(&a);
+    a.probe = 0;
+    CHECK_EQ_INT(aor_balancer_pick(&a, 1, &pol, t + 2, 0, &earliest), -1);
+    /* a claim nobody ends (a lost request) lapses after the lease */
+    CHECK_EQ_INT(aor_balancer_pick(&a, 1, &pol, t + 1 + (int64_t)pol.probe_lease_ms - 1, 0, &earliest), -1);
+    CHECK_EQ_INT(aor_balancer_pick(&a, 1, &pol, t + 1 + (int64_t)pol.probe_lease_ms, 0, &earliest), 0);
+    /* the wall clock steps back 100 s: a's claim now ends further away than a lease can: it has lapsed */
+    CHECK_EQ_INT(aor_balancer_pick(&b, 1, &pol, t + 2 + (int64_t)pol.probe_lease_ms, 0, &earliest), -1);
+    CHECK_EQ_INT(aor_balancer_pick(&b, 1, &pol, t + 1 + (int64_t)pol.probe_lease_ms - 100000, 0, &earliest), 0);
+    /* b's result still counts: a success closes the circuit, a's release afterwards changes nothing */
+    aor_balancer_record(&b, &pol, AOR_OUTCOME_SUCCESS, 0, t + 5);
+    aor_balancer_release_probe(&a);
+    CHECK(!aor_balancer_circuit_open(&f.st[0], t + 5));
+    CHECK_EQ_INT(f.st[0].probe_until_ms, 0);
+    CHECK_EQ_INT(aor_balancer_pick(&b, 1, &pol, t + 6, 0, &earliest), 0);
+    CHECK_EQ_INT(b.probe, 0); /* closed: no probe to claim */
+}
+
+/* issue 6 item 11: cooldowns read from Redis */
+static void test_shared_cooldown(void)
+{
+    struct aor_deployment_state d;
+    int64_t now = 1700000000000;
+
+    CHECK_EQ_INT(aor_balancer_parse_until("1700000005000", 13), 1700000005000);
+    CHECK_EQ_INT(aor_balancer_parse_until("99999999999999999999", 20), INT64_MAX);
+    CHECK_EQ_INT(aor_balancer_parse_until("999999999999999999999999999999999", 33), INT64_MAX);
+    CHECK_EQ_INT(aor_balancer_parse_until("-5", 2), -1);
+    CHECK_EQ_INT(aor_balancer_parse_until("abc", 3), -1);
+    CHECK_EQ_INT(aor_balancer_parse_until("12abc", 5), -1);
+    CHECK_EQ_INT(aor_balancer_parse_until(" 12", 3), -1);
+    CHECK_EQ_INT(aor_balancer_parse_until("1.5", 3), -1);
+    CHECK_EQ_INT(aor_balancer_parse_until("", 0), -1);
+
+    aor_balancer_deployment_init(&d);
+    CHECK_EQ_INT(aor_balancer_adopt_cooldown(&d, 1, now, 300000), 0); /* far past */
+    CHECK_EQ_INT(aor_balancer_adopt_cooldown(&d, now, now, 300000), 0);
+    CHECK_EQ_INT(d.cooldown_until_ms, 0);
+    CHECK_EQ_INT(aor_balancer_adopt_cooldown(&d, INT64_MAX, now, 300000), 1);
+    CHECK_EQ_INT(d.cooldown_until_ms, now + 300000);
+    /* the later of local and (capped) remote: a shorter remote does not shorten it */
+    CHECK_EQ_INT(aor_balancer_adopt_cooldown(&d, now + 5000, now, 300000), 0);
+    CHECK_EQ_INT(d.cooldown_until_ms, now + 300000);
+    /* a second later the cap moved a second too */
+    CHECK_EQ_INT(aor_balancer_adopt_cooldown(&d, INT64_MAX, now + 1000, 300000), 1);
+    CHECK_EQ_INT(d.cooldown_until_ms, now + 301000);
+    /* a reload with a smaller max_cooldown_ms cuts a running cooldown */
+    aor_balancer_cap_cooldown(&d, now + 1000, 5000);
+    CHECK_EQ_INT(d.cooldown_until_ms, now + 6000);
+    aor_balancer_cap_cooldown(&d, now + 1000, 300000);
+    CHECK_EQ_INT(d.cooldown_until_ms, now + 6000);
 }
 
 static void test_retry_after(void)
@@ -176,9 +357,13 @@ int main(void)
 {
     test_priority_and_skip();
     test_all_cooling();
+    test_per_deployment();
     test_weights();
     test_headroom();
+    test_estimates();
     test_circuit();
+    test_probe_release();
+    test_shared_cooldown();
     test_retry_after();
     return aor_test_done("test_balancer");
 }

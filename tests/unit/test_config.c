@@ -688,7 +688,7 @@ static void test_sections(void)
                         "t.yaml:5: metrics: 127.0.0.1:8080 is already listen[0]");
 
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "tenants:\n  \"a{b}\": { tpm: 1 }\n"),
-                        "t.yaml:6: tenants.a{b}: tenant name must be 1 to 256 characters without { }");
+                        "t.yaml:6: tenants.a{b}: tenant name must be 1 to 128 characters from A-Z a-z 0-9 . _ : @ -");
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "tenants:\n  t1: { deployments: [] }\n"),
                         "t.yaml:6: tenants.t1.deployments: must not be empty");
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "tenants:\n  t1: { deployments: [a, ../b] }\n"),

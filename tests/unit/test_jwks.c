@@ -626,6 +626,7 @@ static void test_fetch(struct idp *idp)
     CHECK_EQ_INT(st.updates, 1);
     CHECK_EQ_INT(st.keys, 1);
     CHECK_EQ_INT(st.refresh_s, AOR_KEYSTORE_REFRESH_MAX_S); /* max-age=100000 clamped */
+    CHECK_EQ_INT(AOR_KEYSTORE_REFRESH_MAX_S, 3600);         /* issue 7.8: a dropped key trusted at most an hour */
     CHECK(st.last_error == NULL);
     CHECK_EQ_INT(verify_es(ks, &key_a), 0);
     CHECK_EQ_INT(verify_es(direct, &key_a), 0);
@@ -868,7 +869,9 @@ static void test_registry(struct idp *idp)
     free(tok);
     CHECK(RUN_UNTIL(aor_keystore_ready(o2[2]), 5000));
     CHECK_EQ_INT(verify_es(o2[2], &key_b), 0);
-    CHECK_EQ_INT(aor_keystore_fetch_count(o2[1]), 1);
+    /* a reload refetches every URL issuer it keeps at once, cooldown or not (issue 7.8: SIGHUP is
+     * the operator's lever after a compromise) */
+    CHECK(RUN_UNTIL(aor_keystore_fetch_count(o2[1]) == 2 && ended(o2[1]) == 2, 3000));
 
     /* a dropped: it stops refreshing (a refetch is ignored) but its keys stay readable */
     CHECK_EQ_INT(aor_keystores_attach(c3, o3), 0);
@@ -876,18 +879,17 @@ static void test_registry(struct idp *idp)
     run_for(1100);
     aor_keystore_request_refetch(o1[0]);
     run_for(1200);
-    CHECK_EQ_INT(aor_keystore_fetch_count(o1[0]), 1);
+    CHECK_EQ_INT(aor_keystore_fetch_count(o1[0]), 2);
     CHECK_EQ_INT(verify_es(o1[0], &key_a), 0);
 
-    /* a back: the same keystore, refreshing again */
-    CHECK_EQ_INT(aor_keystores_attach(c4, o4), 0);
-    CHECK(o4[0] == o1[0]);
+    /* a back: the same keystore, refetched at once by the reload: the key the IdP dropped is gone */
     serve_jwks(idp, "jwks.json", &key_b, NULL, 0);
     n = aor_keystore_fetch_count(o1[0]);
-    run_for(50);
-    aor_keystore_request_refetch(o1[0]);
+    CHECK_EQ_INT(aor_keystores_attach(c4, o4), 0);
+    CHECK(o4[0] == o1[0]);
     CHECK(RUN_UNTIL(aor_keystore_fetch_count(o1[0]) == n + 1 && ended(o1[0]) == n + 1, 3000));
     CHECK_EQ_INT(verify_es(o1[0], &key_b), 0);
+    CHECK(verify_es(o1[0], &key_a) != 0);
 
     /* exit: stop on the fetch loop, one turn for the close callbacks, then free */
     aor_keystores_stop();

@@ -17,6 +17,7 @@
 #include <openssl/rsa.h>
 #include "jwk.h"
 #include "jwt.h"
+#include "tenant.h"
 #include "test.h"
 
 #define NOW INT64_C(1700000000)
@@ -605,46 +606,56 @@ static void test_kid(void)
     }
 }
 
-/* a token without a kid tries at most AOR_JWT_MAX_KEY_TRIES keys */
+/* a token without a kid tries every key that fits (issue 7.10: not only the first 4), bounded by
+ * AOR_JWT_MAX_KEY_TRIES, which is a whole JWKS (AOR_JWKS_MAX_KEYS) */
 static void test_kidless_bound(void)
 {
     struct aor_jwt_result r;
     struct aor_jwt_policy pol = policy();
-    EVP_PKEY *decoys[AOR_JWT_MAX_KEY_TRIES];
-    char *doc, *parts[AOR_JWT_MAX_KEY_TRIES + 1], *real = jwk_ec(p256_key, "P-256", 32, NULL, NULL);
+    EVP_PKEY *decoys[AOR_JWT_MAX_KEY_TRIES - 1];
+    char *doc, *list, *real = jwk_ec(p256_key, "P-256", 32, NULL, NULL);
     struct aor_jwks *set;
+    size_t n = 0, cap = 1 << 16;
     int i, rc;
 
-    for (i = 0; i != AOR_JWT_MAX_KEY_TRIES; ++i) {
+    CHECK(AOR_JWT_MAX_KEY_TRIES >= AOR_JWKS_MAX_KEYS);
+    list = calloc(1, cap);
+    for (i = 0; i != AOR_JWT_MAX_KEY_TRIES - 1; ++i) {
+        char *part;
         decoys[i] = EVP_EC_gen("P-256");
-        parts[i] = jwk_ec(decoys[i], "P-256", 32, NULL, NULL);
+        part = jwk_ec(decoys[i], "P-256", 32, NULL, NULL);
+        n += (size_t)snprintf(list + n, cap - n, "%s,", part);
+        free(part);
+        /* the 5th key (the old limit was 4) and the last a full set can hold both verify */
+        if (i == 3) {
+            doc = xprintf("{\"keys\":[%s%s]}", list, real);
+            set = parse(doc, 0, &rc, NULL);
+            CHECK_EQ_INT(rc, 0);
+            CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, "{\"alg\":\"ES256\"}", NULL), set, &pol, &r), 0);
+            CHECK_EQ_STR(r.kid, "");
+            CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, "{\"alg\":\"ES256\",\"kid\":\"new\"}", NULL), set, &pol, &r), 0);
+            CHECK_EQ_INT(r.unknown_kid, 0);
+            aor_jwks_release(set);
+            free(doc);
+        }
     }
-    /* the real key is the last one that may be tried */
-    doc = xprintf("{\"keys\":[%s,%s,%s,%s]}", parts[0], parts[1], parts[2], real);
+    doc = xprintf("{\"keys\":[%s%s]}", list, real);
     set = parse(doc, 0, &rc, NULL);
     CHECK_EQ_INT(rc, 0);
     CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, "{\"alg\":\"ES256\"}", NULL), set, &pol, &r), 0);
-    CHECK_EQ_STR(r.kid, "");
-    /* a kid nobody has falls back to keys without a kid */
-    CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, "{\"alg\":\"ES256\",\"kid\":\"new\"}", NULL), set, &pol, &r), 0);
-    CHECK_EQ_INT(r.unknown_kid, 0);
     aor_jwks_release(set);
     free(doc);
-    /* one beyond: not tried */
-    doc = xprintf("{\"keys\":[%s,%s,%s,%s,%s]}", parts[0], parts[1], parts[2], parts[3], real);
+    /* none of them: refused, and the caller may refetch */
+    doc = xprintf("{\"keys\":[%.*s]}", (int)(n - 1), list);
     set = parse(doc, 0, &rc, NULL);
     CHECK_EQ_INT(rc, 0);
     CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, "{\"alg\":\"ES256\"}", NULL), set, &pol, &r), AOR_JWT_E_SIGNATURE);
     CHECK_EQ_INT(r.unknown_kid, 1);
-    CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, "{\"alg\":\"ES256\",\"kid\":\"new\"}", NULL), set, &pol, &r),
-                 AOR_JWT_E_SIGNATURE);
-    CHECK_EQ_INT(r.unknown_kid, 1);
     aor_jwks_release(set);
     free(doc);
-    for (i = 0; i != AOR_JWT_MAX_KEY_TRIES; ++i) {
+    for (i = 0; i != AOR_JWT_MAX_KEY_TRIES - 1; ++i)
         EVP_PKEY_free(decoys[i]);
-        free(parts[i]);
-    }
+    free(list);
     free(real);
 
     /* an HMAC secret without a kid serves tokens with any kid; with a kid, only that kid */
@@ -906,9 +917,24 @@ static void test_required_claims_and_tenant(void)
     CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, NULL, p), jwks, &pol, &r), 0);
     CHECK_EQ_STR(r.tenant, "A");
     free(p);
-    p = CL(",\"sub\":\"S\",\"tid\":7");
+    /* a tenant claim present but no tenant name refuses the token: no fall-through to the next (issue 7.6) */
+    {
+        static const char *const bad[] = {
+            ",\"sub\":\"S\",\"tid\":7",       ",\"sub\":\"S\",\"tid\":\"\"",       ",\"sub\":\"S\",\"tid\":null",
+            ",\"sub\":\"S\",\"tid\":[\"T\"]", ",\"sub\":\"S\",\"tid\":{}",         ",\"sub\":\"S\",\"tid\":\"a{b}\"",
+            ",\"sub\":\"S\",\"tid\":\"a b\"", ",\"sub\":\"S\",\"tid\":\"q\\\"x\"", ",\"sub\":\"S\",\"tid\":\"\\u00e9\"",
+            ",\"sub\":\"S\",\"tid\":\"a/b\"", ",\"sub\":\"S\",\"tid\":true",
+        };
+        for (size_t i = 0; i != sizeof(bad) / sizeof(bad[0]); ++i) {
+            p = CL(bad[i]);
+            CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, NULL, p), jwks, &pol, &r), AOR_JWT_E_CLAIMS);
+            CHECK_EQ_STR(r.tenant, "");
+            free(p);
+        }
+    }
+    p = CL(",\"sub\":\"S\",\"tid\":\"Ab0._:@-z\"");
     CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, NULL, p), jwks, &pol, &r), 0);
-    CHECK_EQ_STR(r.tenant, "S");
+    CHECK_EQ_STR(r.tenant, "Ab0._:@-z");
     free(p);
     p = CL(",\"appid\":\"app-1\",\"oid\":\"o\"");
     CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, NULL, p), jwks, &pol, &r), 0);
@@ -924,11 +950,26 @@ static void test_required_claims_and_tenant(void)
     {
         char big[AOR_JWT_ID_MAX + 1], *extra;
         memset(big, 't', sizeof(big));
-        big[AOR_JWT_ID_MAX - 1] = '\0'; /* 255: fits */
+        big[AOR_TENANT_NAME_MAX] = '\0'; /* 128: a tenant name */
         extra = xprintf(",\"tid\":\"%s\"", big);
         p = CL(extra);
         CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, NULL, p), jwks, &pol, &r), 0);
-        CHECK_EQ_INT(strlen(r.tenant), AOR_JWT_ID_MAX - 1);
+        CHECK_EQ_INT(strlen(r.tenant), AOR_TENANT_NAME_MAX);
+        free(p);
+        free(extra);
+        big[AOR_TENANT_NAME_MAX] = 't';
+        big[AOR_TENANT_NAME_MAX + 1] = '\0'; /* 129: refused, not cut */
+        extra = xprintf(",\"tid\":\"%s\"", big);
+        p = CL(extra);
+        CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, NULL, p), jwks, &pol, &r), AOR_JWT_E_CLAIMS);
+        free(p);
+        free(extra);
+        big[AOR_TENANT_NAME_MAX + 1] = 't';
+        big[AOR_JWT_ID_MAX - 1] = '\0'; /* 255: a subject may be that long */
+        extra = xprintf(",\"tid\":\"t\",\"sub\":\"%s\"", big);
+        p = CL(extra);
+        CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, NULL, p), jwks, &pol, &r), 0);
+        CHECK_EQ_INT(strlen(r.sub), AOR_JWT_ID_MAX - 1);
         free(p);
         free(extra);
         big[AOR_JWT_ID_MAX - 1] = 't';

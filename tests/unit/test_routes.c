@@ -67,6 +67,17 @@ static void test_upstream_path(void)
     r = parse("/openai/deployments/gpt-4o/embeddings?subscription-key");
     aor_route_upstream_path(&r, AOR_PROVIDER_AZURE, "x", 1, buf, sizeof(buf));
     CHECK_EQ_STR(buf, "/openai/deployments/x/embeddings");
+    /* issue 7.9: every spelling and every occurrence of the credential is dropped */
+    r = parse("/openai/deployments/gpt-4o/embeddings?Subscription-Key=a&api-version=1&subscription%2Dkey=b&SUBSCRIPTION%2dKEY=c"
+              "&%73ubscription-key=d&subscription-key&x=1");
+    aor_route_upstream_path(&r, AOR_PROVIDER_AZURE, "x", 1, buf, sizeof(buf));
+    CHECK_EQ_STR(buf, "/openai/deployments/x/embeddings?api-version=1&x=1");
+    CHECK(aor_route_param_named("Subscription-Key=1", 18, "subscription-key"));
+    CHECK(aor_route_param_named("subscription%2dkey", 18, "subscription-key"));
+    CHECK(!aor_route_param_named("subscription%2", 14, "subscription-key"));
+    CHECK(!aor_route_param_named("subscription+key=1", 18, "subscription-key"));
+    CHECK(!aor_route_param_named("subscription-keyx=1", 19, "subscription-key"));
+    CHECK(!aor_route_param_named("subscription-ke", 15, "subscription-key"));
     /* the key's prefix is not a key */
     r = parse("/openai/deployments/gpt-4o/embeddings?subscription-keys=1");
     aor_route_upstream_path(&r, AOR_PROVIDER_AZURE, "x", 1, buf, sizeof(buf));

@@ -97,7 +97,16 @@ export async function startOidc({ name = 'idp', algs = ['RS256'], audience = 'ap
   let discoveryIssuer = null; // when set, the discovery document names this issuer instead
   const sockets = new Set();
 
+  let jwksDelayMs = 0; // > 0: the JWKS answer comes this late (a slow IdP at cold start)
   const server = http.createServer((req, res) => {
+    if (jwksDelayMs > 0 && new URL(req.url, 'http://x').pathname === `/${name}/jwks`) {
+      const ms = jwksDelayMs;
+      setTimeout(() => handle(req, res), ms);
+      return;
+    }
+    handle(req, res);
+  });
+  function handle(req, res) {
     const u = new URL(req.url, 'http://x');
     const p = u.pathname;
     const kind =
@@ -138,7 +147,7 @@ export async function startOidc({ name = 'idp', algs = ['RS256'], audience = 'ap
     const text = JSON.stringify(body);
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...extraHeaders });
     res.end(text);
-  });
+  }
   server.on('connection', (s) => {
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
@@ -199,6 +208,10 @@ export async function startOidc({ name = 'idp', algs = ['RS256'], audience = 'ap
     /** the discovery document names `iss` as its issuer (null: the real one) */
     setDiscoveryIssuer(iss) {
       discoveryIssuer = iss;
+    },
+    /** the JWKS is answered `ms` late (0: at once) */
+    setJwksDelay(ms) {
+      jwksDelayMs = ms;
     },
     setHeaders(h) {
       extraHeaders = { ...h };
