@@ -1106,6 +1106,7 @@ int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *pass
         break;
     }
     r->failures = 0;
+    r->ever_up = 0; /* the first connection with the new settings is logged */
     uv_timer_start(&r->retry_timer, on_retry, 0, 0);
     return 0;
 }

@@ -27,6 +27,7 @@ struct relay {
     SSL *ssl;
     int tls_fd;  /* the TCP socket under `ssl` */
     int pair_fd; /* our end of the socket pair */
+    unsigned timeout_ms;
 };
 
 static void set_timeouts(int fd, unsigned timeout_ms)
@@ -98,11 +99,32 @@ static int write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
+/* waits until `fd` is ready for what `ssl` wants after `rc`; 0, or -1 when the connection is over */
+static int ssl_wait(SSL *ssl, int fd, int rc, unsigned timeout_ms)
+{
+    int e = SSL_get_error(ssl, rc);
+    struct pollfd p = {fd, 0, 0};
+
+    if (e == SSL_ERROR_WANT_READ)
+        p.events = POLLIN;
+    else if (e == SSL_ERROR_WANT_WRITE)
+        p.events = POLLOUT;
+    else
+        return -1;
+    return poll(&p, 1, (int)timeout_ms) == 1 ? 0 : -1;
+}
+
+/*
+ * The TLS socket is non-blocking here: a readable socket may carry only TLS records with no
+ * application data (TLS 1.3 session tickets), after which SSL_read must not block while the
+ * other direction waits.
+ */
 static void *relay_main(void *arg)
 {
     struct relay *rl = arg;
     char buf[RELAY_BUF];
 
+    fcntl(rl->tls_fd, F_SETFL, fcntl(rl->tls_fd, F_GETFL) | O_NONBLOCK);
     for (;;) {
         struct pollfd p[2] = {{rl->tls_fd, POLLIN, 0}, {rl->pair_fd, POLLIN, 0}};
         if (SSL_pending(rl->ssl) == 0 && poll(p, 2, -1) < 0) {
@@ -112,12 +134,21 @@ static void *relay_main(void *arg)
         }
         if (SSL_pending(rl->ssl) > 0 || (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
             int n = SSL_read(rl->ssl, buf, sizeof(buf));
-            if (n <= 0 || write_all(rl->pair_fd, buf, (size_t)n) != 0)
+            if (n > 0) {
+                if (write_all(rl->pair_fd, buf, (size_t)n) != 0)
+                    break;
+            } else if (SSL_get_error(rl->ssl, n) != SSL_ERROR_WANT_READ) {
                 break;
+            }
         }
         if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
             ssize_t n = read(rl->pair_fd, buf, sizeof(buf));
-            if (n <= 0 || SSL_write(rl->ssl, buf, (int)n) != (int)n)
+            int rc = 0;
+            if (n <= 0)
+                break;
+            while ((rc = SSL_write(rl->ssl, buf, (int)n)) <= 0 && ssl_wait(rl->ssl, rl->tls_fd, rc, rl->timeout_ms) == 0)
+                ;
+            if (rc <= 0)
                 break;
         }
     }
@@ -145,6 +176,7 @@ int aor_redis_tlspipe_open(const char *host, uint16_t port, const char *ca_file,
         return -1;
     }
     rl->tls_fd = rl->pair_fd = -1;
+    rl->timeout_ms = timeout_ms;
     if ((rl->ctx = SSL_CTX_new(TLS_client_method())) == NULL)
         goto ossl_fail;
     SSL_CTX_set_min_proto_version(rl->ctx, TLS1_2_VERSION);
