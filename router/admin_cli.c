@@ -216,6 +216,16 @@ static int connect_redis(struct admin *a)
         goto done;
     }
     redisSetTimeout(a->rc, tv);
+    {
+        /* hiredis 0.14 allocates whatever array size a reply announces: the bounded reader instead */
+        redisReader *bounded = aor_redis_reader_create();
+        if (bounded == NULL) {
+            fprintf(stderr, "aoai-router: out of memory\n");
+            goto done;
+        }
+        redisReaderFree(a->rc->reader);
+        a->rc->reader = bounded;
+    }
     if (password != NULL) {
         r = u.user != NULL ? command(a, "AUTH %s %s", u.user, password) : command(a, "AUTH %s", password);
         if (r == NULL)

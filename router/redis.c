@@ -706,7 +706,10 @@ static void dispatch_replies(struct conn *c)
         const redisReply *reply;
         if (redisReaderGetReply(c->reader, &reply_) != REDIS_OK) {
             char detail[160];
-            snprintf(detail, sizeof(detail), "protocol error: %s", c->reader->errstr);
+            snprintf(detail, sizeof(detail), "protocol error: %s",
+                     c->reader->err == REDIS_ERR_OOM ? "array reply over " AOR_REDIS_MAX_ARRAY_ELEMENTS_STR
+                                                       " elements (or out of memory)"
+                                                     : c->reader->errstr);
             conn_lost(r, aor_redis_err_disconnected, detail);
             break;
         }

@@ -46,6 +46,7 @@ typedef void (*aor_redis_cb)(void *data, const struct redisReply *reply, const c
 #define AOR_REDIS_MAX_REPLY_BYTES_STR "16777216"
 #define AOR_REDIS_MAX_REPLY_BYTES ((size_t)16777216)
 #define AOR_REDIS_MAX_ARRAY_ELEMENTS 1048576
+#define AOR_REDIS_MAX_ARRAY_ELEMENTS_STR "1048576"
 #define AOR_REDIS_MAX_OUTPUT_BYTES ((size_t)67108864)
 
 /* redis[s]://[[user]:password@]host[:port][/db] — host may be [v6 address]; user and password %-decoded */
