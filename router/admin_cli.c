@@ -848,6 +848,7 @@ int aor_admin_main(int argc, char **argv, const char *config_path, const char *r
     }
     if (a.rc != NULL)
         redisFree(a.rc);
+    aor_redis_tlspipe_join_all(); /* the TLS relay (rediss://) ends once hiredis closed its socket */
     aor_config_release(a.conf);
     return ret;
 }

@@ -21,6 +21,11 @@
 #include "redis_tlspipe.h"
 
 #define RELAY_BUF 16384
+#define MAX_RELAYS 8
+
+static pthread_mutex_t relays_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_t relays[MAX_RELAYS]; /* started and not joined yet */
+static size_t num_relays;
 
 struct relay {
     SSL_CTX *ctx;
@@ -167,7 +172,6 @@ int aor_redis_tlspipe_open(const char *host, uint16_t port, const char *ca_file,
     unsigned char ip[sizeof(struct in6_addr)];
     int is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1, pair[2] = {-1, -1};
     X509_VERIFY_PARAM *param;
-    pthread_attr_t attr;
     pthread_t th;
     long vr;
 
@@ -216,15 +220,15 @@ int aor_redis_tlspipe_open(const char *host, uint16_t port, const char *ca_file,
     }
     rl->pair_fd = pair[0];
     signal(SIGPIPE, SIG_IGN); /* a relay write to a closed end must fail, not kill the CLI */
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&th, &attr, relay_main, rl) != 0) {
-        pthread_attr_destroy(&attr);
+    pthread_mutex_lock(&relays_lock);
+    if (num_relays == MAX_RELAYS || pthread_create(&th, NULL, relay_main, rl) != 0) {
+        pthread_mutex_unlock(&relays_lock);
         snprintf(err, errlen, "cannot start the TLS relay");
         close(pair[1]);
         goto fail;
     }
-    pthread_attr_destroy(&attr);
+    relays[num_relays++] = th;
+    pthread_mutex_unlock(&relays_lock);
     return pair[1];
 ossl_fail : {
     unsigned long e = ERR_peek_last_error();
@@ -242,4 +246,12 @@ fail:
         close(rl->pair_fd);
     free(rl);
     return -1;
+}
+
+void aor_redis_tlspipe_join_all(void)
+{
+    pthread_mutex_lock(&relays_lock);
+    while (num_relays > 0)
+        pthread_join(relays[--num_relays], NULL);
+    pthread_mutex_unlock(&relays_lock);
 }
