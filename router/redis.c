@@ -387,6 +387,7 @@ static void conn_free(struct conn *c)
     if (c->sock != NULL) {
         c->sock->data = NULL;
         h2o_socket_close(c->sock); /* a write in flight is dropped; no callback of ours runs after this */
+        ERR_clear_error();         /* SSL_shutdown during a handshake queues an error: not for the next user of this thread */
     }
     if (c->reader != NULL)
         redisReaderFree(c->reader);
@@ -448,6 +449,7 @@ static void conn_lost(struct aor_redis *r, const char *err, const char *detail)
             if (c->sock != NULL) {
                 c->sock->data = NULL;
                 h2o_socket_close(c->sock);
+                ERR_clear_error();
                 c->sock = NULL;
             }
         } else {
@@ -797,6 +799,9 @@ static void on_tls_ready(h2o_socket_t *sock, const char *err)
     c->ready = 1;
     h2o_socket_read_start(sock, on_read);
     begin_handshake(r);
+    /* bytes that came with the end of the handshake were decrypted already: a server speaking first is a protocol error */
+    if (sock->data == c && c->r != NULL && sock->input->size != 0)
+        on_read(sock, NULL);
 }
 
 static void on_connected(h2o_socket_t *sock, const char *err)

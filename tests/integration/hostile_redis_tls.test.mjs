@@ -18,7 +18,7 @@ const newKey = () => `aor_${crypto.randomBytes(32).toString('base64url')}`;
 let certs, east;
 
 /** a TLS server on a free port; `onData(socket, stats)` decides what it answers; stats.sent counts plaintext bytes written */
-async function hostileTls(onData, { raw = false } = {}) {
+async function hostileTls(onData, { raw = false, first = false } = {}) {
   const port = await freePort();
   const stats = { sent: 0, connections: 0, closed: 0 };
   const sockets = new Set();
@@ -30,7 +30,8 @@ async function hostileTls(onData, { raw = false } = {}) {
       stats.closed++;
       sockets.delete(s);
     });
-    s.once('data', (d) => onData(s, stats, d));
+    if (first) onData(s, stats);
+    else s.once('data', (d) => onData(s, stats, d));
   };
   const server = raw
     ? net.createServer(handler)
@@ -128,6 +129,15 @@ describe('hostile TLS Redis servers', () => {
     try {
       const { rss } = await expectBounded(s, /protocol error: array reply over 1048576 elements/, 'huge array');
       assert.ok(rss < 200 * 1024 * SLOW, `router RSS ${rss} KiB`);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('a server speaking first, right after the TLS handshake → a reply to no command: protocol error', async () => {
+    const s = await hostileTls((sock) => sock.write('+OK\r\n+OK\r\n'), { first: true });
+    try {
+      await expectBounded(s, /protocol error/, 'speaks first');
     } finally {
       await s.stop();
     }
