@@ -64,9 +64,18 @@ struct aor_redis_cmd {
 };
 
 /* one transport attempt; freed when it is given up (the h2o socket closes on its own) */
+/* a TCP connect of ours (libuv tells why it failed; h2o_socket_connect does not); the handle is
+ * handed to h2o once connected. Freed by the handle's close callback (tcp is the first member). */
+struct tcp_attempt {
+    uv_tcp_t tcp;
+    uv_connect_t req;
+    struct conn *c; /* NULL once given up */
+};
+
 struct conn {
     struct aor_redis *r;
-    h2o_socket_t *sock;
+    struct tcp_attempt *tcp; /* until connected */
+    h2o_socket_t *sock;      /* once connected */
     redisReader *reader;
     char *out; /* command bytes not yet handed to the socket */
     size_t out_len, out_cap;
@@ -382,8 +391,18 @@ static void on_retry(uv_timer_t *t)
     start_connect(t->data);
 }
 
+static void tcp_attempt_closed(uv_handle_t *h)
+{
+    free(h); /* the tcp_attempt: tcp is its first member */
+}
+
 static void conn_free(struct conn *c)
 {
+    if (c->tcp != NULL) {
+        c->tcp->c = NULL; /* its connect callback (ECANCELED) finds nothing to do */
+        uv_close((uv_handle_t *)&c->tcp->tcp, tcp_attempt_closed);
+        c->tcp = NULL;
+    }
     if (c->sock != NULL) {
         c->sock->data = NULL;
         h2o_socket_close(c->sock); /* a write in flight is dropped; no callback of ours runs after this */
@@ -551,11 +570,12 @@ static struct aor_redis_cmd *new_cmd(struct aor_redis *r, enum cmd_kind kind, ao
     return cmd;
 }
 
-static struct aor_redis_cmd *send_formatted(struct aor_redis *r, aor_redis_cb cb, void *data, const char *buf, size_t len)
+static struct aor_redis_cmd *send_formatted(struct aor_redis *r, enum cmd_kind kind, aor_redis_cb cb, void *data, const char *buf,
+                                            size_t len)
 {
     struct aor_redis_cmd *cmd;
 
-    if (r->conn == NULL || forbidden_command(buf, len) || (cmd = new_cmd(r, CMD_USER, cb, data)) == NULL)
+    if (r->conn == NULL || forbidden_command(buf, len) || (cmd = new_cmd(r, kind, cb, data)) == NULL)
         return NULL;
     if (out_insert(r->conn, r->conn->out_len, buf, len) != 0) {
         free(cmd);
@@ -804,19 +824,25 @@ static void on_tls_ready(h2o_socket_t *sock, const char *err)
         on_read(sock, NULL);
 }
 
-static void on_connected(h2o_socket_t *sock, const char *err)
+static void on_connected(uv_connect_t *req, int status)
 {
-    struct conn *c = sock->data;
+    struct tcp_attempt *ta = req->data;
+    struct conn *c = ta->c;
     struct aor_redis *r;
+    h2o_socket_t *sock;
     int fd, on = 1;
 
-    if (c == NULL)
+    if (c == NULL || status == UV_ECANCELED)
         return;
     r = c->r;
-    if (err != NULL) {
-        conn_lost(r, aor_redis_err_disconnected, err);
+    if (status < 0) {
+        conn_lost(r, aor_redis_err_disconnected, uv_strerror(status)); /* closes the handle */
         return;
     }
+    c->tcp = NULL;
+    ta->c = NULL;
+    sock = c->sock = h2o_uv_socket_create((uv_stream_t *)&ta->tcp, tcp_attempt_closed);
+    sock->data = c;
     if ((fd = h2o_socket_get_fd(sock)) >= 0) {
         int idle = 15, intvl = 15, cnt = 3; /* keepalive probes: a peer that vanished without a FIN is noticed even when idle */
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
@@ -867,9 +893,10 @@ redisReader *aor_redis_reader_create(void)
     return redisReaderCreateWithFunctions(&bounded_fn);
 }
 
-static void connect_to(struct aor_redis *r, const struct sockaddr *sa, socklen_t salen)
+static void connect_to(struct aor_redis *r, const struct sockaddr *sa)
 {
     struct conn *c = calloc(1, sizeof(*c));
+    int rc;
 
     r->state = ST_CONNECTING;
     r->connect_deadline = uv_now(r->loop) + r->timeout_ms;
@@ -886,11 +913,18 @@ static void connect_to(struct aor_redis *r, const struct sockaddr *sa, socklen_t
     }
     c->r = r;
     r->conn = c;
-    if ((c->sock = h2o_socket_connect(r->loop, (struct sockaddr *)sa, salen, on_connected)) == NULL) {
-        conn_lost(r, aor_redis_err_disconnected, "cannot start the TCP connection");
+    if ((c->tcp = calloc(1, sizeof(*c->tcp))) == NULL || uv_tcp_init(r->loop, &c->tcp->tcp) != 0) {
+        free(c->tcp);
+        c->tcp = NULL;
+        conn_lost(r, aor_redis_err_disconnected, "cannot make a socket");
         return;
     }
-    c->sock->data = c;
+    c->tcp->c = c;
+    c->tcp->req.data = c->tcp;
+    if ((rc = uv_tcp_connect(&c->tcp->req, &c->tcp->tcp, sa, on_connected)) != 0) {
+        conn_lost(r, aor_redis_err_disconnected, uv_strerror(rc)); /* closes the handle */
+        return;
+    }
     arm_deadline(r);
 }
 
@@ -932,7 +966,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         return;
     }
     ((struct sockaddr_in *)&ss)->sin_port = htons(r->url.port); /* same offset in sockaddr_in6 */
-    connect_to(r, (struct sockaddr *)&ss, sslen);
+    connect_to(r, (struct sockaddr *)&ss);
 }
 
 static void start_connect(struct aor_redis *r)
@@ -946,13 +980,13 @@ static void start_connect(struct aor_redis *r)
     if (inet_pton(AF_INET, r->url.host, &sin.sin_addr) == 1) {
         sin.sin_family = AF_INET;
         sin.sin_port = htons(r->url.port);
-        connect_to(r, (struct sockaddr *)&sin, sizeof(sin));
+        connect_to(r, (struct sockaddr *)&sin);
         return;
     }
     if (inet_pton(AF_INET6, r->url.host, &sin6.sin6_addr) == 1) {
         sin6.sin6_family = AF_INET6;
         sin6.sin6_port = htons(r->url.port);
-        connect_to(r, (struct sockaddr *)&sin6, sizeof(sin6));
+        connect_to(r, (struct sockaddr *)&sin6);
         return;
     }
     /* getaddrinfo blocks: on libuv's thread pool, never on the loop */
@@ -1144,7 +1178,7 @@ struct aor_redis_cmd *aor_redis_command(struct aor_redis *r, aor_redis_cb cb, vo
     len = redisvFormatCommand(&buf, fmt, ap);
     va_end(ap);
     if (len > 0)
-        cmd = send_formatted(r, cb, data, buf, (size_t)len);
+        cmd = send_formatted(r, CMD_USER, cb, data, buf, (size_t)len);
     free(buf);
     if (cmd == NULL)
         count_error();
@@ -1164,7 +1198,7 @@ struct aor_redis_cmd *aor_redis_command_argv(struct aor_redis *r, aor_redis_cb c
     }
     len = redisFormatCommandArgv(&buf, argc, argv, argvlen);
     if (len > 0)
-        cmd = send_formatted(r, cb, data, buf, (size_t)len);
+        cmd = send_formatted(r, CMD_USER, cb, data, buf, (size_t)len);
     if (buf != NULL)
         redisFreeCommand(buf);
     if (cmd == NULL)

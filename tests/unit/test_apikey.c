@@ -382,7 +382,18 @@ static void test_url(void)
     CHECK_EQ_STR(u.host, "::1");
     CHECK_EQ_INT(u.port, 7000);
     CHECK_EQ_INT(u.db, 15);
+    CHECK(!u.tls);
     aor_redis_url_clear(&u);
+    /* rediss:// (TLS): same shape, the flag set */
+    CHECK_EQ_INT(aor_redis_url_parse("rediss://myredis.redis.cache.windows.net:6380/1", &u), 0);
+    CHECK(u.tls);
+    CHECK_EQ_STR(u.host, "myredis.redis.cache.windows.net");
+    CHECK_EQ_INT(u.port, 6380);
+    CHECK_EQ_INT(u.db, 1);
+    aor_redis_url_clear(&u);
+    CHECK_EQ_INT(aor_redis_url_parse("rediss://", &u), -1);
+    CHECK_EQ_INT(aor_redis_url_parse("redisss://h", &u), -1);
+    CHECK_EQ_INT(aor_redis_url_parse("rediss:/h", &u), -1);
     CHECK_EQ_INT(aor_redis_url_parse("http://h", &u), -1);
     CHECK_EQ_INT(aor_redis_url_parse("redis://", &u), -1);
     CHECK_EQ_INT(aor_redis_url_parse("redis://h:0", &u), -1);
