@@ -33,10 +33,7 @@ int aor_cred_header(const struct aor_backend_conf *backend, struct aor_cred_head
         out->secret_len = strlen(backend->cred.api_key);
         return AOR_CRED_OK;
     default:
-        if (!token_type(backend->cred.type) || backend->cred.source == NULL)
-            return AOR_CRED_UNAVAILABLE;
-        rc = aor_token_source_take(backend->cred.source, &out->hold, &out->secret, &out->secret_len, &out->serial);
-        if (rc != AOR_CRED_OK)
+        if ((rc = aor_cred_token(&backend->cred, out)) != AOR_CRED_OK)
             return rc;
         out->name = "Authorization";
         out->name_len = sizeof("Authorization") - 1;
@@ -44,6 +41,14 @@ int aor_cred_header(const struct aor_backend_conf *backend, struct aor_cred_head
         out->prefix_len = sizeof("Bearer ") - 1;
         return AOR_CRED_OK;
     }
+}
+
+int aor_cred_token(const struct aor_cred_conf *cred, struct aor_cred_header *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!token_type(cred->type) || cred->source == NULL)
+        return AOR_CRED_UNAVAILABLE;
+    return aor_token_source_take(cred->source, &out->hold, &out->secret, &out->secret_len, &out->serial);
 }
 
 void aor_cred_header_release(struct aor_cred_header *h)
@@ -67,8 +72,8 @@ int aor_cred_usable(const struct aor_backend_conf *backend)
     }
 }
 
-void aor_cred_refused(const struct aor_backend_conf *backend, uint64_t serial)
+void aor_cred_refused(const struct aor_cred_conf *cred, uint64_t serial)
 {
-    if (token_type(backend->cred.type) && backend->cred.source != NULL && serial != 0)
-        aor_token_source_refused(backend->cred.source, serial);
+    if (token_type(cred->type) && cred->source != NULL && serial != 0)
+        aor_token_source_refused(cred->source, serial);
 }

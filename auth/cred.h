@@ -63,6 +63,14 @@ struct aor_cred_header {
 int aor_cred_header(const struct aor_backend_conf *backend, struct aor_cred_header *out);
 void aor_cred_header_release(struct aor_cred_header *h);
 
+/**
+ * The current access token of a keyless credential (any user: a backend's `auth:`, later
+ * `redis.auth` for AUTH <object id> <token>): out->secret/secret_len/hold/serial filled (no header
+ * name). AOR_CRED_OK, PENDING or UNAVAILABLE (also for api_key / none, which have no token).
+ * Release with aor_cred_header_release(). Any thread; no I/O.
+ */
+int aor_cred_token(const struct aor_cred_conf *cred, struct aor_cred_header *out);
+
 /* 1 when aor_cred_header() would answer OK now (for /readyz): api_key and none always */
 int aor_cred_usable(const struct aor_backend_conf *backend);
 
@@ -72,15 +80,17 @@ int aor_cred_usable(const struct aor_backend_conf *backend);
  * and a refresh starts at once — one per token however many requests saw the 401. Requests
  * that come meanwhile wait for it like at a cold start. Any thread. No-op for api_key.
  */
-void aor_cred_refused(const struct aor_backend_conf *backend, uint64_t serial);
+void aor_cred_refused(const struct aor_cred_conf *cred, uint64_t serial);
 
 /* ---- the token sources: one registry for the process (like the JWKS keystores) ---------- */
 
 /**
- * Gives each token-typed backend of `conf` its source (b->cred.source, b->cred.stats): the one
- * an earlier config made for the same identity and resource (its token is kept), else a new
- * one. Sources no backend names any more stop refreshing. Main thread, before the config is
- * published. 0, or -1 on ENOMEM.
+ * Gives each keyless credential of `conf` its source (cred.source, cred.stats): the one an
+ * earlier config made for the same identity and resource (its token is kept), else a new one.
+ * Sources the config no longer names stop refreshing. Today the backends' `auth:`; `redis.auth`
+ * joins by adding its aor_cred_conf to creds_of() in cred_entra.c (its resource
+ * https://redis.azure.com makes it a source and a cache of its own). Main thread, before the
+ * config is published. 0, or -1 on ENOMEM.
  */
 int aor_creds_attach(struct aor_config *conf);
 
@@ -113,14 +123,14 @@ struct aor_cred_waitq *aor_cred_waitq_create(struct uv_loop_s *loop);
 void aor_cred_waitq_close(struct aor_cred_waitq *q);
 
 /**
- * Queues `waiter` until the backend's source is no longer PENDING or `wait_ms` has passed since
+ * Queues `waiter` until the credential's source is no longer PENDING or `wait_ms` has passed since
  * it became pending (a source that stays pending does not make every later request wait the
  * whole time again). Then cb runs on the queue's loop, never before this returns; the caller
- * calls aor_cred_header() again. Returns 0 when queued, -1 when not (the source is not
+ * asks for the token again. Returns 0 when queued, -1 when not (the source is not
  * pending, the wait is already over, or AOR_CRED_MAX_WAITERS wait on this worker).
  */
-int aor_cred_wait(struct aor_cred_waitq *q, const struct aor_backend_conf *backend, struct aor_cred_waiter *waiter,
-                  uint64_t wait_ms, aor_cred_wait_cb cb);
+int aor_cred_wait(struct aor_cred_waitq *q, const struct aor_cred_conf *cred, struct aor_cred_waiter *waiter, uint64_t wait_ms,
+                  aor_cred_wait_cb cb);
 
 /* unqueues a waiter (no callback); safe when it is not queued */
 void aor_cred_wait_cancel(struct aor_cred_waiter *waiter);

@@ -328,10 +328,10 @@ void aor_cred_waitq_close(struct aor_cred_waitq *q)
     uv_close((uv_handle_t *)&q->timer, on_waitq_closed);
 }
 
-int aor_cred_wait(struct aor_cred_waitq *q, const struct aor_backend_conf *backend, struct aor_cred_waiter *w, uint64_t wait_ms,
+int aor_cred_wait(struct aor_cred_waitq *q, const struct aor_cred_conf *cred, struct aor_cred_waiter *w, uint64_t wait_ms,
                   aor_cred_wait_cb cb)
 {
-    struct aor_token_source *s = backend->cred.source;
+    struct aor_token_source *s = cred->source;
     uint64_t now = mono_ms(), since, deadline;
     int st;
 
@@ -1151,17 +1151,36 @@ static void on_reg_wake(uv_async_t *a)
     pthread_mutex_unlock(&reg.lock);
 }
 
+/*
+ * The keyless credentials of `conf` that get a source: out[i] (capacity conf->num_backends + 1);
+ * returns how many. redis.auth goes here when it is built (its resource makes it its own source).
+ */
+static size_t creds_of(struct aor_config *conf, struct aor_cred_conf **out)
+{
+    size_t i, n = 0;
+
+    for (i = 0; i != conf->num_backends; ++i)
+        if (is_token_type(conf->backends[i].cred.type) && conf->backends[i].provider == AOR_PROVIDER_AZURE)
+            out[n++] = &conf->backends[i].cred;
+    return n;
+}
+
 int aor_creds_attach(struct aor_config *conf)
 {
     struct aor_token_source *s, **chosen;
-    size_t i, j;
+    struct aor_cred_conf **creds;
+    size_t i, j, n;
 
-    if ((chosen = calloc(conf->num_backends + 1, sizeof(*chosen))) == NULL)
+    chosen = calloc(conf->num_backends + 1, sizeof(*chosen));
+    creds = calloc(conf->num_backends + 1, sizeof(*creds));
+    if (chosen == NULL || creds == NULL) {
+        free(chosen);
+        free(creds);
         return -1;
-    for (i = 0; i != conf->num_backends; ++i) {
-        struct aor_cred_conf *c = &conf->backends[i].cred;
-        if (!is_token_type(c->type) || conf->backends[i].provider != AOR_PROVIDER_AZURE)
-            continue;
+    }
+    n = creds_of(conf, creds);
+    for (i = 0; i != n; ++i) {
+        struct aor_cred_conf *c = creds[i];
         pthread_mutex_lock(&reg.lock);
         for (s = reg.head; s != NULL && !same_source(s, c); s = s->reg_next)
             ;
@@ -1169,6 +1188,7 @@ int aor_creds_attach(struct aor_config *conf)
         if (s == NULL) {
             if ((s = source_create(c)) == NULL) {
                 free(chosen);
+                free(creds);
                 return -1;
             }
             pthread_mutex_lock(&reg.lock);
@@ -1181,18 +1201,19 @@ int aor_creds_attach(struct aor_config *conf)
     pthread_mutex_lock(&reg.lock);
     for (s = reg.head; s != NULL; s = s->reg_next) {
         int wanted = 0;
-        for (j = 0; j != conf->num_backends && !wanted; ++j)
+        for (j = 0; j != n && !wanted; ++j)
             wanted = chosen[j] == s;
         atomic_store(&s->wanted, wanted);
     }
-    for (i = 0; i != conf->num_backends; ++i) {
-        conf->backends[i].cred.source = chosen[i];
-        conf->backends[i].cred.stats = chosen[i] != NULL ? &chosen[i]->stats : NULL;
+    for (i = 0; i != n; ++i) {
+        creds[i]->source = chosen[i];
+        creds[i]->stats = &chosen[i]->stats;
     }
     if (reg.running)
         uv_async_send(&reg.wake);
     pthread_mutex_unlock(&reg.lock);
     free(chosen);
+    free(creds);
     return 0;
 }
 

@@ -328,7 +328,7 @@ static void attempt_refused(struct aor_request *ar)
         AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s refused the router's credential (%d); check its key or identity", ar->id,
                 b->name, ar->status);
         if (ar->status == 401) /* a token the backend no longer takes: drop it, fetch another (once per token) */
-            aor_cred_refused(b, ar->cred_serial);
+            aor_cred_refused(&b->cred, ar->cred_serial);
         aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_FAILURE, 0, now);
         ++ar->failed;
         ar->last_error = "credential";
@@ -875,7 +875,7 @@ static void start_attempt(struct aor_request *ar)
          * not charged. While the first token is on its way the request waits for it (once, bounded);
          * otherwise the backend is skipped like a broken one */
         if (rc == AOR_CRED_PENDING && !ar->cred_waited) {
-            if (aor_cred_wait(w->cred_waitq, b, &ar->cred_wait, ar->conf->limits.connect_timeout_ms, on_cred_ready) == 0) {
+            if (aor_cred_wait(w->cred_waitq, &b->cred, &ar->cred_wait, ar->conf->limits.connect_timeout_ms, on_cred_ready) == 0) {
                 aor_balancer_release_probe(&ar->cand[pick]);
                 ar->cred_waited = 1;
                 return;
