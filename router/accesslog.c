@@ -138,6 +138,7 @@ struct entry {
     const char *id, *tenant, *auth, *subject, *client_id, *key_id, *method, *deployment, *backend, *error;
     unsigned attempts;
     int status, stream;
+    const char *usage; /* "reported", "estimated" or "" */
     int64_t prompt, completion, total;
     uint64_t started_ns, upstream_ns, first_byte_ns;
     const char *backend_request_id; /* validated to [A-Za-z0-9._:-] like id; NULL for none */
@@ -197,6 +198,11 @@ static void write_entry(struct aor_accesslog *log, const struct entry *e)
         PUT_LIT(&l, ",\"stream\":true");
     else
         PUT_LIT(&l, ",\"stream\":false");
+    if (e->usage != NULL && e->usage[0] != '\0') {
+        PUT_LIT(&l, ",\"usage\":\"");
+        put_str(&l, e->usage);
+        PUT_LIT(&l, "\"");
+    }
     PUT_LIT(&l, ",\"prompt_tokens\":");
     put_int(&l, e->prompt);
     PUT_LIT(&l, ",\"completion_tokens\":");
@@ -234,6 +240,9 @@ void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar
                       ar->attempts,
                       ar->final_status,
                       ar->stream,
+                      ar->adm.usage_estimated ? "estimated"
+                      : ar->usage.found       ? "reported"
+                                              : "",
                       ar->usage.prompt,
                       ar->usage.completion,
                       ar->usage.total,
@@ -246,6 +255,6 @@ void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar
 
 void aor_accesslog_write_plain(struct aor_accesslog *log, const char *id, const char *method, int status, uint64_t started_ns)
 {
-    struct entry e = {id, "", "none", "", "", "", method, "", "", "", 0, status, 0, 0, 0, 0, started_ns, 0, 0, NULL};
+    struct entry e = {id, "", "none", "", "", "", method, "", "", "", 0, status, 0, "", 0, 0, 0, started_ns, 0, 0, NULL};
     write_entry(log, &e);
 }

@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <string.h>
 #include "accesslog.h"
+#include "admit.h"
 #include "backend.h"
 #include "balancer.h"
 #include "config.h"
@@ -139,7 +140,7 @@ void aor_pipeline_maybe_free(struct aor_request *ar)
 {
     struct aor_worker *w = ar->worker;
 
-    if (ar->req != NULL || ar->xfer.active || ar->in_upstream_cb || ar->auth.pending != NULL)
+    if (ar->req != NULL || ar->xfer.active || ar->in_upstream_cb || ar->auth.pending != NULL || ar->adm.call != NULL)
         return;
     aor_proxy_free(ar);
     free(ar->body_copy);
@@ -217,12 +218,6 @@ static int read_body(struct aor_request *ar, h2o_req_t *req, enum aor_error *err
     return 0;
 }
 
-/* stage: may the tenant spend this now. Quotas in Redis arrive with their own issue. */
-static int admit(struct aor_request *ar, enum aor_error *err, const char **msg)
-{
-    return 0;
-}
-
 /* stage: the backends that serve the deployment, for the balancer to choose from */
 static int collect_candidates(struct aor_request *ar, enum aor_error *err, const char **msg)
 {
@@ -265,12 +260,35 @@ static void refuse(struct aor_request *ar, enum aor_error err, const char *msg)
     aor_error_send(ar->req, err, msg);
 }
 
-/* the stages after authentication: admit, candidates, proxy */
-static void after_authenticate(struct aor_request *ar)
+/* the stages after admission: candidates, proxy */
+static void after_admit(struct aor_request *ar)
 {
     enum aor_error err = AOR_ERR_BACKEND_ERROR;
     const char *msg = "out of memory";
 
+    if (ar->req == NULL) { /* the client left while Redis was asked (the reservation is given back) */
+        aor_pipeline_maybe_free(ar);
+        return;
+    }
+    if (ar->adm.refused) {
+        if (ar->adm.retry_after_s > 0) {
+            char *v = h2o_mem_alloc_pool(&ar->req->pool, 24);
+            int n = snprintf(v, 24, "%lld", (long long)ar->adm.retry_after_s);
+            h2o_add_header(&ar->req->pool, &ar->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, v, n);
+        }
+        refuse(ar, (enum aor_error)ar->adm.error, ar->adm.message);
+        return;
+    }
+    if (collect_candidates(ar, &err, &msg) != 0) {
+        refuse(ar, err, msg);
+        return;
+    }
+    aor_proxy_start(ar);
+}
+
+/* the stages after authentication: admit, candidates, proxy */
+static void after_authenticate(struct aor_request *ar)
+{
     if (ar->req == NULL) { /* the client left while its key was being looked up */
         aor_pipeline_maybe_free(ar);
         return;
@@ -289,11 +307,9 @@ static void after_authenticate(struct aor_request *ar)
         return;
     }
     ar->tenant = ar->auth.tenant;
-    if (admit(ar, &err, &msg) != 0 || collect_candidates(ar, &err, &msg) != 0) {
-        refuse(ar, err, msg);
-        return;
-    }
-    aor_proxy_start(ar);
+    /* stage: may the tenant spend this now (admit.c; may wait for one Redis round trip) */
+    if (aor_admit_start(ar, after_admit))
+        after_admit(ar);
 }
 
 static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_route *route, const char *id)
@@ -396,7 +412,21 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
 
 void aor_pipeline_add_client_headers(struct aor_request *ar)
 {
-    /* the tenant's x-ratelimit-remaining-* come with quota admission */
+    h2o_req_t *req = ar->req;
+    char *v;
+    int n;
+
+    /* the tenant's own minute window (SPEC §4); an unlimited one has no header */
+    if (ar->adm.remaining_tokens >= 0) {
+        v = h2o_mem_alloc_pool(&req->pool, 24);
+        n = snprintf(v, 24, "%lld", (long long)ar->adm.remaining_tokens);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-ratelimit-remaining-tokens"), 0, NULL, v, n);
+    }
+    if (ar->adm.remaining_requests >= 0) {
+        v = h2o_mem_alloc_pool(&req->pool, 24);
+        n = snprintf(v, 24, "%lld", (long long)ar->adm.remaining_requests);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-ratelimit-remaining-requests"), 0, NULL, v, n);
+    }
 }
 
 void aor_pipeline_finish(struct aor_request *ar)
@@ -415,6 +445,8 @@ void aor_pipeline_finish(struct aor_request *ar)
     if (deployment == NULL)
         deployment = aor_metrics_deployment_label(ar->conf, ar->deployment, ar->tenant != NULL && ar->num_cand != 0);
 
+    /* account: the reservation becomes the usage the backend reported (or is given back) */
+    aor_admit_settle(ar);
     aor_metrics_request(ar->tenant, deployment, backend, ar->final_status);
     aor_metrics_request_duration(deployment, backend, (double)(now - ar->started_ns) / 1e9);
     if (ar->usage.found)

@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 #include <h2o.h>
+#include "admit.h"
 #include "auth.h"
 #include "balancer.h"
 #include "reqbody.h"
@@ -57,11 +58,12 @@ struct aor_request {
     const char *body; /* the client's body (copy owned here) */
     size_t body_len;
     char *body_copy;
-    char *attempt_body;   /* body rewritten for the current backend, if any */
-    int stream;           /* the client asked for stream: true */
-    int64_t estimate;     /* tokens the request may cost */
-    struct aor_auth auth; /* the authenticate stage's outcome: tenant, subject, method */
-    const char *tenant;   /* auth.tenant once authenticated */
+    char *attempt_body;       /* body rewritten for the current backend, if any */
+    int stream;               /* the client asked for stream: true */
+    int64_t estimate;         /* tokens the request may cost */
+    struct aor_auth auth;     /* the authenticate stage's outcome: tenant, subject, method */
+    const char *tenant;       /* auth.tenant once authenticated */
+    struct aor_admission adm; /* the admit stage's reservation and decision */
 
     /* where it may go */
     size_t num_cand;

@@ -64,6 +64,21 @@ static int mentions_usage(const char *s, size_t len)
     return 0;
 }
 
+/* does an event carry generated text: a non-empty "content", "text" or (responses API) "delta" string */
+static int has_text(const char *s, size_t len)
+{
+    static const char *const keys[] = {"\"content\":\"", "\"text\":\"", "\"delta\":\""};
+    size_t k;
+
+    for (k = 0; k != 3; ++k) {
+        size_t kl = strlen(keys[k]);
+        const char *p = memmem(s, len, keys[k], kl);
+        if (p != NULL && p + kl < s + len && p[kl] != '"')
+            return 1;
+    }
+    return 0;
+}
+
 static void on_line(struct aor_sse_scanner *s, const char *line, size_t len)
 {
     if (len < 5 || memcmp(line, "data:", 5) != 0)
@@ -77,6 +92,8 @@ static void on_line(struct aor_sse_scanner *s, const char *line, size_t len)
     }
     if (mentions_usage(line, len))
         aor_usage_from_json(line, len, &s->usage);
+    else if (has_text(line, len))
+        ++s->content_events;
 }
 
 void aor_sse_feed(struct aor_sse_scanner *s, const char *bytes, size_t len)

@@ -26,7 +26,8 @@ struct aor_sse_scanner {
     size_t len;
     int skipping;
     unsigned oversized;
-    int done; /* saw "data: [DONE]" */
+    int done;               /* saw "data: [DONE]" */
+    int64_t content_events; /* events carrying generated text (a token each, at least): the estimate of a cut stream */
     struct aor_usage usage;
 };
 
