@@ -98,6 +98,9 @@ struct aor_request {
     struct aor_buf inflight, pending;
     uint64_t bytes_to_client;
     struct aor_sse_scanner sse;
+    int strip_usage;      /* usage was asked upstream for the router only: its chunk is not relayed */
+    int sse_dropping;     /* the usage-only event's data line was dropped; its blank line goes too */
+    struct aor_buf carry; /* a partial SSE line while strip_usage (at most AOR_SSE_MAX_LINE) */
     struct aor_usage usage;
     int final_status;
 };

@@ -265,6 +265,8 @@ describe('accounting: usage hashes equal what the backend reported', () => {
       const j = JSON.parse(e);
       assert.ok(!(j.usage && j.choices?.length === 0), `a usage-only chunk the client did not ask for: ${e}`);
     }
+    assert.ok(!s2.body.includes('"usage"'), `the client did not ask for usage and sees none: ${s2.body}`);
+    assert.equal(ev2.length, 1 + 5 + 1 + 1, 'role, 5 words, finish, [DONE]: the stream as the client asked for it');
     prompt += u1.prompt_tokens;
     completion += 5;
     chatTotal += u1.prompt_tokens + 5;
