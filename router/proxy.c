@@ -543,6 +543,22 @@ static int relay(struct aor_request *ar, const char *data, size_t len)
     return 0;
 }
 
+/* the last AOR_USAGE_TAIL..2*AOR_USAGE_TAIL bytes of a large JSON reply */
+static void keep_tail(struct aor_request *ar, const char *data, size_t len)
+{
+    if (len >= AOR_USAGE_TAIL) {
+        ar->tail.len = 0;
+        data += len - AOR_USAGE_TAIL;
+        len = AOR_USAGE_TAIL;
+    }
+    if (ar->tail.len + len > 2 * AOR_USAGE_TAIL) {
+        size_t keep = AOR_USAGE_TAIL - len;
+        memmove(ar->tail.base, ar->tail.base + ar->tail.len - keep, keep);
+        ar->tail.len = keep;
+    }
+    buf_append(&ar->tail, data, len); /* out of memory: the usage may be missed, never the answer */
+}
+
 static void on_upstream_body(struct aor_upstream_h1_xfer *x, const char *data, size_t len)
 {
     struct aor_request *ar = H2O_STRUCT_FROM_MEMBER(struct aor_request, xfer, x);
@@ -567,15 +583,22 @@ static void on_upstream_body(struct aor_upstream_h1_xfer *x, const char *data, s
             }
             return;
         }
-        /* too large to hold: stream what we have and the rest */
+        /* too large to hold: stream what we have and the rest; its usage is looked for in the
+         * part held now and, at the end, in the last AOR_USAGE_TAIL bytes (issue 8: a 30 MB
+         * embeddings answer is counted too) */
         ar->mode = AOR_MODE_STREAM;
+        ar->json_overflow = 1;
+        aor_usage_from_fragment(ar->pending.base, ar->pending.len, &ar->usage);
         break;
     case AOR_MODE_STREAM:
         break;
     }
     if (ar->first_byte_ns == 0)
         ar->first_byte_ns = aor_mono_ns();
-    aor_sse_feed(&ar->sse, data, len);
+    if (ar->json_overflow)
+        keep_tail(ar, data, len);
+    else
+        aor_sse_feed(&ar->sse, data, len);
     if (relay(ar, data, len) != 0) {
         /* out of memory mid-stream: end the client's response as broken */
         cancel_upstream(ar);
@@ -660,6 +683,8 @@ static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
         if (ar->first_byte_ns == 0)
             ar->first_byte_ns = aor_mono_ns();
         start_client_response(ar);
+    } else if (ar->json_overflow) {
+        aor_usage_from_fragment(ar->tail.base, ar->tail.len, &ar->usage);
     } else if (ar->sse.usage.found) {
         ar->usage = ar->sse.usage;
     }
@@ -951,6 +976,8 @@ static void start_attempt(struct aor_request *ar)
     is_head = strcmp(ar->method, "HEAD") == 0;
     ar->status = 0;
     ar->mode = AOR_MODE_HEADERS;
+    ar->json_overflow = 0;
+    ar->tail.len = 0;
     ar->discarded = 0;
     ar->cooldown_ms = 0;
     ar->cooldown_capped = 0;
@@ -1010,5 +1037,6 @@ void aor_proxy_free(struct aor_request *ar)
     buf_free(&ar->pending);
     aor_sse_dispose(&ar->sse);
     buf_free(&ar->carry);
+    buf_free(&ar->tail);
     free(ar->attempt_body);
 }

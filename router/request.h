@@ -98,8 +98,10 @@ struct aor_request {
     struct aor_buf inflight, pending;
     uint64_t bytes_to_client;
     struct aor_sse_scanner sse;
-    int strip_usage;      /* usage was asked upstream for the router only: its chunk is not relayed */
-    int sse_dropping;     /* the usage-only event's data line was dropped; its blank line goes too */
+    int strip_usage;   /* usage was asked upstream for the router only: its chunk is not relayed */
+    int sse_dropping;  /* the usage-only event's data line was dropped; its blank line goes too */
+    int json_overflow; /* a JSON reply over AOR_BUFFER_MAX, relayed as it comes: `tail` keeps its end */
+    struct aor_buf tail;
     struct aor_buf carry; /* a partial SSE line while strip_usage (at most AOR_SSE_MAX_LINE) */
     struct aor_usage usage;
     int final_status;

@@ -48,6 +48,62 @@ int aor_usage_from_json(const char *json, size_t len, struct aor_usage *u)
     return 1;
 }
 
+/* the end of the object starting at s[0] == '{', or NULL when it does not end within len */
+static const char *object_end(const char *s, size_t len)
+{
+    int depth = 0, in_str = 0;
+    size_t i;
+
+    for (i = 0; i != len; ++i) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\')
+                ++i;
+            else if (c == '"')
+                in_str = 0;
+        } else if (c == '"') {
+            in_str = 1;
+        } else if (c == '{') {
+            ++depth;
+        } else if (c == '}' && --depth == 0) {
+            return s + i + 1;
+        }
+    }
+    return NULL;
+}
+
+int aor_usage_from_fragment(const char *s, size_t len, struct aor_usage *u)
+{
+    static const char key[] = "\"usage\"";
+    const char *p = s, *end = s + len;
+    int found = 0;
+
+    while ((p = memmem(p, (size_t)(end - p), key, sizeof(key) - 1)) != NULL) {
+        const char *v = p + sizeof(key) - 1, *e;
+        p = v;
+        while (v < end && (*v == ' ' || *v == '\t' || *v == '\r' || *v == '\n'))
+            ++v;
+        if (v == end || *v != ':')
+            continue;
+        ++v;
+        while (v < end && (*v == ' ' || *v == '\t' || *v == '\r' || *v == '\n'))
+            ++v;
+        if (v == end || *v != '{' || (e = object_end(v, (size_t)(end - v))) == NULL)
+            continue;
+        {
+            struct aor_usage got = {0, 0, 0, 0};
+            if (aor_json_scan_object(v, (size_t)(e - v), on_usage_member, &got) == 0) {
+                if (got.total == 0)
+                    got.total = got.prompt + got.completion;
+                got.found = 1;
+                *u = got;
+                found = 1;
+            }
+        }
+    }
+    return found;
+}
+
 /* cheap test before parsing: does the event carry a usage object (not null)? */
 static int mentions_usage(const char *s, size_t len)
 {

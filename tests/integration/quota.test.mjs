@@ -299,6 +299,22 @@ describe('accounting: usage hashes equal what the backend reported', () => {
     assert.equal(metricSum(m, 'aoai_router_tokens_total', { tenant: t, type: 'completion' }), completion);
   });
 
+  it('an embeddings answer over the 4 MiB buffer is relayed whole and still counted exactly', async () => {
+    const t = uniq('bigemb');
+    const input = Array.from({ length: 40000 }, (_, i) => `w${i % 97}`);
+    const r = await asTenant(t, { p: EMB_PATH, body: { input } });
+    assert.equal(r.status, 200, r.body.slice(0, 300));
+    assert.ok(r.body.length > 4 * 1024 * 1024, `reply of ${r.body.length} bytes is not over the buffer limit`);
+    const reported = r.json().usage;
+    await sleep(100);
+    const day = await usageHash(t, 'day');
+    assert.equal(day.prompt_tokens, reported.prompt_tokens, JSON.stringify(day));
+    assert.equal(day.total_tokens, reported.total_tokens, JSON.stringify(day));
+    assert.equal(day['emb:total_tokens'], reported.total_tokens);
+    const line = await accessLogLine(router, r.id);
+    assert.equal(line.total_tokens, reported.total_tokens);
+  });
+
   it('a refused answer (backend 400) releases the reservation and counts nothing', async () => {
     const t = uniq('rel');
     await east.setBehaviour({ status: 400, count: 1 });
