@@ -42,7 +42,7 @@ static int on_member(const char *key, size_t key_len, const char *value, size_t 
     } else if (KEY_IS(key, key_len, "max_tokens")) {
         if (aor_json_int(value, value_len, &v) && v > 0)
             s->max_tokens = v;
-    } else if (KEY_IS(key, key_len, "max_completion_tokens")) {
+    } else if (KEY_IS(key, key_len, "max_completion_tokens") || KEY_IS(key, key_len, "max_output_tokens")) {
         if (aor_json_int(value, value_len, &v) && v > 0)
             s->max_completion_tokens = v;
     }

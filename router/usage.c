@@ -13,9 +13,10 @@ static int on_usage_member(const char *key, size_t key_len, const char *value, s
 
     if (!aor_json_int(value, value_len, &v) || v < 0)
         return 0;
-    if (KEY_IS(key, key_len, "prompt_tokens"))
+    /* chat, completions, embeddings; the responses API says input_tokens / output_tokens */
+    if (KEY_IS(key, key_len, "prompt_tokens") || KEY_IS(key, key_len, "input_tokens"))
         u->prompt = v;
-    else if (KEY_IS(key, key_len, "completion_tokens"))
+    else if (KEY_IS(key, key_len, "completion_tokens") || KEY_IS(key, key_len, "output_tokens"))
         u->completion = v;
     else if (KEY_IS(key, key_len, "total_tokens"))
         u->total = v;
@@ -26,6 +27,11 @@ static int on_top_member(const char *key, size_t key_len, const char *value, siz
 {
     struct aor_usage *u = data, found = {0, 0, 0, 0};
 
+    /* a responses API stream's response.completed event carries it in "response" */
+    if (KEY_IS(key, key_len, "response") && value[0] == '{') {
+        aor_json_scan_object(value, value_len, on_top_member, data);
+        return 0;
+    }
     if (!KEY_IS(key, key_len, "usage") || value[0] != '{')
         return 0;
     if (aor_json_scan_object(value, value_len, on_usage_member, &found) != 0)

@@ -315,6 +315,28 @@ describe('accounting: usage hashes equal what the backend reported', () => {
     assert.equal(line.total_tokens, reported.total_tokens);
   });
 
+  it('responses API (input_tokens/output_tokens), JSON and streamed: usage hash = what the mock reported', async () => {
+    const t = uniq('resp');
+    const r1 = await asTenant(t, { p: '/openai/v1/responses', body: { model: 'gpt-4o', input: 'tell me a story please', max_output_tokens: 4 } });
+    assert.equal(r1.status, 200, r1.body);
+    const u1 = r1.json().usage;
+    const token = await idp.mint({ tid: t });
+    const s = await curlStream(router.url, '/openai/v1/responses', { model: 'gpt-4o', input: [{ role: 'user', content: 'hi there' }], max_output_tokens: 3, stream: true }, {
+      headers: { authorization: `Bearer ${token}` },
+    }).done;
+    assert.equal(s.status, 200, s.body);
+    const completed = sseEvents(s.body)
+      .map((e) => JSON.parse(e.data))
+      .find((e) => e.type === 'response.completed');
+    const u2 = completed.response.usage;
+    await sleep(100);
+    const day = await usageHash(t, 'day');
+    assert.equal(day.requests, 2);
+    assert.equal(day.prompt_tokens, u1.input_tokens + u2.input_tokens, JSON.stringify(day));
+    assert.equal(day.completion_tokens, u1.output_tokens + u2.output_tokens, JSON.stringify(day));
+    assert.equal(day.total_tokens, u1.total_tokens + u2.total_tokens, JSON.stringify(day));
+  });
+
   it('a refused answer (backend 400) releases the reservation and counts nothing', async () => {
     const t = uniq('rel');
     await east.setBehaviour({ status: 400, count: 1 });
