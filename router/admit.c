@@ -57,10 +57,12 @@ static const char reserve_lua[] =
     "  end\n"
     "  return tonumber(def)\n"
     "end\n"
+    /* counters are written by HINCRBY: anything but 0..15 digits (someone else's garbage, a
+     * bucket driven below 0) counts as 0 */
     "local function get(k, field)\n"
-    "  local v = tonumber(redis.call('HGET', k, field))\n"
-    "  if v == nil or v < 0 then return 0 end\n"
-    "  return v\n"
+    "  local v = redis.call('HGET', k, field)\n"
+    "  if not v or #v > 15 or not string.find(v, '^%d+$') then return 0 end\n"
+    "  return tonumber(v)\n"
     "end\n"
     "local tpm, rpm = num(f['tpm'], ARGV[3]), num(f['rpm'], ARGV[4])\n"
     "local day, month = num(f['tokens_per_day'], ARGV[5]), num(f['tokens_per_month'], ARGV[6])\n"
