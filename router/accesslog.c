@@ -1,4 +1,6 @@
 /* accesslog.c — see accesslog.h */
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,36 +9,55 @@
 #include <sys/time.h>
 #include "accesslog.h"
 #include "config.h"
+#include "log.h"
 #include "request.h"
 #include "server.h"
 
 #define BATCH_BYTES 32768
 #define LINE_MAX_BYTES 4096
+#define BUFFER_BYTES (1024 * 1024) /* per worker, while stdout's reader stalls; then lines are dropped */
 
 struct aor_accesslog {
     uv_timer_t timer;
     time_t stamp_sec; /* the second `stamp` was formatted for */
     char stamp[32];
     size_t len;
-    char buf[BATCH_BYTES + LINE_MAX_BYTES];
+    int stalled; /* the last write found the pipe full: wait for the timer before trying again */
+    char buf[BUFFER_BYTES + LINE_MAX_BYTES];
 };
 
-void aor_accesslog_flush(struct aor_accesslog *log)
+/* writes what stdout takes without waiting (the server made it non-blocking); keeps the rest */
+static void flush_some(struct aor_accesslog *log)
 {
     size_t off = 0;
 
+    log->stalled = 0;
     while (off < log->len) {
         ssize_t n = write(STDOUT_FILENO, log->buf + off, log->len - off);
-        if (n <= 0)
-            break; /* stdout gone: the log is lost, the service is not */
-        off += (size_t)n;
+        if (n > 0) {
+            off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            log->stalled = 1;
+            break;
+        }
+        off = log->len; /* stdout gone: the log is lost, the service is not */
     }
-    log->len = 0;
+    memmove(log->buf, log->buf + off, log->len - off);
+    log->len -= off;
+}
+
+void aor_accesslog_flush(struct aor_accesslog *log)
+{
+    flush_some(log);
 }
 
 static void on_timer(uv_timer_t *t)
 {
-    aor_accesslog_flush(t->data);
+    flush_some(t->data);
 }
 
 struct aor_accesslog *aor_accesslog_create(uv_loop_t *loop)
@@ -61,7 +82,16 @@ static void on_closed(uv_handle_t *h)
 
 void aor_accesslog_destroy(struct aor_accesslog *log)
 {
-    aor_accesslog_flush(log);
+    /* the loop is over: wait for a slow reader, but no more than a second in all */
+    for (int waited = 0; waited < 10; ++waited) {
+        struct pollfd p = {STDOUT_FILENO, POLLOUT, 0};
+        flush_some(log);
+        if (!log->stalled)
+            break;
+        poll(&p, 1, 100);
+    }
+    if (log->len != 0)
+        __atomic_add_fetch(&aor_log_dropped_total[1], 1, __ATOMIC_RELAXED);
     uv_timer_stop(&log->timer);
     uv_close((uv_handle_t *)&log->timer, on_closed);
 }
@@ -149,6 +179,11 @@ struct entry {
 static void write_entry(struct aor_accesslog *log, const struct entry *e)
 {
     struct line l = {log->buf + log->len, log->buf + log->len + LINE_MAX_BYTES, 0};
+
+    if (log->len > BUFFER_BYTES) { /* the reader stalled and the buffer is full */
+        __atomic_add_fetch(&aor_log_dropped_total[1], 1, __ATOMIC_RELAXED);
+        return;
+    }
     struct timespec now;
     uint64_t now_ns = aor_mono_ns();
     char ms[5];
@@ -221,8 +256,8 @@ static void write_entry(struct aor_accesslog *log, const struct entry *e)
     if (l.overflow)
         return;
     log->len = (size_t)(l.p - log->buf);
-    if (log->len >= BATCH_BYTES)
-        aor_accesslog_flush(log);
+    if (log->len >= BATCH_BYTES && !log->stalled)
+        flush_some(log);
 }
 
 void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar)

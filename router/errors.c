@@ -14,12 +14,14 @@ static const struct {
     [AOR_ERR_DEPLOYMENT_NOT_FOUND] = {404, "deployment_not_found", "Not Found"},
     [AOR_ERR_METHOD_NOT_ALLOWED] = {405, "method_not_allowed", "Method Not Allowed"},
     [AOR_ERR_BODY_TOO_LARGE] = {413, "body_too_large", "Payload Too Large"},
+    [AOR_ERR_HEADERS_TOO_LARGE] = {431, "headers_too_large", "Request Header Fields Too Large"},
     [AOR_ERR_TENANT_QUOTA_EXCEEDED] = {429, "tenant_quota_exceeded", "Too Many Requests"},
     [AOR_ERR_BACKENDS_THROTTLED] = {429, "backends_throttled", "Too Many Requests"},
     [AOR_ERR_BACKEND_ERROR] = {502, "backend_error", "Bad Gateway"},
     [AOR_ERR_QUOTA_STORE_UNAVAILABLE] = {503, "quota_store_unavailable", "Service Unavailable"},
     [AOR_ERR_NOT_READY] = {503, "not_ready", "Service Unavailable"},
     [AOR_ERR_SHUTTING_DOWN] = {503, "shutting_down", "Service Unavailable"},
+    [AOR_ERR_OVERLOADED] = {503, "overloaded", "Service Unavailable"},
 };
 
 int aor_error_status(enum aor_error err)

@@ -16,12 +16,14 @@ enum aor_error {
     AOR_ERR_DEPLOYMENT_NOT_FOUND,    /* 404 */
     AOR_ERR_METHOD_NOT_ALLOWED,      /* 405 */
     AOR_ERR_BODY_TOO_LARGE,          /* 413 */
+    AOR_ERR_HEADERS_TOO_LARGE,       /* 431 */
     AOR_ERR_TENANT_QUOTA_EXCEEDED,   /* 429 */
     AOR_ERR_BACKENDS_THROTTLED,      /* 429 */
     AOR_ERR_BACKEND_ERROR,           /* 502 */
     AOR_ERR_QUOTA_STORE_UNAVAILABLE, /* 503 */
     AOR_ERR_NOT_READY,               /* 503 */
     AOR_ERR_SHUTTING_DOWN,           /* 503 */
+    AOR_ERR_OVERLOADED,              /* 503 the body budget is spent */
 };
 
 int aor_error_status(enum aor_error err);

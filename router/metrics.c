@@ -10,6 +10,7 @@
 #include "backend.h"
 #include "balancer.h"
 #include "config.h"
+#include "log.h"
 #include "metrics.h"
 
 enum metric {
@@ -338,6 +339,18 @@ void aor_metrics_inflight_add(int delta)
     __atomic_add_fetch(&inflight, delta, __ATOMIC_RELAXED);
 }
 
+static uint64_t conn_reset_closed, overloaded;
+
+void aor_metrics_conn_reset_closed(void)
+{
+    __atomic_add_fetch(&conn_reset_closed, 1, __ATOMIC_RELAXED);
+}
+
+void aor_metrics_overloaded(void)
+{
+    __atomic_add_fetch(&overloaded, 1, __ATOMIC_RELAXED);
+}
+
 struct out {
     char *buf;
     size_t len, cap;
@@ -488,6 +501,18 @@ char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *
          "# HELP aoai_router_redis_errors_total Redis commands that failed or timed out.\n"
          "# TYPE aoai_router_redis_errors_total counter\naoai_router_redis_errors_total %llu\n",
          (unsigned long long)__atomic_load_n(&redis_errors, __ATOMIC_RELAXED));
+    emit(&o,
+         "# HELP aoai_router_log_dropped_total Log lines dropped because the log's reader stalled.\n"
+         "# TYPE aoai_router_log_dropped_total counter\naoai_router_log_dropped_total{log=\"access\"} %llu\n"
+         "aoai_router_log_dropped_total{log=\"error\"} %llu\n"
+         "# HELP aoai_router_client_conns_reset_closed_total Client connections closed for abandoning too many requests.\n"
+         "# TYPE aoai_router_client_conns_reset_closed_total counter\naoai_router_client_conns_reset_closed_total %llu\n"
+         "# HELP aoai_router_overloaded_total Requests refused because the in-flight body budget was spent.\n"
+         "# TYPE aoai_router_overloaded_total counter\naoai_router_overloaded_total %llu\n",
+         (unsigned long long)__atomic_load_n(&aor_log_dropped_total[1], __ATOMIC_RELAXED),
+         (unsigned long long)__atomic_load_n(&aor_log_dropped_total[0], __ATOMIC_RELAXED),
+         (unsigned long long)__atomic_load_n(&conn_reset_closed, __ATOMIC_RELAXED),
+         (unsigned long long)__atomic_load_n(&overloaded, __ATOMIC_RELAXED));
     emit(&o,
          "# HELP aoai_router_inflight_requests Requests being served.\n"
          "# TYPE aoai_router_inflight_requests gauge\naoai_router_inflight_requests %lld\n",

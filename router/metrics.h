@@ -46,6 +46,11 @@ void aor_metrics_ttfb(const char *backend, double seconds);
 /* the in-flight gauge */
 void aor_metrics_inflight_add(int delta);
 
+/* hostile-client counters (relaxed atomics, no registry): client connections closed for their
+ * resets, requests refused by the in-flight body budget. (Dropped log lines: log.h.) */
+void aor_metrics_conn_reset_closed(void);
+void aor_metrics_overloaded(void);
+
 /**
  * Renders every series, plus the gauges of `conf`'s backends as of `now_ms` (per backend
  * deployment: cooldown, remaining tokens; per backend: circuit), in Prometheus text format

@@ -49,21 +49,29 @@ static int valid_request_id(const char *s, size_t len)
     return 1;
 }
 
-/* echoes the client's x-request-id when it is sane, else makes a UUID-shaped one */
-static void assign_request_id(struct aor_worker *w, h2o_req_t *req, char *id)
+/* a fresh UUID-shaped id */
+static void new_request_id(struct aor_worker *w, char *id)
 {
-    ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-request-id"), -1);
     uint32_t r[4];
     int k;
+
+    for (k = 0; k != 4; ++k)
+        r[k] = aor_worker_random(w);
+    snprintf(id, AOR_REQUEST_ID_MAX + 1, "%08x-%04x-4%03x-%04x-%04x%08x", r[0], r[1] >> 16, r[1] & 0xfff,
+             (r[2] >> 16 & 0x3fff) | 0x8000, r[2] & 0xffff, r[3]);
+}
+
+/* echoes the client's x-request-id when it is sane, else makes a UUID-shaped one; `fresh`
+ * ignores the client's (a request refused for its headers is not read further) */
+static void assign_request_id(struct aor_worker *w, h2o_req_t *req, char *id, int fresh)
+{
+    ssize_t i = fresh ? -1 : h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-request-id"), -1);
 
     if (i >= 0 && valid_request_id(req->headers.entries[i].value.base, req->headers.entries[i].value.len)) {
         memcpy(id, req->headers.entries[i].value.base, req->headers.entries[i].value.len);
         id[req->headers.entries[i].value.len] = '\0';
     } else {
-        for (k = 0; k != 4; ++k)
-            r[k] = aor_worker_random(w);
-        snprintf(id, AOR_REQUEST_ID_MAX + 1, "%08x-%04x-4%03x-%04x-%04x%08x", r[0], r[1] >> 16, r[1] & 0xfff,
-                 (r[2] >> 16 & 0x3fff) | 0x8000, r[2] & 0xffff, r[3]);
+        new_request_id(w, id);
     }
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL,
                           h2o_strdup(&req->pool, id, strlen(id)).base, strlen(id));
@@ -124,6 +132,10 @@ static void on_anchor_dispose(void *p)
 {
     struct aor_request *ar = ((struct anchor *)p)->ar;
 
+    /* a request abandoned before its answer was sent (RST_STREAM from the client, or one
+     * h2o reset itself, a disconnect) counts against the connection's reset budget */
+    aor_server_conn_account(aor_server_conn_of(ar->req->conn), !ar->final_sent || (ar->started && !ar->upstream_done),
+                            ar->req->version >= 0x200);
     if (!ar->final_sent) {
         /* the client left before the answer started (499, as nginx logs it) */
         ar->final_status = 499;
@@ -140,8 +152,11 @@ void aor_pipeline_maybe_free(struct aor_request *ar)
 {
     struct aor_worker *w = ar->worker;
 
-    if (ar->req != NULL || ar->xfer.active || ar->in_upstream_cb || ar->auth.pending != NULL || ar->adm.call != NULL)
+    if (ar->req != NULL || ar->xfer.active || ar->in_upstream_cb || ar->auth.pending != NULL || ar->deferred ||
+        ar->adm.call != NULL)
         return;
+    if (ar->body_budget != 0)
+        __atomic_fetch_sub(&aor_inflight_body_bytes, ar->body_budget, __ATOMIC_RELAXED);
     aor_proxy_free(ar);
     free(ar->body_copy);
     aor_config_release(ar->conf);
@@ -168,14 +183,20 @@ static int is_json_body(h2o_req_t *req)
     return 0;
 }
 
-/* stage: read the body once — copy, parse, find the deployment. 0 or an error to send */
-static int read_body(struct aor_request *ar, h2o_req_t *req, enum aor_error *err, const char **msg)
+/* stage: the body's size, before anything else looks at it. 0 or an error to send */
+static int check_body_size(struct aor_request *ar, h2o_req_t *req, enum aor_error *err, const char **msg)
 {
     if (req->entity.len > ar->conf->limits.max_body_bytes) {
         *err = AOR_ERR_BODY_TOO_LARGE;
         *msg = "request body exceeds max_body_bytes";
         return -1;
     }
+    return 0;
+}
+
+/* stage (after authentication): read the body once — copy, parse, find the deployment. 0 or an error to send */
+static int read_body(struct aor_request *ar, h2o_req_t *req, enum aor_error *err, const char **msg)
+{
     if (req->entity.len == 0 && !ar->route.passthrough) { /* every inference operation takes a body */
         *err = AOR_ERR_INVALID_REQUEST;
         *msg = "the request body is empty";
@@ -289,6 +310,9 @@ static void after_admit(struct aor_request *ar)
 /* the stages after authentication: admit, candidates, proxy */
 static void after_authenticate(struct aor_request *ar)
 {
+    enum aor_error err = AOR_ERR_BACKEND_ERROR;
+    const char *msg = "out of memory";
+
     if (ar->req == NULL) { /* the client left while its key was being looked up */
         aor_pipeline_maybe_free(ar);
         return;
@@ -307,10 +331,17 @@ static void after_authenticate(struct aor_request *ar)
         return;
     }
     ar->tenant = ar->auth.tenant;
+    if (read_body(ar, ar->req, &err, &msg) != 0) {
+        refuse(ar, err, msg);
+        return;
+    }
     /* stage: may the tenant spend this now (admit.c; may wait for one Redis round trip) */
     if (aor_admit_start(ar, after_admit))
         after_admit(ar);
 }
+
+static void on_defer_check(uv_check_t *h);
+static void on_defer_idle(uv_idle_t *h);
 
 static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_route *route, const char *id)
 {
@@ -341,15 +372,84 @@ static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_ro
     anchor = h2o_mem_alloc_shared(&req->pool, sizeof(*anchor), on_anchor_dispose);
     anchor->ar = ar;
 
-    if (read_body(ar, req, &err, &msg) != 0) {
+    if (check_body_size(ar, req, &err, &msg) != 0) {
         refuse(ar, err, msg);
         return;
     }
-    if (aor_auth_authenticate(ar, req, after_authenticate))
-        after_authenticate(ar);
+    /* the body counts against the process-wide budget from here until the request ends */
+    if (req->entity.len != 0) {
+        uint64_t held = __atomic_add_fetch(&aor_inflight_body_bytes, req->entity.len, __ATOMIC_RELAXED);
+        ar->body_budget = req->entity.len;
+        if (held > ar->conf->limits.max_inflight_body_bytes) {
+            aor_metrics_overloaded();
+            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
+            refuse(ar, AOR_ERR_OVERLOADED, "too many request bodies in flight; retry later");
+            return;
+        }
+    }
+    /* Rapid Reset: nothing starts in the read that brought the request; a RST_STREAM later in
+     * that read disposes the request first, and the deferred start finds it gone */
+    ar->deferred = 1;
+    h2o_linklist_insert(&w->deferred, &ar->deferred_link);
+    if (!uv_is_active((uv_handle_t *)&w->defer_check)) {
+        /* the check phase follows the poll phase (every read of this iteration is processed by
+         * then); the idle handle keeps the next poll from blocking when queued outside it */
+        uv_check_start(&w->defer_check, on_defer_check);
+        uv_idle_start(&w->defer_idle, on_defer_idle);
+    }
+}
+
+static void on_defer_idle(uv_idle_t *h)
+{
+    (void)h;
+}
+
+/* the requests queued by data_plane: authenticate and go on, unless they are gone */
+static void on_defer_check(uv_check_t *h)
+{
+    struct aor_worker *w = H2O_STRUCT_FROM_MEMBER(struct aor_worker, defer_check, h);
+    h2o_linklist_t batch;
+
+    uv_check_stop(&w->defer_check);
+    uv_idle_stop(&w->defer_idle);
+    h2o_linklist_init_anchor(&batch);
+    h2o_linklist_insert_list(&batch, &w->deferred);
+    while (!h2o_linklist_is_empty(&batch)) {
+        struct aor_request *ar = H2O_STRUCT_FROM_MEMBER(struct aor_request, deferred_link, batch.next);
+        struct aor_client_conn *c;
+        h2o_linklist_unlink(&ar->deferred_link);
+        ar->deferred = 0;
+        if (ar->req == NULL) {
+            aor_pipeline_maybe_free(ar);
+            continue;
+        }
+        if (w->tearing_down || ((c = aor_server_conn_of(ar->req->conn)) != NULL && c->closing)) {
+            refuse(ar, AOR_ERR_SHUTTING_DOWN, "connection closing");
+            continue;
+        }
+        /* authenticate before the body is copied or scanned */
+        if (aor_auth_authenticate(ar, ar->req, after_authenticate))
+            after_authenticate(ar);
+    }
 }
 
 static void serve_metrics(struct aor_worker *w, h2o_req_t *req);
+
+/* 1 when the decoded header block is within limits.max_header_count and max_header_bytes */
+static int headers_within_limits(const struct aor_config *conf, h2o_req_t *req)
+{
+    uint64_t bytes = (uint64_t)req->method.len + req->path.len + req->authority.len;
+    size_t i;
+
+    if (req->headers.size > conf->limits.max_header_count)
+        return 0;
+    for (i = 0; i != req->headers.size; ++i) {
+        bytes += req->headers.entries[i].name->len + req->headers.entries[i].value.len;
+        if (bytes > conf->limits.max_header_bytes)
+            return 0;
+    }
+    return bytes <= conf->limits.max_header_bytes;
+}
 
 int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
 {
@@ -358,8 +458,21 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
     char id[AOR_REQUEST_ID_MAX + 1];
 
     uint64_t started_ns = aor_mono_ns();
+    struct aor_client_conn *c;
 
-    assign_request_id(w, req, id);
+    /* before anything reads the headers: their count and decoded size (an HPACK-indexed
+     * header costs the client one byte per copy) */
+    if (!headers_within_limits(w->conf, req)) {
+        assign_request_id(w, req, id, 1);
+        aor_error_send(req, AOR_ERR_HEADERS_TOO_LARGE, "request headers exceed max_header_bytes or max_header_count");
+        aor_accesslog_write_plain(w->accesslog, id, "", req->res.status, started_ns);
+        return 0;
+    }
+    if (w->tearing_down || ((c = aor_server_conn_of(req->conn)) != NULL && c->closing)) {
+        aor_error_send(req, AOR_ERR_SHUTTING_DOWN, "the connection is closing");
+        return 0;
+    }
+    assign_request_id(w, req, id, 0);
     aor_route_parse(req->path.base, req->path.len, &route);
     switch (route.kind) {
     case AOR_ROUTE_HEALTHZ:

@@ -71,6 +71,7 @@ struct aor_redis {
     uv_timer_t retry_timer;    /* reconnect backoff */
     uv_getaddrinfo_t gai;
     int gai_active;
+    int reconnect_after_gai; /* reconfigured while resolving the old host: start over when it ends */
     int open_handles;
     int destroyed;
     uint64_t rng;
@@ -565,6 +566,11 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
             err = uv_ip_name(pick->ai_addr, ip, sizeof(ip));
     }
     uv_freeaddrinfo(res);
+    if (r->reconnect_after_gai) { /* resolved the old host: resolve the new one */
+        r->reconnect_after_gai = 0;
+        start_connect(r);
+        return;
+    }
     if (err != 0) {
         conn_lost(r, aor_redis_err_disconnected, status != 0 ? uv_strerror(status) : "no address");
         return;
@@ -711,6 +717,53 @@ void aor_redis_destroy(struct aor_redis *r)
     uv_timer_stop(&r->retry_timer);
     uv_close((uv_handle_t *)&r->deadline_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->retry_timer, on_handle_closed);
+}
+
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *password)
+{
+    struct aor_redis_url u;
+    char *pw = NULL;
+
+    if (r == NULL || r->destroyed || aor_redis_url_parse(url, &u) != 0)
+        return -1;
+    if (same_str(r->url.host, u.host) && r->url.port == u.port && r->url.db == u.db && same_str(r->url.user, u.user) &&
+        same_str(r->password, password != NULL ? password : u.password)) {
+        aor_redis_url_clear(&u);
+        return 0;
+    }
+    if (password != NULL && (pw = strdup(password)) == NULL) {
+        aor_redis_url_clear(&u);
+        return -1;
+    }
+    if (r->password != NULL && r->password != r->url.password) {
+        explicit_bzero(r->password, strlen(r->password));
+        free(r->password);
+    }
+    aor_redis_url_clear(&r->url);
+    r->url = u;
+    r->password = pw != NULL ? pw : r->url.password;
+    AOR_LOG(AOR_LOG_INFO, "redis", "settings changed by a reload: reconnecting to %s:%u", r->url.host, (unsigned)r->url.port);
+    /* the old connection goes now (its pending commands fail as disconnected, so their waiters
+     * answer); the new one is tried at once, without the backoff of the old one's failures */
+    switch (r->state) {
+    case ST_UP:
+    case ST_CONNECTING:
+        conn_kill(r, aor_redis_err_disconnected, "reconfigured");
+        break;
+    case ST_RESOLVING:
+        r->reconnect_after_gai = 1;
+        return 0;
+    case ST_DOWN:
+        break;
+    }
+    r->failures = 0;
+    uv_timer_start(&r->retry_timer, on_retry, 0, 0);
+    return 0;
 }
 
 int aor_redis_is_up(const struct aor_redis *r)

@@ -76,6 +76,16 @@ struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char 
  */
 void aor_redis_destroy(struct aor_redis *r);
 
+/**
+ * A reload's `redis:` settings (SIGHUP): when the URL or the effective password differ from the
+ * ones in use, the current connection is dropped (its pending commands fail with
+ * aor_redis_err_disconnected) and a new one is made at once with the new settings; the object
+ * and its handle stay, so whoever holds `r` keeps using it. Unchanged settings: nothing happens.
+ * 0, or -1 when `url` does not parse (the old settings stay) or on ENOMEM. Loop thread only;
+ * not from inside a callback of this module.
+ */
+int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *password);
+
 /* 1 once connected, authenticated and answering PING; 0 while (re)connecting or down */
 int aor_redis_is_up(const struct aor_redis *r);
 

@@ -105,6 +105,11 @@ struct aor_request {
     struct aor_buf carry; /* a partial SSE line while strip_usage (at most AOR_SSE_MAX_LINE) */
     struct aor_usage usage;
     int final_status;
+
+    /* admission (pipeline.c): the data-plane start waits past the read that brought it */
+    h2o_linklist_t deferred_link; /* in worker->deferred while `deferred` */
+    int deferred;
+    uint64_t body_budget; /* bytes held in aor_inflight_body_bytes for this request */
 };
 
 #endif

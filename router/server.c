@@ -40,6 +40,7 @@
 #include "upstream.h"
 #include "upstream_h1.h"
 
+#define AOR_BODY_SLACK (64 * 1024)    /* see max_request_entity_size */
 #define REDIS_COMMAND_TIMEOUT_MS 1000 /* hiredis 0.14 has none: our own timer per command */
 
 static h2o_globalconf_t globalconf;
@@ -165,23 +166,205 @@ static SSL_CTX *make_ssl_ctx(const struct aor_listen_conf *lc)
     return ctx;
 }
 
-static void on_accept(uv_stream_t *listener, int status)
+/* ---- client connections ------------------------------------------------------------ */
+
+uint64_t aor_inflight_body_bytes;
+static unsigned client_conns; /* counted connections of every worker (atomic) */
+
+/* h2o 2.2.5's libuv socket (lib/common/socket/uv-binding.c.h) starts with these members; the
+ * accept callback checks the layout on every socket before relying on it */
+struct uv_socket_layout {
+    h2o_socket_t super;
+    struct {
+        uv_stream_t *stream;
+        uv_close_cb close_cb;
+    } uv;
+};
+
+static struct aor_worker *worker_of_listener(uv_stream_t *listener)
 {
     h2o_accept_ctx_t *actx = listener->data;
-    uv_tcp_t *conn;
-    h2o_socket_t *sock;
+    return H2O_STRUCT_FROM_MEMBER(struct aor_worker, ctx, actx->ctx);
+}
 
-    if (status != 0)
+static void on_conn_closed(uv_handle_t *h)
+{
+    struct aor_client_conn *c = (struct aor_client_conn *)h;
+
+    if (c->counted)
+        __atomic_fetch_sub(&client_conns, 1, __ATOMIC_RELAXED);
+    h2o_linklist_unlink(&c->link);
+    if (h2o_linklist_is_linked(&c->goaway_link))
+        h2o_linklist_unlink(&c->goaway_link);
+    free(c);
+}
+
+struct aor_client_conn *aor_server_conn_of(h2o_conn_t *conn)
+{
+    h2o_socket_t *sock = conn->callbacks->get_socket != NULL ? conn->callbacks->get_socket(conn) : NULL;
+    struct aor_client_conn *c;
+
+    if (sock == NULL)
+        return NULL;
+    c = (struct aor_client_conn *)((struct uv_socket_layout *)sock)->uv.stream;
+    return c != NULL && c->sock == sock ? c : NULL;
+}
+
+static void conn_shutdown(struct aor_client_conn *c)
+{
+    uv_os_fd_t fd;
+
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+        shutdown(fd, SHUT_RDWR); /* h2o reads EOF and closes the connection and its streams */
+}
+
+static void on_goaway_timer(uv_timer_t *t)
+{
+    struct aor_worker *w = H2O_STRUCT_FROM_MEMBER(struct aor_worker, goaway_timer, t);
+
+    while (!h2o_linklist_is_empty(&w->goaways)) {
+        struct aor_client_conn *c = H2O_STRUCT_FROM_MEMBER(struct aor_client_conn, goaway_link, w->goaways.next);
+        uv_os_fd_t fd;
+        h2o_linklist_unlink(&c->goaway_link);
+        /* h2o writes whole frames per uv_write: with nothing queued in libuv the wire is at a frame
+         * boundary, and one 17-byte frame fits any socket buffer that is not full */
+        if (c->tcp.write_queue_size == 0 && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+            static const uint8_t goaway[] = {0,    0,    8,    7,    0, 0, 0, 0, 0, /* GOAWAY, stream 0, 8 bytes */
+                                             0x7f, 0xff, 0xff, 0xff,                /* last stream id: h2o's is not exposed */
+                                             0,    0,    0,    0x0b};               /* ENHANCE_YOUR_CALM */
+            ssize_t n = send(fd, goaway, sizeof(goaway), MSG_DONTWAIT | MSG_NOSIGNAL);
+            (void)n;
+        }
+        conn_shutdown(c);
+    }
+}
+
+void aor_server_conn_account(struct aor_client_conn *c, int reset, int h2)
+{
+    if (c == NULL)
         return;
-    conn = h2o_mem_alloc(sizeof(*conn));
-    uv_tcp_init(listener->loop, conn);
-    if (uv_accept(listener, (uv_stream_t *)conn) != 0) {
-        uv_close((uv_handle_t *)conn, (uv_close_cb)free);
+    if (h2)
+        c->h2 = 1;
+    if (!reset) {
+        ++c->completed;
         return;
     }
-    uv_tcp_nodelay(conn, 1);
-    sock = h2o_uv_socket_create((uv_stream_t *)conn, (uv_close_cb)free);
+    if (++c->resets <= AOR_CONN_RESET_BUDGET + c->completed || c->closing)
+        return;
+    c->closing = 1;
+    AOR_LOG(AOR_LOG_WARN, "server", "closing a client connection: %u requests abandoned, %u completed (reset budget)", c->resets,
+            c->completed);
+    aor_metrics_conn_reset_closed();
+    if (c->h2 && c->sock != NULL && c->sock->ssl == NULL) {
+        /* not from inside h2o's frame processing: at the next iteration, before any read */
+        h2o_linklist_insert(&c->worker->goaways, &c->goaway_link);
+        if (!uv_is_active((uv_handle_t *)&c->worker->goaway_timer))
+            uv_timer_start(&c->worker->goaway_timer, on_goaway_timer, 0, 0);
+        return;
+    }
+    conn_shutdown(c);
+}
+
+static void on_accept_timer(uv_timer_t *t);
+
+static int conn_cap_reached(struct aor_worker *w)
+{
+    return __atomic_load_n(&client_conns, __ATOMIC_RELAXED) >= w->conf->limits.max_connections;
+}
+
+/* accepts the connection libuv holds for `listener`; 0, or -1 to hold it (at the cap) */
+static int accept_one(uv_stream_t *listener, size_t index)
+{
+    struct aor_worker *w = worker_of_listener(listener);
+    h2o_accept_ctx_t *actx = listener->data;
+    int counted = index < w->conf->num_listeners; /* the metrics listener is never held back */
+    struct aor_client_conn *c;
+    h2o_socket_t *sock;
+
+    if (counted && conn_cap_reached(w)) {
+        /* not calling uv_accept makes libuv keep this one and stop polling the listener; the
+         * rest wait in the kernel's accept queue */
+        w->paused[index] = 1;
+        if (!uv_is_active((uv_handle_t *)&w->accept_timer))
+            uv_timer_start(&w->accept_timer, on_accept_timer, 20, 20);
+        return -1;
+    }
+    w->paused[index] = 0;
+    c = h2o_mem_alloc(sizeof(*c));
+    memset(c, 0, sizeof(*c));
+    uv_tcp_init(listener->loop, &c->tcp);
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return 0;
+    }
+    c->worker = w;
+    c->counted = counted;
+    if (counted)
+        __atomic_fetch_add(&client_conns, 1, __ATOMIC_RELAXED);
+    h2o_linklist_insert(&w->conns, &c->link);
+    uv_tcp_nodelay(&c->tcp, 1);
+    sock = h2o_uv_socket_create((uv_stream_t *)&c->tcp, on_conn_closed);
+    /* not the layout we know: the connection runs without a reset budget */
+    c->sock = ((struct uv_socket_layout *)sock)->uv.stream == (uv_stream_t *)&c->tcp ? sock : NULL;
     h2o_accept(actx, sock);
+    return 0;
+}
+
+static void on_accept(uv_stream_t *listener, int status)
+{
+    struct aor_worker *w = worker_of_listener(listener);
+
+    if (status != 0 || w->shutting_down)
+        return;
+    accept_one(listener, (size_t)((uv_tcp_t *)listener - w->listeners));
+}
+
+/* while a listener is held back: is there room again? */
+static void on_accept_timer(uv_timer_t *t)
+{
+    struct aor_worker *w = H2O_STRUCT_FROM_MEMBER(struct aor_worker, accept_timer, t);
+    int any = 0;
+    size_t i;
+
+    for (i = 0; i != w->num_listeners; ++i) {
+        if (!w->paused[i] || w->shutting_down)
+            continue;
+        if (accept_one((uv_stream_t *)&w->listeners[i], i) != 0)
+            any = 1;
+    }
+    if (!any)
+        uv_timer_stop(t);
+}
+
+/* ---- h2o's own 413 as the SPEC's JSON --------------------------------------------------
+ * HTTP/1.1 bodies over max_request_entity_size never reach the handler: h2o answers them
+ * itself with a plain-text 413 through the host's fallback path. This filter, registered on
+ * that path only, turns that answer into the SPEC §4 error. (HTTP/2 bodies over the limit are
+ * refused by h2o 2.2.5 with RST_STREAM(REFUSED_STREAM) and no response at all.) */
+
+static const char json413[] = "{\"error\":{\"code\":\"body_too_large\",\"message\":\"request body exceeds max_body_bytes\"}}\n";
+
+static void json413_do_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt, h2o_send_state_t state)
+{
+    h2o_iovec_t body = h2o_iovec_init(json413, sizeof(json413) - 1);
+
+    (void)bufs;
+    (void)bufcnt;
+    h2o_ostream_send_next(self, req, &body, 1, state);
+}
+
+static void json413_on_setup_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
+{
+    if (req->res.status == 413) {
+        h2o_ostream_t *o = h2o_add_ostream(req, sizeof(*o), slot);
+        o->do_send = json413_do_send;
+        slot = &o->next;
+        memset(&req->res.headers, 0, sizeof(req->res.headers));
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
+        req->res.content_length = sizeof(json413) - 1;
+        req->res.reason = "Payload Too Large";
+    }
+    h2o_setup_next_ostream(req, slot);
 }
 
 /* ---- workers ----------------------------------------------------------------------- */
@@ -199,6 +382,7 @@ static void begin_shutdown(struct aor_worker *w)
     size_t i;
 
     w->shutting_down = 1;
+    uv_timer_stop(&w->accept_timer);
     for (i = 0; i != w->num_listeners; ++i)
         uv_close((uv_handle_t *)&w->listeners[i], NULL);
     h2o_context_request_shutdown(&w->ctx);
@@ -224,8 +408,45 @@ static void on_wake(uv_async_t *async)
         aor_config_release(old); /* requests in flight still hold it */
     }
     pthread_mutex_unlock(&gen_lock);
+    /* a changed `redis:` (URL, password rotation): the same client, reconnected with the new settings */
+    if (w->redis != NULL && w->conf->redis.url != NULL && !w->shutting_down &&
+        aor_redis_reconfigure(w->redis, w->conf->redis.url, w->conf->redis.password) != 0)
+        AOR_LOG(AOR_LOG_ERROR, "server", "worker %u: cannot apply the new redis settings; the old ones stay", w->id);
     if (shutdown_requested && !w->shutting_down)
         begin_shutdown(w);
+}
+
+static void on_teardown_guard(uv_timer_t *t)
+{
+    *(int *)t->data = 1;
+}
+
+/* the loop has stopped: shut every client connection down and let h2o close them (their
+ * requests disposed, key lookups cancelled) while all they use still exists — bounded */
+static void close_client_conns(struct aor_worker *w)
+{
+    uv_timer_t guard;
+    int expired = 0;
+    h2o_linklist_t *l;
+
+    w->tearing_down = 1;
+    uv_timer_stop(&w->accept_timer);
+    for (l = w->conns.next; l != &w->conns; l = l->next) {
+        struct aor_client_conn *c = H2O_STRUCT_FROM_MEMBER(struct aor_client_conn, link, l);
+        uv_os_fd_t fd;
+        c->closing = 1;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+            shutdown(fd, SHUT_RDWR);
+    }
+    uv_timer_init(&w->loop, &guard);
+    guard.data = &expired;
+    uv_timer_start(&guard, on_teardown_guard, 2000, 0);
+    while (!h2o_linklist_is_empty(&w->conns) && !expired)
+        uv_run(&w->loop, UV_RUN_ONCE);
+    if (!h2o_linklist_is_empty(&w->conns))
+        AOR_LOG(AOR_LOG_WARN, "server", "worker %u: client connections still open after 2 s of teardown", w->id);
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(&w->loop, UV_RUN_NOWAIT);
 }
 
 static void *worker_main(void *arg)
@@ -234,8 +455,8 @@ static void *worker_main(void *arg)
 
     uv_run(&w->loop, UV_RUN_DEFAULT);
 
-    /* tear down what is ours; h2o's connections that are still open (idle keep-alive
-     * clients) are left to the process exit, as h2o 2.2 has no way to dispose them */
+    /* tear down in order: client connections (and so their requests) first, then what they used */
+    close_client_conns(w);
     aor_accesslog_destroy(w->accesslog);
     if (w->id == 0)
         aor_keystores_stop();
@@ -248,6 +469,10 @@ static void *worker_main(void *arg)
     aor_upstream_destroy(w->upstream);
     aor_upstream_h1_close(w->upstream_h1);
     uv_close((uv_handle_t *)&w->wake, NULL);
+    uv_close((uv_handle_t *)&w->accept_timer, NULL);
+    uv_close((uv_handle_t *)&w->goaway_timer, NULL);
+    uv_close((uv_handle_t *)&w->defer_check, NULL);
+    uv_close((uv_handle_t *)&w->defer_idle, NULL);
     if (w->drain_timer.loop != NULL) /* initialised by begin_shutdown */
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
     uv_run(&w->loop, UV_RUN_NOWAIT); /* runs the close callbacks */
@@ -257,6 +482,7 @@ static void *worker_main(void *arg)
     w->conf = NULL;
     free(w->listeners);
     free(w->accept_ctxs);
+    free(w->paused);
     return NULL;
 }
 
@@ -286,10 +512,18 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
         return -1;
     uv_async_init(&w->loop, &w->wake, on_wake);
     w->wake.data = w;
+    h2o_linklist_init_anchor(&w->conns);
+    h2o_linklist_init_anchor(&w->deferred);
+    h2o_linklist_init_anchor(&w->goaways);
+    uv_timer_init(&w->loop, &w->goaway_timer);
+    uv_timer_init(&w->loop, &w->accept_timer);
+    uv_check_init(&w->loop, &w->defer_check);
+    uv_idle_init(&w->loop, &w->defer_idle);
     w->num_listeners = num_listens;
     w->listeners = calloc(w->num_listeners, sizeof(*w->listeners));
     w->accept_ctxs = calloc(w->num_listeners, sizeof(*w->accept_ctxs));
-    if (w->listeners == NULL || w->accept_ctxs == NULL)
+    w->paused = calloc(w->num_listeners, 1);
+    if (w->listeners == NULL || w->accept_ctxs == NULL || w->paused == NULL)
         return -1;
     for (i = 0; i != w->num_listeners; ++i) {
         w->accept_ctxs[i].ctx = &w->ctx;
@@ -345,6 +579,11 @@ static void reload(const char *path)
     if (next->num_listeners != current_conf->num_listeners || next->threads != current_conf->threads ||
         next->limits.max_body_bytes > current_conf->limits.max_body_bytes)
         AOR_LOG(AOR_LOG_WARN, "server", "listen, threads and a larger max_body_bytes take effect only after a restart");
+    if (next->limits.max_streams_per_connection != current_conf->limits.max_streams_per_connection)
+        AOR_LOG(AOR_LOG_WARN, "server", "limits.max_streams_per_connection takes effect only after a restart");
+    if ((next->redis.url == NULL) != (current_conf->redis.url == NULL))
+        AOR_LOG(AOR_LOG_WARN, "server",
+                "adding or removing `redis:` takes effect only after a restart (a changed URL or password applies now)");
     pthread_mutex_lock(&gen_lock);
     old = current_conf;
     current_conf = next;
@@ -368,16 +607,21 @@ int aor_server_run(struct aor_config *conf)
     if (path == NULL || attach_runtime(conf) != 0)
         goto exit;
     current_conf = conf;
+    aor_log_set_nonblocking(1); /* a stalled log reader drops lines, never stops a worker */
     curl_global_init(CURL_GLOBAL_DEFAULT);
 
     h2o_config_init(&globalconf);
     globalconf.server_name = h2o_iovec_init(H2O_STRLIT("aoai-router"));
-    /* h2o answers bodies above its own limit with a plain-text 413; ours (JSON) covers up to here */
-    globalconf.max_request_entity_size = conf->limits.max_body_bytes + 1024 * 1024;
+    /* h2o buffers a whole body before the handler: never more than max_body_bytes (+64 KiB, so
+     * that an HTTP/2 body a little over still reaches the handler and gets the JSON 413). Over
+     * it, HTTP/1.1 gets h2o's 413 (made JSON by the filter below), HTTP/2 a RST_STREAM */
+    globalconf.max_request_entity_size = conf->limits.max_body_bytes + AOR_BODY_SLACK;
+    globalconf.http2.max_concurrent_requests_per_connection = conf->limits.max_streams_per_connection;
     hostconf = h2o_config_register_host(&globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     pathconf = h2o_config_register_path(hostconf, "/", 0);
     handler = h2o_create_handler(pathconf, sizeof(*handler));
     handler->on_req = aor_pipeline_on_req;
+    h2o_create_filter(&hostconf->fallback_path, sizeof(h2o_filter_t))->on_setup_ostream = json413_on_setup_ostream;
 
     /* signals go to the main thread only: block them before any worker exists */
     signal(SIGPIPE, SIG_IGN);
@@ -461,5 +705,6 @@ exit:
     curl_global_cleanup();
     free(fds);
     free(path);
+    aor_log_set_nonblocking(0);
     return ret;
 }

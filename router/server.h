@@ -24,6 +24,24 @@ struct aor_tokencache;
 struct aor_coolshare_read;
 struct aor_admit_worker;
 
+/*
+ * One accepted client connection (item 2 connection cap, item 3 reset budget, item 22
+ * teardown). Allocated by the accept callback with the uv handle h2o's socket wraps, freed by
+ * that handle's close callback; every worker keeps a list of its own.
+ */
+struct aor_client_conn {
+    uv_tcp_t tcp; /* h2o's socket wraps this handle */
+    struct aor_worker *worker;
+    h2o_socket_t *sock;
+    h2o_linklist_t link;        /* worker->conns */
+    int counted;                /* counts against limits.max_connections (not the metrics listener) */
+    int closing;                /* shut down by us: refuse whatever else arrives on it */
+    unsigned resets;            /* requests that ended before their answer was sent */
+    unsigned completed;         /* data-plane requests whose answer was sent */
+    int h2;                     /* seen speaking HTTP/2 */
+    h2o_linklist_t goaway_link; /* in worker->goaways: GOAWAY and shutdown at the next loop iteration */
+};
+
 struct aor_worker {
     h2o_context_t ctx; /* handlers find their worker from req->conn->ctx */
     uv_loop_t loop;
@@ -50,7 +68,37 @@ struct aor_worker {
     size_t num_listeners;
     h2o_accept_ctx_t *accept_ctxs; /* one per listener (TLS context differs) */
     uv_timer_t drain_timer;
+    h2o_linklist_t conns;    /* struct aor_client_conn, this worker's client connections */
+    unsigned char *paused;   /* per listener: at max_connections, accept() is held back */
+    uv_timer_t accept_timer; /* while any listener is paused: retries it */
+    uv_check_t defer_check;  /* starts the deferred data-plane requests after the poll phase (pipeline.c) */
+    uv_idle_t defer_idle;    /* ... and keeps the poll from blocking while some wait */
+    h2o_linklist_t deferred; /* struct aor_request waiting for defer_check */
+    int tearing_down;        /* the loop has stopped: requests get a bare 503 */
+    uv_timer_t goaway_timer; /* closes the connections queued in `goaways` */
+    h2o_linklist_t goaways;
 };
+
+/* ceiling on the requests a client connection may abandon (reset, cancel, disconnect before the
+ * answer) beyond the ones it completed; past it the connection is shut down (Rapid Reset) */
+#define AOR_CONN_RESET_BUDGET 100
+
+/* the connection record of an h2o connection; NULL when unknown (a layout h2o did not keep) */
+struct aor_client_conn *aor_server_conn_of(h2o_conn_t *conn);
+
+/**
+ * Counts one abandoned request (`reset` 1) or one completed answer (`reset` 0) against `c`
+ * (`h2`: the request came over HTTP/2); when the resets exceed AOR_CONN_RESET_BUDGET +
+ * completed, `closing` is set and the connection is closed: a plaintext HTTP/2 one gets a
+ * GOAWAY(ENHANCE_YOUR_CALM) first, at the start of the next loop iteration (outside h2o's
+ * frame processing, when nothing of h2o's is queued on the socket); then the socket is shut
+ * down both ways (shutdown(2)), h2o sees EOF and closes the connection and its streams
+ * itself. h2o 2.2.5 exposes no per-connection GOAWAY. NULL is a no-op.
+ */
+void aor_server_conn_account(struct aor_client_conn *c, int reset, int h2);
+
+/* process-wide: request-body bytes the handlers hold (limits.max_inflight_body_bytes) */
+extern uint64_t aor_inflight_body_bytes;
 
 /* runs the server until SIGTERM/SIGINT and the drain; takes over the reference to `conf`. Returns the exit code */
 int aor_server_run(struct aor_config *conf);
