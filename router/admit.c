@@ -586,7 +586,7 @@ static void on_flush_timer(uv_timer_t *t)
 {
     struct aor_worker *w = t->data;
 
-    if (backlog_len != 0 && aor_redis_is_up(w->redis)) /* a racy peek; the flush takes the lock */
+    if (aor_admit_backlog_size() != 0 && aor_redis_is_up(w->redis))
         flush_backlog(w);
 }
 
