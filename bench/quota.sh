@@ -10,7 +10,7 @@
 #   sse  wrk, HTTP/1.1, 64 connections, streamed chat completion without include_usage
 #        (the router adds it upstream and drops the usage chunk)
 # Target (issue 8): on ≤ 1.3 × off in router CPU per request.
-# Usage: bench/quota.sh [seconds per run, default 10]   (results in bench/results/quota-*.tsv)
+# Usage: [PERF=1] bench/quota.sh [seconds per run, default 10]  (PERF=1: perf record of router-on, h1)   (results in bench/results/quota-*.tsv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -60,8 +60,7 @@ http {
 NGX
 nginx -c $TMP/nginx.conf -p $TMP
 sleep 0.5
-NGINX_PIDS=$(pgrep -f "nginx: (master|worker) process -c $TMP" | tr '\n' ' ' || true)
-[ -n "$NGINX_PIDS" ] || NGINX_PIDS=$(cat $TMP/nginx.pid)
+NGINX_PIDS="$(cat $TMP/nginx.pid) $(pgrep -P "$(cat $TMP/nginx.pid)" | tr '\n' ' ')"
 
 BODY='{"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":12}'
 SBODY='{"messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":12,"stream":true}'
@@ -87,8 +86,8 @@ run() { # scenario proxy port lua pids...
   reqs=$(awk '/requests in/ {print $1}' $TMP/wrk.out)
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$px" "$(awk '/Requests\/sec/ {print $2}' $TMP/wrk.out)" \
     "$(to_ms "$(awk '$1=="50%" {print $2}' $TMP/wrk.out)")" "$(to_ms "$(awk '$1=="99%" {print $2}' $TMP/wrk.out)")" \
-    "$(awk -v d=$((after - before)) -v r="$reqs" -v hz=$CLK_TCK 'BEGIN { printf "%.1f", r > 0 ? d * 1e6 / hz / r : 0 }')" \
-    "$(awk -v d=$((ra - rb)) -v r="$reqs" -v hz=$CLK_TCK 'BEGIN { printf "%.1f", r > 0 ? d * 1e6 / hz / r : 0 }')" | tee -a $results
+    "$(awk -v d=$((after - before)) -v r="$reqs" -v hz=$CLK_TCK 'BEGIN { printf "%.1f", (r > 0 ? d * 1e6 / hz / r : 0) }')" \
+    "$(awk -v d=$((ra - rb)) -v r="$reqs" -v hz=$CLK_TCK 'BEGIN { printf "%.1f", (r > 0 ? d * 1e6 / hz / r : 0) }')" | tee -a $results
 }
 
 echo "== $DUR s per run" >&2
@@ -96,6 +95,9 @@ for sc in h1 sse; do
   lua=$TMP/chat.lua
   [ $sc = sse ] && lua=$TMP/sse.lua
   run $sc router-off $OFF_PORT $lua $PID_28080
+  if [ "${PERF:-}" = 1 ] && [ $sc = h1 ]; then
+    perf record -g -o $OUT/quota-perf.data -p $PID_28081 -- sleep $((DUR - 1)) >/dev/null 2>&1 &
+  fi
   run $sc router-on $ON_PORT $lua $PID_28081
   run $sc nginx $NGINX_PORT $lua $NGINX_PIDS
 done

@@ -16,6 +16,7 @@
  * AOR_ADMIT_MAX_BUCKETS minutes and stops counting for day/month once it is that old.
  */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,11 +43,14 @@
 /* ---- scripts ------------------------------------------------------------------------- */
 
 /* KEYS: tenant hash, usage minute, usage day, usage month, reservation buckets (this minute first).
- * ARGV: estimate, deployment, fallback tpm rpm day month, fallback deployments ("*" = all),
- *       retry-after of minute, day, month, buckets in today, buckets in this month, bucket TTL.
+ * ARGV: deployment, fallback deployments ("*" = all), and the numbers (one argument, space
+ *       separated: fewer arguments to format): estimate, fallback tpm rpm day month, retry-after
+ *       of minute, day, month, buckets in today, buckets in this month, bucket TTL.
  * Returns {0 admitted | 1 over quota | 2 forbidden, limit or reason, retry-after,
  *          remaining tokens, remaining requests, the tenant hash as HGETALL gave it}. */
 static const char reserve_lua[] =
+    "local n = {}\n"
+    "for x in string.gmatch(ARGV[3], '%S+') do n[#n + 1] = tonumber(x) end\n"
     "local h = redis.call('HGETALL', KEYS[1])\n"
     "local f = {}\n"
     "for i = 1, #h, 2 do f[h[i]] = h[i + 1] end\n"
@@ -55,7 +59,7 @@ static const char reserve_lua[] =
     "    if v == '-1' then return -1 end\n"
     "    if #v >= 1 and #v <= 15 and not string.find(v, '[^0-9]') then return tonumber(v) end\n"
     "  end\n"
-    "  return tonumber(def)\n"
+    "  return def\n"
     "end\n"
     /* counters are written by HINCRBY: anything but 0..15 digits (someone else's garbage, a
      * bucket driven below 0) counts as 0 */
@@ -64,21 +68,20 @@ static const char reserve_lua[] =
     "  if not v or #v > 15 or not string.find(v, '^%d+$') then return 0 end\n"
     "  return tonumber(v)\n"
     "end\n"
-    "local tpm, rpm = num(f['tpm'], ARGV[3]), num(f['rpm'], ARGV[4])\n"
-    "local day, month = num(f['tokens_per_day'], ARGV[5]), num(f['tokens_per_month'], ARGV[6])\n"
+    "local tpm, rpm = num(f['tpm'], n[2]), num(f['rpm'], n[3])\n"
+    "local day, month = num(f['tokens_per_day'], n[4]), num(f['tokens_per_month'], n[5])\n"
     "if f['disabled'] == '1' then return {2, 'disabled', 0, -1, -1, h} end\n"
     "if tpm == 0 or rpm == 0 or day == 0 or month == 0 then return {2, 'zero', 0, -1, -1, h} end\n"
-    "local deps = ARGV[7]\n"
+    "local deps = ARGV[2]\n"
     "local d = f['deployments']\n"
     "if d ~= nil then\n"
     "  d = string.gsub(d, '[ \\t]', '')\n"
     "  if #d < 1024 and string.find(d, '[^,]') and not string.find(d, '[%z\\1-\\32\\127]') then deps = d end\n"
     "end\n"
-    "if ARGV[2] ~= '' and deps ~= '*' and not string.find(',' .. deps .. ',', ',' .. ARGV[2] .. ',', 1, true) then\n"
+    "if ARGV[1] ~= '' and deps ~= '*' and not string.find(',' .. deps .. ',', ',' .. ARGV[1] .. ',', 1, true) then\n"
     "  return {2, 'deployment', 0, -1, -1, h}\n"
     "end\n"
-    "local est = tonumber(ARGV[1])\n"
-    "local nday, nmonth = tonumber(ARGV[11]), tonumber(ARGV[12])\n"
+    "local est, nday, nmonth = n[1], n[9], n[10]\n"
     "local rday, rmonth = 0, 0\n"
     "for i = 5, #KEYS do\n"
     "  local t = get(KEYS[i], 'tokens')\n"
@@ -87,41 +90,42 @@ static const char reserve_lua[] =
     "end\n"
     "local mt = get(KEYS[2], 'total_tokens') + get(KEYS[5], 'tokens')\n"
     "local mr = get(KEYS[2], 'requests') + get(KEYS[5], 'requests')\n"
-    "if month >= 0 and get(KEYS[4], 'total_tokens') + rmonth + est > month then return {1, 'month', ARGV[10], -1, -1, h} end\n"
-    "if day >= 0 and get(KEYS[3], 'total_tokens') + rday + est > day then return {1, 'day', ARGV[9], -1, -1, h} end\n"
-    "if tpm >= 0 and mt + est > tpm then return {1, 'tpm', ARGV[8], -1, -1, h} end\n"
-    "if rpm >= 0 and mr + 1 > rpm then return {1, 'rpm', ARGV[8], -1, -1, h} end\n"
+    "if month >= 0 and get(KEYS[4], 'total_tokens') + rmonth + est > month then return {1, 'month', n[8], -1, -1, h} end\n"
+    "if day >= 0 and get(KEYS[3], 'total_tokens') + rday + est > day then return {1, 'day', n[7], -1, -1, h} end\n"
+    "if tpm >= 0 and mt + est > tpm then return {1, 'tpm', n[6], -1, -1, h} end\n"
+    "if rpm >= 0 and mr + 1 > rpm then return {1, 'rpm', n[6], -1, -1, h} end\n"
     "redis.call('HINCRBY', KEYS[5], 'tokens', est)\n"
     "redis.call('HINCRBY', KEYS[5], 'requests', 1)\n"
-    "redis.call('EXPIRE', KEYS[5], ARGV[13])\n"
+    "redis.call('EXPIRE', KEYS[5], n[11])\n"
     "local rt, rr = -1, -1\n"
     "if tpm >= 0 then rt = tpm - mt - est end\n"
     "if rpm >= 0 then rr = rpm - mr - 1 end\n"
     "return {0, '', 0, rt, rr, h}\n";
 
-/* KEYS: usage keys, then the reservation bucket when ARGV[1] == '1'.
- * ARGV: has bucket, estimate, count usage ('1'), requests, prompt, completion, total,
- *       deployment ('' none), then the TTL of each usage key. */
-static const char settle_lua[] =
-    "local n = #KEYS\n"
-    "if ARGV[1] == '1' then\n"
-    "  n = n - 1\n"
-    "  if redis.call('EXISTS', KEYS[#KEYS]) == 1 then\n"
-    "    redis.call('HINCRBY', KEYS[#KEYS], 'tokens', -tonumber(ARGV[2]))\n"
-    "    redis.call('HINCRBY', KEYS[#KEYS], 'requests', -1)\n"
-    "  end\n"
-    "end\n"
-    "if ARGV[3] == '1' then\n"
-    "  for i = 1, n do\n"
-    "    redis.call('HINCRBY', KEYS[i], 'requests', ARGV[4])\n"
-    "    redis.call('HINCRBY', KEYS[i], 'prompt_tokens', ARGV[5])\n"
-    "    redis.call('HINCRBY', KEYS[i], 'completion_tokens', ARGV[6])\n"
-    "    redis.call('HINCRBY', KEYS[i], 'total_tokens', ARGV[7])\n"
-    "    if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[i], ARGV[8] .. ':total_tokens', ARGV[7]) end\n"
-    "    redis.call('EXPIRE', KEYS[i], ARGV[8 + i])\n"
-    "  end\n"
-    "end\n"
-    "return 1\n";
+/* KEYS: usage keys, then the reservation bucket when it has one.
+ * ARGV: deployment ('' none), and the numbers (space separated): has bucket (1/0), estimate,
+ *       count usage (1/0), requests, prompt, completion, total, then the TTL of each usage key. */
+static const char settle_lua[] = "local n = {}\n"
+                                 "for x in string.gmatch(ARGV[2], '%S+') do n[#n + 1] = x end\n"
+                                 "local k = #KEYS\n"
+                                 "if n[1] == '1' then\n"
+                                 "  k = k - 1\n"
+                                 "  if redis.call('EXISTS', KEYS[#KEYS]) == 1 then\n"
+                                 "    redis.call('HINCRBY', KEYS[#KEYS], 'tokens', -tonumber(n[2]))\n"
+                                 "    redis.call('HINCRBY', KEYS[#KEYS], 'requests', -1)\n"
+                                 "  end\n"
+                                 "end\n"
+                                 "if n[3] == '1' then\n"
+                                 "  for i = 1, k do\n"
+                                 "    redis.call('HINCRBY', KEYS[i], 'requests', n[4])\n"
+                                 "    redis.call('HINCRBY', KEYS[i], 'prompt_tokens', n[5])\n"
+                                 "    redis.call('HINCRBY', KEYS[i], 'completion_tokens', n[6])\n"
+                                 "    redis.call('HINCRBY', KEYS[i], 'total_tokens', n[7])\n"
+                                 "    if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[i], ARGV[1] .. ':total_tokens', n[7]) end\n"
+                                 "    redis.call('EXPIRE', KEYS[i], n[7 + i])\n"
+                                 "  end\n"
+                                 "end\n"
+                                 "return 1\n";
 
 struct script {
     const char *body;
@@ -173,7 +177,6 @@ struct aor_admit_call {
     int argc;
     const char *argv[CALL_MAX_ARGS];
     size_t argvlen[CALL_MAX_ARGS];
-    char arena[CALL_ARENA];
     size_t used;
     /* for the reserve */
     struct aor_request *ar;
@@ -184,6 +187,7 @@ struct aor_admit_call {
     int ttl[3];
     char deployment[65];
     struct usage_delta usage;
+    char arena[CALL_ARENA]; /* the arguments' bytes; last, so only the fields above are zeroed */
 };
 
 struct aor_admit_worker {
@@ -204,27 +208,60 @@ static int call_arg(struct aor_admit_call *c, const char *s, size_t len)
     return 0;
 }
 
-static int call_fmt(struct aor_admit_call *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int call_fmt(struct aor_admit_call *c, const char *fmt, ...)
+/* one argument holding `n` decimal integers separated by spaces */
+static int call_nums(struct aor_admit_call *c, const int64_t *v, size_t n)
 {
-    char buf[KEY_MAX];
-    va_list ap;
-    int n;
+    char buf[CALL_MAX_ARGS * 21], *p = buf;
+    size_t i;
 
-    va_start(ap, fmt);
-    n = vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(buf))
-        return -1;
-    return call_arg(c, buf, (size_t)n);
+    for (i = 0; i != n && i != CALL_MAX_ARGS; ++i) {
+        char tmp[24], *q = tmp + sizeof(tmp);
+        uint64_t u = v[i] < 0 ? (uint64_t)0 - (uint64_t)v[i] : (uint64_t)v[i];
+        do
+            *--q = (char)('0' + u % 10);
+        while ((u /= 10) != 0);
+        if (v[i] < 0)
+            *--q = '-';
+        if (i != 0)
+            *p++ = ' ';
+        memcpy(p, q, (size_t)(tmp + sizeof(tmp) - q));
+        p += tmp + sizeof(tmp) - q;
+    }
+    return call_arg(c, buf, (size_t)(p - buf));
 }
+
+/* an argument made of the NULL-terminated list of strings given */
+static int call_cat(struct aor_admit_call *c, const char *const *parts)
+{
+    size_t n = 0, l;
+    char *dst = c->arena + c->used;
+
+    if (c->argc == CALL_MAX_ARGS)
+        return -1;
+    for (; *parts != NULL; ++parts) {
+        l = strlen(*parts);
+        if (n + l >= KEY_MAX || c->used + n + l + 1 > sizeof(c->arena))
+            return -1;
+        memcpy(dst + n, *parts, l);
+        n += l;
+    }
+    dst[n] = '\0';
+    c->argv[c->argc] = dst;
+    c->argvlen[c->argc] = n;
+    ++c->argc;
+    c->used += n + 1;
+    return 0;
+}
+
+#define CALL_CAT(c, ...) call_cat((c), (const char *const[]){__VA_ARGS__, NULL})
 
 static struct aor_admit_call *call_new(struct aor_worker *w, const struct script *s)
 {
-    struct aor_admit_call *c = calloc(1, sizeof(*c));
+    struct aor_admit_call *c = malloc(sizeof(*c));
 
     if (c == NULL)
         return NULL;
+    memset(c, 0, offsetof(struct aor_admit_call, arena));
     pthread_once(&sha_once, init_shas);
     c->w = w;
     c->redis = w->redis;
@@ -537,19 +574,17 @@ static void on_settled(struct aor_admit_call *c, const redisReply *reply, const 
     }
 }
 
-/* adds the usage arguments (after the keys) to a settle call */
+/* adds the arguments after the keys to a settle call */
 static int settle_args(struct aor_admit_call *c, int has_bucket, int64_t estimate)
 {
+    int64_t n[7 + 3] = {has_bucket,          estimate,      c->count_usage, c->usage.requests, c->usage.prompt,
+                        c->usage.completion, c->usage.total};
     int i;
 
-    if (call_arg(c, has_bucket ? "1" : "0", 1) != 0 || call_fmt(c, "%lld", (long long)estimate) != 0 ||
-        call_arg(c, c->count_usage ? "1" : "0", 1) != 0 || call_fmt(c, "%lld", (long long)c->usage.requests) != 0 ||
-        call_fmt(c, "%lld", (long long)c->usage.prompt) != 0 || call_fmt(c, "%lld", (long long)c->usage.completion) != 0 ||
-        call_fmt(c, "%lld", (long long)c->usage.total) != 0 || call_arg(c, c->deployment, strlen(c->deployment)) != 0)
-        return -1;
     for (i = 0; i != c->nusage; ++i)
-        if (call_fmt(c, "%d", c->ttl[i]) != 0)
-            return -1;
+        n[7 + i] = c->ttl[i];
+    if (call_arg(c, c->deployment, strlen(c->deployment)) != 0 || call_nums(c, n, 7 + (size_t)c->nusage) != 0)
+        return -1;
     return 0;
 }
 
@@ -636,7 +671,7 @@ static const char *prefix_of(const struct aor_config *conf)
 /* the usage key of one window, `kind` minute/day/month */
 static int add_usage_key(struct aor_admit_call *c, const struct aor_request *ar, const char *kind, const char *window)
 {
-    return call_fmt(c, "%susage:{%s}:%s:%s", prefix_of(ar->conf), ar->tenant, kind, window);
+    return CALL_CAT(c, prefix_of(ar->conf), "usage:{", ar->tenant, "}:", kind, ":", window);
 }
 
 /* reservation buckets looked back at: enough to cover the longest request */
@@ -674,7 +709,7 @@ static void on_reserved(struct aor_admit_call *c, const redisReply *reply, const
                                      : strcmp(limit->str, "rpm") == 0 ? AOR_LIMIT_RPM
                                      : strcmp(limit->str, "day") == 0 ? AOR_LIMIT_DAY
                                                                       : AOR_LIMIT_MONTH;
-            refuse_quota(ar, l, retry->type == REDIS_REPLY_STRING ? strtoll(retry->str, NULL, 10) : 1);
+            refuse_quota(ar, l, retry->type == REDIS_REPLY_INTEGER ? retry->integer : 1);
         } else {
             refuse_forbidden(ar, limit->type == REDIS_REPLY_STRING ? limit->str : "deployment");
         }
@@ -712,26 +747,33 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
     c->cb = cb;
     aor_quota_resolve(ar->conf, ar->tenant, NULL, &fallback);
     call_set_numkeys(c, 4 + nb);
-    if (call_fmt(c, "%stenant:{%s}", prefix_of(ar->conf), ar->tenant) != 0 || add_usage_key(c, ar, "minute", a->win.minute) ||
+    if (CALL_CAT(c, prefix_of(ar->conf), "tenant:{", ar->tenant, "}") != 0 || add_usage_key(c, ar, "minute", a->win.minute) ||
         add_usage_key(c, ar, "day", a->win.day) || add_usage_key(c, ar, "month", a->win.month))
         goto fail;
     for (i = 0; i != nb; ++i) {
         aor_quota_windows(now - (int64_t)i * 60000, &past);
-        if (call_fmt(c, "%sreserved:{%s}:%s", prefix_of(ar->conf), ar->tenant, past.minute) != 0)
+        if (CALL_CAT(c, prefix_of(ar->conf), "reserved:{", ar->tenant, "}:", past.minute) != 0)
             goto fail;
         nday += past.day_id == a->win.day_id;
         nmonth += past.month_id == a->win.month_id;
     }
-    if (call_fmt(c, "%lld", (long long)a->estimate) != 0 || call_arg(c, ar->deployment, strlen(ar->deployment)) != 0 ||
-        call_fmt(c, "%lld", (long long)fallback.tpm) != 0 || call_fmt(c, "%lld", (long long)fallback.rpm) != 0 ||
-        call_fmt(c, "%lld", (long long)fallback.day) != 0 || call_fmt(c, "%lld", (long long)fallback.month) != 0 ||
-        call_arg(c, fallback.all_deployments ? "*" : fallback.deployments,
-                 strlen(fallback.all_deployments ? "*" : fallback.deployments)) != 0 ||
-        call_fmt(c, "%lld", (long long)aor_quota_retry_after(now, a->win.minute_end_ms)) != 0 ||
-        call_fmt(c, "%lld", (long long)aor_quota_retry_after(now, a->win.day_end_ms)) != 0 ||
-        call_fmt(c, "%lld", (long long)aor_quota_retry_after(now, a->win.month_end_ms)) != 0 || call_fmt(c, "%d", nday) != 0 ||
-        call_fmt(c, "%d", nmonth) != 0 || call_fmt(c, "%d", nb * 60 + 120) != 0)
-        goto fail;
+    {
+        int64_t n[11] = {a->estimate,
+                         fallback.tpm,
+                         fallback.rpm,
+                         fallback.day,
+                         fallback.month,
+                         aor_quota_retry_after(now, a->win.minute_end_ms),
+                         aor_quota_retry_after(now, a->win.day_end_ms),
+                         aor_quota_retry_after(now, a->win.month_end_ms),
+                         nday,
+                         nmonth,
+                         nb * 60 + 120};
+        const char *deps = fallback.all_deployments ? "*" : fallback.deployments;
+        if (call_arg(c, ar->deployment, strlen(ar->deployment)) != 0 || call_arg(c, deps, strlen(deps)) != 0 ||
+            call_nums(c, n, 11) != 0)
+            goto fail;
+    }
     if (call_send(c) != 0)
         goto fail;
     a->call = c;
@@ -799,7 +841,7 @@ void aor_admit_settle(struct aor_request *ar)
     call_set_numkeys(c, reserved == AOR_ADMIT_REDIS ? 4 : 3);
     if (add_usage_key(c, ar, "minute", a->win.minute) != 0 || add_usage_key(c, ar, "day", a->win.day) != 0 ||
         add_usage_key(c, ar, "month", a->win.month) != 0 ||
-        (reserved == AOR_ADMIT_REDIS && call_fmt(c, "%sreserved:{%s}:%s", prefix_of(ar->conf), ar->tenant, a->win.minute) != 0) ||
+        (reserved == AOR_ADMIT_REDIS && CALL_CAT(c, prefix_of(ar->conf), "reserved:{", ar->tenant, "}:", a->win.minute) != 0) ||
         settle_args(c, reserved == AOR_ADMIT_REDIS, a->estimate) != 0) {
         free(c);
         return;
