@@ -568,7 +568,12 @@ static void keep_usage(struct aor_admit_call *c)
 static void on_settled(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
 {
     (void)reply;
-    if (errstr != NULL) {
+    if (errstr == aor_redis_err_reply) {
+        /* Redis refused the script (a key of the wrong type, say): trying again would fail again */
+        aor_metrics_redis_error();
+        if (c->count_usage)
+            AOR_LOG(AOR_LOG_ERROR, "admit", "usage for %s not recorded: Redis refused the write", c->argv[3]);
+    } else if (errstr != NULL) {
         aor_metrics_redis_error();
         keep_usage(c);
     }
@@ -803,8 +808,9 @@ void aor_admit_settle(struct aor_request *ar)
         ar->usage = ar->sse.usage;
         count = 1;
     } else if (ar->started && ar->status >= 200 && ar->status < 300) {
-        if (ar->mode == AOR_MODE_STREAM && !ar->sse.done) {
-            /* cut short: the prompt as estimated plus a token per content event relayed */
+        if (ar->mode == AOR_MODE_STREAM) {
+            /* a stream without usage (cut short, or the client's stream_options turned it off):
+             * the prompt as estimated plus a token per content event relayed */
             ar->usage.prompt = (int64_t)ar->body_len / 4;
             ar->usage.completion = ar->sse.content_events;
             ar->usage.total = ar->usage.prompt + ar->usage.completion;

@@ -28,7 +28,7 @@ import {
 import { startDurableRedis } from './lib/quota_redis.mjs';
 
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
-const TENANTS = ['hostile', 'hostile-usage', 'burst', 'outage', 'stopped', 'cut', 'noscript', 'plain'];
+const TENANTS = ['hostile', 'hostile-usage', 'wrongtype', 'reset', 'burst', 'outage', 'stopped', 'cut', 'noscript', 'plain'];
 const KEYS = Object.fromEntries(TENANTS.map((t) => [t, `aor_${crypto.randomBytes(24).toString('base64url')}`]));
 let seq = 0;
 const rid = (w) => `it-hq-${w}-${++seq}-${Date.now()}`;
@@ -110,6 +110,24 @@ describe('hostile values in Redis', () => {
     await cli('HSET', 'aoai:tenant:{hostile-usage}', 'tpm', '1000', 'rpm', '5');
     const r = await call(routerA, 'hostile-usage');
     assert.equal(r.status, 200, r.body);
+  });
+
+  it('a usage key of the wrong type (a string): the settle is refused and logged once (no retry loop); when the check must read it, open admits locally and closed answers 503', async () => {
+    await cli('SET', dayKey('wrongtype'), 'not-a-hash');
+    const count = () => (routerA.stderr().match(/quota script failed: WRONGTYPE/g) ?? []).length;
+    // tokens_per_day unlimited: the check never reads the day hash, only the settle writes it
+    assert.equal((await call(routerA, 'wrongtype')).status, 200);
+    await sleep(1500); // three backlog flush ticks: a refused write is not retried
+    assert.equal(count(), 1, routerA.stderr().slice(-2000));
+    assert.match(routerA.stderr(), /usage for aoai:usage:\{wrongtype\}:minute:\d+ not recorded: Redis refused the write/);
+    // with a day quota the reserve script reads it and fails: on_failure decides
+    await cli('HSET', 'aoai:tenant:{wrongtype}', 'tokens_per_day', '1000000');
+    assert.equal((await call(routerA, 'wrongtype')).status, 200);
+    const closed = await call(closedRouter, 'wrongtype');
+    assert.equal(closed.status, 503, closed.body);
+    assert.equal(closed.json().error.code, 'quota_store_unavailable');
+    await cli('DEL', dayKey('wrongtype'));
+    assert.equal((await call(closedRouter, 'wrongtype')).status, 200);
   });
 });
 
@@ -218,6 +236,26 @@ describe('Redis outage', () => {
 });
 
 describe('streams and no Redis', () => {
+  it('a stream the backend breaks off (reset after 3 words) is charged as estimated too', async () => {
+    await east.setBehaviour({ reset_after_chunks: 3, chunk_interval_ms: 100 }); // paced: the first events reach the client before the break
+    try {
+      const id = rid('reset');
+      const s = await curlStream(routerA.url, CHAT_PATH, chatBody({ max_tokens: 10, stream: true }), {
+        headers: { 'api-key': KEYS.reset, 'x-request-id': id },
+      }).done;
+      assert.ok(s.body.includes('word0'), s.body);
+      const line = await accessLogLine(routerA, id, 10000 * SLOW);
+      assert.equal(line.usage, 'estimated');
+      assert.equal(line.completion_tokens, 3);
+      await sleep(200);
+      const day = await dayUsage('reset');
+      assert.equal(day.total_tokens, line.total_tokens, JSON.stringify(day));
+      assert.equal(day.completion_tokens, 3);
+    } finally {
+      await east.setBehaviour({});
+    }
+  });
+
   it('a stream the client cuts short is charged prompt estimate + content events relayed; access log usage "estimated"', async () => {
     await east.setBehaviour({ chunk_interval_ms: 150 });
     try {
