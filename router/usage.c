@@ -60,7 +60,7 @@ static const char *object_end(const char *s, size_t len)
     int depth = 0, in_str = 0;
     size_t i;
 
-    for (i = 0; i != len; ++i) {
+    for (i = 0; i < len; ++i) { /* `<`: an escape may step over the last byte */
         char c = s[i];
         if (in_str) {
             if (c == '\\')

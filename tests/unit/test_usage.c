@@ -94,6 +94,14 @@ static void test_fragment(void)
     CHECK(aor_usage_from_fragment(quoted, strlen(quoted), &u) == 1);
     CHECK_EQ_INT(u.total, 4);
     CHECK(aor_usage_from_fragment("\"usage\":null", 12, &u) == 0);
+    /* an escape as the piece's last byte inside a string: the scan stops at the end (found by fuzz_json) */
+    {
+        static const char esc[] = {'"', 'u', 's', 'a', 'g', 'e', '"', ':', '{', '"', '\\'};
+        char *heap = malloc(sizeof(esc));
+        memcpy(heap, esc, sizeof(esc));
+        CHECK(aor_usage_from_fragment(heap, sizeof(esc), &u) == 0);
+        free(heap);
+    }
 }
 
 int main(void)
