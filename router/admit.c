@@ -658,6 +658,12 @@ void aor_admit_worker_stop(struct aor_worker *w)
         call_unlink(c);
         aor_redis_cancel(c->cmd);
         keep_usage(c);
+        if (c->ar != NULL) {
+            /* a reservation still awaited: its request (gone with its connection by now) may be freed */
+            c->ar->adm.call = NULL;
+            if (c->ar->req == NULL)
+                c->cb(c->ar);
+        }
         free(c);
     }
     uv_timer_stop(&w->admit->timer);
