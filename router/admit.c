@@ -421,7 +421,7 @@ static void local_admit(struct aor_request *ar, int64_t now)
         a->message = "out of memory";
         return;
     }
-    if (e->have_quota && ar->worker->redis != NULL)
+    if (e->have_quota && ar->worker->redis != NULL && e != &local_table[AOR_ADMIT_LOCAL_TENANTS])
         q = e->q;
     else
         aor_quota_resolve(ar->conf, ar->tenant, NULL, &q);
@@ -486,7 +486,8 @@ static void remember_quota(struct aor_request *ar, const redisReply *h)
     }
     bad = aor_quota_resolve(ar->conf, ar->tenant, &f, &q);
     pthread_mutex_lock(&local_lock);
-    if ((e = local_find(ar->tenant)) != NULL) {
+    /* the shared overflow entry keeps counters only: one tenant's quota is not another's */
+    if ((e = local_find(ar->tenant)) != NULL && e != &local_table[AOR_ADMIT_LOCAL_TENANTS]) {
         if (bad != 0 && e->hash_fnv != sum)
             AOR_LOG(AOR_LOG_WARN, "admit",
                     "%s: tenant %s: quota hash has invalid values (mask %u: 1 tpm, 2 rpm, 4 tokens_per_day, 8 tokens_per_month, "
