@@ -1,6 +1,7 @@
 // A redis-server that survives being killed: append-only file fsynced on every write, so a
 // SIGKILL loses nothing Redis acknowledged, and restart() brings it back on the same port
-// with the same data (the quota tests' "Redis killed mid-load and restarted").
+// with the same data (the quota tests' "Redis killed mid-load and restarted"). DEBUG SLEEP is
+// allowed from loopback, for a Redis that answers late but within the router's deadline.
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { freePort, tempDir, pollUntil, waitExit, SLOW } from './harness.mjs';
@@ -24,7 +25,7 @@ export async function startDurableRedis() {
   r.start = async () => {
     r.proc = spawn(
       'redis-server',
-      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir],
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--enable-debug-command', 'local', '--dir', dir],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     r.proc.stdout.on('data', (d) => (r.out += d));
