@@ -23,6 +23,8 @@ import {
   accessLogLine,
   redisCli,
   pollUntil,
+  run,
+  ROUTER_BIN,
   SLOW,
 } from './lib/harness.mjs';
 import { startOidc } from './lib/oidc.mjs';
@@ -285,6 +287,10 @@ describe('accounting: usage hashes equal what the backend reported', () => {
     assert.equal(day['emb:total_tokens'], embTotal);
     const month = await usageHash(t, 'month');
     assert.deepEqual(month, day);
+    // the operator's view: `aoai-router --redis URL usage T --period day` shows the same hash
+    const cliOut = await run(ROUTER_BIN, ['--redis', redis.url, 'usage', t, '--period', 'day']);
+    assert.equal(cliOut.code, 0, cliOut.stderr);
+    assert.match(cliOut.stdout, new RegExp(`total_tokens\\D+${chatTotal + embTotal}\\b`), cliOut.stdout);
     const ttl = await redisCli(redis, 'TTL', `aoai:usage:{${t}}:day:${Object.keys(day).length ? new Date().toISOString().slice(0, 10).replaceAll('-', '') : ''}`);
     assert.ok(Number(ttl.stdout) > 39 * 86400 && Number(ttl.stdout) <= 40 * 86400, `day TTL ${ttl.stdout}`);
     // no reservation left over
