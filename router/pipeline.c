@@ -523,22 +523,31 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
 
 /* ---- account and log ------------------------------------------------------------- */
 
+/* a non-negative number as decimal text in the request's pool (no printf on the hot path) */
+static h2o_iovec_t pool_dec(h2o_mem_pool_t *pool, int64_t v)
+{
+    char tmp[24], *p = tmp + sizeof(tmp);
+    uint64_t u = v < 0 ? 0 : (uint64_t)v;
+
+    do
+        *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    return h2o_strdup(pool, p, (size_t)(tmp + sizeof(tmp) - p));
+}
+
 void aor_pipeline_add_client_headers(struct aor_request *ar)
 {
     h2o_req_t *req = ar->req;
-    char *v;
-    int n;
+    h2o_iovec_t v;
 
     /* the tenant's own minute window (SPEC §4); an unlimited one has no header */
     if (ar->adm.remaining_tokens >= 0) {
-        v = h2o_mem_alloc_pool(&req->pool, 24);
-        n = snprintf(v, 24, "%lld", (long long)ar->adm.remaining_tokens);
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-ratelimit-remaining-tokens"), 0, NULL, v, n);
+        v = pool_dec(&req->pool, ar->adm.remaining_tokens);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-ratelimit-remaining-tokens"), 0, NULL, v.base, v.len);
     }
     if (ar->adm.remaining_requests >= 0) {
-        v = h2o_mem_alloc_pool(&req->pool, 24);
-        n = snprintf(v, 24, "%lld", (long long)ar->adm.remaining_requests);
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-ratelimit-remaining-requests"), 0, NULL, v, n);
+        v = pool_dec(&req->pool, ar->adm.remaining_requests);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-ratelimit-remaining-requests"), 0, NULL, v.base, v.len);
     }
 }
 
