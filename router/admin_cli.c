@@ -18,6 +18,7 @@
 #include "apikey.h"
 #include "config.h"
 #include "redis.h"
+#include "redis_tlspipe.h"
 #include "tenant.h"
 
 #define DEFAULT_CONFIG "backends.yaml"
@@ -32,6 +33,7 @@
 struct admin {
     const char *config_path; /* -c given, or NULL */
     const char *redis_url;   /* --redis given, or NULL */
+    const char *redis_ca;    /* --redis-ca-file given, or NULL */
     const char *prefix;      /* --prefix given, or NULL */
     struct aor_config *conf; /* loaded when Redis is found through it, or -c was given */
     redisContext *rc;
@@ -47,13 +49,14 @@ static int usage_error(const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nusage: aoai-router [-c backends.yaml] [--redis URL] keys create --tenant T [--name N]\n"
-                    "       aoai-router ... keys revoke <key-or-sha256>\n"
-                    "       aoai-router ... keys list [--tenant T]\n"
-                    "       aoai-router ... quota set T [--tpm N] [--rpm N] [--tokens-per-day N] [--tokens-per-month N]\n"
-                    "                                 [--deployments a,b] [--disabled 0|1]\n"
-                    "       aoai-router ... quota get T\n"
-                    "       aoai-router ... usage T [--period minute|day|month]\n");
+    fprintf(stderr,
+            "\nusage: aoai-router [-c backends.yaml] [--redis URL [--redis-ca-file PEM]] keys create --tenant T [--name N]\n"
+            "       aoai-router ... keys revoke <key-or-sha256>\n"
+            "       aoai-router ... keys list [--tenant T]\n"
+            "       aoai-router ... quota set T [--tpm N] [--rpm N] [--tokens-per-day N] [--tokens-per-month N]\n"
+            "                                 [--deployments a,b] [--disabled 0|1]\n"
+            "       aoai-router ... quota get T\n"
+            "       aoai-router ... usage T [--period minute|day|month]\n");
     return 2;
 }
 
@@ -91,6 +94,8 @@ static int common_opt(struct admin *a, int argc, char **argv, int *i)
 {
     int r;
 
+    if ((r = opt(argc, argv, i, "--redis-ca-file", &a->redis_ca)) != 0)
+        return r;
     if ((r = opt(argc, argv, i, "--redis", &a->redis_url)) != 0)
         return r;
     if ((r = opt(argc, argv, i, "--prefix", &a->prefix)) != 0)
@@ -186,19 +191,41 @@ static int connect_redis(struct admin *a)
         return -1;
     }
     if (aor_redis_url_parse(url, &u) != 0) {
-        fprintf(stderr, "aoai-router: not a redis://[[user]:password@]host[:port][/db] URL\n"); /* it may hold a password */
+        fprintf(stderr, "aoai-router: not a redis[s]://[[user]:password@]host[:port][/db] URL\n"); /* it may hold a password */
         return -1;
     }
     password = u.password;
     if (password == NULL && a->conf != NULL && a->redis_url == NULL)
         password = a->conf->redis.password;
     snprintf(a->where, sizeof(a->where), "%s:%u", u.host, (unsigned)u.port);
-    a->rc = redisConnectWithTimeout(u.host, u.port, tv);
+    if (u.tls) {
+        /* hiredis 0.14 has no TLS: it talks through a socket pair to a verified TLS connection of ours */
+        const char *ca = a->redis_ca != NULL ? a->redis_ca : a->conf != NULL ? a->conf->redis.ca_file : NULL;
+        char err[256];
+        int fd = aor_redis_tlspipe_open(u.host, u.port, ca, IO_TIMEOUT_S * 1000, err, sizeof(err));
+        if (fd < 0) {
+            fprintf(stderr, "aoai-router: redis %s: %s\n", a->where, err);
+            goto done;
+        }
+        a->rc = redisConnectFd(fd);
+    } else {
+        a->rc = redisConnectWithTimeout(u.host, u.port, tv);
+    }
     if (a->rc == NULL || a->rc->err) {
         fprintf(stderr, "aoai-router: redis %s: %s\n", a->where, a->rc != NULL ? a->rc->errstr : "out of memory");
         goto done;
     }
     redisSetTimeout(a->rc, tv);
+    {
+        /* hiredis 0.14 allocates whatever array size a reply announces: the bounded reader instead */
+        redisReader *bounded = aor_redis_reader_create();
+        if (bounded == NULL) {
+            fprintf(stderr, "aoai-router: out of memory\n");
+            goto done;
+        }
+        redisReaderFree(a->rc->reader);
+        a->rc->reader = bounded;
+    }
     if (password != NULL) {
         r = u.user != NULL ? command(a, "AUTH %s %s", u.user, password) : command(a, "AUTH %s", password);
         if (r == NULL)
@@ -821,6 +848,7 @@ int aor_admin_main(int argc, char **argv, const char *config_path, const char *r
     }
     if (a.rc != NULL)
         redisFree(a.rc);
+    aor_redis_tlspipe_join_all(); /* the TLS relay (rediss://) ends once hiredis closed its socket */
     aor_config_release(a.conf);
     return ret;
 }
