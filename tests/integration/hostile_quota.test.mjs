@@ -177,6 +177,24 @@ describe('Redis outage', () => {
     assert.equal((await dayUsage('noscript')).requests, 2);
   });
 
+  it('the client leaves while its reservation is on the way: the reservation is given back when the reply comes', async () => {
+    // h2c: the router notices the client's going at once (HTTP/1.1 is not read while a request runs)
+    const sleeping = cli('DEBUG', 'SLEEP', '0.6'); // Redis answers late, within the 1 s deadline
+    await sleep(50);
+    const r = await post(routerA.url, CHAT_PATH, chatBody({ max_tokens: 2 }), { proto: 'h2c', headers: { 'api-key': KEYS.leaver }, args: ['--max-time', '0.25'] });
+    assert.notEqual(r.status, 200, 'the client was meant to give up first');
+    await sleeping;
+    await sleep(300);
+    const keys = (await cli('--scan', '--pattern', 'aoai:reserved:{leaver}:*')).stdout.split('\n').filter(Boolean);
+    assert.ok(keys.length >= 1, 'the reservation reached Redis');
+    for (const k of keys) {
+      assert.equal(Number((await cli('HGET', k, 'tokens')).stdout), 0, `${k} still holds tokens`);
+      assert.equal(Number((await cli('HGET', k, 'requests')).stdout), 0, `${k} still holds a request`);
+    }
+    assert.equal((await dayUsage('leaver')).requests ?? 0, 0);
+    assert.equal((await call(routerA, 'leaver')).status, 200);
+  });
+
   it('killed mid-load and restarted: open → no request fails and the totals equal the backend\'s; closed → 503 quota_store_unavailable', async () => {
     const before = await dayUsage('outage');
     const errorsBefore = metricSum(await fetchMetrics(routerA), 'aoai_router_redis_errors_total');
@@ -214,24 +232,6 @@ describe('Redis outage', () => {
     assert.ok(ok, `usage after the restart ${(after.total_tokens ?? 0) - (before.total_tokens ?? 0)}, backend reported ${reported}`);
     assert.equal((after.requests ?? 0) - (before.requests ?? 0), results.length);
     assert.ok(metricSum(await fetchMetrics(routerA), 'aoai_router_redis_errors_total') > errorsBefore, 'redis errors counted');
-  });
-
-  it('the client leaves while its reservation is on the way: the reservation is given back when the reply comes', async () => {
-    // h2c: the router notices the client's going at once (HTTP/1.1 is not read while a request runs)
-    const sleeping = cli('DEBUG', 'SLEEP', '0.6'); // Redis answers late, within the 1 s deadline
-    await sleep(50);
-    const r = await post(routerA.url, CHAT_PATH, chatBody({ max_tokens: 2 }), { proto: 'h2c', headers: { 'api-key': KEYS.leaver }, args: ['--max-time', '0.25'] });
-    assert.notEqual(r.status, 200, 'the client was meant to give up first');
-    await sleeping;
-    await sleep(300);
-    const keys = (await cli('--scan', '--pattern', 'aoai:reserved:{leaver}:*')).stdout.split('\n').filter(Boolean);
-    assert.ok(keys.length >= 1, 'the reservation reached Redis');
-    for (const k of keys) {
-      assert.equal(Number((await cli('HGET', k, 'tokens')).stdout), 0, `${k} still holds tokens`);
-      assert.equal(Number((await cli('HGET', k, 'requests')).stdout), 0, `${k} still holds a request`);
-    }
-    assert.equal((await dayUsage('leaver')).requests ?? 0, 0);
-    assert.equal((await call(routerA, 'leaver')).status, 200);
   });
 
   it('SIGSTOPped: open answers, closed refuses, neither holds a request beyond the command deadline', async () => {
