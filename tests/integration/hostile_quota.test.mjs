@@ -202,7 +202,12 @@ describe('Redis outage', () => {
     const results = [];
     const closedStatuses = [];
     const loop = async (router) => {
-      while (!stop) results.push(await call(router, 'outage', { timeoutMs: 10000 * SLOW }));
+      while (!stop) {
+        const t0 = Date.now();
+        const r = await call(router, 'outage', { timeoutMs: 10000 * SLOW });
+        r.took = Date.now() - t0;
+        results.push(r);
+      }
     };
     const loops = [loop(routerA), loop(routerA), loop(routerB), loop(routerB)];
     await sleep(700);
@@ -215,7 +220,9 @@ describe('Redis outage', () => {
     stop = true;
     await Promise.all(loops);
     const failed = results.filter((r) => r.status !== 200);
-    assert.equal(failed.length, 0, `failed during the outage: ${failed.slice(0, 3).map((r) => `${r.status} ${r.body}`)}`);
+    assert.equal(failed.length, 0, `failed during the outage: ${failed.slice(0, 3).map((r) => `${r.status} ${r.took} ms ${r.body} ${r.stderr}`)}`);
+    const slowest = Math.max(...results.map((r) => r.took));
+    assert.ok(slowest < 3000 * SLOW, `a request was held ${slowest} ms (Redis command deadline 1 s)`);
     assert.ok(results.length > 20, `only ${results.length} requests ran`);
     assert.equal(closedStatuses[0].status, 503, closedStatuses[0].body);
     assert.equal(closedStatuses[0].json().error.code, 'quota_store_unavailable');
