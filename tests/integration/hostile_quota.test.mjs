@@ -195,7 +195,7 @@ describe('Redis outage', () => {
     assert.equal((await call(routerA, 'leaver')).status, 200);
   });
 
-  it('killed mid-load and restarted: open → no request fails and the totals equal the backend\'s; closed → 503 quota_store_unavailable', async () => {
+  it('killed mid-load and restarted: open → no request fails, no usage lost (a settle whose reply died with Redis may count twice); closed → 503 quota_store_unavailable', async () => {
     const before = await dayUsage('outage');
     const errorsBefore = metricSum(await fetchMetrics(routerA), 'aoai_router_redis_errors_total');
     let stop = false;
@@ -227,17 +227,25 @@ describe('Redis outage', () => {
     assert.equal(closedStatuses[0].status, 503, closedStatuses[0].body);
     assert.equal(closedStatuses[0].json().error.code, 'quota_store_unavailable');
     const reported = results.reduce((s, r) => s + r.json().usage.total_tokens, 0);
-    // the backlog is written once Redis is back (flush every 0.5 s)
-    let after;
+    // the backlog is written once Redis is back (flush every 0.5 s). Nothing may be lost; a settle
+    // whose reply was lost with the connection (Redis applied it, then died) is written again, so
+    // at most the settles in flight when it died — one per request loop — may count twice (README)
+    const perRequest = Math.max(...results.map((r) => r.json().usage.total_tokens));
+    let after, recorded, stableSince = 0, last = -1;
     const ok = await pollUntil(
       async () => {
         after = await dayUsage('outage');
-        return (after.total_tokens ?? 0) - (before.total_tokens ?? 0) === reported;
+        recorded = (after.total_tokens ?? 0) - (before.total_tokens ?? 0);
+        if (recorded !== last) (last = recorded), (stableSince = Date.now());
+        return recorded >= reported && Date.now() - stableSince > 1500;
       },
       { timeoutMs: 10000 * SLOW, intervalMs: 200 },
     );
-    assert.ok(ok, `usage after the restart ${(after.total_tokens ?? 0) - (before.total_tokens ?? 0)}, backend reported ${reported}`);
-    assert.equal((after.requests ?? 0) - (before.requests ?? 0), results.length);
+    assert.ok(ok, `usage after the restart ${recorded}, backend reported ${reported}: usage lost`);
+    assert.ok(recorded - reported <= loops.length * perRequest, `usage after the restart ${recorded}, backend reported ${reported}`);
+    const extra = (after.requests ?? 0) - (before.requests ?? 0) - results.length;
+    assert.ok(extra >= 0 && extra <= loops.length, `requests recorded ${results.length + extra}, served ${results.length}`);
+    if (recorded !== reported) console.log(`note: ${extra} settle(s) counted twice after the kill (reply lost with the connection)`);
     assert.ok(metricSum(await fetchMetrics(routerA), 'aoai_router_redis_errors_total') > errorsBefore, 'redis errors counted');
   });
 
