@@ -315,6 +315,10 @@ static void apply_key_result(struct aor_request *ar, const struct aor_apikey_res
     struct aor_auth *a = &ar->auth;
 
     snprintf(a->key_id, sizeof(a->key_id), "%s", r->digest_prefix);
+    /* the access log names the credential and, for a known key that is refused, its tenant */
+    a->method = and_jwt ? "jwt+key" : "key";
+    if ((r->status == AOR_APIKEY_REVOKED || r->status == AOR_APIKEY_TENANT_DISABLED) && !and_jwt)
+        snprintf(a->tenant, sizeof(a->tenant), "%s", r->tenant);
     switch (r->status) {
     case AOR_APIKEY_OK:
         break;
@@ -436,8 +440,8 @@ static int run_mode(struct aor_request *ar)
             refuse(a, 401, "missing_credentials", "a bearer token is required", 1);
             return 1;
         }
-        if (check_jwt(ar, a->token, a->token_len, 1) == 0)
-            a->method = "jwt";
+        a->method = "jwt"; /* also on a refusal: the access log names the credential tried */
+        check_jwt(ar, a->token, a->token_len, 1);
         break;
     case AOR_AUTH_KEY:
         if (!a->has_key) {
@@ -447,8 +451,8 @@ static int run_mode(struct aor_request *ar)
         return check_key(ar, a->key, a->key_len, 0);
     case AOR_AUTH_JWT_OR_KEY:
         if (a->has_token) {
-            if (check_jwt(ar, a->token, a->token_len, 1) == 0)
-                a->method = "jwt";
+            a->method = "jwt";
+            check_jwt(ar, a->token, a->token_len, 1);
             break;
         }
         if (a->has_key)
