@@ -9,7 +9,8 @@ ROOT=$PWD
 
 APT_PACKAGES=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
   libh2o-dev libuv1-dev libcurl4-openssl-dev libjansson-dev libhiredis-dev libyaml-dev libssl-dev
-  redis-server redis-tools nginx-light wrk nghttp2-client curl ca-certificates openssl python3 nodejs npm procps)
+  redis-server redis-tools nginx-light wrk nghttp2-client curl ca-certificates openssl python3 nodejs npm procps
+  prometheus git)
 
 # sanitizer runs: fail on the first report, keep going on nothing else
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}
@@ -94,18 +95,38 @@ fuzz() {
 }
 
 run() {
-  deps
-  build
+  if [ "${AOR_DEV_SKIP_BUILD:-}" != 1 ]; then deps; build; fi
   mkdir -p .run
-  log "starting redis-server on 127.0.0.1:6379"
-  redis-cli -p 6379 ping >/dev/null 2>&1 || redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-    --logfile "$ROOT/.run/redis.log" --pidfile "$ROOT/.run/redis.pid"
+  DEV_REDIS_STARTED=0
+  MOCK1=; MOCK2=
+  if redis-cli -p 6379 ping >/dev/null 2>&1; then
+    log "a Redis already answers on 127.0.0.1:6379: using it (this script did not start it and will not stop it)"
+  else
+    log "starting redis-server on 127.0.0.1:6379 (stopped again when this script exits)"
+    rm -f "$ROOT/.run/redis.pid"
+    redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+      --logfile "$ROOT/.run/redis.log" --pidfile "$ROOT/.run/redis.pid"
+    DEV_REDIS_STARTED=1
+  fi
+  # on any exit (Ctrl-C included): the mocks, and the Redis this script started — never one it found
+  cleanup() {
+    [ -n "$MOCK1$MOCK2" ] && kill $MOCK1 $MOCK2 2>/dev/null || true
+    if [ "$DEV_REDIS_STARTED" = 1 ]; then
+      local pid=""
+      for _ in 1 2 3 4 5 6 7 8 9 10; do [ -s "$ROOT/.run/redis.pid" ] && break; sleep 0.1; done
+      pid=$(cat "$ROOT/.run/redis.pid" 2>/dev/null || true)
+      if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
+        log "stopped the redis-server this script started (pid $pid)"
+      fi
+    fi
+  }
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
   log "starting mock regions: eastus on :9001, swedencentral on :9002"
   build/aoai-mock --port 9001 --name eastus >.run/mock-eastus.log 2>&1 &
   MOCK1=$!
   build/aoai-mock --port 9002 --name swedencentral >.run/mock-swc.log 2>&1 &
   MOCK2=$!
-  trap 'kill $MOCK1 $MOCK2 2>/dev/null || true' EXIT
   sleep 0.3
   for m in "$MOCK1:9001" "$MOCK2:9002"; do
     kill -0 "${m%%:*}" 2>/dev/null || { echo "a mock region could not start: is port ${m##*:} in use? (.run/mock-*.log)" >&2; exit 1; }
@@ -114,8 +135,11 @@ run() {
   cat >&2 <<'EX'
   curl -s http://127.0.0.1:8080/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 \
     -H 'content-type: application/json' -d '{"messages":[{"role":"user","content":"hello"}]}'
+  curl -s http://127.0.0.1:8080/v1/models
 EX
-  build/aoai-router -c backends.yaml
+  local rc=0
+  build/aoai-router -c backends.yaml || rc=$?
+  return $rc
 }
 
 cmd=${1:-}
