@@ -223,3 +223,14 @@ describe('GET /models', () => {
     assert.equal(line.deployment, '');
   });
 });
+
+describe('aoai_router_build_info', () => {
+  it('names the version and commit --version prints', async () => {
+    const v = await run(ROUTER_BIN, ['--version']);
+    const m = /^aoai-router (\S+) \(commit (\S+)\)$/.exec(v.stdout.trim());
+    assert.ok(m, v.stdout);
+    const res = await get(open.url, '/metrics');
+    assert.equal(res.status, 200);
+    assert.ok(res.body.includes(`aoai_router_build_info{version="${m[1]}",commit="${m[2]}"} 1\n`), res.body.split('\n').filter((l) => l.includes('build_info')).join('\n'));
+  });
+});
