@@ -84,13 +84,15 @@ fuzz() {
   local secs=${FUZZ_SECONDS:-20}
   log "fuzzing (${secs}s per driver)"
   CC=clang cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DAOR_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
-  cmake --build build-fuzz -j"$(nproc)" --target fuzz_json fuzz_jwt
+  cmake --build build-fuzz -j"$(nproc)" --target fuzz_json fuzz_jwt fuzz_h1resp
   local work
   # the scratch directory first: libFuzzer writes new inputs into its first corpus directory
   work=$(mktemp -d)
   build-fuzz/fuzz_json -max_total_time="$secs" -max_len=8192 "$work" tests/fuzz/corpus/json 2>&1 | tail -1
   rm -rf "$work"; work=$(mktemp -d)
   build-fuzz/fuzz_jwt -max_total_time="$secs" -max_len=12000 "$work" tests/fuzz/corpus/jwt 2>&1 | tail -1
+  rm -rf "$work"; work=$(mktemp -d)
+  build-fuzz/fuzz_h1resp -max_total_time="$secs" -max_len=70000 "$work" tests/fuzz/corpus/h1resp 2>&1 | tail -1
   rm -rf "$work"
 }
 

@@ -57,7 +57,9 @@ http {
 NGX
 nginx -c $TMP/nginx.conf -p $TMP
 sleep 0.5
-NGINX_PIDS=$(pgrep -f "nginx: (master|worker) process" | tr '\n' ' ')
+# this nginx only (its master from the pid file, and the master's children): other nginx on the machine are not ours
+NGINX_MASTER=$(cat $TMP/nginx.pid)
+NGINX_PIDS="$NGINX_MASTER $(pgrep -P $NGINX_MASTER | tr '\n' ' ')"
 
 BODY='{"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":12}'
 SBODY='{"messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":12,"stream":true,"stream_options":{"include_usage":true}}'

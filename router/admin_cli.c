@@ -19,6 +19,7 @@
 #include "apikey.h"
 #include "config.h"
 #include "redis.h"
+#include "redis_tlspipe.h"
 #include "tenant.h"
 
 #define DEFAULT_CONFIG "backends.yaml"
@@ -35,6 +36,7 @@
 struct admin {
     const char *config_path;  /* -c given, or NULL */
     const char *redis_url;    /* --redis given, or NULL */
+    const char *redis_ca;     /* --redis-ca-file given, or NULL */
     const char *prefix;       /* --prefix given, or NULL */
     const char *password_env; /* --redis-password-env given, or NULL */
     int json;                 /* --json: machine-readable output */
@@ -45,22 +47,24 @@ struct admin {
 
 void aor_admin_usage(FILE *out)
 {
-    fprintf(out, "operator commands (work on Redis, not on a running router):\n"
-                 "  aoai-router [global options] keys create --tenant T [--name N]\n"
-                 "  aoai-router [global options] keys revoke <key | sha256 | id | ->   (- reads the key from stdin)\n"
-                 "  aoai-router [global options] keys list [--tenant T]\n"
-                 "  aoai-router [global options] quota set T [--tpm N] [--rpm N] [--tokens-per-day N] [--tokens-per-month N]\n"
-                 "                                           [--deployments a,b] [--disabled 0|1]\n"
-                 "  aoai-router [global options] quota get T\n"
-                 "  aoai-router [global options] usage T [--period minute|day|month]\n"
-                 "global options (before or after the command):\n"
-                 "  -c, --config FILE            the config whose redis: section is used (default ./backends.yaml)\n"
-                 "  --redis URL                  redis[s]://[user@]host[:port][/db] instead of the config's redis.url\n"
-                 "  --redis-password-env VAR     the Redis password from environment variable VAR (not in the URL)\n"
-                 "  --prefix P                   key prefix in Redis (default: the config's redis.prefix, else aoai:)\n"
-                 "  --json                       keys list, quota get/set and usage print JSON\n"
-                 "  -h, --help                   this text\n"
-                 "the id that keys list prints is the first 8 hex digits of the key's SHA-256, the access log's key_id\n");
+    fprintf(out,
+            "operator commands (work on Redis, not on a running router):\n"
+            "  aoai-router [global options] keys create --tenant T [--name N]\n"
+            "  aoai-router [global options] keys revoke <key | sha256 | id | ->   (- reads the key from stdin)\n"
+            "  aoai-router [global options] keys list [--tenant T]\n"
+            "  aoai-router [global options] quota set T [--tpm N] [--rpm N] [--tokens-per-day N] [--tokens-per-month N]\n"
+            "                                           [--deployments a,b] [--disabled 0|1]\n"
+            "  aoai-router [global options] quota get T\n"
+            "  aoai-router [global options] usage T [--period minute|day|month]\n"
+            "global options (before or after the command):\n"
+            "  -c, --config FILE            the config whose redis: section is used (default ./backends.yaml)\n"
+            "  --redis URL                  redis[s]://[user@]host[:port][/db] instead of the config's redis.url\n"
+            "  --redis-ca-file PEM          CA bundle trusted for rediss:// (default: the config's redis.ca_file, the system's)\n"
+            "  --redis-password-env VAR     the Redis password from environment variable VAR (not in the URL)\n"
+            "  --prefix P                   key prefix in Redis (default: the config's redis.prefix, else aoai:)\n"
+            "  --json                       keys list, quota get/set and usage print JSON\n"
+            "  -h, --help                   this text\n"
+            "the id that keys list prints is the first 8 hex digits of the key's SHA-256, the access log's key_id\n");
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -131,6 +135,8 @@ static int common_opt(struct admin *a, int argc, char **argv, int *i)
         return 1;
     }
     if ((r = opt(argc, argv, i, "--redis-password-env", &a->password_env)) != 0)
+        return r;
+    if ((r = opt(argc, argv, i, "--redis-ca-file", &a->redis_ca)) != 0)
         return r;
     if ((r = opt(argc, argv, i, "--redis", &a->redis_url)) != 0)
         return r;
@@ -282,19 +288,41 @@ static int connect_redis(struct admin *a)
         return -1;
     }
     if (aor_redis_url_parse(url, &u) != 0) {
-        fprintf(stderr, "aoai-router: not a redis://[[user]:password@]host[:port][/db] URL\n"); /* it may hold a password */
+        fprintf(stderr, "aoai-router: not a redis[s]://[[user]:password@]host[:port][/db] URL\n"); /* it may hold a password */
         return -1;
     }
     password = u.password;
     if (password == NULL && (password = redis_password(a)) == NULL && a->password_env != NULL)
         goto done;
     snprintf(a->where, sizeof(a->where), "%s:%u", u.host, (unsigned)u.port);
-    a->rc = redisConnectWithTimeout(u.host, u.port, tv);
+    if (u.tls) {
+        /* hiredis 0.14 has no TLS: it talks through a socket pair to a verified TLS connection of ours */
+        const char *ca = a->redis_ca != NULL ? a->redis_ca : a->conf != NULL ? a->conf->redis.ca_file : NULL;
+        char err[256];
+        int fd = aor_redis_tlspipe_open(u.host, u.port, ca, IO_TIMEOUT_S * 1000, err, sizeof(err));
+        if (fd < 0) {
+            fprintf(stderr, "aoai-router: redis %s: %s\n", a->where, err);
+            goto done;
+        }
+        a->rc = redisConnectFd(fd);
+    } else {
+        a->rc = redisConnectWithTimeout(u.host, u.port, tv);
+    }
     if (a->rc == NULL || a->rc->err) {
         fprintf(stderr, "aoai-router: redis %s: %s\n", a->where, a->rc != NULL ? a->rc->errstr : "out of memory");
         goto done;
     }
     redisSetTimeout(a->rc, tv);
+    {
+        /* hiredis 0.14 allocates whatever array size a reply announces: the bounded reader instead */
+        redisReader *bounded = aor_redis_reader_create();
+        if (bounded == NULL) {
+            fprintf(stderr, "aoai-router: out of memory\n");
+            goto done;
+        }
+        redisReaderFree(a->rc->reader);
+        a->rc->reader = bounded;
+    }
     if (password != NULL) {
         r = u.user != NULL ? command(a, "AUTH %s %s", u.user, password) : command(a, "AUTH %s", password);
         if (r == NULL)
@@ -1164,6 +1192,7 @@ int aor_admin_main(int argc, char **argv, const char *config_path, const char *r
     }
     if (a.rc != NULL)
         redisFree(a.rc);
+    aor_redis_tlspipe_join_all(); /* the TLS relay (rediss://) ends once hiredis closed its socket */
     aor_config_release(a.conf);
     return ret;
 }

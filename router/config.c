@@ -63,7 +63,7 @@ static const char *const root_keys[] = {"listen", "threads", "redis",    "limits
                                         "auth",   "tenants", "backends", "passthrough", NULL};
 static const char *const listen_keys[] = {"address", "port", "tls", NULL};
 static const char *const tls_keys[] = {"cert_file", "key_file", "client_ca_file", "client_cert", NULL};
-static const char *const redis_keys[] = {"url", "prefix", "on_failure", "password_env", "password_file", "auth", NULL};
+static const char *const redis_keys[] = {"url", "prefix", "on_failure", "password_env", "password_file", "ca_file", "auth", NULL};
 /* redis.auth (SPEC §3, Entra ID auth for Azure Redis; not implemented yet): the Entra credential keys and object_id */
 static const char *const redis_auth_keys[] = {
     "type",           "object_id",  "client_id",   "tenant_id", "token_file", "imds_endpoint",
@@ -1212,9 +1212,8 @@ static void parse_redis(struct ctx *c, yaml_node_t *top)
     if (get_map(c, top, "", "redis", &map) == 1) {
         check_known_keys(c, map, "redis", redis_keys, 1);
         /*
-         * SPEC §3's TLS (rediss://) and Entra ID auth for Azure Redis are known, so a typo in them is
-         * named as such, but this build does not implement them: refused here rather than started
-         * without TLS or without credentials.
+         * SPEC §3's Entra ID auth for Azure Redis is known, so a typo in it is named as such, but
+         * this build does not implement it: refused here rather than started without credentials.
          */
         if (get_map(c, map, "redis", "auth", &auth) == 1) {
             check_known_keys(c, auth, "redis.auth", redis_auth_keys, 1);
@@ -1227,16 +1226,15 @@ static void parse_redis(struct ctx *c, yaml_node_t *top)
         }
         if (req_str(c, map, "redis", "url", &conf->redis.url) == 1) {
             const char *u = conf->redis.url, *auth_end, *at = NULL;
-            if (strncmp(u, "rediss://", 9) == 0) {
-                problem(c, lookup(c, map, "url"), "redis.url: rediss:// (TLS to Redis) is not implemented in this build yet");
-            } else if (strncmp(u, "redis://", 8) != 0 || u[8] == '\0' || u[8] == '/') {
-                problem(c, lookup(c, map, "url"), "redis.url: must start with redis:// and name a host");
+            size_t skip = strncmp(u, "rediss://", 9) == 0 ? 9 : strncmp(u, "redis://", 8) == 0 ? 8 : 0;
+            if (skip == 0 || u[skip] == '\0' || u[skip] == '/') {
+                problem(c, lookup(c, map, "url"), "redis.url: must start with redis:// or rediss:// (TLS) and name a host");
             } else {
-                auth_end = u + 8 + strcspn(u + 8, "/?#");
-                for (const char *p = u + 8; p < auth_end; ++p)
+                auth_end = u + skip + strcspn(u + skip, "/?#");
+                for (const char *p = u + skip; p < auth_end; ++p)
                     if (*p == '@')
                         at = p;
-                if (at != NULL && memchr(u + 8, ':', (size_t)(at - (u + 8))) != NULL)
+                if (at != NULL && memchr(u + skip, ':', (size_t)(at - (u + skip))) != NULL)
                     problem(c, lookup(c, map, "url"),
                             "redis.url: secrets must come from an environment variable (*_env) or a file (*_file): "
                             "move the password to redis.password_env or redis.password_file");
@@ -1246,6 +1244,7 @@ static void parse_redis(struct ctx *c, yaml_node_t *top)
         if (get_enum(c, map, "redis", "on_failure", failure_modes, &mode) == 1)
             conf->redis.fail_closed = mode == 1;
         get_secret(c, map, "redis", "password_env", "password_file", SECRET_BYTES, &conf->redis.password);
+        get_file(c, map, "redis", "ca_file", &conf->redis.ca_file);
         scan_inline_secrets(c, map, "redis", 0);
     }
     if (conf->redis.prefix == NULL)
@@ -2171,6 +2170,7 @@ static void free_conf(struct aor_config *conf)
     free(conf->listeners);
     free(conf->redis.url);
     free(conf->redis.prefix);
+    free(conf->redis.ca_file);
     free_secret(conf->redis.password);
     free(conf->metrics.address);
     for (size_t i = 0; i < conf->auth.num_jwt; ++i) {

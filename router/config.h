@@ -136,6 +136,7 @@ struct aor_config {
         char *prefix;    /* default "aoai:" (also without a redis section) */
         int fail_closed; /* on_failure: closed */
         char *password;  /* AUTH password from password_env / password_file; NULL = none. Never inline in url */
+        char *ca_file;   /* PEM CA bundle trusted for rediss:// besides the system's; NULL = none */
     } redis;
     struct {
         /* every field is >= 1; the *_ms fields are at most 86400000, max_body_bytes at most 1 GiB */

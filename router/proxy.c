@@ -1,13 +1,18 @@
 /*
  * proxy.c — see proxy.h.
  *
- * An attempt is one upstream_h1 transfer (h2o's http1client on the worker's pool for
+ * An attempt is one upstream_h1 transfer (our HTTP/1.1 client on the worker's pool for
  * the backend). Its head callback learns the status: 429 and 5xx switch the attempt to
  * DISCARD (fail over when it ends); anything else commits, and the backend's headers
  * (filtered) go into the client's response, to be taken out again if the attempt still
  * fails. A committed JSON reply is collected (BUFFER) and sent whole with its length
- * when the transfer ends, so an error mid-body can still fail over; an SSE reply
- * (STREAM) goes to the client event by event. h2o allows one h2o_send in flight until
+ * when the transfer ends, so an error mid-body (upstream_h1 reports a cut body as an
+ * error, never as the end) can still fail over; an SSE reply (STREAM) goes to the client
+ * event by event, and a break after its first byte aborts the client's stream.
+ * How an attempt ends decides what it costs the backend: an error of the backend's
+ * (connect, timeout, broken or truncated answer, 5xx) counts towards its circuit; the
+ * router's own shortage (aor_upstream_h1_err_local: descriptors, memory, the per-origin
+ * connection cap) ends the attempt without counting. h2o allows one h2o_send in flight until
  * the generator's proceed callback: data arriving meanwhile queues in `pending`, and
  * past AOR_STREAM_HIGH_WATER the upstream socket stops being read until the client
  * catches up.
@@ -240,6 +245,11 @@ static void give_up(struct aor_request *ar, int64_t earliest_cooldown_end)
         if (until > now && (earliest_cooldown_end == 0 || until < earliest_cooldown_end))
             earliest_cooldown_end = until;
     }
+    if (ar->failed == 0 && ar->throttled == 0 && ar->local_failed != 0) {
+        /* only the router's own shortage stood in the way: nothing a backend did; try again soon */
+        finish_error(ar, AOR_ERR_BACKEND_ERROR, "the router is out of local resources to reach a backend; retry later", 1);
+        return;
+    }
     if (ar->failed == 0 && (ar->throttled != 0 || earliest_cooldown_end != 0)) {
         /* only throttling stood in the way: tell the client when capacity returns */
         int64_t wait_ms = earliest_cooldown_end > now ? earliest_cooldown_end - now : 1000;
@@ -276,6 +286,22 @@ static void attempt_failed(struct aor_request *ar, const char *reason, const cha
     aor_metrics_failover(b->name, reason);
     ++ar->failed;
     ar->last_error = reason;
+    next_attempt(ar);
+}
+
+/* the attempt ended for a reason of the router's own (upstream_h1's err_local, out of memory): logged
+ * with the cause, the request tries elsewhere, the backend's standing is untouched (its probe claim
+ * freed, the estimate taken back) */
+static void attempt_local_failure(struct aor_request *ar, const char *detail)
+{
+    const struct aor_backend_conf *b = ar->cand_backend[ar->current];
+
+    AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s attempt %u: local failure, not counted against the backend: %s", ar->id, b->name,
+            ar->attempts, detail != NULL ? detail : "-");
+    attempt_abandoned(ar);
+    aor_metrics_failover(b->name, "local");
+    ++ar->local_failed;
+    ar->last_error = "local";
     next_attempt(ar);
 }
 
@@ -498,7 +524,7 @@ static void on_upstream_body(struct aor_upstream_h1_xfer *x, const char *data, s
         if (ar->pending.len + len <= AOR_BUFFER_MAX) {
             if (buf_append(&ar->pending, data, len) != 0) {
                 cancel_upstream(ar);
-                attempt_failed(ar, "connect", "out of memory");
+                attempt_local_failure(ar, "out of memory");
             }
             return;
         }
@@ -515,7 +541,7 @@ static void on_upstream_body(struct aor_upstream_h1_xfer *x, const char *data, s
         /* out of memory mid-stream: end the client's response as broken */
         cancel_upstream(ar);
         if (!ar->started) {
-            attempt_failed(ar, "connect", "out of memory");
+            attempt_local_failure(ar, "out of memory");
             return;
         }
         ar->final_status = 502;
@@ -559,13 +585,18 @@ static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
     if (ar->backend_remaining_tokens >= 0)
         aor_balancer_report_remaining(current_cand(ar)->dep, ar->backend_remaining_tokens, now);
 
+    if (errstr == aor_upstream_h1_err_local && !ar->started) {
+        attempt_local_failure(ar, x->detail);
+        return;
+    }
     if (errstr != NULL && !ar->started) {
-        /* nothing reached the client: this attempt failed, the request may go elsewhere */
+        /* nothing reached the client (a truncated answer included): this attempt failed, the request may go elsewhere */
         attempt_failed(ar, errstr == aor_upstream_h1_err_timeout ? "timeout" : "connect", x->detail);
         return;
     }
     if (errstr != NULL) {
-        /* mid-stream: the client already has part of the answer, so it gets an incomplete one */
+        /* mid-stream: the client already has part of the answer, so it gets an incomplete one
+         * (HTTP/2 RST_STREAM, HTTP/1.1 a close without the last chunk), and the backend is blamed */
         AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s failed mid-response: %s (%s)", ar->id, b->name, errstr,
                 x->detail != NULL ? x->detail : "-");
         aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_FAILURE, 0, now);
@@ -868,9 +899,10 @@ static void start_attempt(struct aor_request *ar)
     ar->xfer.on_done = on_upstream_done;
     if (aor_upstream_h1_start(w->upstream_h1, &ar->xfer, t, head,
                               is_get || is_head ? h2o_iovec_init(NULL, 0) : h2o_iovec_init(body, body_len), is_head,
-                              ar->conf->limits.connect_timeout_ms, ar->conf->limits.upstream_timeout_ms) != 0) {
+                              ar->conf->limits.connect_timeout_ms, ar->conf->limits.upstream_timeout_ms,
+                              ar->conf->limits.max_backend_connections) != 0) {
         end_attempt(ar);
-        attempt_failed(ar, "connect", ar->xfer.detail);
+        attempt_local_failure(ar, ar->xfer.detail);
     }
 }
 

@@ -1,29 +1,37 @@
 /*
  * redis.c — see redis.h.
  *
- * hiredis 0.14 keeps every command's callback in a FIFO and calls each exactly once: with the
- * reply, or with NULL when the context is freed (by us, or by itself after an I/O error). We
- * keep our own FIFO of the same commands in the same order, so that the oldest pending command
- * carries the earliest deadline and one timer per connection serves them all. A cancelled
- * command stays in both FIFOs as a tombstone (cb NULL) until hiredis lets go of its pointer.
+ * hiredis is only the RESP library here: redisFormatCommand* builds the bytes of a command and
+ * a redisReader parses the replies. The transport is ours: an h2o socket on the worker's loop,
+ * plain TCP for redis:// and TLS (h2o_socket_ssl_handshake over OpenSSL) for rediss://, the
+ * one code path for both. hiredis 0.14 has no TLS, and its async context reads and writes the
+ * file descriptor itself, so it could not be fed through a TLS socket.
  *
- * Teardown rules we rely on (hiredis 0.14 async.c): redisAsyncFree() from outside a hiredis
- * callback frees at once, running the pending callbacks; from inside a reply callback it is
- * deferred until that callback returns. It must not be called from the connect or disconnect
- * callbacks, where hiredis is already tearing the context down itself.
+ * Redis answers in order, so one FIFO of pending commands per aor_redis holds them oldest
+ * first: the head carries the earliest deadline and one timer serves them all, and each reply
+ * the reader produces belongs to the head. A cancelled command stays in the FIFO as a
+ * tombstone (cb NULL) until its reply arrives or the connection goes.
  *
- * The libuv glue is ours rather than hiredis' adapters/libuv.h: that one drops poll errors
- * (libuv reports POLLERR as a status and stops the handle), so a refused connect or a reset
- * connection would go unnoticed until a deadline.
+ * A connection goes through: TCP connect → TLS handshake (rediss://) → the handshake commands
+ * (AUTH, SELECT, PING) → up. User commands sent meanwhile wait in the output buffer behind the
+ * handshake, which is inserted ahead of them when the transport is ready (begin_handshake):
+ * the place where a credential fetched asynchronously (an Entra token for AUTH) slots in.
  */
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <hiredis/hiredis.h>
-#include <hiredis/async.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <h2o.h>
 #include "log.h"
 #include "redis.h"
 
@@ -39,13 +47,13 @@ uint64_t aor_redis_errors_total;
 enum conn_state {
     ST_DOWN,       /* no connection; retry_timer may be pending */
     ST_RESOLVING,  /* uv_getaddrinfo in flight */
-    ST_CONNECTING, /* context exists; TCP connect and/or AUTH/SELECT/PING not answered yet */
+    ST_CONNECTING, /* socket exists; TCP connect, TLS handshake and/or AUTH/SELECT/PING not done yet */
     ST_UP,         /* PING answered */
 };
 
 enum cmd_kind { CMD_USER, CMD_HANDSHAKE, CMD_HANDSHAKE_LAST };
 
-/* owned by this module from send until hiredis calls on_reply; the caller's handle meanwhile */
+/* owned by this module from send until its reply (or the connection's end); the caller's handle meanwhile */
 struct aor_redis_cmd {
     struct aor_redis *r;
     aor_redis_cb cb; /* NULL: cancelled or internal */
@@ -55,18 +63,43 @@ struct aor_redis_cmd {
     enum cmd_kind kind;
 };
 
-/* freed when both timers are closed and no getaddrinfo is in flight (see maybe_free) */
+/* one transport attempt; freed when it is given up (the h2o socket closes on its own) */
+/* a TCP connect of ours (libuv tells why it failed; h2o_socket_connect does not); the handle is
+ * handed to h2o once connected. Freed by the handle's close callback (tcp is the first member). */
+struct tcp_attempt {
+    uv_tcp_t tcp;
+    uv_connect_t req;
+    struct conn *c; /* NULL once given up */
+};
+
+struct conn {
+    struct aor_redis *r;
+    struct tcp_attempt *tcp; /* until connected */
+    h2o_socket_t *sock;      /* once connected */
+    redisReader *reader;
+    char *out; /* command bytes not yet handed to the socket */
+    size_t out_len, out_cap;
+    char *wire; /* bytes handed to h2o_socket_write, until its callback */
+    size_t wire_len;
+    int ready;         /* TCP (and TLS) established */
+    int handshake_set; /* AUTH/SELECT/PING are ahead of everything in `out`: it may be written */
+};
+
+/* freed when both timers are closed and no getaddrinfo is in flight (see on_handle_closed) */
 struct aor_redis {
     uv_loop_t *loop;
     struct aor_redis_url url;
     char *password; /* effective AUTH password; NULL = none */
+    char *ca_file;  /* extra CA bundle for rediss:// (besides the system's); NULL = none */
+    SSL_CTX *tls;   /* for rediss://: chain against the CAs, host name or IP checked */
     uint64_t timeout_ms;
     enum conn_state state;
-    redisAsyncContext *ac;             /* current context, NULL when none */
-    struct aor_redis_cmd *head, *tail; /* what hiredis holds for `ac`, oldest first */
-    const char *fail_err;              /* given to the commands of a context being torn down */
+    struct conn *conn;                 /* current attempt, NULL when none */
+    struct aor_redis_cmd *head, *tail; /* pending on `conn`, oldest first */
+    uint64_t connect_deadline;         /* uv_now() ms: TCP + TLS + handshake of the current attempt */
     unsigned failures;                 /* consecutive failed attempts; 0 = the last connection was healthy */
     int ever_up;
+    int in_dispatch;           /* replies being handed out: conn_kill must not free the reader */
     uv_timer_t deadline_timer; /* armed for the oldest command's deadline (lazily) */
     uv_timer_t retry_timer;    /* reconnect backoff */
     uv_getaddrinfo_t gai;
@@ -158,9 +191,14 @@ int aor_redis_url_parse(const char *url, struct aor_redis_url *out)
 
     memset(out, 0, sizeof(*out));
     out->port = 6379;
-    if (url == NULL || strncmp(url, "redis://", 8) != 0)
+    if (url != NULL && strncmp(url, "rediss://", 9) == 0) {
+        out->tls = 1;
+        auth = url + 9;
+    } else if (url != NULL && strncmp(url, "redis://", 8) == 0) {
+        auth = url + 8;
+    } else {
         return -1;
-    auth = url + 8;
+    }
     end = auth + strcspn(auth, "/?#");
     for (const char *p = auth; p < end; ++p)
         if (*p == '@')
@@ -221,103 +259,124 @@ bad:
     return -1;
 }
 
-/* ---- the libuv glue hiredis calls to watch its socket ---- */
+/* ---- TLS ---- */
 
-struct glue {
-    uv_poll_t poll;
-    redisAsyncContext *ac; /* NULL once hiredis cleaned up */
-    int events;
-};
-
-static void glue_poll_cb(uv_poll_t *h, int status, int events)
+/* OpenSSL's chain verification, with the connection's host name (its SNI) or IP address checked as part of it */
+static int verify_chain_and_name(X509_STORE_CTX *store, void *arg)
 {
-    struct glue *g = h->data;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+    const char *name = ssl != NULL ? SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) : NULL;
+    X509_VERIFY_PARAM *param = X509_STORE_CTX_get0_param(store);
+    unsigned char ip[sizeof(struct in6_addr)];
 
-    /* on POLLERR libuv stops the handle and gives no events: let hiredis read or write the
-     * socket, which is how it learns about a refused connect or a reset */
-    if (status < 0)
-        events = g->events != 0 ? g->events : UV_READABLE;
-    if (g->ac != NULL && (events & UV_READABLE))
-        redisAsyncHandleRead(g->ac);
-    if (g->ac != NULL && (events & UV_WRITABLE))
-        redisAsyncHandleWrite(g->ac);
-    if (status < 0 && g->ac != NULL && g->events != 0)
-        uv_poll_start(&g->poll, g->events, glue_poll_cb);
-}
-
-static void glue_update(struct glue *g)
-{
-    if (g->events != 0)
-        uv_poll_start(&g->poll, g->events, glue_poll_cb);
-    else
-        uv_poll_stop(&g->poll);
-}
-
-static void glue_add_read(void *p)
-{
-    struct glue *g = p;
-    g->events |= UV_READABLE;
-    glue_update(g);
-}
-
-static void glue_del_read(void *p)
-{
-    struct glue *g = p;
-    g->events &= ~UV_READABLE;
-    glue_update(g);
-}
-
-static void glue_add_write(void *p)
-{
-    struct glue *g = p;
-    g->events |= UV_WRITABLE;
-    glue_update(g);
-}
-
-static void glue_del_write(void *p)
-{
-    struct glue *g = p;
-    g->events &= ~UV_WRITABLE;
-    glue_update(g);
-}
-
-static void glue_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-static void glue_cleanup(void *p)
-{
-    struct glue *g = p;
-    g->ac = NULL;
-    uv_close((uv_handle_t *)&g->poll, glue_closed);
-}
-
-static int glue_attach(redisAsyncContext *ac, uv_loop_t *loop)
-{
-    struct glue *g = calloc(1, sizeof(*g));
-
-    if (g == NULL)
-        return -1;
-    if (uv_poll_init_socket(loop, &g->poll, ac->c.fd) != 0) {
-        free(g);
-        return -1;
+    (void)arg;
+    if (name == NULL || param == NULL) {
+        X509_STORE_CTX_set_error(store, X509_V_ERR_HOSTNAME_MISMATCH);
+        return 0;
     }
-    g->poll.data = g;
-    g->ac = ac;
-    ac->ev.data = g;
-    ac->ev.addRead = glue_add_read;
-    ac->ev.delRead = glue_del_read;
-    ac->ev.addWrite = glue_add_write;
-    ac->ev.delWrite = glue_del_write;
-    ac->ev.cleanup = glue_cleanup;
+    if (inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1) {
+        if (X509_VERIFY_PARAM_set1_ip_asc(param, name) != 1)
+            return 0;
+    } else {
+        X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if (X509_VERIFY_PARAM_set1_host(param, name, 0) != 1)
+            return 0;
+    }
+    return X509_verify_cert(store);
+}
+
+/*
+ * One client context per CA choice for the process, shared by the workers (reading the system
+ * bundle costs a few milliseconds: paid once, not per worker nor per reconnect). Reference
+ * counted; an SSL keeps its own reference, so a context outlives the sockets using it.
+ */
+static pthread_mutex_t tls_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct tls_entry {
+    char *ca_file; /* NULL: the system bundle only */
+    SSL_CTX *ctx;
+    struct tls_entry *next;
+} * tls_entries;
+
+static SSL_CTX *make_tls_ctx(const char *ca_file)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+    if (ctx == NULL)
+        return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    /* no close_notify exchange when we drop a connection: a hung server must not hold the socket */
+    SSL_CTX_set_quiet_shutdown(ctx, 1);
+    /* the system CA bundle (SSL_CERT_FILE / SSL_CERT_DIR override it), plus redis.ca_file */
+    if (SSL_CTX_set_default_verify_paths(ctx) != 1 || (ca_file != NULL && SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1)) {
+        unsigned long e = ERR_peek_last_error();
+        AOR_LOG(AOR_LOG_ERROR, "redis", "cannot load the CA certificates%s%s: %s", ca_file != NULL ? " of " : "",
+                ca_file != NULL ? ca_file : "", e != 0 ? ERR_reason_error_string(e) : "unknown error");
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_cert_verify_callback(ctx, verify_chain_and_name, NULL);
+    return ctx;
+}
+
+/* a new reference to the shared context for `ca_file`, or NULL */
+static SSL_CTX *tls_acquire(const char *ca_file)
+{
+    struct tls_entry *e;
+    SSL_CTX *ctx = NULL;
+
+    pthread_mutex_lock(&tls_lock);
+    for (e = tls_entries; e != NULL; e = e->next)
+        if (e->ca_file == ca_file || (e->ca_file != NULL && ca_file != NULL && strcmp(e->ca_file, ca_file) == 0))
+            break;
+    if (e == NULL && (e = calloc(1, sizeof(*e))) != NULL) {
+        if ((ca_file != NULL && (e->ca_file = strdup(ca_file)) == NULL) || (e->ctx = make_tls_ctx(ca_file)) == NULL) {
+            free(e->ca_file);
+            free(e);
+            e = NULL;
+        } else {
+            e->next = tls_entries;
+            tls_entries = e;
+        }
+    }
+    if (e != NULL && SSL_CTX_up_ref(e->ctx) == 1)
+        ctx = e->ctx;
+    pthread_mutex_unlock(&tls_lock);
+    return ctx;
+}
+
+/* ---- output ---- */
+
+static void conn_flush(struct conn *c);
+
+/* appends `len` bytes to the output (at `at`: 0 = the front); 0, or -1 when over the bound or ENOMEM */
+static int out_insert(struct conn *c, size_t at, const char *buf, size_t len)
+{
+    if (len > AOR_REDIS_MAX_OUTPUT_BYTES - c->out_len)
+        return -1;
+    if (c->out_len + len > c->out_cap) {
+        size_t cap = c->out_cap != 0 ? c->out_cap : 1024;
+        char *p;
+        while (cap < c->out_len + len)
+            cap *= 2;
+        if ((p = realloc(c->out, cap)) == NULL)
+            return -1;
+        c->out = p;
+        c->out_cap = cap;
+    }
+    memmove(c->out + at + len, c->out + at, c->out_len - at);
+    memcpy(c->out + at, buf, len);
+    c->out_len += len;
     return 0;
 }
 
 /* ---- connection state ---- */
 
 static void start_connect(struct aor_redis *r);
-static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+static void conn_lost(struct aor_redis *r, const char *err, const char *detail);
+static void on_deadline_cb(uv_timer_t *t);
 
 static uint64_t next_random(struct aor_redis *r)
 {
@@ -332,20 +391,64 @@ static void on_retry(uv_timer_t *t)
     start_connect(t->data);
 }
 
+static void tcp_attempt_closed(uv_handle_t *h)
+{
+    free(h); /* the tcp_attempt: tcp is its first member */
+}
+
+static void conn_free(struct conn *c)
+{
+    if (c->tcp != NULL) {
+        c->tcp->c = NULL; /* its connect callback (ECANCELED) finds nothing to do */
+        uv_close((uv_handle_t *)&c->tcp->tcp, tcp_attempt_closed);
+        c->tcp = NULL;
+    }
+    if (c->sock != NULL) {
+        c->sock->data = NULL;
+        h2o_socket_close(c->sock); /* a write in flight is dropped; no callback of ours runs after this */
+        ERR_clear_error();         /* SSL_shutdown during a handshake queues an error: not for the next user of this thread */
+    }
+    if (c->reader != NULL)
+        redisReaderFree(c->reader);
+    free(c->out);
+    free(c->wire);
+    free(c);
+}
+
+/* fails every pending command with `err` (their callbacks run; they may send new commands, which are refused) */
+static void fail_pending(struct aor_redis *r, const char *err)
+{
+    struct aor_redis_cmd *cmd;
+
+    while ((cmd = r->head) != NULL) {
+        r->head = cmd->next;
+        if (r->head == NULL)
+            r->tail = NULL;
+        if (cmd->kind == CMD_USER && cmd->cb != NULL) {
+            aor_redis_cb cb = cmd->cb;
+            cmd->cb = NULL;
+            count_error();
+            cb(cmd->data, NULL, err);
+        }
+        free(cmd);
+    }
+}
+
 /*
- * The current attempt or connection is over. Idempotent per attempt: every pending command of
- * a dying context reports here. Does not free the context (the caller or hiredis does).
+ * The current attempt or connection is over: the transport goes, every pending command fails
+ * with `err`, and a reconnect is scheduled. No-op when already down. Safe from timers, socket
+ * callbacks and reply callbacks (while replies are dispatched the reader is freed afterwards).
  */
 static void conn_lost(struct aor_redis *r, const char *err, const char *detail)
 {
     uint64_t delay = 0;
     int was_up = r->state == ST_UP;
+    struct conn *c = r->conn;
 
     if (r->state == ST_DOWN)
         return;
     r->state = ST_DOWN;
-    r->ac = NULL;
-    r->fail_err = err;
+    r->conn = NULL;
     count_error();
     /* a working connection that dropped is rebuilt at once (commands queue meanwhile); a stuck
      * one or a failed attempt waits, and commands are refused until Redis answers again */
@@ -359,6 +462,21 @@ static void conn_lost(struct aor_redis *r, const char *err, const char *detail)
     else
         AOR_LOG(AOR_LOG_DEBUG, "redis", "%s:%u: attempt %u failed%s%s", r->url.host, (unsigned)r->url.port, r->failures,
                 detail != NULL ? ": " : "", detail != NULL ? detail : "");
+    if (c != NULL) {
+        c->r = NULL;
+        if (r->in_dispatch) { /* the reply loop frees it when it sees c->r == NULL */
+            if (c->sock != NULL) {
+                c->sock->data = NULL;
+                h2o_socket_close(c->sock);
+                ERR_clear_error();
+                c->sock = NULL;
+            }
+        } else {
+            conn_free(c);
+        }
+    }
+    uv_timer_stop(&r->deadline_timer);
+    fail_pending(r, err);
     if (r->destroyed)
         return;
     if (r->failures != 0) {
@@ -371,47 +489,39 @@ static void conn_lost(struct aor_redis *r, const char *err, const char *detail)
     uv_timer_start(&r->retry_timer, on_retry, delay, 0);
 }
 
-/* gives up on the current context; safe from timers and from reply callbacks (hiredis defers the free) */
-static void conn_kill(struct aor_redis *r, const char *err, const char *detail)
+static void arm_deadline(struct aor_redis *r)
 {
-    redisAsyncContext *ac = r->ac;
+    uint64_t now = uv_now(r->loop), due;
 
-    conn_lost(r, err, detail);
-    if (ac != NULL)
-        redisAsyncFree(ac);
+    if (r->head != NULL)
+        due = r->head->deadline;
+    else if (r->state == ST_CONNECTING)
+        due = r->connect_deadline;
+    else
+        return;
+    if (r->state == ST_CONNECTING && r->connect_deadline < due)
+        due = r->connect_deadline;
+    uv_timer_start(&r->deadline_timer, on_deadline_cb, due > now ? due - now : 0, 0);
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
-{
-    struct aor_redis *r = ac->data;
-
-    /* on failure hiredis frees the context right after this returns */
-    if (status != REDIS_OK && ac == r->ac)
-        conn_lost(r, aor_redis_err_disconnected, ac->errstr);
-}
-
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    struct aor_redis *r = ac->data;
-
-    if (ac == r->ac)
-        conn_lost(r, aor_redis_err_disconnected, ac->errstr);
-}
-
-static void on_deadline(uv_timer_t *t)
+static void on_deadline_cb(uv_timer_t *t)
 {
     struct aor_redis *r = t->data;
     uint64_t now = uv_now(r->loop);
-    char detail[64];
+    char detail[96];
 
-    if (r->head == NULL)
-        return;
-    if (r->head->deadline > now) {
-        uv_timer_start(t, on_deadline, r->head->deadline - now, 0);
+    if (r->state == ST_CONNECTING && r->connect_deadline <= now) {
+        snprintf(detail, sizeof(detail), "not connected within %llu ms%s", (unsigned long long)r->timeout_ms,
+                 r->conn != NULL && r->conn->ready ? "" : (r->url.tls ? " (TCP or TLS handshake)" : " (TCP)"));
+        conn_lost(r, aor_redis_err_timeout, detail);
         return;
     }
-    snprintf(detail, sizeof(detail), "no reply within %llu ms", (unsigned long long)r->timeout_ms);
-    conn_kill(r, aor_redis_err_timeout, detail);
+    if (r->head != NULL && r->head->deadline <= now) {
+        snprintf(detail, sizeof(detail), "no reply within %llu ms", (unsigned long long)r->timeout_ms);
+        conn_lost(r, aor_redis_err_timeout, detail);
+        return;
+    }
+    arm_deadline(r);
 }
 
 static void fifo_push(struct aor_redis *r, struct aor_redis_cmd *cmd)
@@ -423,26 +533,10 @@ static void fifo_push(struct aor_redis *r, struct aor_redis_cmd *cmd)
         r->head = cmd;
     r->tail = cmd;
     if (!uv_is_active((uv_handle_t *)&r->deadline_timer))
-        uv_timer_start(&r->deadline_timer, on_deadline, r->timeout_ms, 0);
+        arm_deadline(r);
 }
 
-static void fifo_remove(struct aor_redis *r, struct aor_redis_cmd *cmd)
-{
-    struct aor_redis_cmd **pp = &r->head, *prev = NULL;
-
-    /* hiredis answers in order, so this is the head; the walk is only a safety net */
-    while (*pp != NULL && *pp != cmd) {
-        prev = *pp;
-        pp = &(*pp)->next;
-    }
-    if (*pp == NULL)
-        return;
-    *pp = cmd->next;
-    if (r->tail == cmd)
-        r->tail = prev;
-}
-
-/* SUBSCRIBE and MONITOR change what hiredis expects on the wire; not for a shared connection */
+/* SUBSCRIBE and MONITOR change what the reply stream carries; not for a shared connection */
 static int forbidden_command(const char *buf, size_t len)
 {
     static const char *const names[] = {"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "monitor", NULL};
@@ -461,91 +555,385 @@ static int forbidden_command(const char *buf, size_t len)
     return 0;
 }
 
-static struct aor_redis_cmd *send_formatted(struct aor_redis *r, enum cmd_kind kind, aor_redis_cb cb, void *data, const char *buf,
-                                            size_t len)
+static struct aor_redis_cmd *new_cmd(struct aor_redis *r, enum cmd_kind kind, aor_redis_cb cb, void *data)
 {
-    struct aor_redis_cmd *cmd;
+    struct aor_redis_cmd *cmd = malloc(sizeof(*cmd));
 
-    if (r->ac == NULL || forbidden_command(buf, len) || (cmd = malloc(sizeof(*cmd))) == NULL)
+    if (cmd == NULL)
         return NULL;
     cmd->r = r;
     cmd->cb = cb;
     cmd->data = data;
     cmd->kind = kind;
     cmd->deadline = uv_now(r->loop) + r->timeout_ms;
-    if (redisAsyncFormattedCommand(r->ac, on_reply, cmd, buf, len) != REDIS_OK) {
+    cmd->next = NULL;
+    return cmd;
+}
+
+static struct aor_redis_cmd *send_formatted(struct aor_redis *r, enum cmd_kind kind, aor_redis_cb cb, void *data, const char *buf,
+                                            size_t len)
+{
+    struct aor_redis_cmd *cmd;
+
+    if (r->conn == NULL || forbidden_command(buf, len) || (cmd = new_cmd(r, kind, cb, data)) == NULL)
+        return NULL;
+    if (out_insert(r->conn, r->conn->out_len, buf, len) != 0) {
         free(cmd);
         return NULL;
     }
     fifo_push(r, cmd);
+    conn_flush(r->conn);
     return cmd;
 }
 
-static int send_handshake(struct aor_redis *r, enum cmd_kind kind, int argc, const char **argv)
+/*
+ * Puts the handshake commands ahead of every user command (on the wire and in the FIFO), in
+ * order, then lets the output go. Called once the transport is ready.
+ */
+static int queue_handshake(struct aor_redis *r, const char *password)
 {
-    char *buf = NULL;
-    int len = redisFormatCommandArgv(&buf, argc, argv, NULL);
-    struct aor_redis_cmd *cmd = NULL;
-
-    if (len > 0)
-        cmd = send_formatted(r, kind, NULL, NULL, buf, (size_t)len);
-    if (buf != NULL) {
-        explicit_bzero(buf, (size_t)(len > 0 ? len : 0)); /* it may hold the password */
-        redisFreeCommand(buf);
-    }
-    return cmd != NULL ? 0 : -1;
-}
-
-static void connect_to(struct aor_redis *r, const char *ip)
-{
-    redisAsyncContext *ac;
+    struct conn *c = r->conn;
+    const char *argv[3][3];
+    int argc[3], n = 0;
     char db[16];
+    struct aor_redis_cmd *first = NULL, *last = NULL;
+    size_t at = 0;
 
-    r->state = ST_CONNECTING;
-    if ((ac = redisAsyncConnect(ip, r->url.port)) == NULL) {
-        conn_lost(r, aor_redis_err_disconnected, "out of memory");
-        return;
-    }
-    if (ac->err != 0) {
-        conn_lost(r, aor_redis_err_disconnected, ac->errstr);
-        redisAsyncFree(ac);
-        return;
-    }
-    ac->data = r;
-    if (glue_attach(ac, r->loop) != 0) {
-        conn_lost(r, aor_redis_err_disconnected, "cannot watch the socket");
-        redisAsyncFree(ac);
-        return;
-    }
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    redisEnableKeepAlive(&ac->c); /* 15 s probes: a peer that vanished without a FIN is noticed even when idle */
-    r->ac = ac;
-    /* hiredis buffers these until the socket connects, ahead of any user command */
-    if (r->password != NULL) {
-        const char *with_user[] = {"AUTH", r->url.user, r->password}, *without[] = {"AUTH", r->password};
-        if ((r->url.user != NULL ? send_handshake(r, CMD_HANDSHAKE, 3, with_user) : send_handshake(r, CMD_HANDSHAKE, 2, without)) !=
-            0)
-            goto fail;
+    if (password != NULL) {
+        argv[n][0] = "AUTH";
+        argc[n] = 2;
+        if (r->url.user != NULL) {
+            argv[n][1] = r->url.user;
+            argv[n][2] = password;
+            argc[n] = 3;
+        } else {
+            argv[n][1] = password;
+        }
+        ++n;
     }
     if (r->url.db != 0) {
         snprintf(db, sizeof(db), "%u", r->url.db);
-        if (send_handshake(r, CMD_HANDSHAKE, 2, (const char *[]){"SELECT", db}) != 0)
-            goto fail;
+        argv[n][0] = "SELECT";
+        argv[n][1] = db;
+        argc[n++] = 2;
     }
-    if (send_handshake(r, CMD_HANDSHAKE_LAST, 1, (const char *[]){"PING"}) != 0)
-        goto fail;
-    return;
-fail:
-    conn_kill(r, aor_redis_err_disconnected, "cannot queue the handshake");
+    argv[n][0] = "PING";
+    argc[n++] = 1;
+    for (int i = 0; i < n; ++i) {
+        char *buf = NULL;
+        int len = redisFormatCommandArgv(&buf, argc[i], argv[i], NULL);
+        struct aor_redis_cmd *cmd = len > 0 ? new_cmd(r, i == n - 1 ? CMD_HANDSHAKE_LAST : CMD_HANDSHAKE, NULL, NULL) : NULL;
+        int ok = cmd != NULL && out_insert(c, at, buf, (size_t)len) == 0;
+        if (buf != NULL) {
+            explicit_bzero(buf, (size_t)(len > 0 ? len : 0)); /* it may hold the password */
+            redisFreeCommand(buf);
+        }
+        if (!ok) {
+            free(cmd);
+            while (first != NULL) {
+                struct aor_redis_cmd *next = first->next;
+                free(first);
+                first = next;
+            }
+            return -1;
+        }
+        at += (size_t)len;
+        if (last != NULL)
+            last->next = cmd;
+        else
+            first = cmd;
+        last = cmd;
+    }
+    last->next = r->head;
+    if (r->head == NULL)
+        r->tail = last;
+    r->head = first;
+    c->handshake_set = 1;
+    arm_deadline(r);
+    conn_flush(c);
+    return 0;
+}
+
+/*
+ * The transport is ready: time for AUTH/SELECT/PING. This is the hook for a credential that is
+ * fetched asynchronously (an Entra ID token for Azure Redis): start the fetch here and call
+ * queue_handshake(r, token) from its completion — user commands keep waiting in the output
+ * buffer meanwhile, and connect_deadline bounds the wait; conn_lost() frees everything if it
+ * fires first (the fetch's completion then finds r->conn changed and drops the token).
+ */
+static void begin_handshake(struct aor_redis *r)
+{
+    if (queue_handshake(r, r->password) != 0)
+        conn_lost(r, aor_redis_err_disconnected, "cannot queue the handshake");
+}
+
+static void on_written(h2o_socket_t *sock, const char *err)
+{
+    struct conn *c = sock->data;
+
+    if (c == NULL)
+        return;
+    free(c->wire);
+    c->wire = NULL;
+    c->wire_len = 0;
+    if (err != NULL) {
+        conn_lost(c->r, aor_redis_err_disconnected, err);
+        return;
+    }
+    conn_flush(c);
+}
+
+/* hands the output to the socket when it may go and no write is in flight */
+static void conn_flush(struct conn *c)
+{
+    h2o_iovec_t buf;
+
+    if (!c->ready || !c->handshake_set || c->wire != NULL || c->out_len == 0)
+        return;
+    c->wire = c->out;
+    c->wire_len = c->out_len;
+    c->out = NULL;
+    c->out_len = c->out_cap = 0;
+    buf = h2o_iovec_init(c->wire, c->wire_len);
+    h2o_socket_write(c->sock, &buf, 1, on_written);
+}
+
+static void handshake_reply(struct aor_redis *r, enum cmd_kind kind, const redisReply *reply)
+{
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* the server's words (e.g. WRONGPASS, LOADING) never contain the password */
+        conn_lost(r, aor_redis_err_disconnected, reply->str);
+        return;
+    }
+    if (kind == CMD_HANDSHAKE_LAST) {
+        if (r->failures != 0 || !r->ever_up)
+            AOR_LOG(AOR_LOG_INFO, "redis", "%s:%u: connected%s (db %u)", r->url.host, (unsigned)r->url.port,
+                    r->url.tls ? " over TLS, certificate verified" : "", r->url.db);
+        r->state = ST_UP;
+        r->failures = 0;
+        r->ever_up = 1;
+        arm_deadline(r);
+    }
+}
+
+/* hands the complete replies in the reader to their commands, oldest first */
+static void dispatch_replies(struct conn *c)
+{
+    struct aor_redis *r = c->r;
+    void *reply_;
+
+    r->in_dispatch = 1;
+    while (c->r != NULL) {
+        struct aor_redis_cmd *cmd;
+        const redisReply *reply;
+        if (redisReaderGetReply(c->reader, &reply_) != REDIS_OK) {
+            char detail[160];
+            snprintf(detail, sizeof(detail), "protocol error: %s",
+                     c->reader->err == REDIS_ERR_OOM ? "array reply over " AOR_REDIS_MAX_ARRAY_ELEMENTS_STR
+                                                       " elements (or out of memory)"
+                                                     : c->reader->errstr);
+            conn_lost(r, aor_redis_err_disconnected, detail);
+            break;
+        }
+        if ((reply = reply_) == NULL)
+            break;
+        if ((cmd = r->head) == NULL) {
+            freeReplyObject(reply_);
+            conn_lost(r, aor_redis_err_disconnected, "protocol error: a reply to no command");
+            break;
+        }
+        r->head = cmd->next;
+        if (r->head == NULL)
+            r->tail = NULL;
+        if (cmd->kind != CMD_USER) {
+            handshake_reply(r, cmd->kind, reply);
+        } else if (cmd->cb != NULL) {
+            aor_redis_cb cb = cmd->cb;
+            const char *err = reply->type == REDIS_REPLY_ERROR ? aor_redis_err_reply : NULL;
+            cmd->cb = NULL;
+            if (err != NULL)
+                count_error();
+            cb(cmd->data, reply, err);
+        }
+        free(cmd);
+        freeReplyObject(reply_);
+    }
+    r->in_dispatch = 0;
+    if (c->r == NULL) {
+        conn_free(c);
+        return;
+    }
+    /* the head changed: its deadline is the one to watch */
+    uv_timer_stop(&r->deadline_timer);
+    arm_deadline(r);
+}
+
+static void on_read(h2o_socket_t *sock, const char *err)
+{
+    struct conn *c = sock->data;
+    struct aor_redis *r;
+
+    if (c == NULL)
+        return;
+    r = c->r;
+    if (err != NULL) {
+        conn_lost(r, aor_redis_err_disconnected, err == h2o_socket_error_closed ? "closed by the server" : err);
+        return;
+    }
+    if (sock->input->size != 0) {
+        if (redisReaderFeed(c->reader, sock->input->bytes, sock->input->size) != REDIS_OK) {
+            conn_lost(r, aor_redis_err_disconnected, "out of memory");
+            return;
+        }
+        h2o_buffer_consume(&sock->input, sock->input->size);
+        /* a reply still incomplete past the bound (a huge bulk string) ends the connection */
+        if (c->reader->len - c->reader->pos > AOR_REDIS_MAX_REPLY_BYTES) {
+            conn_lost(r, aor_redis_err_disconnected, "reply over " AOR_REDIS_MAX_REPLY_BYTES_STR " bytes");
+            return;
+        }
+        dispatch_replies(c);
+    }
+}
+
+static void on_tls_ready(h2o_socket_t *sock, const char *err)
+{
+    struct conn *c = sock->data;
+    struct aor_redis *r;
+    unsigned char ip[sizeof(struct in6_addr)];
+
+    if (c == NULL)
+        return;
+    r = c->r;
+    /* h2o checks the name again after OpenSSL, but only against DNS names; for an IP address
+     * OpenSSL's check (X509_VERIFY_PARAM_set1_ip, during the handshake) is the one that counts */
+    if (err == h2o_socket_error_ssl_cert_name_mismatch &&
+        (inet_pton(AF_INET, r->url.host, ip) == 1 || inet_pton(AF_INET6, r->url.host, ip) == 1))
+        err = NULL;
+    if (err != NULL) {
+        char detail[160];
+        snprintf(detail, sizeof(detail), "TLS handshake failed: %s", err);
+        ERR_clear_error();
+        conn_lost(r, aor_redis_err_disconnected, detail);
+        return;
+    }
+    c->ready = 1;
+    h2o_socket_read_start(sock, on_read);
+    begin_handshake(r);
+    /* bytes that came with the end of the handshake were decrypted already: a server speaking first is a protocol error */
+    if (sock->data == c && c->r != NULL && sock->input->size != 0)
+        on_read(sock, NULL);
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    struct tcp_attempt *ta = req->data;
+    struct conn *c = ta->c;
+    struct aor_redis *r;
+    h2o_socket_t *sock;
+    int fd, on = 1;
+
+    if (c == NULL || status == UV_ECANCELED)
+        return;
+    r = c->r;
+    if (status < 0) {
+        conn_lost(r, aor_redis_err_disconnected, uv_strerror(status)); /* closes the handle */
+        return;
+    }
+    c->tcp = NULL;
+    ta->c = NULL;
+    sock = c->sock = h2o_uv_socket_create((uv_stream_t *)&ta->tcp, tcp_attempt_closed);
+    sock->data = c;
+    if ((fd = h2o_socket_get_fd(sock)) >= 0) {
+        int idle = 15, intvl = 15, cnt = 3; /* keepalive probes: a peer that vanished without a FIN is noticed even when idle */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+    }
+    if (r->url.tls) {
+        h2o_socket_ssl_handshake(sock, r->tls, r->url.host, on_tls_ready);
+        return;
+    }
+    c->ready = 1;
+    h2o_socket_read_start(sock, on_read);
+    begin_handshake(r);
+}
+
+/* a bound on what one array reply may allocate up front (hiredis 0.14 trusts the count) */
+static redisReplyObjectFunctions bounded_fn;
+static void *(*default_create_array)(const redisReadTask *, int);
+
+static void *bounded_create_array(const redisReadTask *task, int elements)
+{
+    if (elements < 0 || elements > AOR_REDIS_MAX_ARRAY_ELEMENTS)
+        return NULL; /* the reader reports out of memory: the connection goes */
+    return default_create_array(task, elements);
+}
+
+static pthread_once_t fn_once = PTHREAD_ONCE_INIT;
+
+static void init_bounded_fn(void)
+{
+    redisReader *tmp = redisReaderCreate();
+
+    if (tmp == NULL)
+        return;
+    bounded_fn = *tmp->fn;
+    default_create_array = bounded_fn.createArray;
+    bounded_fn.createArray = bounded_create_array;
+    redisReaderFree(tmp);
+}
+
+redisReader *aor_redis_reader_create(void)
+{
+    pthread_once(&fn_once, init_bounded_fn);
+    if (default_create_array == NULL)
+        return NULL;
+    return redisReaderCreateWithFunctions(&bounded_fn);
+}
+
+static void connect_to(struct aor_redis *r, const struct sockaddr *sa)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+    int rc;
+
+    r->state = ST_CONNECTING;
+    r->connect_deadline = uv_now(r->loop) + r->timeout_ms;
+    if (c == NULL || (c->reader = aor_redis_reader_create()) == NULL) {
+        free(c);
+        conn_lost(r, aor_redis_err_disconnected, "out of memory");
+        return;
+    }
+    if (r->url.tls && r->tls == NULL) {
+        redisReaderFree(c->reader);
+        free(c);
+        conn_lost(r, aor_redis_err_disconnected, "no TLS context (CA certificates not loaded)");
+        return;
+    }
+    c->r = r;
+    r->conn = c;
+    if ((c->tcp = calloc(1, sizeof(*c->tcp))) == NULL || uv_tcp_init(r->loop, &c->tcp->tcp) != 0) {
+        free(c->tcp);
+        c->tcp = NULL;
+        conn_lost(r, aor_redis_err_disconnected, "cannot make a socket");
+        return;
+    }
+    c->tcp->c = c;
+    c->tcp->req.data = c->tcp;
+    if ((rc = uv_tcp_connect(&c->tcp->req, &c->tcp->tcp, sa, on_connected)) != 0) {
+        conn_lost(r, aor_redis_err_disconnected, uv_strerror(rc)); /* closes the handle */
+        return;
+    }
+    arm_deadline(r);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct aor_redis *r = req->data;
     const struct addrinfo *ai, *pick = NULL;
-    char ip[INET6_ADDRSTRLEN];
-    int err = -1;
+    struct sockaddr_storage ss;
+    socklen_t sslen = 0;
 
     r->gai_active = 0;
     if (r->destroyed) {
@@ -562,8 +950,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         for (ai = res; ai != NULL && pick == NULL; ai = ai->ai_next)
             if (ai->ai_family == AF_INET6)
                 pick = ai;
-        if (pick != NULL)
-            err = uv_ip_name(pick->ai_addr, ip, sizeof(ip));
+        if (pick != NULL && pick->ai_addrlen <= sizeof(ss)) {
+            memcpy(&ss, pick->ai_addr, pick->ai_addrlen);
+            sslen = pick->ai_addrlen;
+        }
     }
     uv_freeaddrinfo(res);
     if (r->reconnect_after_gai) { /* resolved the old host: resolve the new one */
@@ -571,20 +961,32 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         start_connect(r);
         return;
     }
-    if (err != 0) {
+    if (sslen == 0) {
         conn_lost(r, aor_redis_err_disconnected, status != 0 ? uv_strerror(status) : "no address");
         return;
     }
-    connect_to(r, ip);
+    ((struct sockaddr_in *)&ss)->sin_port = htons(r->url.port); /* same offset in sockaddr_in6 */
+    connect_to(r, (struct sockaddr *)&ss);
 }
 
 static void start_connect(struct aor_redis *r)
 {
-    unsigned char buf[sizeof(struct in6_addr)];
     struct addrinfo hints;
+    struct sockaddr_in sin;
+    struct sockaddr_in6 sin6;
 
-    if (inet_pton(AF_INET, r->url.host, buf) == 1 || inet_pton(AF_INET6, r->url.host, buf) == 1) {
-        connect_to(r, r->url.host);
+    memset(&sin, 0, sizeof(sin));
+    memset(&sin6, 0, sizeof(sin6));
+    if (inet_pton(AF_INET, r->url.host, &sin.sin_addr) == 1) {
+        sin.sin_family = AF_INET;
+        sin.sin_port = htons(r->url.port);
+        connect_to(r, (struct sockaddr *)&sin);
+        return;
+    }
+    if (inet_pton(AF_INET6, r->url.host, &sin6.sin6_addr) == 1) {
+        sin6.sin6_family = AF_INET6;
+        sin6.sin6_port = htons(r->url.port);
+        connect_to(r, (struct sockaddr *)&sin6);
         return;
     }
     /* getaddrinfo blocks: on libuv's thread pool, never on the loop */
@@ -600,53 +1002,6 @@ static void start_connect(struct aor_redis *r)
     r->gai_active = 1;
 }
 
-static void handshake_reply(struct aor_redis *r, redisAsyncContext *ac, enum cmd_kind kind, const redisReply *reply,
-                            const char *err)
-{
-    if (r->destroyed || ac != r->ac)
-        return; /* a context already given up on */
-    if (err != NULL) {
-        /* the server's words (e.g. WRONGPASS, LOADING) never contain the password */
-        conn_kill(r, aor_redis_err_disconnected, reply != NULL ? reply->str : err);
-        return;
-    }
-    if (kind == CMD_HANDSHAKE_LAST) {
-        if (r->failures != 0 || !r->ever_up)
-            AOR_LOG(AOR_LOG_INFO, "redis", "%s:%u: connected (db %u)", r->url.host, (unsigned)r->url.port, r->url.db);
-        r->state = ST_UP;
-        r->failures = 0;
-        r->ever_up = 1;
-    }
-}
-
-static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata)
-{
-    struct aor_redis_cmd *cmd = privdata;
-    struct aor_redis *r = cmd->r;
-    const redisReply *reply = reply_;
-    const char *err = NULL;
-
-    fifo_remove(r, cmd);
-    if (reply == NULL) {
-        /* hiredis is freeing the context: after an I/O error if it is still our current one */
-        if (ac == r->ac)
-            conn_lost(r, aor_redis_err_disconnected, ac->errstr);
-        err = r->fail_err != NULL ? r->fail_err : aor_redis_err_disconnected;
-    } else if (reply->type == REDIS_REPLY_ERROR) {
-        err = aor_redis_err_reply;
-    }
-    if (cmd->kind != CMD_USER) {
-        handshake_reply(r, ac, cmd->kind, reply, err);
-    } else if (cmd->cb != NULL) {
-        aor_redis_cb cb = cmd->cb;
-        cmd->cb = NULL;
-        if (err != NULL)
-            count_error();
-        cb(cmd->data, reply, err);
-    }
-    free(cmd);
-}
-
 /* ---- public ---- */
 
 static void on_handle_closed(uv_handle_t *h)
@@ -657,24 +1012,58 @@ static void on_handle_closed(uv_handle_t *h)
         free(r);
 }
 
-struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char *password, uint64_t command_timeout_ms)
+static void free_secret(char *s)
+{
+    if (s != NULL) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+/* installs url/password/ca_file (and the TLS context they need) into `r`; 0, or -1 leaving `r` as it was */
+static int apply_settings(struct aor_redis *r, struct aor_redis_url *u, const char *password, const char *ca_file)
+{
+    char *pw = NULL, *ca = NULL;
+    SSL_CTX *tls = NULL;
+
+    if ((password != NULL && (pw = strdup(password)) == NULL) || (ca_file != NULL && (ca = strdup(ca_file)) == NULL))
+        goto fail;
+    if (u->tls && (tls = tls_acquire(ca_file)) == NULL)
+        goto fail;
+    if (r->password != r->url.password)
+        free_secret(r->password);
+    aor_redis_url_clear(&r->url);
+    free(r->ca_file);
+    if (r->tls != NULL)
+        SSL_CTX_free(r->tls);
+    r->url = *u;
+    memset(u, 0, sizeof(*u));
+    r->password = pw != NULL ? pw : r->url.password; /* shared with the URL: freed with it */
+    r->ca_file = ca;
+    r->tls = tls;
+    return 0;
+fail:
+    free_secret(pw);
+    free(ca);
+    return -1;
+}
+
+struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char *password, const char *ca_file,
+                                   uint64_t command_timeout_ms)
 {
     struct aor_redis *r = calloc(1, sizeof(*r));
+    struct aor_redis_url u;
 
     if (r == NULL)
         return NULL;
-    if (aor_redis_url_parse(url, &r->url) != 0) {
+    if (aor_redis_url_parse(url, &u) != 0) {
         free(r);
         return NULL;
     }
-    if (password != NULL) {
-        if ((r->password = strdup(password)) == NULL) {
-            aor_redis_url_clear(&r->url);
-            free(r);
-            return NULL;
-        }
-    } else if (r->url.password != NULL) {
-        r->password = r->url.password; /* shared: freed with the URL */
+    if (apply_settings(r, &u, password, ca_file) != 0) {
+        aor_redis_url_clear(&u);
+        free(r);
+        return NULL;
     }
     r->loop = loop;
     r->timeout_ms = command_timeout_ms != 0 ? command_timeout_ms : 1;
@@ -692,25 +1081,28 @@ struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char 
 
 void aor_redis_destroy(struct aor_redis *r)
 {
-    redisAsyncContext *ac;
-
     if (r == NULL)
         return;
     r->destroyed = 1;
     for (struct aor_redis_cmd *c = r->head; c != NULL; c = c->next)
-        c->cb = NULL;
-    if ((ac = r->ac) != NULL) {
-        r->ac = NULL;
-        r->state = ST_DOWN;
-        r->fail_err = aor_redis_err_disconnected;
-        redisAsyncFree(ac); /* runs every pending on_reply now: the tombstones go */
+        c->cb = NULL; /* dropped without a call */
+    if (r->conn != NULL) {
+        struct conn *c = r->conn;
+        r->conn = NULL;
+        c->r = NULL;
+        conn_free(c);
     }
-    if (r->password != NULL && r->password != r->url.password) {
-        explicit_bzero(r->password, strlen(r->password));
-        free(r->password);
-    }
+    r->state = ST_DOWN;
+    fail_pending(r, aor_redis_err_disconnected); /* frees the tombstones; no callback runs */
+    if (r->password != r->url.password)
+        free_secret(r->password);
     r->password = NULL;
     aor_redis_url_clear(&r->url);
+    free(r->ca_file);
+    r->ca_file = NULL;
+    if (r->tls != NULL)
+        SSL_CTX_free(r->tls);
+    r->tls = NULL;
     if (r->gai_active)
         uv_cancel((uv_req_t *)&r->gai); /* on_resolved still runs (ECANCELED) and frees r if last */
     uv_timer_stop(&r->deadline_timer);
@@ -724,36 +1116,30 @@ static int same_str(const char *a, const char *b)
     return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *password)
+int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *password, const char *ca_file)
 {
     struct aor_redis_url u;
-    char *pw = NULL;
 
     if (r == NULL || r->destroyed || aor_redis_url_parse(url, &u) != 0)
         return -1;
-    if (same_str(r->url.host, u.host) && r->url.port == u.port && r->url.db == u.db && same_str(r->url.user, u.user) &&
-        same_str(r->password, password != NULL ? password : u.password)) {
+    if (same_str(r->url.host, u.host) && r->url.port == u.port && r->url.db == u.db && r->url.tls == u.tls &&
+        same_str(r->url.user, u.user) && same_str(r->password, password != NULL ? password : u.password) &&
+        (!u.tls || same_str(r->ca_file, ca_file))) {
         aor_redis_url_clear(&u);
         return 0;
     }
-    if (password != NULL && (pw = strdup(password)) == NULL) {
+    if (apply_settings(r, &u, password, ca_file) != 0) {
         aor_redis_url_clear(&u);
         return -1;
     }
-    if (r->password != NULL && r->password != r->url.password) {
-        explicit_bzero(r->password, strlen(r->password));
-        free(r->password);
-    }
-    aor_redis_url_clear(&r->url);
-    r->url = u;
-    r->password = pw != NULL ? pw : r->url.password;
-    AOR_LOG(AOR_LOG_INFO, "redis", "settings changed by a reload: reconnecting to %s:%u", r->url.host, (unsigned)r->url.port);
+    AOR_LOG(AOR_LOG_INFO, "redis", "settings changed by a reload: reconnecting to %s:%u%s", r->url.host, (unsigned)r->url.port,
+            r->url.tls ? " over TLS" : "");
     /* the old connection goes now (its pending commands fail as disconnected, so their waiters
      * answer); the new one is tried at once, without the backoff of the old one's failures */
     switch (r->state) {
     case ST_UP:
     case ST_CONNECTING:
-        conn_kill(r, aor_redis_err_disconnected, "reconfigured");
+        conn_lost(r, aor_redis_err_disconnected, "reconfigured");
         break;
     case ST_RESOLVING:
         r->reconnect_after_gai = 1;
@@ -762,6 +1148,7 @@ int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *pass
         break;
     }
     r->failures = 0;
+    r->ever_up = 0; /* the first connection with the new settings is logged */
     uv_timer_start(&r->retry_timer, on_retry, 0, 0);
     return 0;
 }
@@ -773,7 +1160,7 @@ int aor_redis_is_up(const struct aor_redis *r)
 
 static int accepting(const struct aor_redis *r)
 {
-    return r != NULL && r->ac != NULL && (r->state == ST_UP || (r->state == ST_CONNECTING && r->failures == 0));
+    return r != NULL && r->conn != NULL && (r->state == ST_UP || (r->state == ST_CONNECTING && r->failures == 0));
 }
 
 struct aor_redis_cmd *aor_redis_command(struct aor_redis *r, aor_redis_cb cb, void *data, const char *fmt, ...)

@@ -1,7 +1,9 @@
 /*
- * redis — one asynchronous Redis connection per worker, driven by the worker's uv loop
- * (hiredis 0.14 async API). Owns: connecting (AUTH, SELECT, PING handshake), reconnecting
- * with backoff, and a deadline on every command, which hiredis 0.14 does not have.
+ * redis — one asynchronous Redis connection per worker, driven by the worker's uv loop: our own
+ * transport (an h2o socket, plain TCP for redis://, TLS with the certificate chain and host
+ * name verified for rediss://) carrying the bytes of hiredis' RESP library (redisFormatCommand,
+ * redisReader). Owns: connecting (TLS, AUTH, SELECT, PING handshake), reconnecting with
+ * backoff, and a deadline on every command, which hiredis 0.14 does not have.
  * Nothing here blocks the loop: host names are resolved on libuv's thread pool.
  */
 #ifndef AOR_REDIS_H
@@ -12,6 +14,7 @@
 #include <uv.h>
 
 struct redisReply;
+struct redisReader;
 struct aor_redis;
 struct aor_redis_cmd;
 
@@ -38,8 +41,17 @@ extern uint64_t aor_redis_errors_total;
  */
 typedef void (*aor_redis_cb)(void *data, const struct redisReply *reply, const char *errstr);
 
-/* redis://[[user]:password@]host[:port][/db] — host may be [v6 address]; user and password %-decoded */
+/* bounds on one connection: bytes of one reply still incomplete, elements of one array reply,
+ * command bytes queued and not yet written; past them the connection (or the command) is refused */
+#define AOR_REDIS_MAX_REPLY_BYTES_STR "16777216"
+#define AOR_REDIS_MAX_REPLY_BYTES ((size_t)16777216)
+#define AOR_REDIS_MAX_ARRAY_ELEMENTS 1048576
+#define AOR_REDIS_MAX_ARRAY_ELEMENTS_STR "1048576"
+#define AOR_REDIS_MAX_OUTPUT_BYTES ((size_t)67108864)
+
+/* redis[s]://[[user]:password@]host[:port][/db] — host may be [v6 address]; user and password %-decoded */
 struct aor_redis_url {
+    int tls;        /* rediss:// */
     char *host;     /* without brackets */
     uint16_t port;  /* default 6379 */
     unsigned db;    /* default 0 */
@@ -52,10 +64,17 @@ int aor_redis_url_parse(const char *url, struct aor_redis_url *out);
 /* frees the strings of `u` (the password is zeroed first) and resets it; safe on a zeroed struct */
 void aor_redis_url_clear(struct aor_redis_url *u);
 
+/* a hiredis reader whose array replies are bounded by AOR_REDIS_MAX_ARRAY_ELEMENTS (hiredis 0.14
+ * allocates what the count says); free with redisReaderFree. NULL on ENOMEM. Any thread. */
+struct redisReader *aor_redis_reader_create(void);
+
 /**
  * Creates the connection object for `loop` and starts connecting at once. `url` as above;
- * `password` (may be NULL) overrides one in the URL. Every command (and the connection
- * handshake) gets `command_timeout_ms` (at least 1).
+ * `password` (may be NULL) overrides one in the URL. For rediss:// the server's certificate
+ * chain must verify against the system CA bundle or `ca_file` (PEM, may be NULL) and name the
+ * URL's host (DNS name or IP address); the CA files are read once per process and `ca_file`.
+ * Every command gets `command_timeout_ms` (at least 1), and so does each connection attempt
+ * (TCP connect, TLS handshake, AUTH/SELECT/PING).
  *
  * Redis answers in order, so a command that outlives its timeout means the connection's reply
  * stream is stuck (a hung or SIGSTOPped server): that command and all those behind it fail with
@@ -63,10 +82,12 @@ void aor_redis_url_clear(struct aor_redis_url *u);
  * 2 s, jittered). While Redis is known to be down commands are refused synchronously, so the
  * request path never waits on a dead Redis more than once per connection.
  *
- * Returns NULL when `url` does not parse or on ENOMEM. Never calls back before returning.
+ * Returns NULL when `url` does not parse, when the CA certificates for rediss:// cannot be
+ * loaded, or on ENOMEM. Never calls back before returning.
  * Loop thread only, like everything else here.
  */
-struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char *password, uint64_t command_timeout_ms);
+struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char *password, const char *ca_file,
+                                   uint64_t command_timeout_ms);
 
 /**
  * Frees the connection. Commands still pending are dropped: their callbacks are never called
@@ -77,14 +98,13 @@ struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char 
 void aor_redis_destroy(struct aor_redis *r);
 
 /**
- * A reload's `redis:` settings (SIGHUP): when the URL or the effective password differ from the
- * ones in use, the current connection is dropped (its pending commands fail with
- * aor_redis_err_disconnected) and a new one is made at once with the new settings; the object
- * and its handle stay, so whoever holds `r` keeps using it. Unchanged settings: nothing happens.
- * 0, or -1 when `url` does not parse (the old settings stay) or on ENOMEM. Loop thread only;
- * not from inside a callback of this module.
+ * A reload's `redis:` settings (SIGHUP): when the URL (redis:// ↔ rediss:// included), the
+ * effective password or, for rediss://, the CA file differ from the ones in use, the current connection is dropped (its pending
+ * commands fail with aor_redis_err_disconnected) and a new one is made at once with the new settings; the object and its handle
+ * stay, so whoever holds `r` keeps using it. Unchanged settings: nothing happens. 0, or -1 when `url` does not parse or the CA
+ * certificates cannot be loaded (the old settings stay), or on ENOMEM. Loop thread only; not from inside a callback of this module.
  */
-int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *password);
+int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *password, const char *ca_file);
 
 /* 1 once connected, authenticated and answering PING; 0 while (re)connecting or down */
 int aor_redis_is_up(const struct aor_redis *r);

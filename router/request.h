@@ -71,7 +71,8 @@ struct aor_request {
     const struct aor_backend_conf *cand_backend[AOR_MAX_CANDIDATES];
     const char *cand_name[AOR_MAX_CANDIDATES]; /* deployment name on that backend */
     unsigned attempts, throttled, failed;
-    int current; /* candidate of the current attempt, -1 before the first */
+    unsigned local_failed; /* attempts ended by the router's own shortage (not counted against a backend) */
+    int current;           /* candidate of the current attempt, -1 before the first */
     const char *last_error;
 
     /* the current attempt: one upstream_h1 transfer; its request head lives in req->pool */

@@ -409,7 +409,7 @@ static void on_wake(uv_async_t *async)
     pthread_mutex_unlock(&gen_lock);
     /* a changed `redis:` (URL, password rotation): the same client, reconnected with the new settings */
     if (w->redis != NULL && w->conf->redis.url != NULL && !w->shutting_down &&
-        aor_redis_reconfigure(w->redis, w->conf->redis.url, w->conf->redis.password) != 0)
+        aor_redis_reconfigure(w->redis, w->conf->redis.url, w->conf->redis.password, w->conf->redis.ca_file) != 0)
         AOR_LOG(AOR_LOG_ERROR, "server", "worker %u: cannot apply the new redis settings; the old ones stay", w->id);
     if (shutdown_requested && !w->shutting_down)
         begin_shutdown(w);
@@ -499,8 +499,8 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
         (w->accesslog = aor_accesslog_create(&w->loop)) == NULL ||
         (w->tokens = aor_tokencache_create(AOR_TOKENCACHE_DEFAULT_CAPACITY)) == NULL)
         return -1;
-    if (conf->redis.url != NULL &&
-        (w->redis = aor_redis_create(&w->loop, conf->redis.url, conf->redis.password, REDIS_COMMAND_TIMEOUT_MS)) == NULL)
+    if (conf->redis.url != NULL && (w->redis = aor_redis_create(&w->loop, conf->redis.url, conf->redis.password,
+                                                                conf->redis.ca_file, REDIS_COMMAND_TIMEOUT_MS)) == NULL)
         return -1;
     if ((w->apikeys = aor_apikeys_create(w->redis, AOR_APIKEY_CACHE_DEFAULT)) == NULL || aor_coolshare_start(w) != 0)
         return -1;

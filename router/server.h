@@ -1,7 +1,7 @@
 /*
  * server — listeners, worker threads and their loops, and the process lifecycle:
  * SIGHUP reload (a new config generation handed to every worker), SIGTERM drain.
- * Each worker owns one uv loop carrying h2o, the upstreams (backends: h2o's http1client;
+ * Each worker owns one uv loop carrying h2o, the upstreams (backends: upstream_h1;
  * control plane: libcurl) and its timers;
  * workers share nothing but the config generation (reference-counted) and the
  * backend state table (atomics).
@@ -47,7 +47,7 @@ struct aor_worker {
     pthread_t thread;
     unsigned id;
     struct aor_upstream *upstream;       /* libcurl: control-plane calls (JWKS, OIDC, ...) */
-    struct aor_upstream_h1 *upstream_h1; /* h2o http1client: the data plane's backend connections */
+    struct aor_upstream_h1 *upstream_h1; /* the data plane's backend connections (our HTTP/1.1 client) */
     struct aor_config *conf;             /* this worker's current generation; one reference held */
     struct aor_accesslog *accesslog;
     struct aor_redis *redis;       /* NULL when no redis: is configured */

@@ -1137,9 +1137,20 @@ static void test_unknown_keys(void)
         strcpy(p + 2000, "\n: 1\n");
         EXPECT_ONLY_PROBLEM(parse(yaml), "...\" (expected listen");
     }
+    /* rediss:// (TLS) is accepted, with an optional readable CA file */
+    {
+        EXPECT_OK(conf, parse(LISTEN BACKEND "redis: { url: \"rediss://h:6380/0\" }\n"));
+        CHECK_EQ_STR(conf->redis.url, "rediss://h:6380/0");
+        CHECK(conf->redis.ca_file == NULL);
+        aor_config_release(conf);
+        EXPECT_OK(conf, parse(LISTEN BACKEND "redis: { url: \"rediss://h:6380/0\", ca_file: /etc/hostname }\n"));
+        CHECK_EQ_STR(conf->redis.ca_file, "/etc/hostname");
+        aor_config_release(conf);
+    }
+    EXPECT_PROBLEM(parse(LISTEN BACKEND "redis: { url: \"rediss://h\", ca_file: /nonexistent/ca.pem }\n"), "redis.ca_file");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "redis: { url: \"redis:/h\" }\n"),
+                        "t.yaml:5: redis.url: must start with redis:// or rediss:// (TLS) and name a host");
     /* the SPEC's keys of sections this build does not implement are known, and refused as such */
-    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "redis: { url: \"rediss://h:6380/0\" }\n"),
-                        "t.yaml:5: redis.url: rediss:// (TLS to Redis) is not implemented in this build yet");
     EXPECT_ONLY_PROBLEM(
         parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n  auth: { type: managed_identity, client_id: c, object_id: o }\n"),
         "t.yaml:7: redis.auth: Entra ID authentication to Redis is not implemented in this build yet");
