@@ -271,7 +271,16 @@ static int check_jwt(struct aor_request *ar, const char *token, size_t len, int 
             if (have_key && rc != 0) {
                 v.err = rc;
                 v.issuer = idx;
+                v.tenant = res.tenant; /* "" unless a 403 (missing_claim) of an authentic token */
+                v.sub = res.sub;
+                v.oid = res.oid;
+                v.client_id = res.client_id;
                 aor_tokencache_put(cache, &key, gen, &v, now);
+            }
+            if (res.http_status == 403) { /* the access log names who was refused */
+                copy_id(a->subject, res.sub[0] != '\0' ? res.sub : res.oid);
+                copy_id(a->client_id, res.client_id);
+                snprintf(a->tenant, sizeof(a->tenant), "%s", res.tenant);
             }
             /* keys not loaded (503) is the router's trouble, not the token's: no challenge */
             refuse(a, res.http_status, res.reason, res.error_description, res.http_status != 503);
@@ -291,6 +300,11 @@ static int check_jwt(struct aor_request *ar, const char *token, size_t len, int 
         snprintf(a->tenant, sizeof(a->tenant), "%s", res.tenant);
     } else {
         if (v.err != 0) {
+            if (aor_jwt_http_status(v.err) == 403) {
+                copy_id(a->subject, v.sub != NULL && v.sub[0] != '\0' ? v.sub : v.oid);
+                copy_id(a->client_id, v.client_id);
+                snprintf(a->tenant, sizeof(a->tenant), "%s", v.tenant != NULL ? v.tenant : "");
+            }
             refuse(a, aor_jwt_http_status(v.err), aor_jwt_reason(v.err), aor_jwt_description(v.err), 1);
             return -1;
         }

@@ -234,3 +234,41 @@ describe('aoai_router_build_info', () => {
     assert.ok(res.body.includes(`aoai_router_build_info{version="${m[1]}",commit="${m[2]}"} 1\n`), res.body.split('\n').filter((l) => l.includes('build_info')).join('\n'));
   });
 });
+
+describe('access log: a JWT refused for a missing claim (403)', () => {
+  it('names auth jwt, the subject and the tenant, first and cached', async () => {
+    const { startOidc } = await import('./lib/oidc.mjs');
+    const idp = await startOidc({ name: 'ops-idp', algs: ['RS256'] });
+    const aud = idp.claims().aud;
+    const r = await startRouter({
+      config: {
+        backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o' } })],
+        auth: { mode: 'jwt', jwt: [{ issuer: idp.issuer, openid_config: idp.openidConfig, audiences: [aud], required_claims: { roles: ['Gateway.Use'] } }] },
+      },
+    });
+    try {
+      const token = await idp.mint({ tid: 't-jwt', sub: 'user-42', roles: ['Other'] });
+      for (const round of ['first', 'cached']) {
+        const id = rid(`jwt403-${round}`);
+        const res = await post(r.url, CHAT_PATH, chatBody(), { headers: { 'x-request-id': id, authorization: `Bearer ${token}` } });
+        assert.equal(res.status, 403, res.body);
+        const line = await accessLogLine(r, id);
+        assert.equal(line.auth, 'jwt', round);
+        assert.equal(line.subject, 'user-42', round);
+        assert.equal(line.tenant, 't-jwt', round);
+        assert.equal(line.error, 'missing_claim', round);
+        assert.ok(!JSON.stringify(line).includes(token), 'the token in the log');
+      }
+      // a token that fails verification names nobody
+      const id = rid('jwt401');
+      const bad = await post(r.url, CHAT_PATH, chatBody(), { headers: { 'x-request-id': id, authorization: `Bearer ${token.slice(0, -4)}AAAA` } });
+      assert.equal(bad.status, 401);
+      const line = await accessLogLine(r, id);
+      assert.equal(line.auth, 'jwt');
+      assert.equal(line.subject, '');
+      assert.equal(line.tenant, '');
+    } finally {
+      await stopAll(r, idp);
+    }
+  });
+});
