@@ -11,6 +11,8 @@
 #include "log.h"
 #include "server.h"
 
+#define MAX_PRE_ARGS 32 /* operator-command option words before the command */
+
 #ifndef AOR_GIT_COMMIT
 #define AOR_GIT_COMMIT "unknown"
 #endif
@@ -37,11 +39,9 @@ int main(int argc, char **argv)
     const char *path = "backends.yaml";
     int check = 0, no_secrets = 0, path_given = 0, i;
     struct aor_config *conf;
-    char **pre = calloc((size_t)argc + 1, sizeof(*pre)); /* operator-command options given before the command */
+    char *pre[MAX_PRE_ARGS]; /* operator-command options given before the command */
     int num_pre = 0;
 
-    if (pre == NULL)
-        return 1;
     for (i = 1; i < argc; ++i) {
         int arity;
         if (strcmp(argv[i], "--version") == 0) {
@@ -74,14 +74,13 @@ int main(int argc, char **argv)
                 args[n++] = pre[k];
             rc = aor_admin_main(n, args, path_given ? path : NULL, NULL);
             free(args);
-            free(pre);
             return rc;
         } else if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--verbose") == 0) {
             aor_log_level = AOR_LOG_DEBUG;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
-        } else if ((arity = aor_admin_global_option(argv[i])) >= 0 && i + arity < argc) {
+        } else if ((arity = aor_admin_global_option(argv[i])) >= 0 && i + arity < argc && num_pre + 2 <= MAX_PRE_ARGS) {
             pre[num_pre++] = argv[i];
             if (arity == 1)
                 pre[num_pre++] = argv[++i];
@@ -91,7 +90,6 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    free(pre);
     if (num_pre != 0) {
         fprintf(stderr, "aoai-router: --redis, --prefix and --json go with an operator command (keys, quota, usage)\n");
         usage(stderr);
