@@ -89,7 +89,7 @@ describe('operator CLI', () => {
   });
 
   it('--help (and <cmd> --help) lists every option; exit 0', async () => {
-    const flags = ['-c', '--config', '--check', '--no-secrets', '--version', '--verbose', '--help', '--redis', '--redis-password-env', '--prefix', '--json', '--tenant', '--name', '--period', '--tpm', '--rpm', '--tokens-per-day', '--tokens-per-month', '--deployments', '--disabled'];
+    const flags = ['-c', '--config', '--check', '--no-secrets', '--version', '--verbose', '--help', '--redis', '--redis-ca-file', '--redis-password-env', '--prefix', '--json', '--tenant', '--name', '--period', '--tpm', '--rpm', '--tokens-per-day', '--tokens-per-month', '--deployments', '--disabled'];
     for (const args of [['--help'], ['-h'], ['keys', '--help'], ['quota', 'set', '--help'], ['usage', '-h']]) {
       const r = await cli(args);
       assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
