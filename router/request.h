@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <h2o.h>
 #include "admit.h"
+#include "accesslog.h"
 #include "auth.h"
 #include "balancer.h"
 #include "reqbody.h"
@@ -51,6 +52,7 @@ struct aor_request {
 
     /* what was asked */
     char method[16];
+    struct aor_accesslog_client client; /* address, path, user agent for the access log */
     struct aor_route route;
     char deployment[65];   /* logical deployment */
     struct aor_reqbody rb; /* fields read from a JSON body */
