@@ -9,7 +9,8 @@ ROOT=$PWD
 
 APT_PACKAGES=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
   libh2o-dev libuv1-dev libcurl4-openssl-dev libjansson-dev libhiredis-dev libyaml-dev libssl-dev
-  redis-server redis-tools nginx-light wrk nghttp2-client curl ca-certificates openssl python3 nodejs npm procps)
+  redis-server redis-tools nginx-light wrk nghttp2-client curl ca-certificates openssl python3 nodejs npm procps
+  prometheus git)
 
 # sanitizer runs: fail on the first report, keep going on nothing else
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}
@@ -98,28 +99,61 @@ fuzz() {
 }
 
 run() {
-  deps
-  build
-  mkdir -p .run
-  log "starting redis-server on 127.0.0.1:6379"
-  redis-cli -p 6379 ping >/dev/null 2>&1 || redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-    --logfile "$ROOT/.run/redis.log" --pidfile "$ROOT/.run/redis.pid"
-  log "starting mock regions: eastus on :9001, swedencentral on :9002"
-  build/aoai-mock --port 9001 --name eastus >.run/mock-eastus.log 2>&1 &
+  if [ "${AOR_DEV_SKIP_BUILD:-}" != 1 ]; then deps; build; fi
+  # ports and the state directory can be moved (tests/integration/ops_devsh.test.mjs runs this
+  # beside other work); the defaults are the repo's backends.yaml
+  local rport=${AOR_DEV_REDIS_PORT:-6379} port=${AOR_DEV_PORT:-8080} m1=${AOR_DEV_MOCK1_PORT:-9001} m2=${AOR_DEV_MOCK2_PORT:-9002}
+  RUN_DIR=${AOR_DEV_RUN_DIR:-$ROOT/.run}
+  mkdir -p "$RUN_DIR"
+  local config=backends.yaml
+  if [ "$rport:$port:$m1:$m2" != 6379:8080:9001:9002 ]; then
+    config=$RUN_DIR/backends.yaml
+    sed -e "s/127\.0\.0\.1:6379/127.0.0.1:$rport/; s/port: 8080/port: $port/; s/127\.0\.0\.1:9001/127.0.0.1:$m1/; s/127\.0\.0\.1:9002/127.0.0.1:$m2/" \
+      backends.yaml >"$config"
+  fi
+  DEV_REDIS_STARTED=0
+  MOCK1=; MOCK2=
+  if redis-cli -p "$rport" ping >/dev/null 2>&1; then
+    log "a Redis already answers on 127.0.0.1:$rport: using it (this script did not start it and will not stop it)"
+  else
+    log "starting redis-server on 127.0.0.1:$rport (stopped again when this script exits)"
+    rm -f "$RUN_DIR/redis.pid"
+    redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+      --logfile "$RUN_DIR/redis.log" --pidfile "$RUN_DIR/redis.pid"
+    DEV_REDIS_STARTED=1
+  fi
+  # on any exit (Ctrl-C included): the mocks, and the Redis this script started — never one it found
+  cleanup() {
+    [ -n "$MOCK1$MOCK2" ] && kill $MOCK1 $MOCK2 2>/dev/null || true
+    if [ "$DEV_REDIS_STARTED" = 1 ]; then
+      local pid=""
+      for _ in 1 2 3 4 5 6 7 8 9 10; do [ -s "$RUN_DIR/redis.pid" ] && break; sleep 0.1; done
+      pid=$(cat "$RUN_DIR/redis.pid" 2>/dev/null || true)
+      if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
+        log "stopped the redis-server this script started (pid $pid)"
+      fi
+    fi
+  }
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+  log "starting mock regions: eastus on :$m1, swedencentral on :$m2"
+  build/aoai-mock --port "$m1" --name eastus >"$RUN_DIR/mock-eastus.log" 2>&1 &
   MOCK1=$!
-  build/aoai-mock --port 9002 --name swedencentral >.run/mock-swc.log 2>&1 &
+  build/aoai-mock --port "$m2" --name swedencentral >"$RUN_DIR/mock-swc.log" 2>&1 &
   MOCK2=$!
-  trap 'kill $MOCK1 $MOCK2 2>/dev/null || true' EXIT
   sleep 0.3
-  for m in "$MOCK1:9001" "$MOCK2:9002"; do
-    kill -0 "${m%%:*}" 2>/dev/null || { echo "a mock region could not start: is port ${m##*:} in use? (.run/mock-*.log)" >&2; exit 1; }
+  for m in "$MOCK1:$m1" "$MOCK2:$m2"; do
+    kill -0 "${m%%:*}" 2>/dev/null || { echo "a mock region could not start: is port ${m##*:} in use? ($RUN_DIR/mock-*.log)" >&2; exit 1; }
   done
-  log "router on http://127.0.0.1:8080 — try:"
-  cat >&2 <<'EX'
-  curl -s http://127.0.0.1:8080/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 \
+  log "router on http://127.0.0.1:$port — try:"
+  cat >&2 <<EX
+  curl -s http://127.0.0.1:$port/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 \\
     -H 'content-type: application/json' -d '{"messages":[{"role":"user","content":"hello"}]}'
+  curl -s http://127.0.0.1:$port/v1/models
 EX
-  build/aoai-router -c backends.yaml
+  local rc=0
+  build/aoai-router -c "$config" || rc=$?
+  return $rc
 }
 
 cmd=${1:-}

@@ -271,7 +271,16 @@ static int check_jwt(struct aor_request *ar, const char *token, size_t len, int 
             if (have_key && rc != 0) {
                 v.err = rc;
                 v.issuer = idx;
+                v.tenant = res.tenant; /* "" unless a 403 (missing_claim) of an authentic token */
+                v.sub = res.sub;
+                v.oid = res.oid;
+                v.client_id = res.client_id;
                 aor_tokencache_put(cache, &key, gen, &v, now);
+            }
+            if (res.http_status == 403) { /* the access log names who was refused */
+                copy_id(a->subject, res.sub[0] != '\0' ? res.sub : res.oid);
+                copy_id(a->client_id, res.client_id);
+                snprintf(a->tenant, sizeof(a->tenant), "%s", res.tenant);
             }
             /* keys not loaded (503) is the router's trouble, not the token's: no challenge */
             refuse(a, res.http_status, res.reason, res.error_description, res.http_status != 503);
@@ -291,6 +300,11 @@ static int check_jwt(struct aor_request *ar, const char *token, size_t len, int 
         snprintf(a->tenant, sizeof(a->tenant), "%s", res.tenant);
     } else {
         if (v.err != 0) {
+            if (aor_jwt_http_status(v.err) == 403) {
+                copy_id(a->subject, v.sub != NULL && v.sub[0] != '\0' ? v.sub : v.oid);
+                copy_id(a->client_id, v.client_id);
+                snprintf(a->tenant, sizeof(a->tenant), "%s", v.tenant != NULL ? v.tenant : "");
+            }
             refuse(a, aor_jwt_http_status(v.err), aor_jwt_reason(v.err), aor_jwt_description(v.err), 1);
             return -1;
         }
@@ -315,6 +329,10 @@ static void apply_key_result(struct aor_request *ar, const struct aor_apikey_res
     struct aor_auth *a = &ar->auth;
 
     snprintf(a->key_id, sizeof(a->key_id), "%s", r->digest_prefix);
+    /* the access log names the credential and, for a known key that is refused, its tenant */
+    a->method = and_jwt ? "jwt+key" : "key";
+    if ((r->status == AOR_APIKEY_REVOKED || r->status == AOR_APIKEY_TENANT_DISABLED) && !and_jwt)
+        snprintf(a->tenant, sizeof(a->tenant), "%s", r->tenant);
     switch (r->status) {
     case AOR_APIKEY_OK:
         break;
@@ -436,8 +454,8 @@ static int run_mode(struct aor_request *ar)
             refuse(a, 401, "missing_credentials", "a bearer token is required", 1);
             return 1;
         }
-        if (check_jwt(ar, a->token, a->token_len, 1) == 0)
-            a->method = "jwt";
+        a->method = "jwt"; /* also on a refusal: the access log names the credential tried */
+        check_jwt(ar, a->token, a->token_len, 1);
         break;
     case AOR_AUTH_KEY:
         if (!a->has_key) {
@@ -447,8 +465,8 @@ static int run_mode(struct aor_request *ar)
         return check_key(ar, a->key, a->key_len, 0);
     case AOR_AUTH_JWT_OR_KEY:
         if (a->has_token) {
-            if (check_jwt(ar, a->token, a->token_len, 1) == 0)
-                a->method = "jwt";
+            a->method = "jwt";
+            check_jwt(ar, a->token, a->token_len, 1);
             break;
         }
         if (a->has_key)

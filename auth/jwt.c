@@ -345,7 +345,9 @@ static int finish(struct aor_jwt_result *res, int rc, const struct aor_jwk *key)
     res->http_status = aor_jwt_http_status(rc);
     res->reason = aor_jwt_reason(rc);
     res->error_description = aor_jwt_description(rc);
-    if (rc != 0) {
+    if (rc == AOR_JWT_E_MISSING_CLAIM) {
+        res->exp = 0; /* verified, only a permission missing: the identity stays for the access log */
+    } else if (rc != 0) {
         res->exp = 0;
         res->kid[0] = res->tenant[0] = res->sub[0] = res->oid[0] = res->client_id[0] = '\0';
     } else if (key != NULL && aor_jwk_kid(key) != NULL) {

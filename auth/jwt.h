@@ -69,7 +69,8 @@ struct aor_jwt_policy {
     uint32_t algs;          /* AOR_JWK_ALG_BIT mask; 0 = AOR_JWK_ALGS_ASYMMETRIC */
 };
 
-/* filled on every return; the strings in the buffers are only set on success */
+/* filled on every return; the strings in the buffers are only set on success, and on a
+ * missing_claim refusal (403: the token is authentic, so its identity is known and logged) */
 struct aor_jwt_result {
     int http_status;               /* 0 on success, else 401, 403 or 500 */
     const char *reason;            /* static metrics label: "ok" or one of the reasons above */

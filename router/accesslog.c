@@ -6,6 +6,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/time.h>
 #include "accesslog.h"
 #include "config.h"
@@ -139,6 +141,26 @@ static void put_esc(struct line *l, const char *s)
     }
 }
 
+/* like put_esc, for bytes a client chose (user agent, path): at most `max` of them, and bytes
+ * outside printable ASCII as \u00XX so the line stays valid UTF-8 JSON */
+static void put_esc_client(struct line *l, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    for (; s != NULL && *s != '\0'; ++s) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            put(l, e, 2);
+        } else if (c < 0x20 || c >= 0x7f) {
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            put(l, e, 6);
+        } else {
+            put(l, (const char *)&c, 1);
+        }
+    }
+}
+
 static void put_int(struct line *l, int64_t v)
 {
     char buf[24], *q = buf + sizeof(buf);
@@ -168,9 +190,11 @@ struct entry {
     const char *id, *tenant, *auth, *subject, *client_id, *key_id, *method, *deployment, *backend, *error;
     unsigned attempts;
     int status, stream;
+    const char *usage; /* "reported", "estimated" or "" */
     int64_t prompt, completion, total;
     uint64_t started_ns, upstream_ns, first_byte_ns;
-    const char *backend_request_id; /* validated to [A-Za-z0-9._:-] like id; NULL for none */
+    const char *backend_request_id;            /* validated to [A-Za-z0-9._:-] like id; NULL for none */
+    const struct aor_accesslog_client *client; /* NULL: fields left empty */
 };
 
 /* hand-rolled rather than one snprintf: this runs once per request and snprintf cost
@@ -218,6 +242,15 @@ static void write_entry(struct aor_accesslog *log, const struct entry *e)
     put_str(&l, e->key_id);
     PUT_LIT(&l, "\",\"method\":\"");
     put_str(&l, e->method);
+    PUT_LIT(&l, "\",\"path\":\"");
+    if (e->client != NULL)
+        put_esc_client(&l, e->client->path);
+    PUT_LIT(&l, "\",\"client\":\"");
+    if (e->client != NULL)
+        put_str(&l, e->client->address);
+    PUT_LIT(&l, "\",\"user_agent\":\"");
+    if (e->client != NULL)
+        put_esc_client(&l, e->client->user_agent);
     PUT_LIT(&l, "\",\"deployment\":\"");
     put_str(&l, e->deployment);
     PUT_LIT(&l, "\",\"backend\":\"");
@@ -232,6 +265,11 @@ static void write_entry(struct aor_accesslog *log, const struct entry *e)
         PUT_LIT(&l, ",\"stream\":true");
     else
         PUT_LIT(&l, ",\"stream\":false");
+    if (e->usage != NULL && e->usage[0] != '\0') {
+        PUT_LIT(&l, ",\"usage\":\"");
+        put_str(&l, e->usage);
+        PUT_LIT(&l, "\"");
+    }
     PUT_LIT(&l, ",\"prompt_tokens\":");
     put_int(&l, e->prompt);
     PUT_LIT(&l, ",\"completion_tokens\":");
@@ -245,7 +283,7 @@ static void write_entry(struct aor_accesslog *log, const struct entry *e)
     PUT_LIT(&l, ",\"ttfb_ms\":");
     put_ms(&l, e->started_ns, e->first_byte_ns);
     PUT_LIT(&l, ",\"error\":\"");
-    put_str(&l, e->error);
+    put_esc(&l, e->error);
     PUT_LIT(&l, "\"}\n");
     if (l.overflow)
         return;
@@ -269,18 +307,76 @@ void aor_accesslog_write(struct aor_accesslog *log, const struct aor_request *ar
                       ar->attempts,
                       ar->final_status,
                       ar->stream,
+                      ar->adm.usage_estimated ? "estimated"
+                      : ar->usage.found       ? "reported"
+                                              : "",
                       ar->usage.prompt,
                       ar->usage.completion,
                       ar->usage.total,
                       ar->started_ns,
                       ar->upstream_started_ns,
                       ar->first_byte_ns,
-                      ar->backend_request_id};
+                      ar->backend_request_id,
+                      &ar->client};
     write_entry(log, &e);
 }
 
-void aor_accesslog_write_plain(struct aor_accesslog *log, const char *id, const char *method, int status, uint64_t started_ns)
+/* a bounded copy of `len` bytes at `s` into `dst` (cap bytes with its NUL); NULs inside become '?' */
+static void copy_bounded(char *dst, size_t cap, const char *s, size_t len)
 {
-    struct entry e = {id, "", "none", "", "", "", method, "", "", "", 0, status, 0, 0, 0, 0, started_ns, 0, 0, NULL};
+    if (len > cap - 1)
+        len = cap - 1;
+    for (size_t i = 0; i < len; ++i)
+        dst[i] = s[i] != '\0' ? s[i] : '?';
+    dst[len] = '\0';
+}
+
+void aor_accesslog_capture(struct aor_accesslog_client *c, h2o_req_t *req)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = 0;
+    const char *q;
+    ssize_t i;
+
+    c->address[0] = '\0';
+    if (req->conn != NULL && req->conn->callbacks->get_peername != NULL)
+        len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    if (len != 0 && ss.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, c->address, sizeof(c->address));
+    else if (len != 0 && ss.ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, c->address, sizeof(c->address));
+    q = req->path.base != NULL ? memchr(req->path.base, '?', req->path.len) : NULL;
+    copy_bounded(c->path, sizeof(c->path), req->path.base != NULL ? req->path.base : "",
+                 q != NULL ? (size_t)(q - req->path.base) : req->path.len);
+    i = h2o_find_header(&req->headers, H2O_TOKEN_USER_AGENT, -1);
+    if (i >= 0)
+        copy_bounded(c->user_agent, sizeof(c->user_agent), req->headers.entries[i].value.base, req->headers.entries[i].value.len);
+    else
+        c->user_agent[0] = '\0';
+}
+
+void aor_accesslog_write_req(struct aor_accesslog *log, h2o_req_t *req, const char *id, const char *error, uint64_t started_ns)
+{
+    struct aor_accesslog_client c;
+    char method[16];
+    size_t k;
+    struct entry e = {.id = id,
+                      .tenant = "",
+                      .auth = "none",
+                      .subject = "",
+                      .client_id = "",
+                      .key_id = "",
+                      .method = method,
+                      .deployment = "",
+                      .backend = "",
+                      .error = error != NULL ? error : "",
+                      .status = req->res.status,
+                      .started_ns = started_ns,
+                      .client = &c};
+
+    for (k = 0; k != req->method.len && k + 1 < sizeof(method); ++k) /* a token; keep the line JSON-safe */
+        method[k] = (req->method.base[k] >= 'A' && req->method.base[k] <= 'Z') ? req->method.base[k] : '?';
+    method[k] = '\0';
+    aor_accesslog_capture(&c, req);
     write_entry(log, &e);
 }

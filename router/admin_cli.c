@@ -14,6 +14,7 @@
 #include <time.h>
 #include <sys/random.h>
 #include <hiredis/hiredis.h>
+#include <jansson.h>
 #include "admin_cli.h"
 #include "apikey.h"
 #include "config.h"
@@ -29,16 +30,42 @@
 #define SCAN_BATCH 1000
 #define LIST_MAX 1000000 /* keys listed at most: the CLI's own memory bound */
 #define IO_TIMEOUT_S 5
+#define ID_MIN_LEN 8      /* a key's id: the first hex digits of its SHA-256, as keys list and the access log print it */
+#define STDIN_KEY_MAX 512 /* `keys revoke -`: the longest line read from stdin */
 
 struct admin {
-    const char *config_path; /* -c given, or NULL */
-    const char *redis_url;   /* --redis given, or NULL */
-    const char *redis_ca;    /* --redis-ca-file given, or NULL */
-    const char *prefix;      /* --prefix given, or NULL */
-    struct aor_config *conf; /* loaded when Redis is found through it, or -c was given */
+    const char *config_path;  /* -c given, or NULL */
+    const char *redis_url;    /* --redis given, or NULL */
+    const char *redis_ca;     /* --redis-ca-file given, or NULL */
+    const char *prefix;       /* --prefix given, or NULL */
+    const char *password_env; /* --redis-password-env given, or NULL */
+    int json;                 /* --json: machine-readable output */
+    struct aor_config *conf;  /* loaded when Redis is found through it, or -c was given */
     redisContext *rc;
     char where[300]; /* host:port for messages */
 };
+
+void aor_admin_usage(FILE *out)
+{
+    fprintf(out,
+            "operator commands (work on Redis, not on a running router):\n"
+            "  aoai-router [global options] keys create --tenant T [--name N]\n"
+            "  aoai-router [global options] keys revoke <key | sha256 | id | ->   (- reads the key from stdin)\n"
+            "  aoai-router [global options] keys list [--tenant T]\n"
+            "  aoai-router [global options] quota set T [--tpm N] [--rpm N] [--tokens-per-day N] [--tokens-per-month N]\n"
+            "                                           [--deployments a,b] [--disabled 0|1]\n"
+            "  aoai-router [global options] quota get T\n"
+            "  aoai-router [global options] usage T [--period minute|day|month]\n"
+            "global options (before or after the command):\n"
+            "  -c, --config FILE            the config whose redis: section is used (default ./backends.yaml)\n"
+            "  --redis URL                  redis[s]://[user@]host[:port][/db] instead of the config's redis.url\n"
+            "  --redis-ca-file PEM          CA bundle trusted for rediss:// (default: the config's redis.ca_file, the system's)\n"
+            "  --redis-password-env VAR     the Redis password from environment variable VAR (not in the URL)\n"
+            "  --prefix P                   key prefix in Redis (default: the config's redis.prefix, else aoai:)\n"
+            "  --json                       keys list, quota get/set and usage print JSON\n"
+            "  -h, --help                   this text\n"
+            "the id that keys list prints is the first 8 hex digits of the key's SHA-256, the access log's key_id\n");
+}
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage_error(const char *fmt, ...)
@@ -49,15 +76,24 @@ static int usage_error(const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr,
-            "\nusage: aoai-router [-c backends.yaml] [--redis URL [--redis-ca-file PEM]] keys create --tenant T [--name N]\n"
-            "       aoai-router ... keys revoke <key-or-sha256>\n"
-            "       aoai-router ... keys list [--tenant T]\n"
-            "       aoai-router ... quota set T [--tpm N] [--rpm N] [--tokens-per-day N] [--tokens-per-month N]\n"
-            "                                 [--deployments a,b] [--disabled 0|1]\n"
-            "       aoai-router ... quota get T\n"
-            "       aoai-router ... usage T [--period minute|day|month]\n");
+    fprintf(stderr, "\n");
+    aor_admin_usage(stderr);
     return 2;
+}
+
+int aor_admin_global_option(const char *word)
+{
+    static const char *const with_value[] = {"-c", "--config", "--redis", "--prefix", "--redis-ca-file", "--redis-password-env",
+                                             NULL};
+
+    for (size_t i = 0; with_value[i] != NULL; ++i) {
+        size_t n = strlen(with_value[i]);
+        if (strcmp(word, with_value[i]) == 0)
+            return 1;
+        if (strncmp(word, with_value[i], n) == 0 && word[n] == '=' && n > 2)
+            return 0; /* --name=value: one word */
+    }
+    return strcmp(word, "--json") == 0 ? 0 : -1;
 }
 
 int aor_admin_is_command(const char *word)
@@ -94,6 +130,12 @@ static int common_opt(struct admin *a, int argc, char **argv, int *i)
 {
     int r;
 
+    if (strcmp(argv[*i], "--json") == 0) {
+        a->json = 1;
+        return 1;
+    }
+    if ((r = opt(argc, argv, i, "--redis-password-env", &a->password_env)) != 0)
+        return r;
     if ((r = opt(argc, argv, i, "--redis-ca-file", &a->redis_ca)) != 0)
         return r;
     if ((r = opt(argc, argv, i, "--redis", &a->redis_url)) != 0)
@@ -129,6 +171,47 @@ static void print_clean(FILE *out, const char *s, size_t len)
         fputc((unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x7f ? s[i] : '?', out);
 }
 
+/* a JSON string of the printable copy (print_clean's rule), so odd bytes in Redis cannot break the output */
+static json_t *json_clean(const char *s, size_t len)
+{
+    char *c = malloc(len + 1);
+    json_t *j;
+
+    if (c == NULL)
+        return json_null();
+    for (size_t i = 0; i < len; ++i)
+        c[i] = (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x7f ? s[i] : '?';
+    j = json_stringn(c, len);
+    free(c);
+    return j != NULL ? j : json_null();
+}
+
+/* an integer when the whole string is one, else the cleaned string */
+static json_t *json_value(const char *s, size_t len)
+{
+    char buf[32], *end;
+    long long v;
+
+    if (len > 0 && len < sizeof(buf)) {
+        memcpy(buf, s, len);
+        buf[len] = '\0';
+        errno = 0;
+        v = strtoll(buf, &end, 10);
+        if (errno == 0 && *end == '\0')
+            return json_integer(v);
+    }
+    return json_clean(s, len);
+}
+
+/* prints `j` (taking it) as one JSON document on stdout */
+static void json_print(json_t *j)
+{
+    if (j != NULL)
+        json_dumpf(j, stdout, JSON_INDENT(2));
+    putchar('\n');
+    json_decref(j);
+}
+
 /* ---- Redis ---- */
 
 static const char *prefix_of(const struct admin *a)
@@ -146,11 +229,25 @@ static int load_config(struct admin *a, int required)
 
     if (a->config_path == NULL && !required)
         return 0;
-    if ((a->conf = aor_config_load(path, stderr)) == NULL) {
+    /* only redis: is used: the backends' and issuers' secrets need not be in this environment */
+    if ((a->conf = aor_config_load_flags(path, stderr, AOR_CONFIG_NO_SECRETS | AOR_CONFIG_REDIS_SECRET)) == NULL) {
         fprintf(stderr, "aoai-router: %s has errors%s\n", path, a->redis_url == NULL ? "; or give Redis with --redis URL" : "");
         return -1;
     }
     return 0;
+}
+
+/* the password when the URL has none: --redis-password-env, else the config's (-c or no --redis); NULL if none */
+static const char *redis_password(const struct admin *a)
+{
+    const char *v;
+
+    if (a->password_env != NULL) {
+        if ((v = getenv(a->password_env)) == NULL || *v == '\0')
+            fprintf(stderr, "aoai-router: --redis-password-env: %s is not set or empty\n", a->password_env);
+        return v != NULL && *v != '\0' ? v : NULL;
+    }
+    return a->conf != NULL ? a->conf->redis.password : NULL;
 }
 
 static redisReply *command(struct admin *a, const char *fmt, ...)
@@ -195,8 +292,8 @@ static int connect_redis(struct admin *a)
         return -1;
     }
     password = u.password;
-    if (password == NULL && a->conf != NULL && a->redis_url == NULL)
-        password = a->conf->redis.password;
+    if (password == NULL && (password = redis_password(a)) == NULL && a->password_env != NULL)
+        goto done;
     snprintf(a->where, sizeof(a->where), "%s:%u", u.host, (unsigned)u.port);
     if (u.tls) {
         /* hiredis 0.14 has no TLS: it talks through a socket pair to a verified TLS connection of ours */
@@ -355,50 +452,152 @@ static const char revoke_script[] = "if redis.call('EXISTS', KEYS[1]) == 0 then 
                                     "redis.call('HSET', KEYS[1], 'revoked', '1') "
                                     "return redis.call('HGET', KEYS[1], 'tenant') or ''";
 
+/* 1 when `s` is `len` hex digits */
+static int all_hex(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; ++i)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f') || (s[i] >= 'A' && s[i] <= 'F')))
+            return 0;
+    return 1;
+}
+
+static char *scan_pattern(const char *prefix, const char *id);
+
+/*
+ * The one Redis key hash whose SHA-256 starts with `id` (hex, lower case): SCAN over
+ * <prefix>key:<id>*. 0 and `hex` set, 1 none, 2 several (message printed), -1 Redis error.
+ */
+static int find_by_id(struct admin *a, const char *id, char hex[65])
+{
+    char cursor[32] = "0", *pattern = scan_pattern(prefix_of(a), id);
+    size_t plen = strlen(prefix_of(a)), found = 0;
+    redisReply *r;
+
+    if (pattern == NULL)
+        return -1;
+    do {
+        if ((r = command(a, "SCAN %s MATCH %s COUNT %d", cursor, pattern, SCAN_BATCH)) == NULL) {
+            free(pattern);
+            return -1;
+        }
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+            r->element[1]->type != REDIS_REPLY_ARRAY || r->element[0]->len >= sizeof(cursor)) {
+            fprintf(stderr, "aoai-router: redis %s: unexpected SCAN reply\n", a->where);
+            freeReplyObject(r);
+            free(pattern);
+            return -1;
+        }
+        memcpy(cursor, r->element[0]->str, r->element[0]->len + 1);
+        for (size_t i = 0; i < r->element[1]->elements; ++i) {
+            const redisReply *k = r->element[1]->element[i];
+            if (k->type != REDIS_REPLY_STRING || k->len != plen + 4 + 64 || !all_hex(k->str + plen + 4, 64))
+                continue;
+            if (found++ == 0) {
+                memcpy(hex, k->str + plen + 4, 64);
+                hex[64] = '\0';
+            }
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    free(pattern);
+    if (found > 1)
+        fprintf(stderr, "aoai-router: %zu keys have an id starting with %s: give more hex digits of the SHA-256\n", found, id);
+    return found == 0 ? 1 : found == 1 ? 0 : 2;
+}
+
+/* `keys revoke -`: one line from stdin (the key never lands in argv or the shell's history) */
+static int read_stdin_key(char *buf, size_t cap)
+{
+    size_t len;
+
+    if (fgets(buf, (int)cap, stdin) == NULL)
+        return -1;
+    len = strlen(buf);
+    if (len == cap - 1 && buf[len - 1] != '\n')
+        return -1; /* longer than any key */
+    while (len > 0 && strchr(" \t\r\n", buf[len - 1]) != NULL)
+        buf[--len] = '\0';
+    return len != 0 ? 0 : -1;
+}
+
 static int keys_revoke(struct admin *a, int argc, char **argv)
 {
     const char *what = NULL;
     unsigned char digest[32];
-    char hex[65];
+    char hex[65], id[65], line[STDIN_KEY_MAX];
     redisReply *r;
-    int o;
+    int o, from_stdin = 0, by_id = 0, ret = 1;
+    size_t len;
 
     for (int i = 2; i < argc; ++i) {
         if ((o = common_opt(a, argc, argv, &i)) < 0)
             return usage_error("keys revoke: %s needs a value", argv[i]);
         if (o > 0)
             continue;
-        if (what != NULL || argv[i][0] == '-')
+        if (what != NULL || from_stdin || (argv[i][0] == '-' && argv[i][1] != '\0'))
             return usage_error("keys revoke: unexpected argument"); /* never echo: it may be a key */
-        what = argv[i];
+        if (strcmp(argv[i], "-") == 0)
+            from_stdin = 1;
+        else
+            what = argv[i];
+    }
+    if (from_stdin) {
+        if (read_stdin_key(line, sizeof(line)) != 0) {
+            explicit_bzero(line, sizeof(line));
+            return usage_error("keys revoke -: expected one line on stdin: the key, its SHA-256 or its id");
+        }
+        what = line;
     }
     if (what == NULL)
-        return usage_error("keys revoke: give the key or its SHA-256 (64 hex digits)");
-    if (aor_apikey_unhex(what, strlen(what), digest) != 0) {
-        if (!aor_apikey_syntax_ok(what, strlen(what)))
-            return usage_error("keys revoke: neither a key nor a SHA-256 (64 hex digits)");
-        if (aor_apikey_digest(what, strlen(what), digest) != 0)
-            return 1;
+        return usage_error("keys revoke: give the key, its SHA-256 (64 hex digits), its id (keys list) or - (stdin)");
+    len = strlen(what);
+    if (len == 64 && aor_apikey_unhex(what, len, digest) == 0) {
+        aor_apikey_hex(digest, hex);
+    } else if (len >= ID_MIN_LEN && len < 64 && all_hex(what, len)) {
+        by_id = 1; /* the id keys list and the access log print (or a longer prefix of the SHA-256) */
+        for (size_t i = 0; i <= len; ++i)
+            id[i] = (char)(what[i] >= 'A' && what[i] <= 'F' ? what[i] + 32 : what[i]);
+    } else if (aor_apikey_syntax_ok(what, len) && aor_apikey_digest(what, len, digest) == 0) {
+        aor_apikey_hex(digest, hex);
+    } else {
+        explicit_bzero(line, sizeof(line));
+        return usage_error("keys revoke: neither a key, a SHA-256 (64 hex digits) nor an id (8 or more hex digits)");
     }
-    aor_apikey_hex(digest, hex);
+    explicit_bzero(line, sizeof(line));
     if (connect_redis(a) != 0)
         return 1;
+    if (by_id) {
+        int f = find_by_id(a, id, hex);
+        if (f == 1)
+            fprintf(stderr, "aoai-router: no key with id %s in Redis (%skey:<sha256>)\n", id, prefix_of(a));
+        if (f != 0)
+            return 1;
+    }
     if ((r = command(a, "EVAL %s 1 %skey:%s", revoke_script, prefix_of(a), hex)) == NULL)
         return 1;
     if (r->type != REDIS_REPLY_STRING) {
-        freeReplyObject(r);
         if (a->conf != NULL && aor_apikey_find_static(a->conf, hex) != NULL)
-            fprintf(stderr, "aoai-router: key %.12s is a static key (auth.keys.static in %s): remove it there\n", hex,
+            fprintf(stderr, "aoai-router: key %.8s is a static key (auth.keys.static in %s): remove it there\n", hex,
                     a->conf->path);
         else
-            fprintf(stderr, "aoai-router: no key %.12s... in Redis (%skey:<sha256>)\n", hex, prefix_of(a));
-        return 1;
+            fprintf(stderr, "aoai-router: no key %.8s... in Redis (%skey:<sha256>)\n", hex, prefix_of(a));
+        goto done;
     }
-    printf("revoked %.12s tenant ", hex);
-    print_clean(stdout, r->str, r->len);
-    printf("\n");
+    if (a->json) {
+        json_t *o2 = json_object();
+        json_object_set_new(o2, "revoked", json_true());
+        json_object_set_new(o2, "id", json_stringn(hex, ID_MIN_LEN));
+        json_object_set_new(o2, "tenant", json_clean(r->str, r->len));
+        json_print(o2);
+    } else {
+        printf("revoked %.8s tenant ", hex);
+        print_clean(stdout, r->str, r->len);
+        printf("\n");
+    }
+    ret = 0;
+done:
     freeReplyObject(r);
-    return 0;
+    return ret;
 }
 
 struct key_row {
@@ -425,11 +624,12 @@ static int row_cmp(const void *x, const void *y)
     return strcmp(a->hex, b->hex);
 }
 
-/* the SCAN pattern for keys under `prefix`: glob characters in the prefix are escaped */
-static char *scan_pattern(const char *prefix)
+/* the SCAN pattern for keys under `prefix` whose digest starts with `id` (hex; "" for all):
+ * glob characters in the prefix are escaped */
+static char *scan_pattern(const char *prefix, const char *id)
 {
-    size_t n = strlen(prefix);
-    char *p = malloc(2 * n + sizeof("key:*")), *o = p;
+    size_t n = strlen(prefix), idn = strlen(id);
+    char *p = malloc(2 * n + idn + sizeof("key:*")), *o = p;
 
     if (p == NULL)
         return NULL;
@@ -438,24 +638,31 @@ static char *scan_pattern(const char *prefix)
             *o++ = '\\';
         *o++ = prefix[i];
     }
-    memcpy(o, "key:*", sizeof("key:*"));
+    memcpy(o, "key:", 4);
+    memcpy(o + 4, id, idn);
+    memcpy(o + 4 + idn, "*", 2);
     return p;
 }
 
-static void print_created(const char *s)
+/* `s` (unix seconds) as an ISO 8601 UTC time in buf; 0 when it is not a time */
+static int format_created(const char *s, char *buf, size_t cap)
 {
     char *end;
     long long v = strtoll(s, &end, 10);
     struct tm tm;
     time_t t = (time_t)v;
+
+    return *s != '\0' && *end == '\0' && v >= 0 && gmtime_r(&t, &tm) != NULL && strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) != 0;
+}
+
+static void print_created(const char *s)
+{
     char buf[32];
 
-    if (*s != '\0' && *end == '\0' && v >= 0 && gmtime_r(&t, &tm) != NULL &&
-        strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm)) {
+    if (format_created(s, buf, sizeof(buf)))
         fputs(buf, stdout);
-        return;
-    }
-    print_clean(stdout, s, strlen(s));
+    else
+        print_clean(stdout, s, strlen(s));
 }
 
 static int keys_list(struct admin *a, int argc, char **argv)
@@ -477,7 +684,7 @@ static int keys_list(struct admin *a, int argc, char **argv)
         return 1;
     prefix = prefix_of(a);
     plen = strlen(prefix);
-    if ((pattern = scan_pattern(prefix)) == NULL)
+    if ((pattern = scan_pattern(prefix, "")) == NULL)
         goto done;
     do {
         size_t batch_start = num, n;
@@ -550,11 +757,32 @@ static int keys_list(struct admin *a, int argc, char **argv)
 
     if (num != 0)
         qsort(rows, num, sizeof(*rows), row_cmp);
-    printf("SHA256\tTENANT\tNAME\tCREATED\tREVOKED\n");
+    if (a->json) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < num; ++i) {
+            json_t *o2 = json_object();
+            char when[32];
+            if (tenant != NULL && strcmp(rows[i].tenant, tenant) != 0)
+                continue;
+            json_object_set_new(o2, "id", json_stringn(rows[i].hex, ID_MIN_LEN));
+            json_object_set_new(o2, "tenant", json_clean(rows[i].tenant, strlen(rows[i].tenant)));
+            json_object_set_new(o2, "name", json_clean(rows[i].name, strlen(rows[i].name)));
+            json_object_set_new(o2, "created",
+                                format_created(rows[i].created, when, sizeof(when))
+                                    ? json_string(when)
+                                    : json_clean(rows[i].created, strlen(rows[i].created)));
+            json_object_set_new(o2, "revoked", json_boolean(rows[i].revoked));
+            json_array_append_new(arr, o2);
+        }
+        json_print(arr);
+        ret = 0;
+        goto done;
+    }
+    printf("ID\tTENANT\tNAME\tCREATED\tREVOKED\n");
     for (size_t i = 0; i < num; ++i) {
         if (tenant != NULL && strcmp(rows[i].tenant, tenant) != 0)
             continue;
-        printf("%.12s\t", rows[i].hex);
+        printf("%.8s\t", rows[i].hex);
         print_clean(stdout, rows[i].tenant, strlen(rows[i].tenant));
         putchar('\t');
         print_clean(stdout, rows[i].name, strlen(rows[i].name));
@@ -633,6 +861,79 @@ static int has_field(const redisReply *r, const char *name)
     return 0;
 }
 
+/*
+ * quota get --json: {"tenant", "key", "limits": {field: {"value": N|null, "source": "redis"|"config"|"none"}},
+ * "deployments": [..]|null, "deployments_source", "fields": {every other hash field: value}}
+ */
+static void quota_json(const struct admin *a, const char *tenant, const struct aor_tenant_conf *tc, const redisReply *r)
+{
+    json_t *o = json_object(), *limits = json_object(), *other = json_object(), *deps = json_null();
+    const char *deps_source = "none";
+    char key[512];
+
+    snprintf(key, sizeof(key), "%stenant:{%s}", prefix_of(a), tenant);
+    json_object_set_new(o, "tenant", json_string(tenant));
+    json_object_set_new(o, "key", json_clean(key, strlen(key)));
+    for (size_t q = 0; quota_fields[q] != NULL; ++q) {
+        json_t *l = json_object();
+        const redisReply *v = NULL;
+        for (size_t j = 0; r->type == REDIS_REPLY_ARRAY && j + 1 < r->elements; j += 2)
+            if (r->element[j]->type == REDIS_REPLY_STRING && strcmp(r->element[j]->str, quota_fields[q]) == 0)
+                v = r->element[j + 1];
+        if (v != NULL && v->type == REDIS_REPLY_STRING) {
+            json_object_set_new(l, "value", json_value(v->str, v->len));
+            json_object_set_new(l, "source", json_string("redis"));
+        } else if (tc != NULL) {
+            int64_t d = q == 0 ? tc->tpm : q == 1 ? tc->rpm : q == 2 ? tc->tokens_per_day : tc->tokens_per_month;
+            json_object_set_new(l, "value", json_integer(d));
+            json_object_set_new(l, "source", json_string("config"));
+        } else {
+            json_object_set_new(l, "value", json_null());
+            json_object_set_new(l, "source", json_string("none"));
+        }
+        json_object_set_new(limits, quota_fields[q], l);
+    }
+    for (size_t j = 0; r->type == REDIS_REPLY_ARRAY && j + 1 < r->elements; j += 2) {
+        const redisReply *f = r->element[j], *v = r->element[j + 1];
+        int known = 0;
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        for (size_t q = 0; quota_fields[q] != NULL; ++q)
+            known |= strcmp(f->str, quota_fields[q]) == 0;
+        if (known)
+            continue;
+        if (strcmp(f->str, "deployments") == 0) {
+            json_decref(deps);
+            deps = json_array();
+            deps_source = "redis";
+            for (const char *p = v->str; *p != '\0';) {
+                size_t n = strcspn(p, ",");
+                json_array_append_new(deps, json_clean(p, n));
+                p += n + (p[n] == ',');
+            }
+            continue;
+        }
+        {
+            json_t *name = json_clean(f->str, f->len);
+            if (json_string_value(name) != NULL)
+                json_object_set_new(other, json_string_value(name), json_value(v->str, v->len));
+            json_decref(name);
+        }
+    }
+    if (deps_source[0] == 'n' && tc != NULL && tc->deployments != NULL) {
+        json_decref(deps);
+        deps = json_array();
+        deps_source = "config";
+        for (size_t i = 0; i < tc->num_deployments; ++i)
+            json_array_append_new(deps, json_string(tc->deployments[i]));
+    }
+    json_object_set_new(o, "limits", limits);
+    json_object_set_new(o, "deployments", deps);
+    json_object_set_new(o, "deployments_source", json_string(deps_source));
+    json_object_set_new(o, "fields", other);
+    json_print(o);
+}
+
 static int quota_print(struct admin *a, const char *tenant)
 {
     const struct aor_tenant_conf *tc = conf_tenant(a->conf, tenant);
@@ -640,6 +941,11 @@ static int quota_print(struct admin *a, const char *tenant)
 
     if ((r = command(a, "HGETALL %stenant:{%s}", prefix_of(a), tenant)) == NULL)
         return 1;
+    if (a->json) {
+        quota_json(a, tenant, tc, r);
+        freeReplyObject(r);
+        return 0;
+    }
     printf("tenant %s (%stenant:{%s})\n", tenant, prefix_of(a), tenant);
     for (size_t q = 0; quota_fields[q] != NULL; ++q) {
         const redisReply *v = NULL;
@@ -775,6 +1081,7 @@ static int usage_cmd(struct admin *a, int argc, char **argv)
     const char *tenant = NULL, *period = NULL;
     time_t now = time(NULL);
     struct tm tm;
+    json_t *windows = NULL;
     int o;
 
     for (int i = 1; i < argc; ++i) {
@@ -796,14 +1103,40 @@ static int usage_cmd(struct admin *a, int argc, char **argv)
     if (connect_redis(a) != 0)
         return 1;
     gmtime_r(&now, &tm);
+    if (a->json)
+        windows = json_array();
     for (size_t p = 0; periods[p] != NULL; ++p) {
         char stamp[16];
         redisReply *r;
         if (period != NULL && strcmp(period, periods[p]) != 0)
             continue;
         strftime(stamp, sizeof(stamp), formats[p], &tm);
-        if ((r = command(a, "HGETALL %susage:{%s}:%s:%s", prefix_of(a), tenant, periods[p], stamp)) == NULL)
+        if ((r = command(a, "HGETALL %susage:{%s}:%s:%s", prefix_of(a), tenant, periods[p], stamp)) == NULL) {
+            json_decref(windows);
             return 1;
+        }
+        if (windows != NULL) {
+            json_t *w = json_object(), *fields = json_object();
+            char key[512];
+            snprintf(key, sizeof(key), "%susage:{%s}:%s:%s", prefix_of(a), tenant, periods[p], stamp);
+            json_object_set_new(w, "period", json_string(periods[p]));
+            json_object_set_new(w, "window", json_string(stamp));
+            json_object_set_new(w, "key", json_clean(key, strlen(key)));
+            for (size_t j = 0; r->type == REDIS_REPLY_ARRAY && j + 1 < r->elements; j += 2) {
+                const redisReply *f = r->element[j], *v = r->element[j + 1];
+                json_t *name;
+                if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+                    continue;
+                name = json_clean(f->str, f->len);
+                if (json_string_value(name) != NULL)
+                    json_object_set_new(fields, json_string_value(name), json_value(v->str, v->len));
+                json_decref(name);
+            }
+            json_object_set_new(w, "usage", fields);
+            json_array_append_new(windows, w);
+            freeReplyObject(r);
+            continue;
+        }
         printf("%s %s (%susage:{%s}:%s:%s)%s\n", periods[p], stamp, prefix_of(a), tenant, periods[p], stamp,
                r->type == REDIS_REPLY_ARRAY && r->elements != 0 ? "" : ": no usage recorded");
         for (size_t j = 0; r->type == REDIS_REPLY_ARRAY && j + 1 < r->elements; j += 2) {
@@ -818,6 +1151,12 @@ static int usage_cmd(struct admin *a, int argc, char **argv)
         }
         freeReplyObject(r);
     }
+    if (windows != NULL) {
+        json_t *doc = json_object();
+        json_object_set_new(doc, "tenant", json_string(tenant));
+        json_object_set_new(doc, "windows", windows);
+        json_print(doc);
+    }
     return 0;
 }
 
@@ -830,6 +1169,11 @@ int aor_admin_main(int argc, char **argv, const char *config_path, const char *r
 
     if (argc < 1 || !aor_admin_is_command(argv[0]))
         return usage_error("unknown command");
+    for (int i = 1; i < argc; ++i)
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            aor_admin_usage(stdout);
+            return 0;
+        }
     if (strcmp(argv[0], "keys") == 0) {
         if (argc < 2)
             ret = usage_error("keys: expected create, revoke or list");

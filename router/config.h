@@ -213,6 +213,19 @@ struct aor_config {
  */
 struct aor_config *aor_config_load(const char *path, FILE *errs);
 
+/*
+ * Flags of aor_config_load_flags. AOR_CONFIG_NO_SECRETS (`--check --no-secrets`, for CI without
+ * the secrets' environment): every key is still parsed and checked (shape, types, ranges, one of
+ * *_env / *_file, references between sections), but *_env variables are not read, *_file secrets
+ * and other files (tls, jwks_file, token_file) are not opened, and the workload-identity defaults
+ * from AZURE_* are not required: each such secret holds a placeholder, so the config it returns
+ * must never serve. AOR_CONFIG_REDIS_SECRET (with NO_SECRETS; the operator commands) still resolves
+ * redis.password_env / password_file.
+ */
+#define AOR_CONFIG_NO_SECRETS 1u
+#define AOR_CONFIG_REDIS_SECRET 2u
+struct aor_config *aor_config_load_flags(const char *path, FILE *errs, unsigned flags);
+
 /* same, from an in-memory document (unit tests); `name` is used in messages */
 struct aor_config *aor_config_parse(const char *name, const char *text, size_t len, FILE *errs);
 

@@ -543,6 +543,11 @@ char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *
          "# HELP aoai_router_inflight_requests Requests being served.\n"
          "# TYPE aoai_router_inflight_requests gauge\naoai_router_inflight_requests %lld\n",
          (long long)__atomic_load_n(&inflight, __ATOMIC_RELAXED));
+    /* the same version and commit as --version (CMake passes both) */
+    emit(&o,
+         "# HELP aoai_router_build_info The running build: version and git commit (always 1).\n"
+         "# TYPE aoai_router_build_info gauge\naoai_router_build_info{version=\"%s\",commit=\"%s\"} 1\n",
+         AOR_VERSION, AOR_GIT_COMMIT);
     emit_backend_gauges(&o, conf, now_ms);
     emit(&o, "# HELP aoai_router_backend_circuit_open 1 while the backend's circuit is open.\n"
              "# TYPE aoai_router_backend_circuit_open gauge\n");

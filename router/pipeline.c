@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <string.h>
 #include "accesslog.h"
+#include "admit.h"
 #include "backend.h"
 #include "balancer.h"
 #include "config.h"
@@ -152,7 +153,8 @@ void aor_pipeline_maybe_free(struct aor_request *ar)
 {
     struct aor_worker *w = ar->worker;
 
-    if (ar->req != NULL || ar->xfer.active || ar->in_upstream_cb || ar->auth.pending != NULL || ar->deferred)
+    if (ar->req != NULL || ar->xfer.active || ar->in_upstream_cb || ar->auth.pending != NULL || ar->deferred ||
+        ar->adm.call != NULL)
         return;
     if (ar->body_budget != 0)
         __atomic_fetch_sub(&aor_inflight_body_bytes, ar->body_budget, __ATOMIC_RELAXED);
@@ -238,12 +240,6 @@ static int read_body(struct aor_request *ar, h2o_req_t *req, enum aor_error *err
     return 0;
 }
 
-/* stage: may the tenant spend this now. Quotas in Redis arrive with their own issue. */
-static int admit(struct aor_request *ar, enum aor_error *err, const char **msg)
-{
-    return 0;
-}
-
 /* stage: the backends that serve the deployment, for the balancer to choose from */
 static int collect_candidates(struct aor_request *ar, enum aor_error *err, const char **msg)
 {
@@ -280,10 +276,117 @@ static int collect_candidates(struct aor_request *ar, enum aor_error *err, const
 /* a stage refused the request: answer with the SPEC §4 error */
 static void refuse(struct aor_request *ar, enum aor_error err, const char *msg)
 {
+    if (ar->last_error == NULL) /* the access log's error: the SPEC §4 code (an auth refusal set its reason) */
+        ar->last_error = aor_error_code(err);
     ar->final_status = aor_error_status(err);
     ar->final_sent = 1;
     aor_pipeline_finish(ar);
     aor_error_send(ar->req, err, msg);
+}
+
+/* the stages after admission: candidates, proxy */
+static void after_admit(struct aor_request *ar)
+{
+    enum aor_error err = AOR_ERR_BACKEND_ERROR;
+    const char *msg = "out of memory";
+
+    if (ar->req == NULL) { /* the client left while Redis was asked (the reservation is given back) */
+        aor_pipeline_maybe_free(ar);
+        return;
+    }
+    if (ar->adm.refused) {
+        if (ar->adm.retry_after_s > 0) {
+            char *v = h2o_mem_alloc_pool(&ar->req->pool, 24);
+            int n = snprintf(v, 24, "%lld", (long long)ar->adm.retry_after_s);
+            h2o_add_header(&ar->req->pool, &ar->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, v, n);
+        }
+        refuse(ar, (enum aor_error)ar->adm.error, ar->adm.message);
+        return;
+    }
+    if (collect_candidates(ar, &err, &msg) != 0) {
+        refuse(ar, err, msg);
+        return;
+    }
+    aor_proxy_start(ar);
+}
+
+/* 1 when the tenant's config (its own section, else "default") allows `name`; Redis overrides are admission's */
+static int tenant_allows(const struct aor_config *conf, const char *tenant, const char *name)
+{
+    const struct aor_tenant_conf *t = NULL;
+
+    for (size_t i = 0; i != conf->num_tenants; ++i)
+        if (strcmp(conf->tenants[i].name, tenant) == 0 || (t == NULL && strcmp(conf->tenants[i].name, "default") == 0))
+            t = &conf->tenants[i];
+    if (t == NULL || t->deployments == NULL)
+        return 1;
+    for (size_t i = 0; i != t->num_deployments; ++i)
+        if (strcmp(t->deployments[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+/*
+ * GET /openai/v1/models and /v1/models (issue 11): the logical deployments the backends' deployments
+ * maps name (a backend without a map serves any name, so names none), those the tenant's config
+ * allows, once each, in config order, in the OpenAI list shape; /models/{name}: that one, or 404.
+ * Nothing goes upstream, no quota is spent; the line is logged, no request metric is counted.
+ */
+static void serve_models(struct aor_request *ar)
+{
+    const struct aor_config *conf = ar->conf;
+    h2o_req_t *req = ar->req;
+    const char *one = ar->route.op_len > 7 ? ar->route.op + 7 : NULL; /* "models/{name}" */
+    size_t one_len = one != NULL ? ar->route.op_len - 7 : 0, cap = 64, len = 0, found = 0;
+    long long created = (long long)(ar->started_ms / 1000);
+    char *body = NULL, *p;
+
+    for (int pass = 0; pass < 2; ++pass) { /* pass 0 measures, pass 1 writes */
+        len = 0;
+        found = 0;
+        if (one == NULL)
+            len += (size_t)snprintf(pass ? body : NULL, pass ? cap : 0, "{\"object\":\"list\",\"data\":[");
+        for (size_t b = 0; b != conf->num_backends; ++b) {
+            const struct aor_backend_conf *be = conf->backends + b;
+            for (size_t d = 0; d != be->num_deployments; ++d) {
+                const char *name = be->deployments[d].logical;
+                int dup = 0;
+                /* once each: an earlier backend (or an earlier entry of this one) named it already */
+                for (size_t b2 = 0; b2 <= b && !dup; ++b2)
+                    for (size_t d2 = 0; d2 != (b2 == b ? d : conf->backends[b2].num_deployments) && !dup; ++d2)
+                        dup = strcmp(conf->backends[b2].deployments[d2].logical, name) == 0;
+                if (dup || !tenant_allows(conf, ar->tenant, name))
+                    continue;
+                if (one != NULL && (strlen(name) != one_len || memcmp(name, one, one_len) != 0))
+                    continue;
+                /* names are [A-Za-z0-9._-] (config.c): nothing to escape */
+                p = pass ? body + len : NULL;
+                len += (size_t)snprintf(p, pass ? cap - len : 0,
+                                        "%s{\"id\":\"%s\",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"%s\"}",
+                                        found != 0 && one == NULL ? "," : "", name, created, "aoai-router");
+                ++found;
+            }
+        }
+        if (one == NULL)
+            len += (size_t)snprintf(pass ? body + len : NULL, pass ? cap - len : 0, "]}");
+        if (pass == 0) {
+            cap = len + 1;
+            body = h2o_mem_alloc_pool(&req->pool, cap);
+        }
+    }
+    if (one != NULL && found == 0) {
+        refuse(ar, AOR_ERR_DEPLOYMENT_NOT_FOUND, "no such model (deployment)");
+        return;
+    }
+    ar->last_error = NULL;
+    ar->final_status = 200;
+    ar->final_sent = 1;
+    aor_accesslog_write(ar->worker->accesslog, ar);
+    req->res.status = 200;
+    req->res.reason = "OK";
+    req->res.content_length = len;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
+    h2o_send_inline(req, body, len);
 }
 
 /* the stages after authentication: admit, candidates, proxy */
@@ -298,6 +401,7 @@ static void after_authenticate(struct aor_request *ar)
     }
     if (ar->auth.status != 0) {
         aor_metrics_auth_failure(ar->auth.reason);
+        ar->last_error = ar->auth.reason;
         aor_auth_add_challenge(&ar->auth, ar->req);
         refuse(ar,
                /* 503 only for the key store; anything else undecided (a verifier's internal
@@ -310,11 +414,17 @@ static void after_authenticate(struct aor_request *ar)
         return;
     }
     ar->tenant = ar->auth.tenant;
-    if (read_body(ar, ar->req, &err, &msg) != 0 || admit(ar, &err, &msg) != 0 || collect_candidates(ar, &err, &msg) != 0) {
+    if (ar->route.models) {
+        serve_models(ar);
+        return;
+    }
+    if (read_body(ar, ar->req, &err, &msg) != 0) {
         refuse(ar, err, msg);
         return;
     }
-    aor_proxy_start(ar);
+    /* stage: may the tenant spend this now (admit.c; may wait for one Redis round trip) */
+    if (aor_admit_start(ar, after_admit))
+        after_admit(ar);
 }
 
 static void on_defer_check(uv_check_t *h);
@@ -342,6 +452,7 @@ static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_ro
     ar->current = -1; /* no attempt yet: stages that refuse log no backend */
     ar->auth.method = "none";
     strcpy(ar->id, id);
+    aor_accesslog_capture(&ar->client, req);
     for (size_t k = 0; k != req->method.len && k + 1 < sizeof(ar->method); ++k) /* a token; keep the log line JSON-safe */
         ar->method[k] = (req->method.base[k] >= 'A' && req->method.base[k] <= 'Z') ? req->method.base[k] : '?';
     ++w->inflight;
@@ -433,6 +544,7 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
     struct aor_worker *w = worker_of(req);
     struct aor_route route;
     char id[AOR_REQUEST_ID_MAX + 1];
+    const char *error = NULL; /* the access log's error for a request answered here */
 
     uint64_t started_ns = aor_mono_ns();
     struct aor_client_conn *c;
@@ -442,7 +554,7 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
     if (!headers_within_limits(w->conf, req)) {
         assign_request_id(w, req, id, 1);
         aor_error_send(req, AOR_ERR_HEADERS_TOO_LARGE, "request headers exceed max_header_bytes or max_header_count");
-        aor_accesslog_write_plain(w->accesslog, id, "", req->res.status, started_ns);
+        aor_accesslog_write_req(w->accesslog, req, id, aor_error_code(AOR_ERR_HEADERS_TOO_LARGE), started_ns);
         return 0;
     }
     if (w->tearing_down || ((c = aor_server_conn_of(req->conn)) != NULL && c->closing)) {
@@ -463,6 +575,7 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
         break;
     case AOR_ROUTE_BAD:
         aor_error_send(req, AOR_ERR_INVALID_REQUEST, "malformed data-plane path");
+        error = aor_error_code(AOR_ERR_INVALID_REQUEST);
         break;
     case AOR_ROUTE_NOT_FOUND:
     case AOR_ROUTE_DEPLOYMENT:
@@ -472,37 +585,58 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
         switch (aor_route_authorize(&route, req->method.base, req->method.len, w->conf)) {
         case AOR_ACCESS_INFERENCE:
         case AOR_ACCESS_PASSTHROUGH:
+        case AOR_ACCESS_MODELS:             /* authenticated like the data plane, then answered by serve_models */
             data_plane(w, req, &route, id); /* logs when its final status is known */
             return 0;
         case AOR_ACCESS_METHOD_NOT_ALLOWED:
             h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("POST"));
             aor_error_send(req, AOR_ERR_METHOD_NOT_ALLOWED, "this operation takes POST only");
+            error = aor_error_code(AOR_ERR_METHOD_NOT_ALLOWED);
             break;
         case AOR_ACCESS_NOT_FOUND:
             aor_error_send(req, AOR_ERR_NOT_FOUND,
                            route.kind == AOR_ROUTE_NOT_FOUND ? "unknown path"
                                                              : "this operation is not forwarded by the router (see passthrough)");
+            error = aor_error_code(AOR_ERR_NOT_FOUND);
             break;
         }
         break;
     }
-    {
-        /* one access-log line for every request, control endpoints included */
-        char method[16];
-        size_t k;
-        for (k = 0; k != req->method.len && k + 1 < sizeof(method); ++k)
-            method[k] = (req->method.base[k] >= 'A' && req->method.base[k] <= 'Z') ? req->method.base[k] : '?';
-        method[k] = '\0';
-        aor_accesslog_write_plain(w->accesslog, id, method, req->res.status, started_ns);
-    }
+    /* one access-log line for every request, control endpoints included */
+    if (error == NULL && req->res.status >= 400) /* /readyz 503, /metrics on the wrong listener */
+        error = req->res.status == 404 ? aor_error_code(AOR_ERR_NOT_FOUND) : aor_error_code(AOR_ERR_NOT_READY);
+    aor_accesslog_write_req(w->accesslog, req, id, error, started_ns);
     return 0;
 }
 
 /* ---- account and log ------------------------------------------------------------- */
 
+/* a non-negative number as decimal text in the request's pool (no printf on the hot path) */
+static h2o_iovec_t pool_dec(h2o_mem_pool_t *pool, int64_t v)
+{
+    char tmp[24], *p = tmp + sizeof(tmp);
+    uint64_t u = v < 0 ? 0 : (uint64_t)v;
+
+    do
+        *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    return h2o_strdup(pool, p, (size_t)(tmp + sizeof(tmp) - p));
+}
+
 void aor_pipeline_add_client_headers(struct aor_request *ar)
 {
-    /* the tenant's x-ratelimit-remaining-* come with quota admission */
+    h2o_req_t *req = ar->req;
+    h2o_iovec_t v;
+
+    /* the tenant's own minute window (SPEC §4); an unlimited one has no header */
+    if (ar->adm.remaining_tokens >= 0) {
+        v = pool_dec(&req->pool, ar->adm.remaining_tokens);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-ratelimit-remaining-tokens"), 0, NULL, v.base, v.len);
+    }
+    if (ar->adm.remaining_requests >= 0) {
+        v = pool_dec(&req->pool, ar->adm.remaining_requests);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-ratelimit-remaining-requests"), 0, NULL, v.base, v.len);
+    }
 }
 
 void aor_pipeline_finish(struct aor_request *ar)
@@ -521,6 +655,8 @@ void aor_pipeline_finish(struct aor_request *ar)
     if (deployment == NULL)
         deployment = aor_metrics_deployment_label(ar->conf, ar->deployment, ar->tenant != NULL && ar->num_cand != 0);
 
+    /* account: the reservation becomes the usage the backend reported (or is given back) */
+    aor_admit_settle(ar);
     aor_metrics_request(ar->tenant, deployment, backend, ar->final_status);
     aor_metrics_request_duration(deployment, backend, (double)(now - ar->started_ns) / 1e9);
     if (ar->usage.found)

@@ -507,6 +507,87 @@ static void on_upstream_head(struct aor_upstream_h1_xfer *x, int status, const h
         return;
     }
     ar->mode = ct_len >= 17 && strncasecmp(ct, "text/event-stream", 17) == 0 ? AOR_MODE_STREAM : AOR_MODE_BUFFER;
+    if (ar->mode != AOR_MODE_STREAM)
+        ar->strip_usage = 0; /* only an SSE answer is filtered */
+}
+
+/* one whole SSE line (with its line end) of a stream whose usage chunk the client did not ask for */
+static int relay_line(struct aor_request *ar, const char *line, size_t len)
+{
+    size_t l = len;
+    const char *u;
+
+    if (l != 0 && line[l - 1] == '\n')
+        --l;
+    if (l != 0 && line[l - 1] == '\r')
+        --l;
+    if (ar->sse_dropping) {
+        ar->sse_dropping = 0;
+        if (l == 0)
+            return 0; /* the blank line that ended the dropped event */
+    }
+    if (l > 5 && memcmp(line, "data:", 5) == 0) {
+        if (memmem(line, l, "\"choices\":[]", 12) != NULL && memmem(line, l, "\"usage\":{", 9) != NULL) {
+            ar->sse_dropping = 1; /* the usage-only chunk: the router's, not the client's */
+            return 0;
+        }
+        /* every other chunk carries "usage":null once usage is asked for: not what the client asked either */
+        if ((u = memmem(line, l, ",\"usage\":null", 13)) != NULL)
+            return buf_append(&ar->pending, line, (size_t)(u - line)) != 0 ||
+                           buf_append(&ar->pending, u + 13, len - (size_t)(u - line) - 13) != 0
+                       ? -1
+                       : 0;
+    }
+    return buf_append(&ar->pending, line, len);
+}
+
+/* queues backend bytes for the client; with strip_usage line by line (only a partial line waits) */
+static int relay(struct aor_request *ar, const char *data, size_t len)
+{
+    if (!ar->strip_usage)
+        return buf_append(&ar->pending, data, len);
+    while (len != 0) {
+        const char *nl = memchr(data, '\n', len);
+        size_t take;
+        if (nl == NULL) {
+            if (ar->carry.len + len > AOR_SSE_MAX_LINE) {
+                /* a line this long is no chunk we know: stop filtering, relay everything as is */
+                ar->strip_usage = 0;
+                if (buf_append(&ar->pending, ar->carry.base, ar->carry.len) != 0)
+                    return -1;
+                ar->carry.len = 0;
+                return buf_append(&ar->pending, data, len);
+            }
+            return buf_append(&ar->carry, data, len);
+        }
+        take = (size_t)(nl - data) + 1;
+        if (ar->carry.len != 0) {
+            if (buf_append(&ar->carry, data, take) != 0 || relay_line(ar, ar->carry.base, ar->carry.len) != 0)
+                return -1;
+            ar->carry.len = 0;
+        } else if (relay_line(ar, data, take) != 0) {
+            return -1;
+        }
+        data += take;
+        len -= take;
+    }
+    return 0;
+}
+
+/* the last AOR_USAGE_TAIL..2*AOR_USAGE_TAIL bytes of a large JSON reply */
+static void keep_tail(struct aor_request *ar, const char *data, size_t len)
+{
+    if (len >= AOR_USAGE_TAIL) {
+        ar->tail.len = 0;
+        data += len - AOR_USAGE_TAIL;
+        len = AOR_USAGE_TAIL;
+    }
+    if (ar->tail.len + len > 2 * AOR_USAGE_TAIL) {
+        size_t keep = AOR_USAGE_TAIL - len;
+        memmove(ar->tail.base, ar->tail.base + ar->tail.len - keep, keep);
+        ar->tail.len = keep;
+    }
+    buf_append(&ar->tail, data, len); /* out of memory: the usage may be missed, never the answer */
 }
 
 static void on_upstream_body(struct aor_upstream_h1_xfer *x, const char *data, size_t len)
@@ -533,16 +614,23 @@ static void on_upstream_body(struct aor_upstream_h1_xfer *x, const char *data, s
             }
             return;
         }
-        /* too large to hold: stream what we have and the rest */
+        /* too large to hold: stream what we have and the rest; its usage is looked for in the
+         * part held now and, at the end, in the last AOR_USAGE_TAIL bytes (issue 8: a 30 MB
+         * embeddings answer is counted too) */
         ar->mode = AOR_MODE_STREAM;
+        ar->json_overflow = 1;
+        aor_usage_from_fragment(ar->pending.base, ar->pending.len, &ar->usage);
         break;
     case AOR_MODE_STREAM:
         break;
     }
     if (ar->first_byte_ns == 0)
         ar->first_byte_ns = aor_mono_ns();
-    aor_sse_feed(&ar->sse, data, len);
-    if (buf_append(&ar->pending, data, len) != 0) {
+    if (ar->json_overflow)
+        keep_tail(ar, data, len);
+    else
+        aor_sse_feed(&ar->sse, data, len);
+    if (relay(ar, data, len) != 0) {
         /* out of memory mid-stream: end the client's response as broken */
         cancel_upstream(ar);
         if (!ar->started) {
@@ -631,8 +719,14 @@ static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
         if (ar->first_byte_ns == 0)
             ar->first_byte_ns = aor_mono_ns();
         start_client_response(ar);
+    } else if (ar->json_overflow) {
+        aor_usage_from_fragment(ar->tail.base, ar->tail.len, &ar->usage);
     } else if (ar->sse.usage.found) {
         ar->usage = ar->sse.usage;
+    }
+    if (ar->carry.len != 0) { /* the stream's last line had no line end: it goes as it came */
+        buf_append(&ar->pending, ar->carry.base, ar->carry.len);
+        ar->carry.len = 0;
     }
     if (!ar->started)
         start_client_response(ar);
@@ -805,25 +899,60 @@ static int build_head(struct aor_request *ar, const struct aor_cred_header *cred
     return 0;
 }
 
-/* the body for this backend: the client's, or with `model` set to the backend's name for the deployment */
+/* a stream whose client did not ask for usage, of an operation that takes stream_options */
+static int wants_stream_usage(const struct aor_request *ar)
+{
+    const struct aor_route *r = &ar->route;
+
+    if (!ar->stream || !ar->body_is_json || ar->rb.stream_options || r->kind == AOR_ROUTE_RAW || r->op == NULL)
+        return 0;
+    return (r->op_len == 16 && memcmp(r->op, "chat/completions", 16) == 0) ||
+           (r->op_len == 11 && memcmp(r->op, "completions", 11) == 0);
+}
+
+/*
+ * The body for this backend: the client's, or with `model` set to the backend's name for the
+ * deployment, and for a stream whose client did not ask for usage, with
+ * stream_options.include_usage added (the usage chunk is then dropped on the way back).
+ */
 static int attempt_body(struct aor_request *ar, const struct aor_backend_conf *b, const char *name, const char **body, size_t *len)
 {
     size_t name_len = strlen(name), cap = ar->body_len + name_len + 16;
+    const char *src = ar->body;
+    size_t src_len = ar->body_len;
+    char *tmp = NULL, *u;
     int n;
 
     free(ar->attempt_body);
     ar->attempt_body = NULL;
-    if (!ar->body_is_json || ar->deployment[0] == '\0' || ar->route.kind == AOR_ROUTE_RAW ||
-        (ar->route.kind != AOR_ROUTE_V1 && b->provider != AOR_PROVIDER_OPENAI)) {
-        *body = ar->body;
-        *len = ar->body_len;
-        return 0;
+    ar->strip_usage = wants_stream_usage(ar);
+    ar->sse_dropping = 0;
+    ar->carry.len = 0;
+    if (!(!ar->body_is_json || ar->deployment[0] == '\0' || ar->route.kind == AOR_ROUTE_RAW ||
+          (ar->route.kind != AOR_ROUTE_V1 && b->provider != AOR_PROVIDER_OPENAI))) {
+        if ((tmp = malloc(cap)) == NULL ||
+            (n = aor_reqbody_with_model(ar->body, ar->body_len, &ar->rb, name, name_len, tmp, cap)) < 0) {
+            free(tmp);
+            return -1;
+        }
+        src = tmp;
+        src_len = (size_t)n;
     }
-    if ((ar->attempt_body = malloc(cap)) == NULL ||
-        (n = aor_reqbody_with_model(ar->body, ar->body_len, &ar->rb, name, name_len, ar->attempt_body, cap)) < 0)
-        return -1;
-    *body = ar->attempt_body;
-    *len = (size_t)n;
+    if (ar->strip_usage) {
+        if ((u = malloc(src_len + AOR_REQBODY_STREAM_USAGE_EXTRA)) == NULL ||
+            (n = aor_reqbody_with_stream_usage(src, src_len, u, src_len + AOR_REQBODY_STREAM_USAGE_EXTRA)) < 0) {
+            free(u);
+            free(tmp);
+            return -1;
+        }
+        free(tmp);
+        tmp = u;
+        src = u;
+        src_len = (size_t)n;
+    }
+    ar->attempt_body = tmp;
+    *body = src;
+    *len = src_len;
     return 0;
 }
 
@@ -917,6 +1046,8 @@ static void start_attempt(struct aor_request *ar)
     is_head = strcmp(ar->method, "HEAD") == 0;
     ar->status = 0;
     ar->mode = AOR_MODE_HEADERS;
+    ar->json_overflow = 0;
+    ar->tail.len = 0;
     ar->discarded = 0;
     ar->cooldown_ms = 0;
     ar->cooldown_capped = 0;
@@ -980,5 +1111,7 @@ void aor_proxy_free(struct aor_request *ar)
     buf_free(&ar->inflight);
     buf_free(&ar->pending);
     aor_sse_dispose(&ar->sse);
+    buf_free(&ar->carry);
+    buf_free(&ar->tail);
     free(ar->attempt_body);
 }

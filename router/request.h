@@ -10,6 +10,8 @@
 
 #include <stdint.h>
 #include <h2o.h>
+#include "admit.h"
+#include "accesslog.h"
 #include "auth.h"
 #include "cred.h"
 #include "balancer.h"
@@ -51,6 +53,7 @@ struct aor_request {
 
     /* what was asked */
     char method[16];
+    struct aor_accesslog_client client; /* address, path, user agent for the access log */
     struct aor_route route;
     char deployment[65];   /* logical deployment */
     struct aor_reqbody rb; /* fields read from a JSON body */
@@ -58,11 +61,12 @@ struct aor_request {
     const char *body; /* the client's body (copy owned here) */
     size_t body_len;
     char *body_copy;
-    char *attempt_body;   /* body rewritten for the current backend, if any */
-    int stream;           /* the client asked for stream: true */
-    int64_t estimate;     /* tokens the request may cost */
-    struct aor_auth auth; /* the authenticate stage's outcome: tenant, subject, method */
-    const char *tenant;   /* auth.tenant once authenticated */
+    char *attempt_body;       /* body rewritten for the current backend, if any */
+    int stream;               /* the client asked for stream: true */
+    int64_t estimate;         /* tokens the request may cost */
+    struct aor_auth auth;     /* the authenticate stage's outcome: tenant, subject, method */
+    const char *tenant;       /* auth.tenant once authenticated */
+    struct aor_admission adm; /* the admit stage's reservation and decision */
 
     /* where it may go */
     size_t num_cand;
@@ -102,6 +106,11 @@ struct aor_request {
     struct aor_buf inflight, pending;
     uint64_t bytes_to_client;
     struct aor_sse_scanner sse;
+    int strip_usage;   /* usage was asked upstream for the router only: its chunk is not relayed */
+    int sse_dropping;  /* the usage-only event's data line was dropped; its blank line goes too */
+    int json_overflow; /* a JSON reply over AOR_BUFFER_MAX, relayed as it comes: `tail` keeps its end */
+    struct aor_buf tail;
+    struct aor_buf carry; /* a partial SSE line while strip_usage (at most AOR_SSE_MAX_LINE) */
     struct aor_usage usage;
     int final_status;
 

@@ -157,6 +157,26 @@ enum aor_route_access aor_route_authorize(struct aor_route *route, const char *m
             route->kind = AOR_ROUTE_RAW;
         return AOR_ACCESS_PASSTHROUGH;
     }
+    /* the model list (the SDKs' models.list / models.retrieve): unless listed above, the router's own.
+     * /openai/models is where AzureOpenAI({endpoint}) asks; /openai/v1/models and /v1/models the v1 API's */
+    if (route->kind == AOR_ROUTE_NOT_FOUND && has_prefix(route->path, route->path_len, "/openai/models")) {
+        route->op = route->path + 8;
+        route->op_len = route->path_len - 8;
+        if (method_len == 3 && memcmp(method, "GET", 3) == 0 &&
+            (path_is(route->op, route->op_len, "models") || (route->op_len > 7 && memcmp(route->op, "models/", 7) == 0 &&
+                                                             aor_route_valid_name(route->op + 7, route->op_len - 7)))) {
+            route->models = 1;
+            return AOR_ACCESS_MODELS;
+        }
+        route->op = NULL;
+        route->op_len = 0;
+    }
+    if (route->kind == AOR_ROUTE_V1 && method_len == 3 && memcmp(method, "GET", 3) == 0 &&
+        (path_is(route->op, route->op_len, "models") ||
+         (route->op_len > 7 && memcmp(route->op, "models/", 7) == 0 && aor_route_valid_name(route->op + 7, route->op_len - 7)))) {
+        route->models = 1;
+        return AOR_ACCESS_MODELS;
+    }
     return known ? AOR_ACCESS_METHOD_NOT_ALLOWED : AOR_ACCESS_NOT_FOUND;
 }
 

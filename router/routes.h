@@ -26,6 +26,7 @@ enum aor_route_access {
     AOR_ACCESS_PASSTHROUGH,        /* listed in the config's passthrough: */
     AOR_ACCESS_METHOD_NOT_ALLOWED, /* an inference path with another method: 405, allow: POST */
     AOR_ACCESS_NOT_FOUND,          /* anything else: 404 not_found, nothing upstream */
+    AOR_ACCESS_MODELS,             /* GET /openai/v1/models[/{name}], /v1/models[/{name}]: answered by the router */
 };
 
 struct aor_route {
@@ -39,6 +40,7 @@ struct aor_route {
     const char *path; /* the whole path without its query */
     size_t path_len;
     int passthrough; /* aor_route_authorize allowed it through the config's passthrough: */
+    int models;      /* AOR_ACCESS_MODELS: the router lists its deployments (op "models" or "models/{name}") */
 };
 
 /* classifies `path` (with its query). Never fails: unknown → NOT_FOUND, malformed → BAD */
@@ -50,6 +52,8 @@ void aor_route_parse(const char *path, size_t len, struct aor_route *out);
  * or what `conf->passthrough` lists (exact path or prefix; only paths whose every segment is
  * a valid name, so no "..", "%2e" or empty segment can reach another operation). For a
  * passthrough it sets route->passthrough, and a NOT_FOUND path becomes AOR_ROUTE_RAW.
+ * GET of the v1 `models` (or `models/{name}`) operation, when passthrough does not list it, is
+ * AOR_ACCESS_MODELS (route->models set): the router answers with its logical deployments.
  */
 enum aor_route_access aor_route_authorize(struct aor_route *route, const char *method, size_t method_len,
                                           const struct aor_config *conf);

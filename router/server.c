@@ -28,6 +28,7 @@
 #include "accesslog.h"
 #include "apikey.h"
 #include "backend.h"
+#include "admit.h"
 #include "coolshare.h"
 #include "cred.h"
 #include "jwks.h"
@@ -466,6 +467,7 @@ static void *worker_main(void *arg)
     w->cred_waitq = NULL;
     aor_apikeys_destroy(w->apikeys);
     aor_coolshare_stop(w);
+    aor_admit_worker_stop(w);
     aor_redis_destroy(w->redis);
     aor_tokencache_destroy(w->tokens);
     uv_run(&w->loop, UV_RUN_NOWAIT);
@@ -507,7 +509,8 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
     if (conf->redis.url != NULL && (w->redis = aor_redis_create(&w->loop, conf->redis.url, conf->redis.password,
                                                                 conf->redis.ca_file, REDIS_COMMAND_TIMEOUT_MS)) == NULL)
         return -1;
-    if ((w->apikeys = aor_apikeys_create(w->redis, AOR_APIKEY_CACHE_DEFAULT)) == NULL || aor_coolshare_start(w) != 0)
+    if ((w->apikeys = aor_apikeys_create(w->redis, AOR_APIKEY_CACHE_DEFAULT)) == NULL || aor_coolshare_start(w) != 0 ||
+        aor_admit_worker_start(w) != 0)
         return -1;
     /* worker 0's loop also fetches the issuers' keys (OIDC discovery, JWKS) */
     if (id == 0 && aor_keystores_start(&w->loop, w->upstream) != 0)

@@ -13,9 +13,10 @@ static int on_usage_member(const char *key, size_t key_len, const char *value, s
 
     if (!aor_json_int(value, value_len, &v) || v < 0)
         return 0;
-    if (KEY_IS(key, key_len, "prompt_tokens"))
+    /* chat, completions, embeddings; the responses API says input_tokens / output_tokens */
+    if (KEY_IS(key, key_len, "prompt_tokens") || KEY_IS(key, key_len, "input_tokens"))
         u->prompt = v;
-    else if (KEY_IS(key, key_len, "completion_tokens"))
+    else if (KEY_IS(key, key_len, "completion_tokens") || KEY_IS(key, key_len, "output_tokens"))
         u->completion = v;
     else if (KEY_IS(key, key_len, "total_tokens"))
         u->total = v;
@@ -26,6 +27,11 @@ static int on_top_member(const char *key, size_t key_len, const char *value, siz
 {
     struct aor_usage *u = data, found = {0, 0, 0, 0};
 
+    /* a responses API stream's response.completed event carries it in "response" */
+    if (KEY_IS(key, key_len, "response") && value[0] == '{') {
+        aor_json_scan_object(value, value_len, on_top_member, data);
+        return 0;
+    }
     if (!KEY_IS(key, key_len, "usage") || value[0] != '{')
         return 0;
     if (aor_json_scan_object(value, value_len, on_usage_member, &found) != 0)
@@ -48,6 +54,62 @@ int aor_usage_from_json(const char *json, size_t len, struct aor_usage *u)
     return 1;
 }
 
+/* the end of the object starting at s[0] == '{', or NULL when it does not end within len */
+static const char *object_end(const char *s, size_t len)
+{
+    int depth = 0, in_str = 0;
+    size_t i;
+
+    for (i = 0; i < len; ++i) { /* `<`: an escape may step over the last byte */
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\')
+                ++i;
+            else if (c == '"')
+                in_str = 0;
+        } else if (c == '"') {
+            in_str = 1;
+        } else if (c == '{') {
+            ++depth;
+        } else if (c == '}' && --depth == 0) {
+            return s + i + 1;
+        }
+    }
+    return NULL;
+}
+
+int aor_usage_from_fragment(const char *s, size_t len, struct aor_usage *u)
+{
+    static const char key[] = "\"usage\"";
+    const char *p = s, *end = s + len;
+    int found = 0;
+
+    while ((p = memmem(p, (size_t)(end - p), key, sizeof(key) - 1)) != NULL) {
+        const char *v = p + sizeof(key) - 1, *e;
+        p = v;
+        while (v < end && (*v == ' ' || *v == '\t' || *v == '\r' || *v == '\n'))
+            ++v;
+        if (v == end || *v != ':')
+            continue;
+        ++v;
+        while (v < end && (*v == ' ' || *v == '\t' || *v == '\r' || *v == '\n'))
+            ++v;
+        if (v == end || *v != '{' || (e = object_end(v, (size_t)(end - v))) == NULL)
+            continue;
+        {
+            struct aor_usage got = {0, 0, 0, 0};
+            if (aor_json_scan_object(v, (size_t)(e - v), on_usage_member, &got) == 0) {
+                if (got.total == 0)
+                    got.total = got.prompt + got.completion;
+                got.found = 1;
+                *u = got;
+                found = 1;
+            }
+        }
+    }
+    return found;
+}
+
 /* cheap test before parsing: does the event carry a usage object (not null)? */
 static int mentions_usage(const char *s, size_t len)
 {
@@ -59,6 +121,21 @@ static int mentions_usage(const char *s, size_t len)
         while (p < end && (*p == ' ' || *p == ':' || *p == '\t'))
             ++p;
         if (p < end && *p == '{')
+            return 1;
+    }
+    return 0;
+}
+
+/* does an event carry generated text: a non-empty "content", "text" or (responses API) "delta" string */
+static int has_text(const char *s, size_t len)
+{
+    static const char *const keys[] = {"\"content\":\"", "\"text\":\"", "\"delta\":\""};
+    size_t k;
+
+    for (k = 0; k != 3; ++k) {
+        size_t kl = strlen(keys[k]);
+        const char *p = memmem(s, len, keys[k], kl);
+        if (p != NULL && p + kl < s + len && p[kl] != '"')
             return 1;
     }
     return 0;
@@ -77,6 +154,8 @@ static void on_line(struct aor_sse_scanner *s, const char *line, size_t len)
     }
     if (mentions_usage(line, len))
         aor_usage_from_json(line, len, &s->usage);
+    else if (has_text(line, len))
+        ++s->content_events;
 }
 
 void aor_sse_feed(struct aor_sse_scanner *s, const char *bytes, size_t len)

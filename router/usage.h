@@ -17,6 +17,14 @@ struct aor_usage {
 /* reads `usage` from a JSON document (a reply or one SSE event). Returns 1 when found */
 int aor_usage_from_json(const char *json, size_t len, struct aor_usage *u);
 
+/*
+ * Finds the last complete `"usage":{...}` object in a piece of a JSON reply (the beginning or
+ * the end of one too large to hold whole). The piece need not parse as a whole; the object
+ * found must. Returns 1 and sets *u when found.
+ */
+int aor_usage_from_fragment(const char *s, size_t len, struct aor_usage *u);
+#define AOR_USAGE_TAIL 65536 /* bytes of a large reply's end kept to find its usage */
+
 #define AOR_SSE_MAX_LINE 65536
 
 /* Splits a byte stream into SSE lines and keeps the last `usage` it saw.
@@ -26,7 +34,8 @@ struct aor_sse_scanner {
     size_t len;
     int skipping;
     unsigned oversized;
-    int done; /* saw "data: [DONE]" */
+    int done;               /* saw "data: [DONE]" */
+    int64_t content_events; /* events carrying generated text (a token each, at least): the estimate of a cut stream */
     struct aor_usage usage;
 };
 

@@ -1,4 +1,5 @@
-/* libFuzzer driver: untrusted bytes through jsonscan, reqbody, usage and the SSE scanner.
+/* libFuzzer driver: untrusted bytes through jsonscan, reqbody (model and include_usage rewrites),
+ * usage (whole replies and fragments of large ones) and the SSE scanner.
  * The first byte picks a split point for the SSE stream so chunk boundaries are fuzzed too. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,8 +29,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             memcmp(again.model, "deployment-x", 12) != 0)
             abort();
         free(buf);
+        if (!rb.stream_options) {
+            /* the include_usage rewrite keeps the body an object and makes the scan see it */
+            cap = size + AOR_REQBODY_STREAM_USAGE_EXTRA;
+            buf = malloc(cap);
+            n = aor_reqbody_with_stream_usage((const char *)data, size, buf, cap);
+            if (n < 0 || aor_reqbody_scan(buf, (size_t)n, &again) != 0 || !again.include_usage)
+                abort();
+            free(buf);
+        }
     }
     aor_usage_from_json((const char *)data, size, &u);
+    aor_usage_from_fragment((const char *)data, size, &u);
     memset(&sse, 0, sizeof(sse));
     if (split > size)
         split = size;

@@ -770,7 +770,7 @@ static void reject(h2o_req_t *req, const struct plan *plan, int status, const ch
 
 /* ---- data plane ---------------------------------------------------------------------------- */
 
-enum op { OP_NONE, OP_CHAT, OP_EMBEDDINGS };
+enum op { OP_NONE, OP_CHAT, OP_EMBEDDINGS, OP_RESPONSES };
 
 static enum op parse_op(h2o_iovec_t s)
 {
@@ -778,6 +778,8 @@ static enum op parse_op(h2o_iovec_t s)
         return OP_CHAT;
     if (IS(s, "embeddings"))
         return OP_EMBEDDINGS;
+    if (IS(s, "responses"))
+        return OP_RESPONSES;
     return OP_NONE;
 }
 
@@ -810,11 +812,11 @@ static int64_t chat_prompt_tokens(json_t *doc)
     return estimate_tokens(chars, count);
 }
 
-/* max_completion_tokens / max_tokens when in 1..15, else DEFAULT_WORDS. */
+/* max_completion_tokens / max_tokens / max_output_tokens when in 1..15, else DEFAULT_WORDS. */
 static long completion_words(json_t *doc)
 {
-    static const char *const keys[] = {"max_completion_tokens", "max_tokens"};
-    for (size_t i = 0; i != 2; ++i) {
+    static const char *const keys[] = {"max_completion_tokens", "max_tokens", "max_output_tokens"};
+    for (size_t i = 0; i != 3; ++i) {
         json_t *v = json_object_get(doc, keys[i]);
         if (json_is_integer(v) && json_integer_value(v) >= 1 && json_integer_value(v) < 16)
             return (long)json_integer_value(v);
@@ -886,6 +888,58 @@ static void serve_chat(h2o_req_t *req, const struct plan *plan, json_t *doc, h2o
 }
 
 /* One embedding per input: a string, an array of strings, one token array, or an array of token arrays. */
+/*
+ * The responses API: `input` a string or a list of messages (prompt tokens as for chat),
+ * `max_output_tokens` words; usage as input_tokens / output_tokens / total_tokens. With
+ * "stream": true, the events response.created, one response.output_text.delta per word and
+ * response.completed (carrying the usage), in one send.
+ */
+static void serve_responses(h2o_req_t *req, const struct plan *plan, json_t *doc, h2o_iovec_t model, time_t now)
+{
+    json_t *input = json_object_get(doc, "input");
+    int64_t prompt, words = completion_words(doc);
+    struct out o;
+    long i;
+
+    if (json_is_string(input)) {
+        prompt = estimate_tokens(json_string_length(input), 1);
+    } else if (json_is_array(input)) {
+        json_t *wrapped = json_pack("{sO}", "messages", input);
+        prompt = chat_prompt_tokens(wrapped);
+        json_decref(wrapped);
+    } else {
+        reject(req, plan, 400, ERR_INVALID_REQUEST, "'input' must be a string or a list of messages");
+        return;
+    }
+    ratelimit_charge(now, prompt + words, 0);
+    add_dataplane_headers(req);
+    out_init(&o, &req->pool, 1024 + model.len * 6 + (size_t)words * 96);
+    if (json_is_true(json_object_get(doc, "stream"))) {
+        out_lit(&o, "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_mock\",\"status\":"
+                    "\"in_progress\",\"usage\":null}}\n\n");
+        for (i = 0; i != words; ++i)
+            out_fmt(&o,
+                    "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"word%ld \"}\n\n",
+                    i);
+        out_fmt(&o,
+                "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_mock\",\"status\":"
+                "\"completed\",\"usage\":{\"input_tokens\":%" PRId64 ",\"output_tokens\":%" PRId64 ",\"total_tokens\":%" PRId64
+                "}}}\n\n",
+                prompt, words, prompt + words);
+        send_dataplane(req, plan, 200, "text/event-stream", out_iovec(&o));
+        return;
+    }
+    out_fmt(&o, "{\"id\":\"resp_mock\",\"object\":\"response\",\"created_at\":%lld,\"status\":\"completed\",\"model\":\"",
+            (long long)now);
+    out_json_escaped(&o, model.base, model.len);
+    out_lit(&o, "\",\"output\":[{\"type\":\"message\",\"role\":\"assistant\",\"content\":[{\"type\":\"output_text\",\"text\":\"");
+    for (i = 0; i != words; ++i)
+        out_fmt(&o, i == 0 ? "word%ld" : " word%ld", i);
+    out_fmt(&o, "\"}]}],\"usage\":{\"input_tokens\":%" PRId64 ",\"output_tokens\":%" PRId64 ",\"total_tokens\":%" PRId64 "}}",
+            prompt, words, prompt + words);
+    send_dataplane(req, plan, 200, "application/json", out_iovec(&o));
+}
+
 static void serve_embeddings(h2o_req_t *req, const struct plan *plan, json_t *doc, h2o_iovec_t model, time_t now)
 {
     json_t *input = json_object_get(doc, "input"), *v;
@@ -1027,6 +1081,8 @@ static void serve_dataplane(h2o_req_t *req, h2o_iovec_t path)
     }
     if (op == OP_CHAT)
         serve_chat(req, &plan, doc, model, now);
+    else if (op == OP_RESPONSES)
+        serve_responses(req, &plan, doc, model, now);
     else
         serve_embeddings(req, &plan, doc, model, now);
 

@@ -128,8 +128,37 @@ static void test_values(void)
     CHECK(!aor_json_plain_string("12", 2, &s, &n));
 }
 
+static void test_stream_usage(void)
+{
+    struct aor_reqbody rb;
+    char buf[256];
+    const char *b1 = "{\"stream\":true,\"messages\":[]}";
+    const char *b2 = "{\"stream\":true,\"stream_options\":{\"include_usage\":true}}";
+    const char *b3 = "{\"stream\":true,\"stream_options\":{\"include_usage\":false}}";
+    const char *b4 = "{\"stream_options\":{},\"stream_options\":{\"include_usage\":true}}";
+    int n;
+
+    CHECK_EQ_INT(aor_reqbody_scan(b1, strlen(b1), &rb), 0);
+    CHECK(!rb.stream_options && !rb.include_usage);
+    n = aor_reqbody_with_stream_usage(b1, strlen(b1), buf, sizeof(buf));
+    buf[n < 0 ? 0 : n] = '\0';
+    CHECK_EQ_STR(buf, "{\"stream_options\":{\"include_usage\":true},\"stream\":true,\"messages\":[]}");
+    CHECK(valid(buf));
+    CHECK(n <= (int)strlen(b1) + AOR_REQBODY_STREAM_USAGE_EXTRA);
+    n = aor_reqbody_with_stream_usage("{ }", 3, buf, sizeof(buf));
+    buf[n < 0 ? 0 : n] = '\0';
+    CHECK_EQ_STR(buf, "{\"stream_options\":{\"include_usage\":true} }");
+    CHECK_EQ_INT(aor_reqbody_with_stream_usage(b1, strlen(b1), buf, strlen(b1) + 10), -1);
+    CHECK_EQ_INT(aor_reqbody_scan(b2, strlen(b2), &rb), 0);
+    CHECK(rb.stream_options && rb.include_usage);
+    CHECK_EQ_INT(aor_reqbody_scan(b3, strlen(b3), &rb), 0);
+    CHECK(rb.stream_options && !rb.include_usage);
+    CHECK_EQ_INT(aor_reqbody_scan(b4, strlen(b4), &rb), -1); /* twice: the backend might read the other */
+}
+
 int main(void)
 {
+    test_stream_usage();
     test_grammar();
     test_depth();
     test_reqbody();

@@ -845,11 +845,12 @@ static void test_required_claims_and_tenant(void)
 #define CL(extra) xprintf("{\"iss\":\"" ISS "\",\"aud\":\"" AUD "\",\"exp\":%lld%s}", (long long)(NOW + 600), extra)
     pol.required = roles_rule;
     pol.n_required = 1;
-    p = CL(",\"roles\":[\"Other\"]");
+    p = CL(",\"roles\":[\"Other\"],\"sub\":\"S403\"");
     CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, NULL, p), jwks, &pol, &r), AOR_JWT_E_MISSING_CLAIM);
     CHECK_EQ_INT(r.http_status, 403);
     CHECK_EQ_STR(r.reason, "missing_claim");
-    CHECK_EQ_STR(r.tenant, "");
+    CHECK_EQ_STR(r.sub, "S403");    /* an authentic token refused for a permission keeps its identity (access log) */
+    CHECK_EQ_STR(r.tenant, "S403"); /* the tenant claims name it (sub is among the defaults) */
     free(p);
     p = CL("");
     CHECK_EQ_INT(run_with(std_token(AOR_JWK_ES256, NULL, p), jwks, &pol, &r), AOR_JWT_E_MISSING_CLAIM);

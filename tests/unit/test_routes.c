@@ -145,16 +145,31 @@ static void test_authorize(void)
     CHECK_EQ_INT(authorize("POST", "/openai/v1/batches", &conf, &r), AOR_ACCESS_NOT_FOUND);
     CHECK_EQ_INT(authorize("GET", "/v1/responses/resp_1", &conf, &r), AOR_ACCESS_NOT_FOUND);
     CHECK_EQ_INT(authorize("POST", "/openai/deployments/d/chat/completions/x", &conf, &r), AOR_ACCESS_NOT_FOUND);
-    CHECK_EQ_INT(authorize("GET", "/openai/v1/models", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    /* the model list is the router's own (issue 11) */
+    CHECK_EQ_INT(authorize("GET", "/openai/v1/models", &conf, &r), AOR_ACCESS_MODELS);
+    CHECK_EQ_INT(r.models, 1);
+    CHECK_EQ_INT(authorize("GET", "/v1/models?api-version=2024-10-21", &conf, &r), AOR_ACCESS_MODELS);
+    CHECK_EQ_INT(authorize("GET", "/v1/models/gpt-4o", &conf, &r), AOR_ACCESS_MODELS);
+    CHECK_EQ_INT(authorize("GET", "/v1/models/gpt-4o/x", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("GET", "/v1/models/", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("POST", "/v1/models", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("GET", "/openai/deployments/d/models", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("GET", "/openai/models?api-version=2024-10-21", &conf, &r), AOR_ACCESS_MODELS);
+    CHECK(r.op_len == 6 && memcmp(r.op, "models", 6) == 0);
+    CHECK_EQ_INT(authorize("GET", "/openai/models/gpt-4o", &conf, &r), AOR_ACCESS_MODELS);
+    CHECK_EQ_INT(authorize("GET", "/openai/modelsx", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("GET", "/openai/models/a/b", &conf, &r), AOR_ACCESS_NOT_FOUND);
+    CHECK_EQ_INT(authorize("DELETE", "/openai/models", &conf, &r), AOR_ACCESS_NOT_FOUND);
     CHECK_EQ_INT(authorize("GET", "/", &conf, &r), AOR_ACCESS_NOT_FOUND);
 
     conf.passthrough = pt;
     conf.num_passthrough = 2;
     CHECK_EQ_INT(authorize("GET", "/openai/v1/models?api-version=x", &conf, &r), AOR_ACCESS_PASSTHROUGH);
     CHECK_EQ_INT(r.kind, AOR_ROUTE_V1);
-    CHECK_EQ_INT(r.passthrough, 1);
-    CHECK_EQ_INT(authorize("GET", "/openai/v1/models/gpt-4o", &conf, &r), AOR_ACCESS_NOT_FOUND); /* exact, not a prefix */
-    CHECK_EQ_INT(authorize("POST", "/openai/v1/models", &conf, &r), AOR_ACCESS_NOT_FOUND);       /* method is exact */
+    CHECK_EQ_INT(r.passthrough, 1); /* listed: forwarded, not answered by the router */
+    CHECK_EQ_INT(r.models, 0);
+    CHECK_EQ_INT(authorize("GET", "/openai/v1/models/gpt-4o", &conf, &r), AOR_ACCESS_MODELS); /* exact, not a prefix */
+    CHECK_EQ_INT(authorize("POST", "/openai/v1/models", &conf, &r), AOR_ACCESS_NOT_FOUND);    /* method is exact */
     CHECK_EQ_INT(authorize("DELETE", "/openai/v1/files/file-1", &conf, &r), AOR_ACCESS_PASSTHROUGH);
     CHECK_EQ_INT(authorize("DELETE", "/openai/v1/files/", &conf, &r), AOR_ACCESS_NOT_FOUND);
     /* a prefix cannot be climbed out of, nor escaped */

@@ -79,8 +79,34 @@ static void test_sse_oversized_line(void)
     free(line);
 }
 
+static void test_fragment(void)
+{
+    struct aor_usage u = {0};
+    const char tail[] = "12,0.5]}],\"model\":\"emb\",\"usage\":{\"prompt_tokens\":70000,\"total_tokens\":70000}}";
+    const char cut[] = "0.1,0.2],\"usage\":{\"prompt_tokens\":5,\"total";
+    const char quoted[] = "\"x\":\"}{\",\"usage\" : {\"prompt_tokens\":3,\"note\":\"}\",\"total_tokens\":4}";
+
+    CHECK(aor_usage_from_fragment(tail, strlen(tail), &u) == 1);
+    CHECK_EQ_INT(u.prompt, 70000);
+    CHECK_EQ_INT(u.total, 70000);
+    memset(&u, 0, sizeof(u));
+    CHECK(aor_usage_from_fragment(cut, strlen(cut), &u) == 0); /* the object does not end in the piece */
+    CHECK(aor_usage_from_fragment(quoted, strlen(quoted), &u) == 1);
+    CHECK_EQ_INT(u.total, 4);
+    CHECK(aor_usage_from_fragment("\"usage\":null", 12, &u) == 0);
+    /* an escape as the piece's last byte inside a string: the scan stops at the end (found by fuzz_json) */
+    {
+        static const char esc[] = {'"', 'u', 's', 'a', 'g', 'e', '"', ':', '{', '"', '\\'};
+        char *heap = malloc(sizeof(esc));
+        memcpy(heap, esc, sizeof(esc));
+        CHECK(aor_usage_from_fragment(heap, sizeof(esc), &u) == 0);
+        free(heap);
+    }
+}
+
 int main(void)
 {
+    test_fragment();
     test_json();
     test_sse_whole_and_split();
     test_sse_oversized_line();

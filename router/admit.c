@@ -1,0 +1,894 @@
+/*
+ * admit.c — see admit.h.
+ *
+ * Redis layout (SPEC §6; every key of one tenant carries the hash tag {T}, so both scripts
+ * touch one Cluster slot):
+ *   <p>tenant:{T}                          the operator's quota hash, read by the reserve script
+ *   <p>usage:{T}:minute|day|month:<window> actual usage only (requests, prompt_tokens,
+ *                                          completion_tokens, total_tokens, <deployment>:total_tokens)
+ *   <p>reserved:{T}:<YYYYMMDDHHMM>         reservations made in that minute and not settled yet
+ *                                          (fields tokens, requests; TTL a few minutes)
+ * Reservations live apart from usage so the usage hashes are exactly what the backends
+ * reported. The tpm/rpm check counts the minute's usage plus the minute's reservation
+ * bucket; the day and month checks add the buckets of the last minutes that belong to the
+ * same day / month (a request is charged to the windows it was admitted in). A router that dies
+ * between reserve and settle leaves its reservation in a bucket that expires within
+ * AOR_ADMIT_MAX_BUCKETS minutes and stops counting for day/month once it is that old.
+ */
+#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <hiredis/hiredis.h>
+#include <openssl/evp.h>
+#include "admit.h"
+#include "config.h"
+#include "errors.h"
+#include "log.h"
+#include "metrics.h"
+#include "redis.h"
+#include "request.h"
+#include "tenant.h"
+#include "server.h"
+
+#define KEY_MAX 320
+#define MINUTE_TTL_S 7200     /* 2 h */
+#define DAY_TTL_S 3456000     /* 40 d */
+#define MONTH_TTL_S 34560000  /* 400 d */
+#define FLUSH_INTERVAL_MS 500 /* backlog flush while Redis is up */
+#define FLUSH_BATCH 64        /* backlog entries written per tick and worker */
+#define MAX_ESTIMATE 1000000000000LL
+
+/* ---- scripts ------------------------------------------------------------------------- */
+
+/* KEYS: tenant hash, usage minute, usage day, usage month, reservation buckets (this minute first).
+ * ARGV: deployment, fallback deployments ("*" = all), and the numbers (one argument, space
+ *       separated: fewer arguments to format): estimate, fallback tpm rpm day month, retry-after
+ *       of minute, day, month, buckets in today, buckets in this month, bucket TTL.
+ * Returns {0 admitted | 1 over quota | 2 forbidden, limit or reason, retry-after,
+ *          remaining tokens, remaining requests, the tenant hash as HGETALL gave it}. */
+static const char reserve_lua[] =
+    "local n = {}\n"
+    "for x in string.gmatch(ARGV[3], '%S+') do n[#n + 1] = tonumber(x) end\n"
+    "local h = redis.call('HGETALL', KEYS[1])\n"
+    "local f = {}\n"
+    "for i = 1, #h, 2 do f[h[i]] = h[i + 1] end\n"
+    "local function num(v, def)\n"
+    "  if v ~= nil then\n"
+    "    if v == '-1' then return -1 end\n"
+    "    if #v >= 1 and #v <= 15 and not string.find(v, '[^0-9]') then return tonumber(v) end\n"
+    "  end\n"
+    "  return def\n"
+    "end\n"
+    /* counters are written by HINCRBY: anything but 0..15 digits (someone else's garbage, a
+     * bucket driven below 0) counts as 0 */
+    "local function get(k, field)\n"
+    "  local v = redis.call('HGET', k, field)\n"
+    "  if not v or #v > 15 or not string.find(v, '^%d+$') then return 0 end\n"
+    "  return tonumber(v)\n"
+    "end\n"
+    "local tpm, rpm = num(f['tpm'], n[2]), num(f['rpm'], n[3])\n"
+    "local day, month = num(f['tokens_per_day'], n[4]), num(f['tokens_per_month'], n[5])\n"
+    "if f['disabled'] == '1' then return {2, 'disabled', 0, -1, -1, h} end\n"
+    "if tpm == 0 or rpm == 0 or day == 0 or month == 0 then return {2, 'zero', 0, -1, -1, h} end\n"
+    "local deps = ARGV[2]\n"
+    "local d = f['deployments']\n"
+    "if d ~= nil then\n"
+    "  d = string.gsub(d, '[ \\t]', '')\n"
+    "  if #d < 1024 and string.find(d, '[^,]') and not string.find(d, '[%z\\1-\\32\\127]') then deps = d end\n"
+    "end\n"
+    "if ARGV[1] ~= '' and deps ~= '*' and not string.find(',' .. deps .. ',', ',' .. ARGV[1] .. ',', 1, true) then\n"
+    "  return {2, 'deployment', 0, -1, -1, h}\n"
+    "end\n"
+    "local est, nday, nmonth = n[1], n[9], n[10]\n"
+    "local rday, rmonth = 0, 0\n"
+    "for i = 5, #KEYS do\n"
+    "  local t = get(KEYS[i], 'tokens')\n"
+    "  if i - 4 <= nday then rday = rday + t end\n"
+    "  if i - 4 <= nmonth then rmonth = rmonth + t end\n"
+    "end\n"
+    "local mt = get(KEYS[2], 'total_tokens') + get(KEYS[5], 'tokens')\n"
+    "local mr = get(KEYS[2], 'requests') + get(KEYS[5], 'requests')\n"
+    "if month >= 0 and get(KEYS[4], 'total_tokens') + rmonth + est > month then return {1, 'month', n[8], -1, -1, h} end\n"
+    "if day >= 0 and get(KEYS[3], 'total_tokens') + rday + est > day then return {1, 'day', n[7], -1, -1, h} end\n"
+    "if tpm >= 0 and mt + est > tpm then return {1, 'tpm', n[6], -1, -1, h} end\n"
+    "if rpm >= 0 and mr + 1 > rpm then return {1, 'rpm', n[6], -1, -1, h} end\n"
+    "redis.call('HINCRBY', KEYS[5], 'tokens', est)\n"
+    "redis.call('HINCRBY', KEYS[5], 'requests', 1)\n"
+    "redis.call('EXPIRE', KEYS[5], n[11])\n"
+    "local rt, rr = -1, -1\n"
+    "if tpm >= 0 then rt = tpm - mt - est end\n"
+    "if rpm >= 0 then rr = rpm - mr - 1 end\n"
+    "return {0, '', 0, rt, rr, h}\n";
+
+/* KEYS: usage keys, then the reservation bucket when it has one.
+ * ARGV: deployment ('' none), and the numbers (space separated): has bucket (1/0), estimate,
+ *       count usage (1/0), requests, prompt, completion, total, then the TTL of each usage key. */
+static const char settle_lua[] = "local n = {}\n"
+                                 "for x in string.gmatch(ARGV[2], '%S+') do n[#n + 1] = x end\n"
+                                 "local k = #KEYS\n"
+                                 "if n[1] == '1' then\n"
+                                 "  k = k - 1\n"
+                                 "  if redis.call('EXISTS', KEYS[#KEYS]) == 1 then\n"
+                                 "    redis.call('HINCRBY', KEYS[#KEYS], 'tokens', -tonumber(n[2]))\n"
+                                 "    redis.call('HINCRBY', KEYS[#KEYS], 'requests', -1)\n"
+                                 "  end\n"
+                                 "end\n"
+                                 "if n[3] == '1' then\n"
+                                 "  for i = 1, k do\n"
+                                 "    redis.call('HINCRBY', KEYS[i], 'requests', n[4])\n"
+                                 "    redis.call('HINCRBY', KEYS[i], 'prompt_tokens', n[5])\n"
+                                 "    redis.call('HINCRBY', KEYS[i], 'completion_tokens', n[6])\n"
+                                 "    redis.call('HINCRBY', KEYS[i], 'total_tokens', n[7])\n"
+                                 "    if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[i], ARGV[1] .. ':total_tokens', n[7]) end\n"
+                                 "    redis.call('EXPIRE', KEYS[i], n[7 + i])\n"
+                                 "  end\n"
+                                 "end\n"
+                                 "return 1\n";
+
+struct script {
+    const char *body;
+    char sha[41];
+};
+
+static struct script reserve_script = {reserve_lua, ""}, settle_script = {settle_lua, ""};
+static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
+
+static void sha1_hex(struct script *s)
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char md[20];
+    unsigned int n = 0, i;
+
+    if (EVP_Digest(s->body, strlen(s->body), md, &n, EVP_sha1(), NULL) != 1 || n != 20)
+        return; /* sha stays "": every call goes as EVAL */
+    for (i = 0; i != 20; ++i) {
+        s->sha[2 * i] = digits[md[i] >> 4];
+        s->sha[2 * i + 1] = digits[md[i] & 15];
+    }
+    s->sha[40] = '\0';
+}
+
+static void init_shas(void)
+{
+    sha1_hex(&reserve_script);
+    sha1_hex(&settle_script);
+}
+
+/* ---- one script call: EVALSHA, once more as EVAL on NOSCRIPT -------------------------------- */
+
+#define CALL_MAX_ARGS 40
+#define CALL_ARENA 4096
+
+struct usage_delta {
+    int64_t requests, prompt, completion, total;
+};
+
+/* heap-owned; freed after its callback */
+struct aor_admit_call {
+    struct aor_admit_call *prev, *next; /* the worker's calls in flight (freed at its teardown) */
+    struct aor_redis_cmd *cmd;
+    struct aor_worker *w;
+    struct aor_redis *redis;
+    const struct script *script;
+    void (*done)(struct aor_admit_call *c, const redisReply *reply, const char *errstr);
+    int retried;
+    int argc;
+    const char *argv[CALL_MAX_ARGS];
+    size_t argvlen[CALL_MAX_ARGS];
+    size_t used;
+    /* for the reserve */
+    struct aor_request *ar;
+    aor_admit_cb cb;
+    /* for a settle or a backlog flush: what to keep if the write fails */
+    int count_usage;
+    int nusage; /* usage keys among the arguments (argv[3..3+nusage)) */
+    int ttl[3];
+    char deployment[65];
+    struct usage_delta usage;
+    char arena[CALL_ARENA]; /* the arguments' bytes; last, so only the fields above are zeroed */
+};
+
+#define CALL_CACHE 64 /* finished calls kept per worker for reuse: no malloc of ~5 KB twice per request */
+
+struct aor_admit_worker {
+    uv_timer_t timer;
+    struct aor_admit_call *calls; /* in flight */
+    struct aor_admit_call *spare; /* finished, for reuse (linked through next) */
+    unsigned num_spare;
+};
+
+/* gives a call back: to the worker's spares, or to the heap */
+static void call_free(struct aor_admit_call *c)
+{
+    struct aor_admit_worker *aw = c->w->admit;
+
+    if (aw != NULL && aw->num_spare < CALL_CACHE) {
+        c->next = aw->spare;
+        aw->spare = c;
+        ++aw->num_spare;
+        return;
+    }
+    free(c);
+}
+
+static int call_arg(struct aor_admit_call *c, const char *s, size_t len)
+{
+    if (c->argc == CALL_MAX_ARGS || c->used + len + 1 > sizeof(c->arena))
+        return -1;
+    memcpy(c->arena + c->used, s, len);
+    c->arena[c->used + len] = '\0';
+    c->argv[c->argc] = c->arena + c->used;
+    c->argvlen[c->argc] = len;
+    ++c->argc;
+    c->used += len + 1;
+    return 0;
+}
+
+/* one argument holding `n` decimal integers separated by spaces */
+static int call_nums(struct aor_admit_call *c, const int64_t *v, size_t n)
+{
+    char buf[CALL_MAX_ARGS * 21], *p = buf;
+    size_t i;
+
+    for (i = 0; i != n && i != CALL_MAX_ARGS; ++i) {
+        char tmp[24], *q = tmp + sizeof(tmp);
+        uint64_t u = v[i] < 0 ? (uint64_t)0 - (uint64_t)v[i] : (uint64_t)v[i];
+        do
+            *--q = (char)('0' + u % 10);
+        while ((u /= 10) != 0);
+        if (v[i] < 0)
+            *--q = '-';
+        if (i != 0)
+            *p++ = ' ';
+        memcpy(p, q, (size_t)(tmp + sizeof(tmp) - q));
+        p += tmp + sizeof(tmp) - q;
+    }
+    return call_arg(c, buf, (size_t)(p - buf));
+}
+
+/* an argument made of the NULL-terminated list of strings given */
+static int call_cat(struct aor_admit_call *c, const char *const *parts)
+{
+    size_t n = 0, l;
+    char *dst = c->arena + c->used;
+
+    if (c->argc == CALL_MAX_ARGS)
+        return -1;
+    for (; *parts != NULL; ++parts) {
+        l = strlen(*parts);
+        if (n + l >= KEY_MAX || c->used + n + l + 1 > sizeof(c->arena))
+            return -1;
+        memcpy(dst + n, *parts, l);
+        n += l;
+    }
+    dst[n] = '\0';
+    c->argv[c->argc] = dst;
+    c->argvlen[c->argc] = n;
+    ++c->argc;
+    c->used += n + 1;
+    return 0;
+}
+
+#define CALL_CAT(c, ...) call_cat((c), (const char *const[]){__VA_ARGS__, NULL})
+
+static struct aor_admit_call *call_new(struct aor_worker *w, const struct script *s)
+{
+    struct aor_admit_call *c;
+
+    if (w->admit != NULL && w->admit->spare != NULL) {
+        c = w->admit->spare;
+        w->admit->spare = c->next;
+        --w->admit->num_spare;
+    } else if ((c = malloc(sizeof(*c))) == NULL) {
+        return NULL;
+    }
+    memset(c, 0, offsetof(struct aor_admit_call, arena));
+    pthread_once(&sha_once, init_shas);
+    c->w = w;
+    c->redis = w->redis;
+    c->script = s;
+    /* argv[0] and [1] are EVALSHA <sha> (or EVAL <body>), argv[2] the number of keys */
+    call_arg(c, "EVALSHA", 7);
+    call_arg(c, s->sha, strlen(s->sha));
+    call_arg(c, "0", 1);
+    return c;
+}
+
+static void call_set_numkeys(struct aor_admit_call *c, int n)
+{
+    static const char *const digits[] = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15"};
+    c->argv[2] = digits[n];
+    c->argvlen[2] = strlen(digits[n]);
+}
+
+static void on_call_reply(void *data, const struct redisReply *reply, const char *errstr);
+
+static int call_send(struct aor_admit_call *c)
+{
+    if (c->script->sha[0] == '\0' || c->retried) {
+        c->argv[0] = "EVAL";
+        c->argvlen[0] = 4;
+        c->argv[1] = c->script->body;
+        c->argvlen[1] = strlen(c->script->body);
+    }
+    if ((c->cmd = aor_redis_command_argv(c->redis, on_call_reply, c, c->argc, c->argv, c->argvlen)) == NULL)
+        return -1;
+    if (c->prev == NULL && c->w->admit != NULL && c->w->admit->calls != c) {
+        c->next = c->w->admit->calls;
+        if (c->next != NULL)
+            c->next->prev = c;
+        c->w->admit->calls = c;
+    }
+    return 0;
+}
+
+static void call_unlink(struct aor_admit_call *c)
+{
+    if (c->w->admit == NULL)
+        return;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else if (c->w->admit->calls == c)
+        c->w->admit->calls = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void on_call_reply(void *data, const struct redisReply *reply, const char *errstr)
+{
+    struct aor_admit_call *c = data;
+
+    c->cmd = NULL;
+    if (errstr == aor_redis_err_reply && !c->retried && reply != NULL && reply->str != NULL &&
+        strncmp(reply->str, "NOSCRIPT", 8) == 0) {
+        /* a restarted or flushed Redis: send the body once, which also caches it there */
+        c->retried = 1;
+        if (call_send(c) == 0)
+            return;
+        errstr = aor_redis_err_disconnected;
+        reply = NULL;
+    }
+    call_unlink(c);
+    if (errstr == aor_redis_err_reply)
+        AOR_LOG(AOR_LOG_WARN, "admit", "quota script failed: %s", reply != NULL && reply->str != NULL ? reply->str : "-");
+    c->done(c, reply, errstr);
+    call_free(c);
+}
+
+/* ---- in-process counters and last-known quotas ---------------------------------------------- */
+
+struct local_entry {
+    char tenant[AOR_TENANT_NAME_MAX + 1]; /* "" = free slot */
+    int have_quota;                       /* `q` is what Redis last said */
+    struct aor_quota q;
+    uint64_t hash_fnv; /* of the tenant hash last seen, to log bad values once per change */
+    struct aor_quota_counters c;
+};
+
+static pthread_mutex_t local_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct local_entry *local_table; /* AOR_ADMIT_LOCAL_TENANTS + 1 entries; the last is shared by overflow tenants */
+
+static uint64_t fnv(const void *p, size_t len, uint64_t h)
+{
+    const unsigned char *s = p;
+    size_t i;
+
+    for (i = 0; i != len; ++i)
+        h = (h ^ s[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* under local_lock; NULL only on ENOMEM */
+static struct local_entry *local_find(const char *tenant)
+{
+    size_t len = strlen(tenant), i, k;
+
+    if (local_table == NULL && (local_table = calloc(AOR_ADMIT_LOCAL_TENANTS + 1, sizeof(*local_table))) == NULL)
+        return NULL;
+    i = (size_t)(fnv(tenant, len, 0xcbf29ce484222325ull) % AOR_ADMIT_LOCAL_TENANTS);
+    for (k = 0; k != AOR_ADMIT_LOCAL_TENANTS; ++k, i = (i + 1) % AOR_ADMIT_LOCAL_TENANTS) {
+        struct local_entry *e = &local_table[i];
+        if (e->tenant[0] == '\0') {
+            memcpy(e->tenant, tenant, len < AOR_TENANT_NAME_MAX ? len : AOR_TENANT_NAME_MAX);
+            return e;
+        }
+        if (strcmp(e->tenant, tenant) == 0)
+            return e;
+    }
+    return &local_table[AOR_ADMIT_LOCAL_TENANTS];
+}
+
+static const char *const limit_messages[] = {
+    [AOR_LIMIT_TPM] = "tenant quota exceeded: tokens per minute (tpm)",
+    [AOR_LIMIT_RPM] = "tenant quota exceeded: requests per minute (rpm)",
+    [AOR_LIMIT_DAY] = "tenant quota exceeded: tokens per day (tokens_per_day)",
+    [AOR_LIMIT_MONTH] = "tenant quota exceeded: tokens per month (tokens_per_month)",
+};
+
+static void refuse_quota(struct aor_request *ar, enum aor_quota_limit l, int64_t retry_after_s)
+{
+    ar->adm.refused = 1;
+    ar->adm.error = AOR_ERR_TENANT_QUOTA_EXCEEDED;
+    ar->adm.message = limit_messages[l];
+    ar->adm.retry_after_s = retry_after_s < 1 ? 1 : retry_after_s;
+    aor_metrics_quota_rejection(ar->tenant, aor_quota_limit_name(l));
+}
+
+static void refuse_forbidden(struct aor_request *ar, const char *why)
+{
+    ar->adm.refused = 1;
+    ar->adm.error = AOR_ERR_FORBIDDEN;
+    ar->adm.message = strcmp(why, "disabled") == 0 ? "the tenant is disabled"
+                      : strcmp(why, "zero") == 0   ? "the tenant's quota is 0 (blocked)"
+                                                   : "the tenant may not use this deployment";
+    aor_metrics_quota_rejection(ar->tenant, "deployment");
+}
+
+/* the admit decision on in-process counters: without Redis, or with Redis unreachable (open) */
+static void local_admit(struct aor_request *ar, int64_t now)
+{
+    struct aor_admission *a = &ar->adm;
+    struct local_entry *e;
+    struct aor_quota q;
+    enum aor_quota_limit l;
+    int64_t retry = 0;
+
+    pthread_mutex_lock(&local_lock);
+    if ((e = local_find(ar->tenant)) == NULL) {
+        pthread_mutex_unlock(&local_lock);
+        a->refused = 1;
+        a->error = AOR_ERR_QUOTA_STORE_UNAVAILABLE;
+        a->message = "out of memory";
+        return;
+    }
+    if (e->have_quota && ar->worker->redis != NULL && e != &local_table[AOR_ADMIT_LOCAL_TENANTS])
+        q = e->q;
+    else
+        aor_quota_resolve(ar->conf, ar->tenant, NULL, &q);
+    if (aor_quota_forbidden(&q, ar->deployment) != AOR_LIMIT_NONE) {
+        pthread_mutex_unlock(&local_lock);
+        refuse_forbidden(ar, q.disabled ? "disabled" : !aor_quota_deployment_allowed(&q, ar->deployment) ? "deployment" : "zero");
+        return;
+    }
+    l = aor_quota_local_reserve(&e->c, &q, &a->win, now, a->estimate, &a->remaining_tokens, &a->remaining_requests, &retry);
+    pthread_mutex_unlock(&local_lock);
+    if (l != AOR_LIMIT_NONE) {
+        refuse_quota(ar, l, retry);
+        return;
+    }
+    a->reserved = AOR_ADMIT_LOCAL;
+}
+
+/* Redis could not be asked: `on_failure` decides */
+static void store_unavailable(struct aor_request *ar, int64_t now)
+{
+    aor_metrics_redis_error();
+    if (ar->conf->redis.fail_closed) {
+        ar->adm.refused = 1;
+        ar->adm.error = AOR_ERR_QUOTA_STORE_UNAVAILABLE;
+        ar->adm.message = "the quota store (Redis) is unavailable";
+        return;
+    }
+    local_admit(ar, now);
+}
+
+/* remembers the tenant hash a reserve script saw: the last-known quota for outages; logs bad values once per change */
+static void remember_quota(struct aor_request *ar, const redisReply *h)
+{
+    struct aor_quota_fields f;
+    struct aor_quota q;
+    struct local_entry *e;
+    uint64_t sum = 0xcbf29ce484222325ull;
+    unsigned bad;
+    size_t i;
+
+    if (h == NULL || h->type != REDIS_REPLY_ARRAY)
+        return;
+    memset(&f, 0, sizeof(f));
+    for (i = 0; i + 1 < h->elements; i += 2) {
+        const redisReply *k = h->element[i], *v = h->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        sum = fnv(k->str, k->len, sum);
+        sum = fnv(v->str, v->len, sum);
+#define F(name, field)                                                                                                             \
+    if (k->len == sizeof(name) - 1 && memcmp(k->str, name, sizeof(name) - 1) == 0) {                                               \
+        f.field = v->str;                                                                                                          \
+        f.field##_len = v->len;                                                                                                    \
+    }
+        F("tpm", tpm)
+        F("rpm", rpm)
+        F("tokens_per_day", day)
+        F("tokens_per_month", month)
+        F("deployments", deployments)
+        F("disabled", disabled)
+#undef F
+    }
+    bad = aor_quota_resolve(ar->conf, ar->tenant, &f, &q);
+    pthread_mutex_lock(&local_lock);
+    /* the shared overflow entry keeps counters only: one tenant's quota is not another's */
+    if ((e = local_find(ar->tenant)) != NULL && e != &local_table[AOR_ADMIT_LOCAL_TENANTS]) {
+        if (bad != 0 && e->hash_fnv != sum)
+            AOR_LOG(AOR_LOG_WARN, "admit",
+                    "%s: tenant %s: quota hash has invalid values (mask %u: 1 tpm, 2 rpm, 4 tokens_per_day, 8 tokens_per_month, "
+                    "16 deployments, 32 disabled); they count as absent",
+                    ar->id, ar->tenant, bad);
+        e->hash_fnv = sum;
+        e->q = q;
+        e->have_quota = 1;
+    }
+    pthread_mutex_unlock(&local_lock);
+}
+
+/* ---- the backlog: usage Redis did not take, aggregated per key ------------------------------ */
+
+struct backlog_entry {
+    char key[KEY_MAX];
+    char deployment[65];
+    int ttl;
+    struct usage_delta u;
+};
+
+static pthread_mutex_t backlog_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct backlog_entry *backlog;
+static size_t backlog_len;
+static uint64_t backlog_dropped;
+
+static void backlog_add(const char *key, const char *deployment, int ttl, const struct usage_delta *u)
+{
+    size_t i;
+
+    pthread_mutex_lock(&backlog_lock);
+    for (i = 0; i != backlog_len; ++i)
+        if (strcmp(backlog[i].key, key) == 0 && strcmp(backlog[i].deployment, deployment) == 0)
+            break;
+    if (i == backlog_len) {
+        if (backlog == NULL)
+            backlog = calloc(AOR_ADMIT_BACKLOG_MAX, sizeof(*backlog));
+        if (backlog == NULL || backlog_len == AOR_ADMIT_BACKLOG_MAX) {
+            if (backlog_dropped++ % 1000 == 0)
+                AOR_LOG(AOR_LOG_ERROR, "admit", "usage backlog full (%d keys): usage for %s dropped (%llu so far)",
+                        AOR_ADMIT_BACKLOG_MAX, key, (unsigned long long)backlog_dropped);
+            pthread_mutex_unlock(&backlog_lock);
+            return;
+        }
+        memset(&backlog[i], 0, sizeof(backlog[i]));
+        snprintf(backlog[i].key, sizeof(backlog[i].key), "%s", key);
+        snprintf(backlog[i].deployment, sizeof(backlog[i].deployment), "%s", deployment);
+        backlog[i].ttl = ttl;
+        ++backlog_len;
+    }
+    backlog[i].u.requests += u->requests;
+    backlog[i].u.prompt += u->prompt;
+    backlog[i].u.completion += u->completion;
+    backlog[i].u.total += u->total;
+    pthread_mutex_unlock(&backlog_lock);
+}
+
+size_t aor_admit_backlog_size(void)
+{
+    size_t n;
+
+    pthread_mutex_lock(&backlog_lock);
+    n = backlog_len;
+    pthread_mutex_unlock(&backlog_lock);
+    return n;
+}
+
+/* a settle or flush that Redis did not take: its usage waits in the backlog */
+static void keep_usage(struct aor_admit_call *c)
+{
+    int i;
+
+    if (!c->count_usage)
+        return;
+    for (i = 0; i != c->nusage; ++i)
+        backlog_add(c->argv[3 + i], c->deployment, c->ttl[i], &c->usage);
+}
+
+static void on_settled(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
+{
+    (void)reply;
+    if (errstr == aor_redis_err_reply) {
+        /* Redis refused the script (a key of the wrong type, say): trying again would fail again */
+        aor_metrics_redis_error();
+        if (c->count_usage)
+            AOR_LOG(AOR_LOG_ERROR, "admit", "usage for %s not recorded: Redis refused the write", c->argv[3]);
+    } else if (errstr != NULL) {
+        aor_metrics_redis_error();
+        keep_usage(c);
+    }
+}
+
+/* adds the arguments after the keys to a settle call */
+static int settle_args(struct aor_admit_call *c, int has_bucket, int64_t estimate)
+{
+    int64_t n[7 + 3] = {has_bucket,          estimate,      c->count_usage, c->usage.requests, c->usage.prompt,
+                        c->usage.completion, c->usage.total};
+    int i;
+
+    for (i = 0; i != c->nusage; ++i)
+        n[7 + i] = c->ttl[i];
+    if (call_arg(c, c->deployment, strlen(c->deployment)) != 0 || call_nums(c, n, 7 + (size_t)c->nusage) != 0)
+        return -1;
+    return 0;
+}
+
+static void flush_backlog(struct aor_worker *w)
+{
+    struct backlog_entry batch[FLUSH_BATCH];
+    size_t n = 0, i;
+
+    pthread_mutex_lock(&backlog_lock);
+    while (n != FLUSH_BATCH && backlog_len != 0) {
+        batch[n++] = backlog[backlog_len - 1];
+        --backlog_len;
+    }
+    pthread_mutex_unlock(&backlog_lock);
+    for (i = 0; i != n; ++i) {
+        struct aor_admit_call *c = call_new(w, &settle_script);
+        if (c != NULL) {
+            c->done = on_settled;
+            c->count_usage = 1;
+            c->nusage = 1;
+            c->ttl[0] = batch[i].ttl;
+            c->usage = batch[i].u;
+            snprintf(c->deployment, sizeof(c->deployment), "%s", batch[i].deployment);
+            call_set_numkeys(c, 1);
+            if (call_arg(c, batch[i].key, strlen(batch[i].key)) == 0 && settle_args(c, 0, 0) == 0 && call_send(c) == 0)
+                continue;
+            call_free(c);
+        }
+        backlog_add(batch[i].key, batch[i].deployment, batch[i].ttl, &batch[i].u);
+    }
+}
+
+static void on_flush_timer(uv_timer_t *t)
+{
+    struct aor_worker *w = t->data;
+
+    if (aor_admit_backlog_size() != 0 && aor_redis_is_up(w->redis))
+        flush_backlog(w);
+}
+
+int aor_admit_worker_start(struct aor_worker *w)
+{
+    if (w->redis == NULL)
+        return 0;
+    if ((w->admit = calloc(1, sizeof(*w->admit))) == NULL)
+        return -1;
+    uv_timer_init(&w->loop, &w->admit->timer);
+    w->admit->timer.data = w;
+    uv_timer_start(&w->admit->timer, on_flush_timer, FLUSH_INTERVAL_MS, FLUSH_INTERVAL_MS);
+    uv_unref((uv_handle_t *)&w->admit->timer);
+    return 0;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void aor_admit_worker_stop(struct aor_worker *w)
+{
+    if (w->admit == NULL)
+        return;
+    /* settles still in flight: their usage goes to the backlog (the process may flush it from another worker) */
+    while (w->admit->calls != NULL) {
+        struct aor_admit_call *c = w->admit->calls;
+        call_unlink(c);
+        aor_redis_cancel(c->cmd);
+        keep_usage(c);
+        if (c->ar != NULL) {
+            /* a reservation still awaited: its request (gone with its connection by now) may be freed */
+            c->ar->adm.call = NULL;
+            if (c->ar->req == NULL)
+                c->cb(c->ar);
+        }
+        free(c);
+    }
+    while (w->admit->spare != NULL) {
+        struct aor_admit_call *c = w->admit->spare;
+        w->admit->spare = c->next;
+        free(c);
+    }
+    uv_timer_stop(&w->admit->timer);
+    w->admit->timer.data = w->admit;
+    uv_close((uv_handle_t *)&w->admit->timer, on_timer_closed);
+    w->admit = NULL;
+}
+
+/* ---- keys ------------------------------------------------------------------------------------ */
+
+static const char *prefix_of(const struct aor_config *conf)
+{
+    return conf->redis.prefix != NULL ? conf->redis.prefix : "aoai:";
+}
+
+/* the usage key of one window, `kind` minute/day/month */
+static int add_usage_key(struct aor_admit_call *c, const struct aor_request *ar, const char *kind, const char *window)
+{
+    return CALL_CAT(c, prefix_of(ar->conf), "usage:{", ar->tenant, "}:", kind, ":", window);
+}
+
+/* reservation buckets looked back at: enough to cover the longest request */
+static int num_buckets(const struct aor_config *conf)
+{
+    uint64_t longest = conf->limits.connect_timeout_ms + conf->limits.upstream_timeout_ms;
+    uint64_t n = (longest + 59999) / 60000 + 1;
+    return n > AOR_ADMIT_MAX_BUCKETS ? AOR_ADMIT_MAX_BUCKETS : (int)n;
+}
+
+/* ---- the admit stage -------------------------------------------------------------------- */
+
+static void on_reserved(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
+{
+    struct aor_request *ar = c->ar;
+    struct aor_admission *a = &ar->adm;
+    int64_t now = aor_now_ms();
+
+    a->call = NULL;
+    if (errstr != NULL || reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 6 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER) {
+        if (errstr == NULL)
+            AOR_LOG(AOR_LOG_WARN, "admit", "%s: unexpected reply from the reserve script", ar->id);
+        if (ar->req != NULL)
+            store_unavailable(ar, now);
+    } else {
+        const redisReply *code = reply->element[0], *limit = reply->element[1], *retry = reply->element[2];
+        remember_quota(ar, reply->element[5]);
+        if (code->integer == 0) {
+            a->reserved = AOR_ADMIT_REDIS;
+            a->remaining_tokens = reply->element[3]->type == REDIS_REPLY_INTEGER ? reply->element[3]->integer : -1;
+            a->remaining_requests = reply->element[4]->type == REDIS_REPLY_INTEGER ? reply->element[4]->integer : -1;
+        } else if (code->integer == 1 && limit->type == REDIS_REPLY_STRING) {
+            enum aor_quota_limit l = strcmp(limit->str, "tpm") == 0   ? AOR_LIMIT_TPM
+                                     : strcmp(limit->str, "rpm") == 0 ? AOR_LIMIT_RPM
+                                     : strcmp(limit->str, "day") == 0 ? AOR_LIMIT_DAY
+                                                                      : AOR_LIMIT_MONTH;
+            refuse_quota(ar, l, retry->type == REDIS_REPLY_INTEGER ? retry->integer : 1);
+        } else {
+            refuse_forbidden(ar, limit->type == REDIS_REPLY_STRING ? limit->str : "deployment");
+        }
+    }
+    if (ar->req == NULL)
+        aor_admit_settle(ar); /* the client left meanwhile: give the reservation back */
+    c->cb(ar);
+}
+
+int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
+{
+    struct aor_admission *a = &ar->adm;
+    struct aor_worker *w = ar->worker;
+    int64_t now = aor_now_ms();
+    struct aor_quota fallback;
+    struct aor_admit_call *c;
+    struct aor_quota_windows past;
+    int nb = num_buckets(ar->conf), nday = 0, nmonth = 0, i;
+
+    a->remaining_tokens = a->remaining_requests = -1;
+    a->estimate = ar->estimate < 0 ? 0 : ar->estimate > MAX_ESTIMATE ? MAX_ESTIMATE : ar->estimate;
+    aor_quota_windows(now, &a->win);
+    if (ar->tenant == NULL)
+        ar->tenant = "default";
+    if (w->redis == NULL) {
+        local_admit(ar, now);
+        return 1;
+    }
+    if ((c = call_new(w, &reserve_script)) == NULL) {
+        store_unavailable(ar, now);
+        return 1;
+    }
+    c->done = on_reserved;
+    c->ar = ar;
+    c->cb = cb;
+    aor_quota_resolve(ar->conf, ar->tenant, NULL, &fallback);
+    call_set_numkeys(c, 4 + nb);
+    if (CALL_CAT(c, prefix_of(ar->conf), "tenant:{", ar->tenant, "}") != 0 || add_usage_key(c, ar, "minute", a->win.minute) ||
+        add_usage_key(c, ar, "day", a->win.day) || add_usage_key(c, ar, "month", a->win.month))
+        goto fail;
+    for (i = 0; i != nb; ++i) {
+        aor_quota_windows(now - (int64_t)i * 60000, &past);
+        if (CALL_CAT(c, prefix_of(ar->conf), "reserved:{", ar->tenant, "}:", past.minute) != 0)
+            goto fail;
+        nday += past.day_id == a->win.day_id;
+        nmonth += past.month_id == a->win.month_id;
+    }
+    {
+        int64_t n[11] = {a->estimate,
+                         fallback.tpm,
+                         fallback.rpm,
+                         fallback.day,
+                         fallback.month,
+                         aor_quota_retry_after(now, a->win.minute_end_ms),
+                         aor_quota_retry_after(now, a->win.day_end_ms),
+                         aor_quota_retry_after(now, a->win.month_end_ms),
+                         nday,
+                         nmonth,
+                         nb * 60 + 120};
+        const char *deps = fallback.all_deployments ? "*" : fallback.deployments;
+        if (call_arg(c, ar->deployment, strlen(ar->deployment)) != 0 || call_arg(c, deps, strlen(deps)) != 0 ||
+            call_nums(c, n, 11) != 0)
+            goto fail;
+    }
+    if (call_send(c) != 0)
+        goto fail;
+    a->call = c;
+    return 0;
+fail:
+    call_free(c);
+    store_unavailable(ar, now);
+    return 1;
+}
+
+/* ---- the account stage ------------------------------------------------------------------ */
+
+void aor_admit_settle(struct aor_request *ar)
+{
+    struct aor_admission *a = &ar->adm;
+    int reserved = a->reserved;
+    struct aor_admit_call *c;
+    struct usage_delta u = {0, 0, 0, 0};
+    int count = 0;
+
+    if (reserved == AOR_ADMIT_NONE)
+        return;
+    a->reserved = AOR_ADMIT_NONE;
+    if (ar->usage.found) {
+        count = 1;
+    } else if (ar->sse.usage.found) {
+        ar->usage = ar->sse.usage;
+        count = 1;
+    } else if (ar->started && ar->status >= 200 && ar->status < 300) {
+        if (ar->mode == AOR_MODE_STREAM) {
+            /* a stream without usage (cut short, or the client's stream_options turned it off):
+             * the prompt as estimated plus a token per content event relayed */
+            ar->usage.prompt = (int64_t)ar->body_len / 4;
+            ar->usage.completion = ar->sse.content_events;
+            ar->usage.total = ar->usage.prompt + ar->usage.completion;
+            ar->usage.found = 1;
+            a->usage_estimated = 1;
+        }
+        count = 1; /* answered: the request counts, with what it is known to have cost */
+    }
+    if (count) {
+        u.requests = 1;
+        u.prompt = ar->usage.prompt;
+        u.completion = ar->usage.completion;
+        u.total = ar->usage.total;
+    }
+    if (reserved == AOR_ADMIT_LOCAL) {
+        pthread_mutex_lock(&local_lock);
+        struct local_entry *e = local_find(ar->tenant);
+        if (e != NULL)
+            aor_quota_local_settle(&e->c, &a->win, a->estimate, count ? u.total : -1);
+        pthread_mutex_unlock(&local_lock);
+    }
+    if (ar->worker->redis == NULL || (reserved == AOR_ADMIT_LOCAL && !count))
+        return;
+    if ((c = call_new(ar->worker, &settle_script)) == NULL)
+        return;
+    c->done = on_settled;
+    c->count_usage = count;
+    c->usage = u;
+    c->nusage = 3;
+    c->ttl[0] = MINUTE_TTL_S;
+    c->ttl[1] = DAY_TTL_S;
+    c->ttl[2] = MONTH_TTL_S;
+    snprintf(c->deployment, sizeof(c->deployment), "%s", ar->deployment);
+    call_set_numkeys(c, reserved == AOR_ADMIT_REDIS ? 4 : 3);
+    if (add_usage_key(c, ar, "minute", a->win.minute) != 0 || add_usage_key(c, ar, "day", a->win.day) != 0 ||
+        add_usage_key(c, ar, "month", a->win.month) != 0 ||
+        (reserved == AOR_ADMIT_REDIS && CALL_CAT(c, prefix_of(ar->conf), "reserved:{", ar->tenant, "}:", a->win.minute) != 0) ||
+        settle_args(c, reserved == AOR_ADMIT_REDIS, a->estimate) != 0) {
+        call_free(c);
+        return;
+    }
+    if (call_send(c) != 0) {
+        keep_usage(c); /* Redis is down: the usage waits for it */
+        call_free(c);
+    }
+}

@@ -1,0 +1,323 @@
+// Quotas under attack and outage (issue 8): hostile values in the tenant and usage hashes,
+// 200 concurrent requests of one tenant through two router processes sharing one Redis,
+// Redis killed mid-load and restarted (on_failure open: nothing fails, nothing is lost;
+// closed: 503), Redis SIGSTOPped (requests bounded by the command deadline), the script
+// cache flushed (NOSCRIPT), a stream cut short (charged as estimated), no Redis at all.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import http from 'node:http';
+import {
+  startMock,
+  startRouter,
+  backendFor,
+  post,
+  curlStream,
+  chatBody,
+  CHAT_PATH,
+  stopAll,
+  sleep,
+  fetchMetrics,
+  metricSum,
+  accessLogLine,
+  httpRequest,
+  run,
+  pollUntil,
+  SLOW,
+} from './lib/harness.mjs';
+import { startDurableRedis } from './lib/quota_redis.mjs';
+
+const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
+const TENANTS = ['hostile', 'hostile-usage', 'wrongtype', 'reset', 'leaver', 'burst', 'outage', 'stopped', 'cut', 'noscript', 'plain'];
+const KEYS = Object.fromEntries(TENANTS.map((t) => [t, `aor_${crypto.randomBytes(24).toString('base64url')}`]));
+let seq = 0;
+const rid = (w) => `it-hq-${w}-${++seq}-${Date.now()}`;
+
+let east, redis, routerA, routerB, closedRouter, noRedisRouter;
+
+function cli(...args) {
+  return run('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), '--raw', ...args]);
+}
+
+function config({ onFailure = 'open', withRedis = true, tenants } = {}) {
+  return {
+    ...(withRedis ? { redis: { url: redis.url, on_failure: onFailure } } : {}),
+    backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o' } })],
+    auth: { mode: 'key', keys: { static: TENANTS.map((t) => ({ sha256: sha256(KEYS[t]), tenant: t })) } },
+    tenants: tenants ?? { default: { tpm: 1000000, rpm: 100000 }, hostile: { rpm: 2 } },
+  };
+}
+
+function call(router, tenant, { body = chatBody({ max_tokens: 2 }), id = rid(tenant), timeoutMs } = {}) {
+  return post(router.url, CHAT_PATH, body, { headers: { 'api-key': KEYS[tenant], 'x-request-id': id }, timeoutMs }).then((r) => {
+    r.id = id;
+    return r;
+  });
+}
+
+function dayKey(tenant) {
+  const d = new Date().toISOString().slice(0, 10).replaceAll('-', '');
+  return `aoai:usage:{${tenant}}:day:${d}`;
+}
+
+async function dayUsage(tenant) {
+  const r = await cli('HGETALL', dayKey(tenant));
+  const kv = r.stdout.split('\n');
+  if (kv.at(-1) === '') kv.pop();
+  const o = {};
+  for (let i = 0; i + 1 < kv.length; i += 2) o[kv[i]] = Number(kv[i + 1]);
+  return o;
+}
+
+before(async () => {
+  east = await startMock('eastus', { tpm: 100000000, rpm: 1000000 });
+  redis = await startDurableRedis();
+  routerA = await startRouter({ config: config() });
+  routerB = await startRouter({ config: config() });
+  closedRouter = await startRouter({ config: config({ onFailure: 'closed' }) });
+  noRedisRouter = await startRouter({ config: config({ withRedis: false, tenants: { default: { tpm: 1000000, rpm: 3 } } }) });
+});
+
+after(async () => {
+  await stopAll(routerA, routerB, closedRouter, noRedisRouter, east, redis);
+});
+
+describe('hostile values in Redis', () => {
+  it('tenant hash: non-numeric, negative other than -1, 10^30, empty → absent (the config entry applies), logged, no crash', async () => {
+    const values = ['abc', '-5', '1000000000000000000000000000000', '', '1e3', ' 7'];
+    for (const v of values) {
+      await cli('DEL', 'aoai:tenant:{hostile}');
+      await cli('HSET', 'aoai:tenant:{hostile}', 'rpm', v, 'tpm', v, 'tokens_per_day', v, 'tokens_per_month', v, 'deployments', v === '' ? '' : ',,', 'disabled', v === '' ? '' : 'yes');
+      // tenants.hostile has rpm 2 in the config: with every Redis value ignored, that limit holds
+      const minuteLeft = 60000 - (Date.now() % 60000);
+      if (minuteLeft < 3000) await sleep(minuteLeft + 200);
+      const key = `aoai:usage:{hostile}:minute:*`;
+      const keys = (await cli('--scan', '--pattern', key)).stdout.split('\n').filter(Boolean);
+      for (const k of keys) await cli('DEL', k);
+      for (const k of (await cli('--scan', '--pattern', 'aoai:reserved:{hostile}:*')).stdout.split('\n').filter(Boolean)) await cli('DEL', k);
+      const codes = [];
+      for (let i = 0; i < 3; ++i) codes.push((await call(routerA, 'hostile')).status);
+      assert.deepEqual(codes, [200, 200, 429], `value ${JSON.stringify(v)}: ${codes}`);
+    }
+    assert.match(routerA.stderr(), /quota hash has invalid values/);
+    assert.equal((await httpRequest(`${routerA.url}/healthz`)).status, 200);
+  });
+
+  it('usage and reservation hashes with garbage counters count as 0, never crash', async () => {
+    const now = new Date().toISOString().replace(/[-:T]/g, '').slice(0, 12);
+    await cli('HSET', `aoai:usage:{hostile-usage}:minute:${now}`, 'total_tokens', 'garbage', 'requests', '-99999999999999999999');
+    await cli('HSET', `aoai:reserved:{hostile-usage}:${now}`, 'tokens', '1e400', 'requests', 'x');
+    await cli('HSET', 'aoai:tenant:{hostile-usage}', 'tpm', '1000', 'rpm', '5');
+    const r = await call(routerA, 'hostile-usage');
+    assert.equal(r.status, 200, r.body);
+  });
+
+  it('a usage key of the wrong type (a string): the settle is refused and logged once (no retry loop); when the check must read it, open admits locally and closed answers 503', async () => {
+    await cli('SET', dayKey('wrongtype'), 'not-a-hash');
+    const count = () => (routerA.stderr().match(/quota script failed: WRONGTYPE/g) ?? []).length;
+    // tokens_per_day unlimited: the check never reads the day hash, only the settle writes it
+    assert.equal((await call(routerA, 'wrongtype')).status, 200);
+    await sleep(1500); // three backlog flush ticks: a refused write is not retried
+    assert.equal(count(), 1, routerA.stderr().slice(-2000));
+    assert.match(routerA.stderr(), /usage for aoai:usage:\{wrongtype\}:minute:\d+ not recorded: Redis refused the write/);
+    // with a day quota the reserve script reads it and fails: on_failure decides
+    await cli('HSET', 'aoai:tenant:{wrongtype}', 'tokens_per_day', '1000000');
+    assert.equal((await call(routerA, 'wrongtype')).status, 200);
+    const closed = await call(closedRouter, 'wrongtype');
+    assert.equal(closed.status, 503, closed.body);
+    assert.equal(closed.json().error.code, 'quota_store_unavailable');
+    await cli('DEL', dayKey('wrongtype'));
+    assert.equal((await call(closedRouter, 'wrongtype')).status, 200);
+  });
+});
+
+describe('one quota across replicas', () => {
+  it('two router processes, 200 concurrent requests of one tenant, rpm 50: at most 50 admitted; usage = what the backend reported', async () => {
+    const minuteLeft = 60000 - (Date.now() % 60000);
+    if (minuteLeft < 15000) await sleep(minuteLeft + 300);
+    await cli('HSET', 'aoai:tenant:{burst}', 'rpm', '50');
+    const before = await dayUsage('burst');
+    const agentA = new http.Agent({ keepAlive: true, maxSockets: 50 });
+    const agentB = new http.Agent({ keepAlive: true, maxSockets: 50 });
+    const body = chatBody({ max_tokens: 2 });
+    const results = await Promise.all(
+      Array.from({ length: 200 }, (_, i) =>
+        httpRequest(`${(i % 2 ? routerA : routerB).url}${CHAT_PATH}`, {
+          method: 'POST',
+          body,
+          agent: i % 2 ? agentA : agentB,
+          headers: { 'api-key': KEYS.burst },
+          timeoutMs: 30000 * SLOW,
+        }),
+      ),
+    );
+    agentA.destroy();
+    agentB.destroy();
+    const ok = results.filter((r) => r.status === 200);
+    const limited = results.filter((r) => r.status === 429);
+    assert.equal(ok.length + limited.length, 200, `other statuses: ${[...new Set(results.map((r) => r.status))]}`);
+    assert.ok(ok.length <= 50, `${ok.length} admitted with rpm 50`);
+    assert.ok(ok.length >= 45, `only ${ok.length} admitted: the quota should be usable`);
+    for (const r of limited) assert.equal(r.json().error.code, 'tenant_quota_exceeded');
+    await sleep(300);
+    const after = await dayUsage('burst');
+    const reported = ok.reduce((s, r) => s + r.json().usage.total_tokens, 0);
+    assert.equal((after.total_tokens ?? 0) - (before.total_tokens ?? 0), reported);
+    assert.equal((after.requests ?? 0) - (before.requests ?? 0), ok.length);
+  });
+});
+
+describe('Redis outage', () => {
+  it('SCRIPT FLUSH: the next admission reloads the script (NOSCRIPT) and succeeds', async () => {
+    assert.equal((await call(routerA, 'noscript')).status, 200);
+    await cli('SCRIPT', 'FLUSH');
+    const r = await call(routerA, 'noscript');
+    assert.equal(r.status, 200, r.body);
+    await sleep(100);
+    assert.equal((await dayUsage('noscript')).requests, 2);
+  });
+
+  it('the client leaves while its reservation is on the way: the reservation is given back when the reply comes', async () => {
+    // h2c: the router notices the client's going at once (HTTP/1.1 is not read while a request runs)
+    const sleeping = cli('DEBUG', 'SLEEP', '0.6'); // Redis answers late, within the 1 s deadline
+    await sleep(50);
+    const r = await post(routerA.url, CHAT_PATH, chatBody({ max_tokens: 2 }), { proto: 'h2c', headers: { 'api-key': KEYS.leaver }, args: ['--max-time', '0.25'] });
+    assert.notEqual(r.status, 200, 'the client was meant to give up first');
+    await sleeping;
+    await sleep(300);
+    const keys = (await cli('--scan', '--pattern', 'aoai:reserved:{leaver}:*')).stdout.split('\n').filter(Boolean);
+    assert.ok(keys.length >= 1, 'the reservation reached Redis');
+    for (const k of keys) {
+      assert.equal(Number((await cli('HGET', k, 'tokens')).stdout), 0, `${k} still holds tokens`);
+      assert.equal(Number((await cli('HGET', k, 'requests')).stdout), 0, `${k} still holds a request`);
+    }
+    assert.equal((await dayUsage('leaver')).requests ?? 0, 0);
+    assert.equal((await call(routerA, 'leaver')).status, 200);
+  });
+
+  it('killed mid-load and restarted: open → no request fails, no usage lost (a settle whose reply died with Redis may count twice); closed → 503 quota_store_unavailable', async () => {
+    const before = await dayUsage('outage');
+    const errorsBefore = metricSum(await fetchMetrics(routerA), 'aoai_router_redis_errors_total');
+    let stop = false;
+    const results = [];
+    const closedStatuses = [];
+    const loop = async (router) => {
+      while (!stop) {
+        const t0 = Date.now();
+        const r = await call(router, 'outage', { timeoutMs: 10000 * SLOW });
+        r.took = Date.now() - t0;
+        results.push(r);
+      }
+    };
+    const loops = [loop(routerA), loop(routerA), loop(routerB), loop(routerB)];
+    await sleep(700);
+    await redis.kill();
+    await sleep(300);
+    closedStatuses.push(await call(closedRouter, 'outage'));
+    await sleep(900);
+    await redis.restart();
+    await sleep(800);
+    stop = true;
+    await Promise.all(loops);
+    const failed = results.filter((r) => r.status !== 200);
+    assert.equal(failed.length, 0, `failed during the outage: ${failed.slice(0, 3).map((r) => `${r.status} ${r.took} ms ${r.body} ${r.stderr}`)}`);
+    const slowest = Math.max(...results.map((r) => r.took));
+    assert.ok(slowest < 3000 * SLOW, `a request was held ${slowest} ms (Redis command deadline 1 s)`);
+    assert.ok(results.length > 20, `only ${results.length} requests ran`);
+    assert.equal(closedStatuses[0].status, 503, closedStatuses[0].body);
+    assert.equal(closedStatuses[0].json().error.code, 'quota_store_unavailable');
+    const reported = results.reduce((s, r) => s + r.json().usage.total_tokens, 0);
+    // the backlog is written once Redis is back (flush every 0.5 s). Nothing may be lost; a settle
+    // whose reply was lost with the connection (Redis applied it, then died) is written again, so
+    // at most the settles in flight when it died — one per request loop — may count twice (README)
+    const perRequest = Math.max(...results.map((r) => r.json().usage.total_tokens));
+    let after, recorded, stableSince = 0, last = -1;
+    const ok = await pollUntil(
+      async () => {
+        after = await dayUsage('outage');
+        recorded = (after.total_tokens ?? 0) - (before.total_tokens ?? 0);
+        if (recorded !== last) (last = recorded), (stableSince = Date.now());
+        return recorded >= reported && Date.now() - stableSince > 1500;
+      },
+      { timeoutMs: 10000 * SLOW, intervalMs: 200 },
+    );
+    assert.ok(ok, `usage after the restart ${recorded}, backend reported ${reported}: usage lost`);
+    assert.ok(recorded - reported <= loops.length * perRequest, `usage after the restart ${recorded}, backend reported ${reported}`);
+    const extra = (after.requests ?? 0) - (before.requests ?? 0) - results.length;
+    assert.ok(extra >= 0 && extra <= loops.length, `requests recorded ${results.length + extra}, served ${results.length}`);
+    if (recorded !== reported) console.log(`note: ${extra} settle(s) counted twice after the kill (reply lost with the connection)`);
+    assert.ok(metricSum(await fetchMetrics(routerA), 'aoai_router_redis_errors_total') > errorsBefore, 'redis errors counted');
+  });
+
+  it('SIGSTOPped: open answers, closed refuses, neither holds a request beyond the command deadline', async () => {
+    redis.proc.kill('SIGSTOP');
+    try {
+      const t0 = Date.now();
+      const [open, closed] = await Promise.all([call(routerA, 'stopped', { timeoutMs: 15000 }), call(closedRouter, 'stopped', { timeoutMs: 15000 })]);
+      const took = Date.now() - t0;
+      assert.equal(open.status, 200, open.body);
+      assert.equal(closed.status, 503, closed.body);
+      assert.ok(took < 2500 * SLOW, `held ${took} ms`);
+      // while it stays stopped, later requests do not wait again
+      const t1 = Date.now();
+      assert.equal((await call(routerA, 'stopped')).status, 200);
+      assert.ok(Date.now() - t1 < 1000 * SLOW, `second request held ${Date.now() - t1} ms`);
+    } finally {
+      redis.proc.kill('SIGCONT');
+    }
+  });
+});
+
+describe('streams and no Redis', () => {
+  it('a stream the backend breaks off (reset after 3 words) is charged as estimated too', async () => {
+    await east.setBehaviour({ reset_after_chunks: 3, chunk_interval_ms: 100 }); // paced: the first events reach the client before the break
+    try {
+      const id = rid('reset');
+      const s = await curlStream(routerA.url, CHAT_PATH, chatBody({ max_tokens: 10, stream: true }), {
+        headers: { 'api-key': KEYS.reset, 'x-request-id': id },
+      }).done;
+      assert.ok(s.body.includes('word0'), s.body);
+      const line = await accessLogLine(routerA, id, 10000 * SLOW);
+      assert.equal(line.usage, 'estimated');
+      assert.equal(line.completion_tokens, 3);
+      await sleep(200);
+      const day = await dayUsage('reset');
+      assert.equal(day.total_tokens, line.total_tokens, JSON.stringify(day));
+      assert.equal(day.completion_tokens, 3);
+    } finally {
+      await east.setBehaviour({});
+    }
+  });
+
+  it('a stream the client cuts short is charged prompt estimate + content events relayed; access log usage "estimated"', async () => {
+    await east.setBehaviour({ chunk_interval_ms: 150 });
+    try {
+      const id = rid('cut');
+      const s = curlStream(routerA.url, CHAT_PATH, chatBody({ max_tokens: 15, stream: true }), { headers: { 'api-key': KEYS.cut, 'x-request-id': id } });
+      assert.ok(await s.waitEvents(4), 'the stream did not start');
+      s.abort();
+      await s.done;
+      const line = await accessLogLine(routerA, id, 10000 * SLOW);
+      assert.ok(line, 'no access-log line');
+      assert.equal(line.usage, 'estimated');
+      assert.ok(line.completion_tokens >= 3 && line.completion_tokens < 15, `completion ${line.completion_tokens}`);
+      await sleep(200);
+      const day = await dayUsage('cut');
+      assert.equal(day.total_tokens, line.total_tokens, JSON.stringify(day));
+      assert.equal(day.requests, 1);
+    } finally {
+      await east.setBehaviour({});
+    }
+  });
+
+  it('without redis: the config quota holds in-process (rpm 3 → the 4th is 429 with retry-after)', async () => {
+    const minuteLeft = 60000 - (Date.now() % 60000);
+    if (minuteLeft < 5000) await sleep(minuteLeft + 200);
+    const codes = [];
+    let last;
+    for (let i = 0; i < 4; ++i) codes.push((last = await call(noRedisRouter, 'plain')).status);
+    assert.deepEqual(codes, [200, 200, 200, 429]);
+    assert.equal(last.json().error.code, 'tenant_quota_exceeded');
+    assert.ok(Number(last.headers['retry-after']) >= 1);
+  });
+});

@@ -1,0 +1,147 @@
+/* unit tests for router/quota.c: hash values, fallback, UTC windows on a hand-moved clock, local counters */
+#include <stdlib.h>
+#include <string.h>
+#include "config.h"
+#include "quota.h"
+#include "test.h"
+
+#define S(x) x, strlen(x)
+
+static void test_values(void)
+{
+    int64_t v = 7;
+
+    CHECK(aor_quota_parse_value(S("-1"), &v) == 1 && v == -1);
+    CHECK(aor_quota_parse_value(S("0"), &v) == 1 && v == 0);
+    CHECK(aor_quota_parse_value(S("123456"), &v) == 1 && v == 123456);
+    CHECK(aor_quota_parse_value(S("999999999999999"), &v) == 1 && v == 999999999999999LL);
+    v = 7;
+    CHECK(aor_quota_parse_value(S("1000000000000000000000000000000"), &v) == 0); /* 10^30 */
+    CHECK(aor_quota_parse_value(S(""), &v) == 0);
+    CHECK(aor_quota_parse_value(S("-2"), &v) == 0);
+    CHECK(aor_quota_parse_value(S("abc"), &v) == 0);
+    CHECK(aor_quota_parse_value(S(" 5"), &v) == 0);
+    CHECK(aor_quota_parse_value(S("5e3"), &v) == 0);
+    CHECK(aor_quota_parse_value(S("-0"), &v) == 0);
+    CHECK_EQ_INT(v, 7);
+}
+
+static void test_resolve(void)
+{
+    struct aor_tenant_conf tenants[2] = {{.name = "default", .tpm = 1000, .rpm = 10, .tokens_per_day = -1, .tokens_per_month = -1},
+                                         {.name = "t1", .tpm = 50, .rpm = -1, .tokens_per_day = 7, .tokens_per_month = -1}};
+    struct aor_config conf;
+    struct aor_quota q;
+    struct aor_quota_fields f;
+
+    memset(&conf, 0, sizeof(conf));
+    conf.tenants = tenants;
+    conf.num_tenants = 2;
+    CHECK_EQ_INT(aor_quota_resolve(&conf, "t1", NULL, &q), 0);
+    CHECK_EQ_INT(q.tpm, 50);
+    CHECK_EQ_INT(q.day, 7);
+    CHECK_EQ_INT(aor_quota_resolve(&conf, "other", NULL, &q), 0);
+    CHECK_EQ_INT(q.tpm, 1000);
+    CHECK_EQ_INT(q.rpm, 10);
+    CHECK(q.all_deployments);
+
+    memset(&f, 0, sizeof(f));
+    f.tpm = "abc", f.tpm_len = 3;
+    f.rpm = "-5", f.rpm_len = 2;
+    f.day = "1000000000000000000000000000000", f.day_len = 31;
+    f.month = "", f.month_len = 0;
+    CHECK_EQ_INT(aor_quota_resolve(&conf, "other", &f, &q), 1 | 2 | 4 | 8);
+    CHECK_EQ_INT(q.tpm, 1000); /* hostile values count as absent */
+    CHECK_EQ_INT(q.rpm, 10);
+    CHECK_EQ_INT(q.day, -1);
+
+    memset(&f, 0, sizeof(f));
+    f.tpm = "0", f.tpm_len = 1;
+    aor_quota_resolve(&conf, "other", &f, &q);
+    CHECK_EQ_INT(aor_quota_forbidden(&q, "gpt-4o"), AOR_LIMIT_DEPLOYMENT);
+    f.tpm = "-1";
+    f.tpm_len = 2;
+    f.deployments = " gpt-4o , emb ", f.deployments_len = strlen(f.deployments);
+    CHECK_EQ_INT(aor_quota_resolve(&conf, "other", &f, &q), 0);
+    CHECK_EQ_INT(q.tpm, -1);
+    CHECK(aor_quota_deployment_allowed(&q, "gpt-4o"));
+    CHECK(aor_quota_deployment_allowed(&q, "emb"));
+    CHECK(!aor_quota_deployment_allowed(&q, "gpt-4"));
+    CHECK(!aor_quota_deployment_allowed(&q, "em"));
+    CHECK(aor_quota_deployment_allowed(&q, ""));
+    f.disabled = "1", f.disabled_len = 1;
+    aor_quota_resolve(&conf, "other", &f, &q);
+    CHECK_EQ_INT(aor_quota_forbidden(&q, "gpt-4o"), AOR_LIMIT_DEPLOYMENT);
+    f.disabled = "yes", f.disabled_len = 3;
+    f.deployments = ",,", f.deployments_len = 2;
+    CHECK_EQ_INT(aor_quota_resolve(&conf, "other", &f, &q), 16 | 32);
+    CHECK(q.all_deployments);
+    CHECK(!q.disabled);
+}
+
+static void test_windows(void)
+{
+    struct aor_quota_windows w;
+    /* 2024-02-29T23:59:30.500Z */
+    int64_t now = 1709251170500LL;
+
+    aor_quota_windows(now, &w);
+    CHECK_EQ_STR(w.minute, "202402292359");
+    CHECK_EQ_STR(w.day, "20240229");
+    CHECK_EQ_STR(w.month, "202402");
+    CHECK_EQ_INT(aor_quota_retry_after(now, w.minute_end_ms), 30);
+    CHECK_EQ_INT(aor_quota_retry_after(now, w.day_end_ms), 30);
+    CHECK_EQ_INT(aor_quota_retry_after(now, w.month_end_ms), 30);
+    CHECK_EQ_INT(aor_quota_retry_after(w.minute_end_ms, w.minute_end_ms), 1);
+    CHECK_EQ_INT(aor_quota_retry_after(w.minute_end_ms - 1, w.minute_end_ms), 1);
+    aor_quota_windows(now + 30000, &w); /* 2024-03-01T00:00:00.500Z */
+    CHECK_EQ_STR(w.minute, "202403010000");
+    CHECK_EQ_INT(w.month_end_ms, 1711929600000LL); /* 2024-04-01 */
+    aor_quota_windows(1735689599000LL, &w);        /* 2024-12-31T23:59:59Z */
+    CHECK_EQ_STR(w.minute, "202412312359");
+    CHECK_EQ_INT(w.month_end_ms, 1735689600000LL);
+}
+
+static void test_local(void)
+{
+    struct aor_quota q = {.tpm = 100, .rpm = 3, .day = 250, .month = -1, .all_deployments = 1};
+    struct aor_quota_counters c;
+    struct aor_quota_windows w, w0;
+    int64_t now = 1709208000000LL; /* 2024-02-29T12:00:00Z */
+    int64_t rt = 0, rr = 0, ra = 0;
+
+    memset(&c, 0, sizeof(c));
+    aor_quota_windows(now, &w);
+    w0 = w;
+    CHECK_EQ_INT(aor_quota_local_reserve(&c, &q, &w, now, 60, &rt, &rr, &ra), AOR_LIMIT_NONE);
+    CHECK_EQ_INT(rt, 40);
+    CHECK_EQ_INT(rr, 2);
+    CHECK_EQ_INT(aor_quota_local_reserve(&c, &q, &w, now + 1000, 60, &rt, &rr, &ra), AOR_LIMIT_TPM);
+    CHECK_EQ_INT(ra, 59);
+    aor_quota_local_settle(&c, &w0, 60, 20); /* the first used 20 */
+    CHECK_EQ_INT(aor_quota_local_reserve(&c, &q, &w, now + 2000, 60, &rt, &rr, &ra), AOR_LIMIT_NONE);
+    CHECK_EQ_INT(rt, 20);
+    CHECK_EQ_INT(aor_quota_local_reserve(&c, &q, &w, now + 2000, 10, &rt, &rr, &ra), AOR_LIMIT_NONE);
+    CHECK_EQ_INT(aor_quota_local_reserve(&c, &q, &w, now + 2000, 1, &rt, &rr, &ra), AOR_LIMIT_RPM);
+    aor_quota_local_settle(&c, &w0, 10, -1); /* released: the request does not count */
+    CHECK_EQ_INT(aor_quota_local_reserve(&c, &q, &w, now + 2000, 1, &rt, &rr, &ra), AOR_LIMIT_NONE);
+    /* the next minute: tpm and rpm start over, the day does not */
+    now += 60000;
+    aor_quota_windows(now, &w);
+    CHECK_EQ_INT(aor_quota_local_reserve(&c, &q, &w, now, 100, &rt, &rr, &ra), AOR_LIMIT_NONE);
+    CHECK_EQ_INT(c.day_tokens, 20 + 60 + 1 + 100);
+    aor_quota_local_settle(&c, &w0, 60, 60); /* an old minute's settle leaves the new minute alone */
+    CHECK_EQ_INT(c.minute_tokens, 100);
+    now += 60000;
+    aor_quota_windows(now, &w);
+    CHECK_EQ_INT(aor_quota_local_reserve(&c, &q, &w, now, 70, &rt, &rr, &ra), AOR_LIMIT_DAY);
+}
+
+int main(void)
+{
+    test_values();
+    test_resolve();
+    test_windows();
+    test_local();
+    return aor_test_done("test_quota");
+}
