@@ -29,6 +29,8 @@
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+#define MAX_REPLY_BYTES (1024 * 1024) /* a reply still being read (a bulk string) larger than this drops the connection */
+#define MAX_REPLY_OBJECTS 65536       /* elements of one reply, nested ones included (the router's largest: an MGET) */
 
 const char aor_redis_err_timeout[] = "redis command timed out";
 const char aor_redis_err_disconnected[] = "redis connection lost";
@@ -227,7 +229,59 @@ struct glue {
     uv_poll_t poll;
     redisAsyncContext *ac; /* NULL once hiredis cleaned up */
     int events;
+    size_t objects; /* made for the reply being parsed */
 };
+
+/*
+ * hiredis 0.14 has no bound on a reply: a bulk string waits whole in the reader's buffer and an
+ * array's element table is allocated at its header, whatever length the server claims. Our
+ * reply-object functions wrap hiredis' own (taken from the reader) and refuse an object past
+ * MAX_REPLY_OBJECTS in one reply: the reader then fails ("out of memory") and the connection is
+ * dropped. The buffer's own bound is checked after each read (glue_poll_cb).
+ */
+static redisReplyObjectFunctions *hiredis_fn; /* the same table for every reader */
+
+static int reply_object_ok(const redisReadTask *t, size_t claimed)
+{
+    struct glue *g = t->privdata;
+
+    if (t->parent == NULL)
+        g->objects = 0; /* a new reply */
+    g->objects += 1 + claimed;
+    if (g->objects <= MAX_REPLY_OBJECTS)
+        return 1;
+    AOR_LOG(AOR_LOG_WARN, "redis", "a reply with more than %d elements; dropping the connection", MAX_REPLY_OBJECTS);
+    return 0;
+}
+
+static void *bounded_string(const redisReadTask *t, char *str, size_t len)
+{
+    return reply_object_ok(t, 0) ? hiredis_fn->createString(t, str, len) : NULL;
+}
+
+static void *bounded_array(const redisReadTask *t, int elements)
+{
+    return reply_object_ok(t, elements > 0 ? (size_t)elements : 0) ? hiredis_fn->createArray(t, elements) : NULL;
+}
+
+static void *bounded_integer(const redisReadTask *t, long long v)
+{
+    return reply_object_ok(t, 0) ? hiredis_fn->createInteger(t, v) : NULL;
+}
+
+static void *bounded_nil(const redisReadTask *t)
+{
+    return reply_object_ok(t, 0) ? hiredis_fn->createNil(t) : NULL;
+}
+
+static void bounded_free(void *obj)
+{
+    hiredis_fn->freeObject(obj);
+}
+
+static redisReplyObjectFunctions bounded_fn = {bounded_string, bounded_array, bounded_integer, bounded_nil, bounded_free};
+
+static void conn_kill(struct aor_redis *r, const char *err, const char *detail);
 
 static void glue_poll_cb(uv_poll_t *h, int status, int events)
 {
@@ -237,8 +291,14 @@ static void glue_poll_cb(uv_poll_t *h, int status, int events)
      * socket, which is how it learns about a refused connect or a reset */
     if (status < 0)
         events = g->events != 0 ? g->events : UV_READABLE;
-    if (g->ac != NULL && (events & UV_READABLE))
+    if (g->ac != NULL && (events & UV_READABLE)) {
         redisAsyncHandleRead(g->ac);
+        if (g->ac != NULL && g->ac->c.reader->len - g->ac->c.reader->pos > MAX_REPLY_BYTES) {
+            struct aor_redis *r = g->ac->data;
+            if (r->ac == g->ac) /* else: a context given up on, already being freed */
+                conn_kill(r, aor_redis_err_disconnected, "a reply over 1 MiB (a bulk string no command of ours asks for)");
+        }
+    }
     if (g->ac != NULL && (events & UV_WRITABLE))
         redisAsyncHandleWrite(g->ac);
     if (status < 0 && g->ac != NULL && g->events != 0)
@@ -305,6 +365,13 @@ static int glue_attach(redisAsyncContext *ac, uv_loop_t *loop)
     }
     g->poll.data = g;
     g->ac = ac;
+    /* hiredis' own functions, bounded (the table is the same for every reader: no lock needed to
+     * store the same pointer twice) */
+    if (ac->c.reader->fn != &bounded_fn) {
+        __atomic_store_n(&hiredis_fn, ac->c.reader->fn, __ATOMIC_RELAXED);
+        ac->c.reader->fn = &bounded_fn;
+    }
+    ac->c.reader->privdata = g;
     ac->ev.data = g;
     ac->ev.addRead = glue_add_read;
     ac->ev.delRead = glue_del_read;
