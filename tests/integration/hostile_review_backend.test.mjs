@@ -3,9 +3,28 @@
 // Each test here failed on the main it was written against; the fix is in the C code.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import { startMock, startRouter, backendFor, post, chatBody, CHAT_PATH, stopAll, sleep, httpRequest, SLOW } from './lib/harness.mjs';
+import net from 'node:net';
+import tls from 'node:tls';
+import path from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
+import {
+  startMock,
+  startRouter,
+  backendFor,
+  post,
+  chatBody,
+  CHAT_PATH,
+  stopAll,
+  sleep,
+  httpRequest,
+  tempDir,
+  run,
+  fetchMetrics,
+  metricSum,
+  SLOW,
+} from './lib/harness.mjs';
 import { startFakeResp, streamFlood } from './lib/hostile_review_resp.mjs';
+import { CHAT_JSON } from './lib/hostile_upstream_backend.mjs';
 
 function memKb(pid) {
   const s = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -59,5 +78,88 @@ describe('a lying Redis: replies far larger than any the router asks for', () =>
 
   it('an array of 2 billion elements: refused at its header, memory stays flat, the loop answers', async () => {
     await attack((s) => streamFlood(s, '*2000000000\r\n', Buffer.from(':1\r\n'.repeat(1 << 18)), 2000000000));
+  });
+});
+
+describe('a TLS backend whose close-delimited body is cut by a TCP FIN (no close_notify)', () => {
+  let dir, healthy, server, router, mode;
+  let hits = 0;
+
+  async function ossl(...args) {
+    const r = await run('openssl', args);
+    assert.equal(r.code, 0, r.stderr);
+  }
+
+  before(async () => {
+    dir = tempDir('aor-it-review-tls-');
+    await ossl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=review CA', '-days', '1',
+      '-keyout', path.join(dir, 'ca.key'), '-out', path.join(dir, 'ca.pem'));
+    writeFileSync(path.join(dir, 'leaf.ext'), 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
+    await ossl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=leaf', '-keyout',
+      path.join(dir, 'leaf.key'), '-out', path.join(dir, 'leaf.csr'));
+    await ossl('x509', '-req', '-in', path.join(dir, 'leaf.csr'), '-CA', path.join(dir, 'ca.pem'), '-CAkey', path.join(dir, 'ca.key'),
+      '-CAcreateserial', '-days', '1', '-extfile', path.join(dir, 'leaf.ext'), '-out', path.join(dir, 'leaf.pem'));
+    const creds = { key: readFileSync(path.join(dir, 'leaf.key')), cert: readFileSync(path.join(dir, 'leaf.pem')) };
+    /* TLS over a raw TCP socket, so that the TCP connection can be ended without a close_notify */
+    server = net.createServer((raw) => {
+      raw.on('error', () => {});
+      const t = new tls.TLSSocket(raw, { isServer: true, ...creds });
+      t.on('error', () => {});
+      let buf = '';
+      t.on('data', (d) => {
+        buf += d;
+        const at = buf.indexOf('\r\n\r\n');
+        if (at < 0) return;
+        const len = Number((/content-length:\s*(\d+)/i.exec(buf.slice(0, at)) ?? [0, 0])[1]);
+        if (buf.length < at + 4 + len) return;
+        hits++;
+        const body = mode === 'cut' ? CHAT_JSON.slice(0, 40) : CHAT_JSON;
+        /* no content-length, no chunking: the body ends with the connection */
+        t.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n${body}`, () => {
+          if (mode === 'cut') setTimeout(() => raw.end(), 50); // a FIN, no close_notify: a truncation
+          else setTimeout(() => t.end(), 50); // close_notify, then the FIN: the end of the body
+        });
+      });
+    });
+    await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+    healthy = await startMock('healthy');
+    router = await startRouter({
+      env: { SSL_CERT_FILE: path.join(dir, 'ca.pem') },
+      config: {
+        threads: 1,
+        backends: [
+          { name: 'tlsclose', url: `https://127.0.0.1:${server.address().port}`, priority: 1, deployments: { 'gpt-4o': 'gpt-4o' } },
+          backendFor(healthy, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o' } }),
+        ],
+        limits: { max_attempts: 2 },
+        circuit: { failures: 1000, open_ms: 60000 },
+      },
+    });
+  });
+  after(async () => {
+    await stopAll(router, healthy);
+    server?.close();
+  });
+
+  it('a FIN without close_notify is a truncation: fails over, never a 200 with the cut body', async () => {
+    mode = 'cut';
+    hits = 0;
+    const before = metricSum(await fetchMetrics(router), 'aoai_router_failovers_total', { backend: 'tlsclose' });
+    const res = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 }));
+    assert.equal(res.status, 200, res.body);
+    assert.equal(res.headers['x-aoai-router-backend'], 'healthy', `the cut body was delivered: ${res.body}`);
+    assert.equal(res.json().object, 'chat.completion');
+    assert.equal(hits, 1);
+    assert.equal(metricSum(await fetchMetrics(router), 'aoai_router_failovers_total', { backend: 'tlsclose' }), before + 1);
+  });
+
+  it('close_notify then the FIN ends a close-delimited body: a complete answer', async () => {
+    mode = 'whole';
+    hits = 0;
+    const res = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 }));
+    assert.equal(res.status, 200, res.body);
+    assert.equal(res.headers['x-aoai-router-backend'], 'tlsclose');
+    assert.equal(res.body, CHAT_JSON);
+    assert.equal(hits, 1);
   });
 });
