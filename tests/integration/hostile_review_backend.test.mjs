@@ -163,3 +163,30 @@ describe('a TLS backend whose close-delimited body is cut by a TCP FIN (no close
     assert.equal(hits, 1);
   });
 });
+
+describe('a lying Redis: error replies written to forge log lines', () => {
+  it('a newline in a Redis error cannot start a log line of its own', async () => {
+    const healthy = await startMock('healthy');
+    const fake = await startFakeResp((s) => s.write('-ERR nope\n2099-01-01T00:00:00.000Z error [server] FORGED by redis\r\n'));
+    const router = await startRouter({
+      config: {
+        threads: 1,
+        redis: { url: fake.url, on_failure: 'open' },
+        auth: { mode: 'key' },
+        backends: [backendFor(healthy, { deployments: { 'gpt-4o': 'gpt-4o' } })],
+      },
+    });
+    try {
+      const res = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 }), { headers: { 'api-key': 'legacy-shaped-key-0123456789' } });
+      assert.equal(res.status, 503, res.body); // the key cannot be looked up, and it was never seen before
+      assert.ok(fake.seen.HGETALL >= 1, JSON.stringify(fake.seen));
+      await sleep(200);
+      const lines = router.stderr().split('\n');
+      assert.ok(lines.some((l) => l.includes('FORGED')), 'the error reply is logged');
+      assert.ok(!lines.some((l) => l.startsWith('2099-')), `a forged line:\n${lines.filter((l) => l.includes('FORGED')).join('\n')}`);
+    } finally {
+      await stopAll(router, healthy);
+      await fake.stop();
+    }
+  });
+});
