@@ -24,7 +24,7 @@ import {
   SLOW,
 } from './lib/harness.mjs';
 import { startFakeResp, streamFlood } from './lib/hostile_review_resp.mjs';
-import { CHAT_JSON } from './lib/hostile_upstream_backend.mjs';
+import { CHAT_JSON, startHostileBackend } from './lib/hostile_upstream_backend.mjs';
 
 function memKb(pid) {
   const s = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -187,6 +187,53 @@ describe('a lying Redis: error replies written to forge log lines', () => {
     } finally {
       await stopAll(router, healthy);
       await fake.stop();
+    }
+  });
+});
+
+describe('answers collected whole (JSON) share the in-flight budget', () => {
+  it('40 answers of 4 MiB held at once stay within max_inflight_body_bytes (the rest are streamed)', async () => {
+    const be = await startHostileBackend();
+    const LEN = 4 * 1024 * 1024 - 64;
+    const block = Buffer.alloc(1 << 20, 0x20);
+    /* a JSON answer just under the 4 MiB collection limit, its last 10 bytes never sent */
+    be.handler = (ctx) => {
+      ctx.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${LEN + 10}\r\n\r\n{"a":"`);
+      let sent = 6;
+      const go = () => {
+        while (sent < LEN && !ctx.conn.closed) {
+          const n = Math.min(block.length, LEN - sent);
+          sent += n;
+          if (!ctx.socket.write(block.subarray(0, n))) {
+            ctx.socket.once('drain', go);
+            return;
+          }
+        }
+      };
+      go();
+    };
+    const router = await startRouter({
+      config: {
+        threads: 1,
+        backends: [{ name: 'big', url: be.url, deployments: { 'gpt-4o': 'gpt-4o' } }],
+        limits: { upstream_timeout_ms: 4000 * SLOW, max_backend_connections: 1000, max_inflight_body_bytes: 32 * 1024 * 1024 },
+        circuit: { failures: 100000 },
+      },
+    });
+    try {
+      const before = memKb(router.proc.pid);
+      const all = Promise.all(Array.from({ length: 40 }, () => post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 })).catch(() => null)));
+      await sleep(3000 * SLOW);
+      const grown = memKb(router.proc.pid).hwm - before.rss;
+      assert.equal(be.stats.posts, 40, 'every request reached the backend');
+      assert.ok(grown < 80 * 1024, `router peak RSS grew by ${grown} kB with 40 answers of 4 MiB in flight (budget 32 MiB)`);
+      const results = await all;
+      assert.ok(results.every((r) => r === null || r.status === 502 || r.status === 200), 'cut answers: 502, or a 200 stream cut short');
+      const res = await httpRequest(`${router.url}/healthz`);
+      assert.equal(res.status, 200);
+    } finally {
+      await router.stop();
+      await be.stop();
     }
   });
 });
