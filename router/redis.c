@@ -241,6 +241,11 @@ struct glue {
  */
 static redisReplyObjectFunctions *hiredis_fn; /* the same table for every reader */
 
+static redisReplyObjectFunctions *hiredis_functions(void)
+{
+    return __atomic_load_n(&hiredis_fn, __ATOMIC_RELAXED);
+}
+
 static int reply_object_ok(const redisReadTask *t, size_t claimed)
 {
     struct glue *g = t->privdata;
@@ -256,27 +261,27 @@ static int reply_object_ok(const redisReadTask *t, size_t claimed)
 
 static void *bounded_string(const redisReadTask *t, char *str, size_t len)
 {
-    return reply_object_ok(t, 0) ? hiredis_fn->createString(t, str, len) : NULL;
+    return reply_object_ok(t, 0) ? hiredis_functions()->createString(t, str, len) : NULL;
 }
 
 static void *bounded_array(const redisReadTask *t, int elements)
 {
-    return reply_object_ok(t, elements > 0 ? (size_t)elements : 0) ? hiredis_fn->createArray(t, elements) : NULL;
+    return reply_object_ok(t, elements > 0 ? (size_t)elements : 0) ? hiredis_functions()->createArray(t, elements) : NULL;
 }
 
 static void *bounded_integer(const redisReadTask *t, long long v)
 {
-    return reply_object_ok(t, 0) ? hiredis_fn->createInteger(t, v) : NULL;
+    return reply_object_ok(t, 0) ? hiredis_functions()->createInteger(t, v) : NULL;
 }
 
 static void *bounded_nil(const redisReadTask *t)
 {
-    return reply_object_ok(t, 0) ? hiredis_fn->createNil(t) : NULL;
+    return reply_object_ok(t, 0) ? hiredis_functions()->createNil(t) : NULL;
 }
 
 static void bounded_free(void *obj)
 {
-    hiredis_fn->freeObject(obj);
+    hiredis_functions()->freeObject(obj);
 }
 
 static redisReplyObjectFunctions bounded_fn = {bounded_string, bounded_array, bounded_integer, bounded_nil, bounded_free};
