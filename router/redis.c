@@ -250,9 +250,10 @@ static int reply_object_ok(const redisReadTask *t, size_t claimed)
 {
     struct glue *g = t->privdata;
 
+    /* the reply itself, then every array's claimed length (its elements are counted there) */
     if (t->parent == NULL)
-        g->objects = 0; /* a new reply */
-    g->objects += 1 + claimed;
+        g->objects = 1;
+    g->objects += claimed;
     if (g->objects <= MAX_REPLY_OBJECTS)
         return 1;
     AOR_LOG(AOR_LOG_WARN, "redis", "a reply with more than %d elements; dropping the connection", MAX_REPLY_OBJECTS);
