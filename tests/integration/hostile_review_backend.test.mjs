@@ -226,7 +226,9 @@ describe('answers collected whole (JSON) share the in-flight budget', () => {
       await sleep(3000 * SLOW);
       const grown = memKb(router.proc.pid).hwm - before.rss;
       assert.equal(be.stats.posts, 40, 'every request reached the backend');
-      assert.ok(grown < 80 * 1024, `router peak RSS grew by ${grown} kB with 40 answers of 4 MiB in flight (budget 32 MiB)`);
+      /* unbounded, they take 160+ MiB; ASan's quarantine keeps freed buffers a while (measured 111 MiB) */
+      const bound = (SLOW > 1 ? 140 : 80) * 1024;
+      assert.ok(grown < bound, `router peak RSS grew by ${grown} kB with 40 answers of 4 MiB in flight (budget 32 MiB)`);
       const results = await all;
       assert.ok(results.every((r) => r === null || r.status === 502 || r.status === 200), 'cut answers: 502, or a 200 stream cut short');
       const res = await httpRequest(`${router.url}/healthz`);
