@@ -104,6 +104,7 @@ describe('a TLS backend whose close-delimited body is cut by a TCP FIN (no close
     server = net.createServer((raw) => {
       raw.on('error', () => {});
       const t = new tls.TLSSocket(raw, { isServer: true, ...creds });
+      t.requests = 0;
       t.on('error', () => {});
       let buf = '';
       t.on('data', (d) => {
@@ -112,7 +113,14 @@ describe('a TLS backend whose close-delimited body is cut by a TCP FIN (no close
         if (at < 0) return;
         const len = Number((/content-length:\s*(\d+)/i.exec(buf.slice(0, at)) ?? [0, 0])[1]);
         if (buf.length < at + 4 + len) return;
+        buf = buf.slice(at + 4 + len);
         hits++;
+        if (mode === 'pooled') {
+          /* keep-alive: the first request on a connection is answered, the next one read and the connection closed */
+          if (++t.requests === 1) t.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${CHAT_JSON.length}\r\n\r\n${CHAT_JSON}`);
+          else t.end();
+          return;
+        }
         const body = mode === 'cut' ? CHAT_JSON.slice(0, 40) : CHAT_JSON;
         /* no content-length, no chunking: the body ends with the connection */
         t.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n${body}`, () => {
@@ -151,6 +159,17 @@ describe('a TLS backend whose close-delimited body is cut by a TCP FIN (no close
     assert.equal(res.json().object, 'chat.completion');
     assert.equal(hits, 1);
     assert.equal(metricSum(await fetchMetrics(router), 'aoai_router_failovers_total', { backend: 'tlsclose' }), before + 1);
+  });
+
+  it('item 14 over TLS: a pooled connection closed after the next request was read: never sent twice', async () => {
+    mode = 'pooled';
+    hits = 0;
+    const first = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 }));
+    assert.equal(first.headers['x-aoai-router-backend'], 'tlsclose', first.body);
+    const second = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 }));
+    assert.equal(second.status, 200, second.body);
+    assert.equal(second.headers['x-aoai-router-backend'], 'healthy', 'the second request failed over');
+    assert.equal(hits, 2, 'the TLS backend read each POST once');
   });
 
   it('close_notify then the FIN ends a close-delimited body: a complete answer', async () => {
