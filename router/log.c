@@ -52,6 +52,11 @@ void aor_log_write(enum aor_log_level level, const char *module, const char *fmt
     if (n < 0)
         return;
     n = (int)strnlen(line, sizeof(line) - 1);
+    /* one line per call, whatever the arguments carry (a Redis error, a peer's words): a control
+     * byte cannot end it early or forge the next one */
+    for (int i = 0; i < n; ++i)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = '?';
     line[n++] = '\n';
     /* one write(2) per line (≤ PIPE_BUF: lines from threads do not interleave on a pipe); on a
      * non-blocking stderr whose reader stalled the line is dropped, never waited for */

@@ -57,6 +57,27 @@ static int buf_append(struct aor_buf *b, const char *p, size_t len)
     return 0;
 }
 
+/* an answer collected whole takes its bytes from the process-wide budget of bodies in flight
+ * (limits.max_inflight_body_bytes); 0 when it is spent: the answer is streamed instead */
+static int take_resp_budget(struct aor_request *ar, size_t len)
+{
+    uint64_t held = __atomic_add_fetch(&aor_inflight_body_bytes, len, __ATOMIC_RELAXED);
+
+    if (held > ar->conf->limits.max_inflight_body_bytes) {
+        __atomic_fetch_sub(&aor_inflight_body_bytes, len, __ATOMIC_RELAXED);
+        return 0;
+    }
+    ar->resp_budget += len;
+    return 1;
+}
+
+static void release_resp_budget(struct aor_request *ar)
+{
+    if (ar->resp_budget != 0)
+        __atomic_fetch_sub(&aor_inflight_body_bytes, ar->resp_budget, __ATOMIC_RELAXED);
+    ar->resp_budget = 0;
+}
+
 static void buf_free(struct aor_buf *b)
 {
     free(b->base);
@@ -269,6 +290,7 @@ static void next_attempt(struct aor_request *ar)
     /* the failed attempt's headers are not the answer */
     ar->req->res.headers.size = ar->res_headers_mark;
     ar->pending.len = 0;
+    release_resp_budget(ar);
     if (ar->attempts >= ar->conf->limits.max_attempts) {
         give_up(ar, 0);
         return;
@@ -607,16 +629,16 @@ static void on_upstream_body(struct aor_upstream_h1_xfer *x, const char *data, s
         }
         return;
     case AOR_MODE_BUFFER:
-        if (ar->pending.len + len <= AOR_BUFFER_MAX) {
+        if (ar->pending.len + len <= AOR_BUFFER_MAX && take_resp_budget(ar, len)) {
             if (buf_append(&ar->pending, data, len) != 0) {
                 cancel_upstream(ar);
                 attempt_local_failure(ar, "out of memory");
             }
             return;
         }
-        /* too large to hold: stream what we have and the rest; its usage is looked for in the
-         * part held now and, at the end, in the last AOR_USAGE_TAIL bytes (issue 8: a 30 MB
-         * embeddings answer is counted too) */
+        /* too large to hold, or the budget is spent: stream what we have and the rest; its usage
+         * is looked for in the part held now and, at the end, in the last AOR_USAGE_TAIL bytes
+         * (issue 8: a 30 MB embeddings answer is counted too) */
         ar->mode = AOR_MODE_STREAM;
         ar->json_overflow = 1;
         aor_usage_from_fragment(ar->pending.base, ar->pending.len, &ar->usage);
@@ -1108,6 +1130,7 @@ void aor_proxy_free(struct aor_request *ar)
         aor_backend_deployment_release(ar->cand[i].dep, now);
         ar->cand[i].dep = NULL;
     }
+    release_resp_budget(ar);
     buf_free(&ar->inflight);
     buf_free(&ar->pending);
     aor_sse_dispose(&ar->sse);

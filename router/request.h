@@ -118,6 +118,7 @@ struct aor_request {
     h2o_linklist_t deferred_link; /* in worker->deferred while `deferred` */
     int deferred;
     uint64_t body_budget; /* bytes held in aor_inflight_body_bytes for this request */
+    uint64_t resp_budget; /* bytes of the answer being collected (BUFFER) held in aor_inflight_body_bytes */
 };
 
 #endif

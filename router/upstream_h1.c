@@ -27,6 +27,8 @@
  *    OpenSSL checks it in chain verification instead (verify_chain_and_name), so h2o's
  *    "certificate name mismatch" is redundant and ignored (it also misjudges IP addresses).
  *  - the hostinfo resolver answers on the worker's loop through its multithread receiver.
+ *  - a TLS socket's BIO carries the h2o socket as its data (setup_bio): the info callback finds
+ *    the connection that read a close_notify through it.
  *  - the response's bytes are parsed by h1resp.c (picohttpparser from libh2o).
  */
 #include <errno.h>
@@ -105,6 +107,7 @@ struct aor_upstream_h1_conn {
     char failure_detail[128];
     uv_read_cb h2o_read_cb; /* h2o's read callback, which ours fronts */
     ssize_t read_status;    /* libuv's last negative read result (UV_EOF when the peer closed cleanly) */
+    int tls_close_notify;   /* TLS: the backend sent close_notify (a FIN alone may be a truncation) */
     int depth;              /* inside its read/write callback: a close defers the free */
     int closed;
     int is_head;              /* the request is a HEAD */
@@ -165,6 +168,21 @@ static int verify_chain_and_name(X509_STORE_CTX *store, void *arg)
     return X509_verify_cert(store);
 }
 
+/* a close_notify from a backend: noted on its connection (h2o's socket is the BIO's data); a body
+ * delimited by the close has ended only then, not at a bare FIN */
+static void on_tls_info(const SSL *ssl, int where, int ret)
+{
+    BIO *bio;
+    h2o_socket_t *sock;
+    struct aor_upstream_h1_conn *c;
+
+    if ((where & SSL_CB_READ_ALERT) == 0 || (ret & 0xff) != SSL3_AD_CLOSE_NOTIFY)
+        return;
+    if ((bio = SSL_get_rbio(ssl)) == NULL || (sock = BIO_get_data(bio)) == NULL || (c = sock->data) == NULL)
+        return; /* a connection already let go of (h2o's TLS shutdown) */
+    c->tls_close_notify = 1;
+}
+
 static SSL_CTX *make_tls_ctx(void)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -180,6 +198,7 @@ static SSL_CTX *make_tls_ctx(void)
     }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     SSL_CTX_set_cert_verify_callback(ctx, verify_chain_and_name, NULL);
+    SSL_CTX_set_info_callback(ctx, on_tls_info);
     return ctx;
 }
 
@@ -925,7 +944,8 @@ static void read_body(struct aor_upstream_h1_conn *c)
 static void on_read_end(struct aor_upstream_h1_conn *c)
 {
     struct aor_upstream_h1_xfer *x = c->xfer;
-    int clean = c->read_status == UV_EOF;
+    /* over TLS only a close_notify ends a body cleanly: a FIN without one may be anybody's truncation */
+    int clean = c->sock->ssl != NULL ? c->tls_close_notify : c->read_status == UV_EOF;
     char words[80];
 
     if (c->state != CONN_BUSY && c->state != CONN_DRAINING) {

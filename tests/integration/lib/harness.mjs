@@ -373,7 +373,12 @@ export async function startRouter({ config, env = {}, port, ready = true, tls = 
   const proc = track(
     spawn(ROUTER_BIN, ['-c', configPath], {
       cwd: dir,
-      env: { ...process.env, ASAN_OPTIONS: process.env.ASAN_OPTIONS ?? 'detect_leaks=1', ...env },
+      env: {
+        ...process.env,
+        ASAN_OPTIONS: process.env.ASAN_OPTIONS ?? 'detect_leaks=1',
+        LSAN_OPTIONS: process.env.LSAN_OPTIONS ?? `suppressions=${path.join(ROOT, 'tests/lsan.supp')}`, // h2o's per-thread caches
+        ...env,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     }),
   );
