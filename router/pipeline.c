@@ -434,7 +434,9 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
     char id[AOR_REQUEST_ID_MAX + 1];
 
     uint64_t started_ns = aor_mono_ns();
-    struct aor_client_conn *c;
+    struct aor_client_conn *c = aor_server_conn_of(req->conn);
+
+    aor_server_conn_guard(c); /* an h2c upgrade starts its reads outside the guard */
 
     /* before anything reads the headers: their count and decoded size (an HPACK-indexed
      * header costs the client one byte per copy) */
@@ -444,7 +446,7 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
         aor_accesslog_write_plain(w->accesslog, id, "", req->res.status, started_ns);
         return 0;
     }
-    if (w->tearing_down || ((c = aor_server_conn_of(req->conn)) != NULL && c->closing)) {
+    if (w->tearing_down || (c != NULL && c->closing)) {
         aor_error_send(req, AOR_ERR_SHUTTING_DOWN, "the connection is closing");
         return 0;
     }

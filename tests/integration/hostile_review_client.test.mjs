@@ -1,0 +1,114 @@
+// An outside review of issues 6 and 7, attacking the built router as a hostile client, an
+// identity attacker and a careless operator would. Each test is a hole the review found (it
+// failed on the main it reviewed) or a bound it checked; tests/RELIABILITY.md "## review:
+// hostile client" lists them.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { startMock, startRouter, backendFor, stopAll, sleep, SLOW, httpRequest, CHAT_PATH, chatBody, post } from './lib/harness.mjs';
+import { connectH2, frames, requestHead, hpack, rssKiB } from './lib/hostile_h2.mjs';
+
+let east;
+const routers = [];
+
+async function router(extra = {}, opts = {}) {
+  const r = await startRouter({
+    config: { threads: 1, backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o' } })], ...extra },
+    ...opts,
+  });
+  routers.push(r);
+  return r;
+}
+
+before(async () => {
+  east = await startMock('eastus');
+});
+
+after(async () => {
+  await stopAll(...routers, east);
+});
+
+describe('HPACK bomb on streams that still await their body (issue 6 item 1)', () => {
+  // The handler's header check runs when h2o calls it: after the whole body. A stream whose
+  // HEADERS lack END_STREAM keeps its decoded header list (one h2o_header_t per one-byte
+  // reference) until the body comes — which an attacker never sends. 100 such streams per
+  // connection, each a 16 KB block of references (or 400 KB with CONTINUATION frames), grew the
+  // router by ~140 MB (~4 GB) per connection on the reviewed main.
+  it('100 streams × 16,000 references without END_STREAM, and CONTINUATION-stretched blocks: RSS bounded, nothing upstream, honest requests served', async () => {
+    const r = await router();
+    const statsBefore = (await east.stats()).requests;
+    const rssBefore = await rssKiB(r.proc.pid);
+    const conns = [];
+    for (let k = 0; k < 2; ++k) {
+      const c = await connectH2(r.port);
+      conns.push(c);
+      const big = hpack.literalIndexed('x-big', 'a'.repeat(4000));
+      await c.write(frames.headers(1, Buffer.concat([requestHead({ path: CHAT_PATH }), big]), { endStream: false }));
+      for (let s = 1; s < 99; ++s) {
+        const block = Buffer.concat([requestHead({ path: CHAT_PATH }), Buffer.alloc(16000, 0x80 | 62)]);
+        if (k === 0) await c.write(frames.headers(1 + 2 * s, block, { endStream: false }));
+        else
+          await c.write(
+            Buffer.concat([
+              frames.headers(1 + 2 * s, block, { endStream: false, endHeaders: false }),
+              frames.continuation(1 + 2 * s, Buffer.alloc(16000, 0x80 | 62), { endHeaders: false }),
+              frames.continuation(1 + 2 * s, Buffer.alloc(16000, 0x80 | 62), { endHeaders: true }),
+            ]),
+          );
+        if (c.closed) break;
+      }
+    }
+    await sleep(300 * SLOW);
+    const rssAfter = await rssKiB(r.proc.pid);
+    // the reviewed main: +270 MB for the first connection alone and ~1 GB for the second
+    assert.ok(rssAfter - rssBefore < 48 * 1024, `RSS grew by ${Math.round((rssAfter - rssBefore) / 1024)} MiB`);
+    for (const c of conns) assert.ok(await c.waitClosed(2000 * SLOW), 'the bombing connection stays open');
+    assert.equal((await east.stats()).requests - statsBefore, 0, 'a bombed request reached the backend');
+    // an honest client is served, h1 and h2c, and one modestly over the count still gets the JSON 431
+    let res = await post(r.url, CHAT_PATH, chatBody(), { proto: 'h2c' });
+    assert.equal(res.status, 200);
+    res = await post(r.url, CHAT_PATH, chatBody());
+    assert.equal(res.status, 200);
+    const many = { 'content-type': 'application/json' };
+    for (let i = 0; i < 120; ++i) many[`x-n-${i}`] = 'v';
+    res = await post(r.url, CHAT_PATH, chatBody(), { proto: 'h2c', headers: many });
+    assert.equal(res.status, 431);
+    for (const c of conns) c.close();
+  });
+
+  it('the same bomb after an HTTP/1.1 Upgrade: h2c (a read callback h2o sets outside a read): connection closed, RSS bounded', async () => {
+    const r = await router();
+    const rssBefore = await rssKiB(r.proc.pid);
+    const sock = net.connect(r.port, '127.0.0.1');
+    let got = '';
+    let closed = false;
+    sock.on('data', (d) => (got += d.toString('latin1')));
+    sock.on('error', () => {});
+    sock.on('close', () => (closed = true));
+    await new Promise((resolve) => sock.once('connect', resolve));
+    sock.write('GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: \r\n\r\n');
+    for (let i = 0; i < 100 && !got.includes('101'); ++i) await sleep(20);
+    assert.match(got, /^HTTP\/1\.1 101/, 'h2o upgrades to h2c');
+    sock.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), frames.settings()]));
+    await sleep(100);
+    const big = hpack.literalIndexed('x-big', 'a'.repeat(4000));
+    sock.write(frames.headers(3, Buffer.concat([requestHead({ path: CHAT_PATH }), big]), { endStream: false }));
+    for (let s = 2; s < 99 && !closed; ++s) {
+      const block = Buffer.concat([requestHead({ path: CHAT_PATH }), Buffer.alloc(16000, 0x80 | 62)]);
+      sock.write(
+        Buffer.concat([
+          frames.headers(1 + 2 * s, block, { endStream: false, endHeaders: false }),
+          frames.continuation(1 + 2 * s, Buffer.alloc(16000, 0x80 | 62), { endHeaders: true }),
+        ]),
+      );
+      await sleep(2);
+    }
+    await sleep(300 * SLOW);
+    const rssAfter = await rssKiB(r.proc.pid);
+    assert.ok(rssAfter - rssBefore < 48 * 1024, `RSS grew by ${Math.round((rssAfter - rssBefore) / 1024)} MiB`);
+    for (let i = 0; i < 100 && !closed; ++i) await sleep(20);
+    assert.ok(closed, 'the bombing connection stays open');
+    sock.destroy();
+    assert.equal((await post(r.url, CHAT_PATH, chatBody(), { proto: 'h2c' })).status, 200);
+  });
+});
