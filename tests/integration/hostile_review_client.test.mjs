@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { startMock, startRouter, backendFor, stopAll, sleep, SLOW, httpRequest, CHAT_PATH, chatBody, post } from './lib/harness.mjs';
 import { connectH2, frames, requestHead, hpack, rssKiB } from './lib/hostile_h2.mjs';
+import { startRawBackend, echoResponder } from './lib/hostile_surface_backend.mjs';
 
 let east;
 const routers = [];
@@ -110,5 +111,61 @@ describe('HPACK bomb on streams that still await their body (issue 6 item 1)', (
     assert.ok(closed, 'the bombing connection stays open');
     sock.destroy();
     assert.equal((await post(r.url, CHAT_PATH, chatBody(), { proto: 'h2c' })).status, 200);
+  });
+});
+
+/** writes `data` on a fresh TCP connection, returns what came back until the server closed (or `ms`) */
+function rawExchange(port, data, ms = 2000 * SLOW) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    let out = '';
+    const done = (closed) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve({ out, closed });
+    };
+    const timer = setTimeout(() => done(false), ms);
+    s.on('data', (d) => (out += d.toString('latin1')));
+    s.on('error', () => {});
+    s.on('close', () => done(true));
+    s.write(data);
+  });
+}
+
+describe('HTTP/1.1 request framing a proxy in front may read differently (smuggling, RFC 9112 §6.3)', () => {
+  // h2o takes the first of two content-length headers, and transfer-encoding over content-length.
+  // A load balancer in front that takes the other one sees a different request boundary: the bytes
+  // it forwards as one client's body become the router's next request (with the router's
+  // credential). The router re-frames what it sends upstream, so the desync is on its client side.
+  it('two content-lengths, or content-length with transfer-encoding: 400, the connection closed, nothing upstream', async () => {
+    const be = await startRawBackend(echoResponder());
+    const r = await router({ backends: [{ name: 'raw', url: be.url }], passthrough: ['GET /openai/models'] });
+    const body = '{"messages":[]}';
+    const smuggled = 'GET /openai/models HTTP/1.1\r\nhost: x\r\n\r\n';
+    const head = (framing) => `POST ${CHAT_PATH} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n${framing}\r\n`;
+    const cases = {
+      'CL.CL': head(`content-length: ${body.length}\r\ncontent-length: ${body.length + smuggled.length}\r\n`) + body + smuggled,
+      'CL.CL same value': head(`content-length: ${body.length}\r\ncontent-length: ${body.length}\r\n`) + body + smuggled,
+      'TE.CL': head(`transfer-encoding: chunked\r\ncontent-length: 4\r\n`) + `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n` + smuggled,
+      'CL.TE': head(`content-length: 4\r\ntransfer-encoding: chunked\r\n`) + `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n` + smuggled,
+    };
+    for (const [name, data] of Object.entries(cases)) {
+      const n0 = be.requests.length;
+      const { out, closed } = await rawExchange(r.port, data);
+      const statuses = [...out.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
+      assert.deepEqual(statuses, [400], `${name}: answers ${statuses}`);
+      assert.ok(closed, `${name}: the connection stays open for the next (smuggled) request`);
+      assert.deepEqual(
+        be.requests.slice(n0).map((q) => `${q.method} ${q.path}`),
+        [],
+        `${name}: reached the backend`,
+      );
+    }
+    // one content-length, or chunked alone: served
+    let res = await rawExchange(r.port, head(`content-length: ${body.length}\r\nconnection: close\r\n`) + body);
+    assert.match(res.out, /^HTTP\/1\.1 200/);
+    res = await rawExchange(r.port, head('transfer-encoding: chunked\r\nconnection: close\r\n') + `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`);
+    assert.match(res.out, /^HTTP\/1\.1 200/);
+    await be.close();
   });
 });
