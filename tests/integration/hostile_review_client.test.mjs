@@ -8,6 +8,7 @@ import net from 'node:net';
 import { startMock, startRouter, backendFor, stopAll, sleep, SLOW, httpRequest, CHAT_PATH, chatBody, post } from './lib/harness.mjs';
 import { connectH2, frames, requestHead, hpack, rssKiB } from './lib/hostile_h2.mjs';
 import { startRawBackend, echoResponder } from './lib/hostile_surface_backend.mjs';
+import { startOidc } from './lib/oidc.mjs';
 
 let east;
 const routers = [];
@@ -167,5 +168,40 @@ describe('HTTP/1.1 request framing a proxy in front may read differently (smuggl
     res = await rawExchange(r.port, head('transfer-encoding: chunked\r\nconnection: close\r\n') + `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`);
     assert.match(res.out, /^HTTP\/1\.1 200/);
     await be.close();
+  });
+});
+
+describe('access log: identities from tokens (issue 7 item 6)', () => {
+  // held on review: sub/oid and azp/appid are logged escaped; one of 256 bytes or more, or with a
+  // control character, refuses the token (never cut, so never cut inside a UTF-8 character)
+  it('multi-byte, quoted and over-long sub/azp: every access-log line is valid UTF-8 JSON; over 255 bytes is a 401', async () => {
+    const idp = await startOidc({ name: 'utf8', algs: ['ES256'] });
+    const r = await router({
+      auth: { mode: 'jwt', jwt: [{ issuer: idp.issuer, openid_config: idp.openidConfig, audiences: ['api://aoai-router'] }] },
+    });
+    const cases = [
+      [{ tid: 'acme', sub: 'é'.repeat(127) }, 200],
+      [{ tid: 'acme', sub: 'x' + 'é'.repeat(127), azp: 'é'.repeat(127) }, 200],
+      [{ tid: 'acme', sub: '"\\' + '€'.repeat(80) }, 200],
+      [{ tid: 'acme', sub: 'é'.repeat(150) }, 401],
+      [{ tid: 'acme', sub: 'a\u0001b' }, 401],
+    ];
+    const ids = [];
+    for (const [i, [claims, status]] of cases.entries()) {
+      const token = await idp.mint(claims, { alg: 'ES256' });
+      const id = `utf8-${i}`;
+      const res = await post(r.url, CHAT_PATH, chatBody(), { headers: { authorization: `Bearer ${token}`, 'x-request-id': id } });
+      assert.equal(res.status, status, res.body);
+      ids.push(id);
+    }
+    await sleep(300 * SLOW);
+    const lines = r.stdout().split('\n').filter((l) => ids.some((id) => l.includes(`"${id}"`)));
+    assert.equal(lines.length, ids.length);
+    for (const l of lines) {
+      assert.ok(!l.includes('\ufffd'), `invalid UTF-8 in the access log line: ${l.slice(0, 120)}…`);
+      JSON.parse(l);
+    }
+    assert.equal(JSON.parse(lines[2]).subject, cases[2][0].sub);
+    await idp.stop();
   });
 });
