@@ -405,7 +405,7 @@ void aor_server_conn_guard(struct aor_client_conn *c)
 {
     /* h2o started reading outside our callback (an h2c upgrade, reading resumed): whatever it read
      * meanwhile it consumed in whole frames, so the input starts at a frame boundary */
-    if (c != NULL && hblock_wrap(c) && c->mode == 1)
+    if (c != NULL && !uv_is_closing((uv_handle_t *)&c->tcp) && hblock_wrap(c) && c->mode == 1)
         c->scan_off = 0, c->in_block = 0;
 }
 

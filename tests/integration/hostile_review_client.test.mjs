@@ -5,7 +5,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { startMock, startRouter, backendFor, stopAll, sleep, SLOW, httpRequest, CHAT_PATH, chatBody, post } from './lib/harness.mjs';
+import { startMock, startRouter, backendFor, stopAll, sleep, SLOW, httpRequest, CHAT_PATH, chatBody, post, setBehaviour, resetMocks } from './lib/harness.mjs';
 import { connectH2, frames, requestHead, hpack, rssKiB } from './lib/hostile_h2.mjs';
 import { startRawBackend, echoResponder } from './lib/hostile_surface_backend.mjs';
 import { startOidc } from './lib/oidc.mjs';
@@ -132,6 +132,35 @@ function rawExchange(port, data, ms = 2000 * SLOW) {
     s.write(data);
   });
 }
+
+describe('HPACK bomb after h2o paused reading (issue 6 item 1)', () => {
+  // A bypass tried on the guard: with max_streams_per_connection requests in progress, send the
+  // bomb and let the requests end (h2o might resume reading with its own callback outside any
+  // read). It held: the guard saw the bomb; this test keeps it so
+  it('the bomb waits in the socket while the stream limit is reached; when a request ends it is still scanned', async () => {
+    const r = await router({ limits: { max_streams_per_connection: 4 } });
+    await setBehaviour(east, { delay_ms: 1000 * SLOW });
+    const c = await connectH2(r.port);
+    const body = JSON.stringify(chatBody());
+    for (let s = 0; s < 4; ++s) await c.write(Buffer.concat([frames.headers(1 + 2 * s, requestHead({ path: CHAT_PATH })), frames.data(1 + 2 * s, body)]));
+    await sleep(200 * SLOW);
+    const rssBefore = await rssKiB(r.proc.pid);
+    const big = hpack.literalIndexed('x-big', 'a'.repeat(4000));
+    const parts = [frames.headers(9, Buffer.concat([requestHead({ path: CHAT_PATH }), big]), { endStream: false })];
+    for (let s = 5; s < 99; ++s)
+      parts.push(
+        frames.headers(1 + 2 * s, Buffer.concat([requestHead({ path: CHAT_PATH }), Buffer.alloc(16000, 0x80 | 62)]), { endStream: false, endHeaders: false }),
+        frames.continuation(1 + 2 * s, Buffer.alloc(16000, 0x80 | 62), { endHeaders: true }),
+      );
+    c.write(Buffer.concat(parts));
+    await sleep(2500 * SLOW);
+    const rssAfter = await rssKiB(r.proc.pid);
+    await resetMocks(east);
+    assert.ok(rssAfter - rssBefore < 48 * 1024, `RSS grew by ${Math.round((rssAfter - rssBefore) / 1024)} MiB`);
+    assert.ok(await c.waitClosed(2000 * SLOW), 'the bombing connection stays open');
+    assert.equal((await post(r.url, CHAT_PATH, chatBody(), { proto: 'h2c' })).status, 200);
+  });
+});
 
 describe('HTTP/1.1 request framing a proxy in front may read differently (smuggling, RFC 9112 §6.3)', () => {
   // h2o takes the first of two content-length headers, and transfer-encoding over content-length.
