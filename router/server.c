@@ -195,6 +195,8 @@ static void on_conn_closed(uv_handle_t *h)
     h2o_linklist_unlink(&c->link);
     if (h2o_linklist_is_linked(&c->goaway_link))
         h2o_linklist_unlink(&c->goaway_link);
+    if (h2o_linklist_is_linked(&c->settle_link))
+        h2o_linklist_unlink(&c->settle_link);
     free(c);
 }
 
@@ -401,6 +403,29 @@ static int hblock_wrap(struct aor_client_conn *c)
     return 1;
 }
 
+/* h2o ends a TLS handshake in a write callback and starts reading with its own callback there,
+ * outside ours: until the connection's first application data is scanned, the check phase (after
+ * the poll phase, before the next one reads) wraps it again. ALPN h2 may have had its preface
+ * read already: mode 3 */
+static void on_settle_check(uv_check_t *h)
+{
+    struct aor_worker *w = H2O_STRUCT_FROM_MEMBER(struct aor_worker, settle_check, h);
+    h2o_linklist_t *l, *next;
+
+    for (l = w->unsettled.next; l != &w->unsettled; l = next) {
+        struct aor_client_conn *c = H2O_STRUCT_FROM_MEMBER(struct aor_client_conn, settle_link, l);
+        next = l->next;
+        if (!uv_is_closing((uv_handle_t *)&c->tcp) && hblock_wrap(c) && c->mode == 0 &&
+            h2o_memis(h2o_socket_ssl_get_selected_protocol(c->sock).base, h2o_socket_ssl_get_selected_protocol(c->sock).len,
+                      H2O_STRLIT("h2")))
+            c->mode = 3;
+        if (c->mode == 1 || c->mode == 2 || uv_is_closing((uv_handle_t *)&c->tcp))
+            h2o_linklist_unlink(&c->settle_link);
+    }
+    if (h2o_linklist_is_empty(&w->unsettled))
+        uv_check_stop(h);
+}
+
 void aor_server_conn_guard(struct aor_client_conn *c)
 {
     /* h2o started reading outside our callback (an h2c upgrade, reading resumed): whatever it read
@@ -478,6 +503,11 @@ static int accept_one(uv_stream_t *listener, size_t index)
     h2o_accept(actx, sock);
     if (c->sock != NULL)
         hblock_wrap(c);
+    if (c->sock != NULL && c->sock->ssl != NULL) {
+        h2o_linklist_insert(&w->unsettled, &c->settle_link);
+        if (!uv_is_active((uv_handle_t *)&w->settle_check))
+            uv_check_start(&w->settle_check, on_settle_check);
+    }
     return 0;
 }
 
@@ -642,6 +672,7 @@ static void *worker_main(void *arg)
     uv_close((uv_handle_t *)&w->accept_timer, NULL);
     uv_close((uv_handle_t *)&w->goaway_timer, NULL);
     uv_close((uv_handle_t *)&w->defer_check, NULL);
+    uv_close((uv_handle_t *)&w->settle_check, NULL);
     uv_close((uv_handle_t *)&w->defer_idle, NULL);
     if (w->drain_timer.loop != NULL) /* initialised by begin_shutdown */
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -687,6 +718,8 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
     uv_timer_init(&w->loop, &w->goaway_timer);
     uv_timer_init(&w->loop, &w->accept_timer);
     uv_check_init(&w->loop, &w->defer_check);
+    uv_check_init(&w->loop, &w->settle_check);
+    h2o_linklist_init_anchor(&w->unsettled);
     uv_idle_init(&w->loop, &w->defer_idle);
     w->num_listeners = num_listens;
     w->listeners = calloc(w->num_listeners, sizeof(*w->listeners));

@@ -42,9 +42,11 @@ struct aor_client_conn {
     /* the header-block guard (server.c, hblock_*): h2o's read callback it wraps, and where its
      * scan of the HTTP/2 frames in sock->input stands */
     h2o_socket_cb h2o_read;
-    h2o_socket_cb h1_read;  /* h2o's HTTP/1.1 read callback (mode 2): another one means an h2c upgrade */
-    size_t scan_off;        /* bytes at the start of sock->input already scanned */
-    unsigned char mode;     /* 0 undecided, 1 HTTP/2 (scanned), 2 anything else (not scanned), 3 upgraded to h2c */
+    h2o_socket_cb h1_read;      /* h2o's HTTP/1.1 read callback (mode 2): another one means an h2c upgrade */
+    h2o_linklist_t settle_link; /* in worker->unsettled */
+    size_t scan_off;            /* bytes at the start of sock->input already scanned */
+    unsigned char mode; /* 0 undecided, 1 HTTP/2 (scanned), 2 anything else (not scanned), 3 HTTP/2 whose preface h2o may have read
+                           (h2c upgrade, TLS ALPN h2) */
     unsigned char hp_state; /* HPACK scanner state inside the open header block */
     unsigned char hp_next;  /* the state after the integer or string being read */
     unsigned char in_block; /* a HEADERS frame without END_HEADERS was seen: CONTINUATION follows */
@@ -79,14 +81,16 @@ struct aor_worker {
     size_t num_listeners;
     h2o_accept_ctx_t *accept_ctxs; /* one per listener (TLS context differs) */
     uv_timer_t drain_timer;
-    h2o_linklist_t conns;    /* struct aor_client_conn, this worker's client connections */
-    unsigned char *paused;   /* per listener: at max_connections, accept() is held back */
-    uv_timer_t accept_timer; /* while any listener is paused: retries it */
-    uv_check_t defer_check;  /* starts the deferred data-plane requests after the poll phase (pipeline.c) */
-    uv_idle_t defer_idle;    /* ... and keeps the poll from blocking while some wait */
-    h2o_linklist_t deferred; /* struct aor_request waiting for defer_check */
-    int tearing_down;        /* the loop has stopped: requests get a bare 503 */
-    uv_timer_t goaway_timer; /* closes the connections queued in `goaways` */
+    h2o_linklist_t conns;     /* struct aor_client_conn, this worker's client connections */
+    unsigned char *paused;    /* per listener: at max_connections, accept() is held back */
+    uv_timer_t accept_timer;  /* while any listener is paused: retries it */
+    uv_check_t defer_check;   /* starts the deferred data-plane requests after the poll phase (pipeline.c) */
+    uv_idle_t defer_idle;     /* ... and keeps the poll from blocking while some wait */
+    h2o_linklist_t deferred;  /* struct aor_request waiting for defer_check */
+    uv_check_t settle_check;  /* re-arms the header-block guard of TLS connections whose handshake ended (server.c) */
+    h2o_linklist_t unsettled; /* struct aor_client_conn: TLS, no application data scanned yet */
+    int tearing_down;         /* the loop has stopped: requests get a bare 503 */
+    uv_timer_t goaway_timer;  /* closes the connections queued in `goaways` */
     h2o_linklist_t goaways;
 };
 

@@ -5,7 +5,9 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { startMock, startRouter, backendFor, stopAll, sleep, SLOW, httpRequest, CHAT_PATH, chatBody, post, setBehaviour, resetMocks } from './lib/harness.mjs';
+import tls from 'node:tls';
+import path from 'node:path';
+import { startMock, startRouter, backendFor, stopAll, sleep, SLOW, httpRequest, CHAT_PATH, chatBody, post, setBehaviour, resetMocks, run, tempDir, freePort } from './lib/harness.mjs';
 import { connectH2, frames, requestHead, hpack, rssKiB } from './lib/hostile_h2.mjs';
 import { startRawBackend, echoResponder } from './lib/hostile_surface_backend.mjs';
 import { startOidc } from './lib/oidc.mjs';
@@ -160,6 +162,43 @@ describe('HPACK bomb after h2o paused reading (issue 6 item 1)', () => {
     assert.ok(await c.waitClosed(2000 * SLOW), 'the bombing connection stays open');
     assert.equal((await post(r.url, CHAT_PATH, chatBody(), { proto: 'h2c' })).status, 200);
   });
+});
+
+describe('HPACK bomb over TLS (issue 6 item 1)', () => {
+  // h2o ends a TLS handshake in a write callback and starts reading with its own callback there:
+  // the guard never saw the application data of a TLS connection (+340 MB per connection)
+  for (const version of ['TLSv1.3', 'TLSv1.2'])
+    it(`${version}, ALPN h2, the bomb sent with the handshake's last flight: connection closed, RSS bounded; honest h2 and h1 over TLS served`, async () => {
+      const dir = tempDir();
+      const cert = path.join(dir, 'cert.pem');
+      const key = path.join(dir, 'key.pem');
+      await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=localhost', '-days', '1', '-keyout', key, '-out', cert]);
+      const port = await freePort();
+      const r = await router({ listen: [{ address: '127.0.0.1', port, tls: { cert_file: cert, key_file: key } }] }, { tls: true });
+      const rssBefore = await rssKiB(r.proc.pid);
+      const s = tls.connect({ port, host: '127.0.0.1', ALPNProtocols: ['h2'], rejectUnauthorized: false, maxVersion: version });
+      let closed = false;
+      s.on('close', () => (closed = true));
+      s.on('error', () => {});
+      s.on('data', () => {});
+      const big = hpack.literalIndexed('x-big', 'a'.repeat(4000));
+      const parts = [Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), frames.settings(), frames.headers(1, Buffer.concat([requestHead({ path: CHAT_PATH }), big]), { endStream: false })];
+      for (let i = 1; i < 99; ++i)
+        parts.push(
+          frames.headers(1 + 2 * i, Buffer.concat([requestHead({ path: CHAT_PATH }), Buffer.alloc(16000, 0x80 | 62)]), { endStream: false, endHeaders: false }),
+          frames.continuation(1 + 2 * i, Buffer.alloc(16000, 0x80 | 62)),
+        );
+      s.write(Buffer.concat(parts)); // queued before the handshake ends: goes with the client's Finished
+      for (let i = 0; i < 100 && !closed; ++i) await sleep(20 * SLOW);
+      const rssAfter = await rssKiB(r.proc.pid);
+      s.destroy();
+      assert.ok(rssAfter - rssBefore < 48 * 1024, `RSS grew by ${Math.round((rssAfter - rssBefore) / 1024)} MiB`);
+      assert.ok(closed, 'the bombing connection stays open');
+      for (const proto of ['h2', 'h1']) {
+        const res = await post(r.url, CHAT_PATH, chatBody(), { proto, args: ['-k'] });
+        assert.equal(res.status, 200, `${proto}: ${res.status}`);
+      }
+    });
 });
 
 describe('HTTP/1.1 request framing a proxy in front may read differently (smuggling, RFC 9112 §6.3)', () => {
