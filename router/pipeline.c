@@ -28,6 +28,8 @@
 #include "routes.h"
 #include "server.h"
 
+#define AOR_H1_MAX_HEADERS 128 /* h2o reads at most 100 */
+
 static struct aor_worker *worker_of(h2o_req_t *req)
 {
     return H2O_STRUCT_FROM_MEMBER(struct aor_worker, ctx, req->conn->ctx);
@@ -539,6 +541,43 @@ static int headers_within_limits(const struct aor_config *conf, h2o_req_t *req)
     return bytes <= conf->limits.max_header_bytes;
 }
 
+/* picohttpparser as built into libh2o 2.2.5 */
+struct phr_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+int phr_parse_request(const char *buf, size_t len, const char **method, size_t *method_len, const char **path, size_t *path_len,
+                      int *minor_version, struct phr_header *headers, size_t *num_headers, size_t last_len);
+
+/* 1 when an HTTP/1.x request's body length has two readings (RFC 9112 §6.3): two content-lengths
+ * (h2o takes the first), or content-length with transfer-encoding (h2o takes the latter). A proxy
+ * in front that takes the other one would pass the rest of a body to us as the next request. h2o
+ * keeps neither header in req->headers: the head is read again from the connection's input, where
+ * h2o 2.2.5 leaves it until the request is done (skipped when it is not this request's head) */
+static int ambiguous_framing(struct aor_client_conn *c, h2o_req_t *req)
+{
+    struct phr_header h[AOR_H1_MAX_HEADERS];
+    size_t num = AOR_H1_MAX_HEADERS, method_len, path_len, i, cl = 0, te = 0;
+    const char *method, *path;
+    int minor;
+
+    if (req->version >= 0x200 || c == NULL || c->sock == NULL || c->sock->input == NULL ||
+        phr_parse_request(c->sock->input->bytes, c->sock->input->size, &method, &method_len, &path, &path_len, &minor, h, &num,
+                          0) <= 0 ||
+        !h2o_memis(method, method_len, req->method.base, req->method.len) ||
+        !h2o_memis(path, path_len, req->path.base, req->path.len))
+        return 0;
+    for (i = 0; i != num; ++i) {
+        if (h[i].name == NULL) /* a continuation line */
+            continue;
+        cl += h2o_lcstris(h[i].name, h[i].name_len, H2O_STRLIT("content-length"));
+        te += h2o_lcstris(h[i].name, h[i].name_len, H2O_STRLIT("transfer-encoding"));
+    }
+    return cl + te > 1;
+}
+
 int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     struct aor_worker *w = worker_of(req);
@@ -547,7 +586,9 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
     const char *error = NULL; /* the access log's error for a request answered here */
 
     uint64_t started_ns = aor_mono_ns();
-    struct aor_client_conn *c;
+    struct aor_client_conn *c = aor_server_conn_of(req->conn);
+
+    aor_server_conn_guard(c); /* an h2c upgrade starts its reads outside the guard */
 
     /* before anything reads the headers: their count and decoded size (an HPACK-indexed
      * header costs the client one byte per copy) */
@@ -557,7 +598,15 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
         aor_accesslog_write_req(w->accesslog, req, id, aor_error_code(AOR_ERR_HEADERS_TOO_LARGE), started_ns);
         return 0;
     }
-    if (w->tearing_down || ((c = aor_server_conn_of(req->conn)) != NULL && c->closing)) {
+    if (ambiguous_framing(c, req)) {
+        req->http1_is_persistent = 0; /* what follows on the connection has no trustworthy boundary */
+        assign_request_id(w, req, id, 1);
+        aor_error_send(req, AOR_ERR_INVALID_REQUEST,
+                       "the request has two content-lengths, or content-length and transfer-encoding");
+        aor_accesslog_write_req(w->accesslog, req, id, aor_error_code(AOR_ERR_INVALID_REQUEST), started_ns);
+        return 0;
+    }
+    if (w->tearing_down || (c != NULL && c->closing)) {
         aor_error_send(req, AOR_ERR_SHUTTING_DOWN, "the connection is closing");
         return 0;
     }

@@ -197,6 +197,8 @@ static void on_conn_closed(uv_handle_t *h)
     h2o_linklist_unlink(&c->link);
     if (h2o_linklist_is_linked(&c->goaway_link))
         h2o_linklist_unlink(&c->goaway_link);
+    if (h2o_linklist_is_linked(&c->settle_link))
+        h2o_linklist_unlink(&c->settle_link);
     free(c);
 }
 
@@ -266,6 +268,199 @@ void aor_server_conn_account(struct aor_client_conn *c, int reset, int h2)
     conn_shutdown(c);
 }
 
+/* ---- the header-block guard ----------------------------------------------------------
+ * h2o 2.2.5 decodes an HTTP/2 header block into one h2o_header_t per field (an HPACK-indexed
+ * field costs the client one byte) and keeps the list while the stream waits for its body; the
+ * handler, which checks max_header_count/max_header_bytes, runs only once the body is complete,
+ * so 100 streams that never send it held ~140 MB per connection (~4 GB with CONTINUATION
+ * frames). h2o's read callback is therefore wrapped: the HTTP/2 frames in sock->input are
+ * scanned before h2o reads them, and a header block (HEADERS + CONTINUATION) of more than
+ * HBLOCK_MAX_FIELDS fields or HBLOCK_MAX_BYTES wire bytes closes the connection (the read
+ * fails). Below that the handler's JSON 431 answers. The scan counts HPACK representations
+ * without decoding them. h2o consumes whole frames only, so sock->input always starts at a
+ * frame boundary; scan_off is how far into it the scan has gone.
+ */
+#define HBLOCK_MAX_FIELDS(conf) (2 * (size_t)(conf)->limits.max_header_count + 16)
+#define HBLOCK_MAX_BYTES(conf) (2 * (size_t)(conf)->limits.max_header_bytes + 16 * (size_t)(conf)->limits.max_header_count)
+
+enum { HP_FIRST, HP_INT, HP_LEN, HP_LEN_CONT, HP_SKIP };
+
+/* one fragment of the open block: 0, or -1 when the block is over the limits */
+static int hblock_scan(struct aor_client_conn *c, const struct aor_config *conf, const uint8_t *p, size_t len)
+{
+    const uint8_t *end = p + len;
+
+    if ((c->block_bytes += len) > HBLOCK_MAX_BYTES(conf))
+        return -1;
+    while (p != end) {
+        uint8_t b = *p;
+        switch (c->hp_state) {
+        case HP_FIRST: /* hp_next: the strings that follow the representation's integer */
+            ++p;
+            if ((b & 0xe0) == 0x20) { /* dynamic table size update: no field */
+                c->hp_next = 0;
+                c->hp_state = (b & 0x1f) == 0x1f ? HP_INT : HP_FIRST;
+                continue;
+            }
+            if (++c->block_fields > HBLOCK_MAX_FIELDS(conf))
+                return -1;
+            if (b & 0x80) { /* indexed */
+                c->hp_next = 0;
+                c->hp_state = (b & 0x7f) == 0x7f ? HP_INT : HP_FIRST;
+            } else { /* a literal: new name (index 0) or indexed name, then the value */
+                unsigned idx = (b & 0xc0) == 0x40 ? (b & 0x3fu) : (b & 0x0fu), max = (b & 0xc0) == 0x40 ? 0x3f : 0x0f;
+                c->hp_next = idx == 0 ? 2 : 1;
+                c->hp_state = idx == max ? HP_INT : HP_LEN;
+            }
+            break;
+        case HP_INT:
+            ++p;
+            if ((b & 0x80) == 0)
+                c->hp_state = c->hp_next != 0 ? HP_LEN : HP_FIRST;
+            break;
+        case HP_LEN:
+            ++p;
+            c->hp_skip = b & 0x7f;
+            c->hp_shift = 0;
+            c->hp_state = c->hp_skip == 0x7f ? HP_LEN_CONT : HP_SKIP;
+            break;
+        case HP_LEN_CONT:
+            ++p;
+            c->hp_skip += (uint64_t)(b & 0x7f) << c->hp_shift;
+            if ((c->hp_shift += 7) > 28 || c->hp_skip > HBLOCK_MAX_BYTES(conf))
+                return -1;
+            if ((b & 0x80) == 0)
+                c->hp_state = HP_SKIP;
+            break;
+        case HP_SKIP: {
+            size_t n = (size_t)(end - p) < c->hp_skip ? (size_t)(end - p) : (size_t)c->hp_skip;
+            p += n;
+            c->hp_skip -= n;
+            break;
+        }
+        }
+        if (c->hp_state == HP_SKIP && c->hp_skip == 0) /* a string ended */
+            c->hp_state = --c->hp_next != 0 ? HP_LEN : HP_FIRST;
+    }
+    return 0;
+}
+
+/* scans the complete frames of sock->input not scanned yet: 0, or -1 when a block is over the limits */
+static int hblock_frames(struct aor_client_conn *c, const struct aor_config *conf)
+{
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const uint8_t *buf = (const uint8_t *)c->sock->input->bytes;
+    size_t size = c->sock->input->size;
+
+    if (size == 0)
+        return 0;
+    if (c->mode == 0 || c->mode == 3) { /* prior knowledge and TLS (ALPN h2) both start with the preface */
+        size_t n = size < sizeof(preface) - 1 ? size : sizeof(preface) - 1;
+        if (memcmp(buf, preface, n) != 0) {
+            c->scan_off = 0; /* after an h2c upgrade h2o may have read the preface already */
+            if ((c->mode = c->mode == 0 ? 2 : 1) == 2)
+                c->h1_read = c->h2o_read;
+        } else if (n == sizeof(preface) - 1) {
+            c->mode = 1, c->scan_off = n;
+        }
+    }
+    while (c->mode == 1 && size >= c->scan_off + 9) {
+        const uint8_t *f = buf + c->scan_off;
+        size_t flen = (size_t)f[0] << 16 | (size_t)f[1] << 8 | f[2];
+        uint8_t type = f[3], flags = f[4];
+        if (size - c->scan_off - 9 < flen)
+            break;
+        if (type == 1 /* HEADERS */ || (type == 9 /* CONTINUATION */ && c->in_block)) {
+            const uint8_t *p = f + 9;
+            size_t plen = flen;
+            if (type == 1) {
+                c->block_fields = c->block_bytes = 0;
+                c->hp_state = HP_FIRST;
+                if ((flags & 0x8) != 0) /* PADDED (a bad pad length is h2o's protocol error) */
+                    plen = plen == 0 || p[0] >= plen ? 0 : plen - 1 - p[0], ++p;
+                if ((flags & 0x20) != 0) /* PRIORITY */
+                    plen = plen < 5 ? 0 : plen - 5, p += 5;
+            }
+            c->in_block = (flags & 0x4) == 0; /* END_HEADERS */
+            if (hblock_scan(c, conf, p, plen) != 0)
+                return -1;
+        }
+        c->scan_off += 9 + flen;
+    }
+    return 0;
+}
+
+static void hblock_on_read(h2o_socket_t *sock, const char *err);
+
+/* (re)wraps h2o's read callback: h2o sets its own whenever it starts reading (HTTP/2 accepted,
+ * TLS handshake done, reading resumed); 1 when it did */
+static int hblock_wrap(struct aor_client_conn *c)
+{
+    if (c->sock == NULL || c->sock->_cb.read == NULL || c->sock->_cb.read == hblock_on_read)
+        return 0;
+    c->h2o_read = c->sock->_cb.read;
+    c->sock->_cb.read = hblock_on_read;
+    if (c->mode == 2 && c->h2o_read != c->h1_read)
+        c->mode = 3; /* an HTTP/1.1 connection upgraded to h2c */
+    return 1;
+}
+
+/* h2o ends a TLS handshake in a write callback and starts reading with its own callback there,
+ * outside ours: until the connection's first application data is scanned, the check phase (after
+ * the poll phase, before the next one reads) wraps it again. ALPN h2 may have had its preface
+ * read already: mode 3 */
+static void on_settle_check(uv_check_t *h)
+{
+    struct aor_worker *w = H2O_STRUCT_FROM_MEMBER(struct aor_worker, settle_check, h);
+    h2o_linklist_t *l, *next;
+
+    for (l = w->unsettled.next; l != &w->unsettled; l = next) {
+        struct aor_client_conn *c = H2O_STRUCT_FROM_MEMBER(struct aor_client_conn, settle_link, l);
+        next = l->next;
+        if (!uv_is_closing((uv_handle_t *)&c->tcp) && hblock_wrap(c) && c->mode == 0 &&
+            h2o_memis(h2o_socket_ssl_get_selected_protocol(c->sock).base, h2o_socket_ssl_get_selected_protocol(c->sock).len,
+                      H2O_STRLIT("h2")))
+            c->mode = 3;
+        if (c->mode == 1 || c->mode == 2 || uv_is_closing((uv_handle_t *)&c->tcp))
+            h2o_linklist_unlink(&c->settle_link);
+    }
+    if (h2o_linklist_is_empty(&w->unsettled))
+        uv_check_stop(h);
+}
+
+void aor_server_conn_guard(struct aor_client_conn *c)
+{
+    /* h2o started reading outside our callback (an h2c upgrade, reading resumed): whatever it read
+     * meanwhile it consumed in whole frames, so the input starts at a frame boundary */
+    if (c != NULL && !uv_is_closing((uv_handle_t *)&c->tcp) && hblock_wrap(c) && c->mode == 1)
+        c->scan_off = 0, c->in_block = 0;
+}
+
+static void hblock_on_read(h2o_socket_t *sock, const char *err)
+{
+    struct aor_client_conn *c = (struct aor_client_conn *)((struct uv_socket_layout *)sock)->uv.stream;
+    size_t before;
+
+    if (err == NULL && hblock_frames(c, c->worker->conf) != 0) {
+        AOR_LOG(AOR_LOG_WARN, "server", "closing a client connection: an HTTP/2 header block over %zu fields or %zu bytes",
+                HBLOCK_MAX_FIELDS(c->worker->conf), HBLOCK_MAX_BYTES(c->worker->conf));
+        c->closing = 1;
+        err = "header block over the limits"; /* h2o closes the connection without reading on */
+    }
+    before = sock->input->size;
+    c->h2o_read(sock, err);
+    if (uv_is_closing((uv_handle_t *)&c->tcp))
+        return;
+    /* h2o consumed whole frames from the front of the input */
+    if (sock->input->size <= before && before - sock->input->size <= c->scan_off) {
+        c->scan_off -= before - sock->input->size;
+    } else { /* not what we scanned (cannot happen while we wrap every read): start afresh at h2o's frame boundary */
+        c->scan_off = 0;
+        c->in_block = 0;
+    }
+    hblock_wrap(c);
+}
+
 static void on_accept_timer(uv_timer_t *t);
 
 static int conn_cap_reached(struct aor_worker *w)
@@ -308,6 +503,13 @@ static int accept_one(uv_stream_t *listener, size_t index)
     /* not the layout we know: the connection runs without a reset budget */
     c->sock = ((struct uv_socket_layout *)sock)->uv.stream == (uv_stream_t *)&c->tcp ? sock : NULL;
     h2o_accept(actx, sock);
+    if (c->sock != NULL)
+        hblock_wrap(c);
+    if (c->sock != NULL && c->sock->ssl != NULL) {
+        h2o_linklist_insert(&w->unsettled, &c->settle_link);
+        if (!uv_is_active((uv_handle_t *)&w->settle_check))
+            uv_check_start(&w->settle_check, on_settle_check);
+    }
     return 0;
 }
 
@@ -477,6 +679,7 @@ static void *worker_main(void *arg)
     uv_close((uv_handle_t *)&w->accept_timer, NULL);
     uv_close((uv_handle_t *)&w->goaway_timer, NULL);
     uv_close((uv_handle_t *)&w->defer_check, NULL);
+    uv_close((uv_handle_t *)&w->settle_check, NULL);
     uv_close((uv_handle_t *)&w->defer_idle, NULL);
     if (w->drain_timer.loop != NULL) /* initialised by begin_shutdown */
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -526,6 +729,8 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
     uv_timer_init(&w->loop, &w->goaway_timer);
     uv_timer_init(&w->loop, &w->accept_timer);
     uv_check_init(&w->loop, &w->defer_check);
+    uv_check_init(&w->loop, &w->settle_check);
+    h2o_linklist_init_anchor(&w->unsettled);
     uv_idle_init(&w->loop, &w->defer_idle);
     w->num_listeners = num_listens;
     w->listeners = calloc(w->num_listeners, sizeof(*w->listeners));

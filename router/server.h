@@ -41,6 +41,21 @@ struct aor_client_conn {
     unsigned completed;         /* data-plane requests whose answer was sent */
     int h2;                     /* seen speaking HTTP/2 */
     h2o_linklist_t goaway_link; /* in worker->goaways: GOAWAY and shutdown at the next loop iteration */
+    /* the header-block guard (server.c, hblock_*): h2o's read callback it wraps, and where its
+     * scan of the HTTP/2 frames in sock->input stands */
+    h2o_socket_cb h2o_read;
+    h2o_socket_cb h1_read;      /* h2o's HTTP/1.1 read callback (mode 2): another one means an h2c upgrade */
+    h2o_linklist_t settle_link; /* in worker->unsettled */
+    size_t scan_off;            /* bytes at the start of sock->input already scanned */
+    unsigned char mode; /* 0 undecided, 1 HTTP/2 (scanned), 2 anything else (not scanned), 3 HTTP/2 whose preface h2o may have read
+                           (h2c upgrade, TLS ALPN h2) */
+    unsigned char hp_state; /* HPACK scanner state inside the open header block */
+    unsigned char hp_next;  /* the state after the integer or string being read */
+    unsigned char in_block; /* a HEADERS frame without END_HEADERS was seen: CONTINUATION follows */
+    uint64_t hp_skip;       /* string bytes still to skip, or the length being read */
+    unsigned hp_shift;      /* bit position of the length being read */
+    size_t block_fields;    /* header fields of the open block */
+    size_t block_bytes;     /* wire bytes of the open block */
 };
 
 struct aor_worker {
@@ -70,14 +85,16 @@ struct aor_worker {
     size_t num_listeners;
     h2o_accept_ctx_t *accept_ctxs; /* one per listener (TLS context differs) */
     uv_timer_t drain_timer;
-    h2o_linklist_t conns;    /* struct aor_client_conn, this worker's client connections */
-    unsigned char *paused;   /* per listener: at max_connections, accept() is held back */
-    uv_timer_t accept_timer; /* while any listener is paused: retries it */
-    uv_check_t defer_check;  /* starts the deferred data-plane requests after the poll phase (pipeline.c) */
-    uv_idle_t defer_idle;    /* ... and keeps the poll from blocking while some wait */
-    h2o_linklist_t deferred; /* struct aor_request waiting for defer_check */
-    int tearing_down;        /* the loop has stopped: requests get a bare 503 */
-    uv_timer_t goaway_timer; /* closes the connections queued in `goaways` */
+    h2o_linklist_t conns;     /* struct aor_client_conn, this worker's client connections */
+    unsigned char *paused;    /* per listener: at max_connections, accept() is held back */
+    uv_timer_t accept_timer;  /* while any listener is paused: retries it */
+    uv_check_t defer_check;   /* starts the deferred data-plane requests after the poll phase (pipeline.c) */
+    uv_idle_t defer_idle;     /* ... and keeps the poll from blocking while some wait */
+    h2o_linklist_t deferred;  /* struct aor_request waiting for defer_check */
+    uv_check_t settle_check;  /* re-arms the header-block guard of TLS connections whose handshake ended (server.c) */
+    h2o_linklist_t unsettled; /* struct aor_client_conn: TLS, no application data scanned yet */
+    int tearing_down;         /* the loop has stopped: requests get a bare 503 */
+    uv_timer_t goaway_timer;  /* closes the connections queued in `goaways` */
     h2o_linklist_t goaways;
 };
 
@@ -88,6 +105,9 @@ struct aor_worker {
 /* the connection record of an h2o connection; NULL when unknown (a layout h2o did not keep) */
 struct aor_client_conn *aor_server_conn_of(h2o_conn_t *conn);
 
+/* re-wraps h2o's read callback with the HTTP/2 header-block guard when h2o replaced it outside a
+ * read (server.c); call it from request handlers. NULL is fine */
+void aor_server_conn_guard(struct aor_client_conn *c);
 /**
  * Counts one abandoned request (`reset` 1) or one completed answer (`reset` 0) against `c`
  * (`h2`: the request came over HTTP/2); when the resets exceed AOR_CONN_RESET_BUDGET +
