@@ -82,8 +82,80 @@ export async function startOpenAiMock({ bearer }) {
     m.requests = [];
     m.behaviour = null;
   };
-  m.stop = () => new Promise((r) => server.close(() => r()));
-  server.on('connection', (s) => s.unref?.());
+  m.stop = () =>
+    new Promise((r) => {
+      server.closeAllConnections?.();
+      server.close(() => r());
+    });
   m.server = server;
+  return m;
+}
+
+/**
+ * A mock of OpenAI's workload identity federation token exchange (POST /oauth/token, JSON) and
+ * of Azure IMDS (GET /metadata/identity/oauth2/token) in one server.
+ * opts: { idp, sa, resource (IMDS: the Application ID URI expected), lifetimeS (issued tokens),
+ *         subjectOk(token) (default: any IMDS-issued token or `fileSubject`), fileSubject }
+ * The object: url, tokenUrl, imdsUrl, exchanges (every exchange body), imdsCalls, failNext
+ * (answers the next exchanges with {status, body}), valid(token) (issued and not expired), stop().
+ */
+export async function startOpenAiExchange(opts) {
+  const m = { exchanges: [], imdsCalls: [], failNext: [], issued: new Map(), imdsIssued: new Set() };
+  let seq = 0;
+  const send = (res, status, o) => {
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(o));
+  };
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const u = new URL(req.url, 'http://x');
+      if (req.method === 'GET' && u.pathname === '/metadata/identity/oauth2/token') {
+        const q = Object.fromEntries(u.searchParams);
+        m.imdsCalls.push(q);
+        if (req.headers.metadata !== 'true' || q.resource !== opts.resource)
+          return send(res, 400, { error: 'invalid_request', error_description: `bad resource ${q.resource}` });
+        const t = `eyJhbGciOiJub25lIn0.imds-subject-${++seq}.sig`;
+        m.imdsIssued.add(t);
+        return send(res, 200, { access_token: t, expires_in: '3600', resource: q.resource, token_type: 'Bearer' });
+      }
+      if (req.method !== 'POST' || u.pathname !== '/oauth/token') return send(res, 404, { error: 'not_found' });
+      let b = null;
+      try {
+        b = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+      } catch {
+        b = null;
+      }
+      m.exchanges.push({ headers: req.headers, body: b });
+      if (m.failNext.length) {
+        const f = m.failNext.shift();
+        return send(res, f.status, f.body);
+      }
+      const bad =
+        !/^application\/json/.test(req.headers['content-type'] ?? '') ? 'content-type is not JSON'
+        : b == null ? 'body is not JSON'
+        : b.grant_type !== 'urn:ietf:params:oauth:grant-type:token-exchange' ? `bad grant_type ${b.grant_type}`
+        : b.subject_token_type !== 'urn:ietf:params:oauth:token-type:jwt' ? `bad subject_token_type ${b.subject_token_type}`
+        : b.identity_provider_id !== opts.idp ? `unknown identity_provider_id ${b.identity_provider_id}`
+        : b.service_account_id !== opts.sa ? `unknown service_account_id ${b.service_account_id}`
+        : !(m.imdsIssued.has(b.subject_token) || (opts.fileSubject && (b.subject_token === opts.fileSubject || b.subject_token === opts.fileSubject2))) ? 'subject_token not accepted'
+        : null;
+      if (bad) return send(res, 400, { error: 'invalid_grant', error_description: bad });
+      const t = `oai-wif-${++seq}-${Math.random().toString(36).slice(2)}`;
+      m.issued.set(t, Date.now() + (opts.lifetimeS ?? 3600) * 1000);
+      send(res, 200, { access_token: t, issued_token_type: 'urn:ietf:params:oauth:token-type:access_token', token_type: 'Bearer', expires_in: opts.lifetimeS ?? 3600 });
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  m.url = `http://127.0.0.1:${server.address().port}`;
+  m.tokenUrl = `${m.url}/oauth/token`;
+  m.imdsUrl = `${m.url}/metadata/identity/oauth2/token`;
+  m.valid = (t) => m.issued.has(t) && m.issued.get(t) > Date.now();
+  m.stop = () =>
+    new Promise((r) => {
+      server.closeAllConnections?.();
+      server.close(() => r());
+    });
   return m;
 }
