@@ -6,7 +6,7 @@
 static int token_type(enum aor_cred_type t)
 {
     return t == AOR_CRED_MANAGED_IDENTITY || t == AOR_CRED_WORKLOAD_IDENTITY || t == AOR_CRED_CLIENT_SECRET ||
-           t == AOR_CRED_OIDC_FEDERATION;
+           t == AOR_CRED_OIDC_FEDERATION || t == AOR_CRED_OPENAI_WIF;
 }
 
 int aor_cred_header(const struct aor_backend_conf *backend, struct aor_cred_header *out)

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <curl/curl.h>
+#include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <uv.h>
@@ -61,7 +62,9 @@ struct aor_token_source {
     char *token_file; /* WIF */
     char *secret;     /* client secret, App Service's IDENTITY_HEADER, or the external IdP's client secret */
     char *ext_url, *ext_client_id, *ext_audience; /* oidc_federation: the external IdP */
-    char *key;                                    /* every non-secret identity field, for the registry */
+    char *wif_idp, *wif_sa;                       /* openai_wif: identity_provider_id, service_account_id */
+    char *subject_url; /* openai_wif with a managed identity subject: IMDS (s->resource is the subject's resource) */
+    char *key;         /* every non-secret identity field, for the registry */
     unsigned char secret_digest[32];
     char label[LABEL_MAX + 1]; /* for log lines: type and client id, never a secret */
     struct aor_token_source *reg_next;
@@ -600,7 +603,7 @@ static int start_call(struct aor_token_source *s, const char *url, int post, int
 }
 
 /* managed identity: GET IMDS (Metadata: true, api-version 2018-02-01) or App Service (X-IDENTITY-HEADER, 2019-08-01) */
-static int call_managed_identity(struct aor_token_source *s)
+static int call_managed_identity(struct aor_token_source *s, const char *endpoint)
 {
     char *url = NULL, *res = NULL, *cid = NULL, *hdr = NULL;
     CURL *e = curl_easy_init();
@@ -612,10 +615,10 @@ static int call_managed_identity(struct aor_token_source *s)
     if ((res = curl_easy_escape(e, s->resource, 0)) == NULL ||
         (s->client_id != NULL && (cid = curl_easy_escape(e, s->client_id, 0)) == NULL))
         goto exit;
-    n = strlen(s->endpoint) + strlen(res) + (cid != NULL ? strlen(cid) : 0) + 96;
+    n = strlen(endpoint) + strlen(res) + (cid != NULL ? strlen(cid) : 0) + 96;
     if ((url = malloc(n)) == NULL)
         goto exit;
-    snprintf(url, n, "%s%capi-version=%s&resource=%s%s%s", s->endpoint, strchr(s->endpoint, '?') != NULL ? '&' : '?',
+    snprintf(url, n, "%s%capi-version=%s&resource=%s%s%s", endpoint, strchr(endpoint, '?') != NULL ? '&' : '?',
              s->app_service ? "2019-08-01" : "2018-02-01", res, cid != NULL ? "&client_id=" : "", cid != NULL ? cid : "");
     if (s->app_service) {
         n = strlen(s->secret) + sizeof("X-IDENTITY-HEADER: ");
@@ -700,6 +703,47 @@ static int call_external(struct aor_token_source *s)
     return rc;
 }
 
+/* openai_wif: RFC 8693 token exchange at OpenAI, a JSON POST with the subject token */
+static int call_openai(struct aor_token_source *s, const char *subject, size_t subject_len)
+{
+    json_t *o = NULL;
+    char *body = NULL;
+    int rc = -1;
+
+    wipe_free(s->f.assertion, s->f.assertion_len); /* remembered for redaction */
+    s->f.assertion = NULL;
+    s->f.assertion_len = 0;
+    if ((s->f.assertion = malloc(subject_len + 1)) == NULL)
+        return -1;
+    memcpy(s->f.assertion, subject, subject_len);
+    s->f.assertion[subject_len] = '\0';
+    s->f.assertion_len = subject_len;
+    if ((o = json_object()) == NULL ||
+        json_object_set_new(o, "grant_type", json_string("urn:ietf:params:oauth:grant-type:token-exchange")) != 0 ||
+        json_object_set_new(o, "subject_token_type", json_string("urn:ietf:params:oauth:token-type:jwt")) != 0 ||
+        json_object_set_new(o, "subject_token", json_stringn(subject, subject_len)) != 0 ||
+        json_object_set_new(o, "identity_provider_id", json_string(s->wif_idp)) != 0 ||
+        json_object_set_new(o, "service_account_id", json_string(s->wif_sa)) != 0 || (body = json_dumps(o, JSON_COMPACT)) == NULL)
+        goto exit;
+    s->f.post = body; /* wiped by end_call */
+    s->f.post_len = strlen(body);
+    body = NULL;
+    if ((s->f.headers = curl_slist_append(NULL, "Content-Type: application/json")) == NULL ||
+        curl_slist_append(s->f.headers, "Accept: application/json") == NULL)
+        goto exit;
+    s->f.stage = STAGE_TOKEN;
+    rc = start_call(s, s->endpoint, 1, 0);
+exit:
+    if (o != NULL) {
+        json_t *st = json_object_get(o, "subject_token");
+        if (st != NULL) /* jansson's copy of the subject */
+            OPENSSL_cleanse((char *)json_string_value(st), json_string_length(st));
+        json_decref(o);
+    }
+    free(body);
+    return rc;
+}
+
 /* ---- the token file (thread pool) ------------------------------------------------------------ */
 
 static void read_file_work(uv_work_t *w)
@@ -766,7 +810,8 @@ static void read_file_done(uv_work_t *w, int status)
         fetch_failed(s, "token_file unreadable", detail);
         return;
     }
-    if (call_entra(s, s->f.file_buf, s->f.file_len) != 0)
+    if ((s->type == AOR_CRED_OPENAI_WIF ? call_openai(s, s->f.file_buf, s->f.file_len)
+                                        : call_entra(s, s->f.file_buf, s->f.file_len)) != 0)
         fetch_failed(s, "cannot start the call", NULL);
 }
 
@@ -785,8 +830,20 @@ static void start_fetch(struct aor_token_source *s)
     pthread_mutex_unlock(&s->lock);
     switch (s->type) {
     case AOR_CRED_MANAGED_IDENTITY:
-        rc = call_managed_identity(s);
+        rc = call_managed_identity(s, s->endpoint);
         break;
+    case AOR_CRED_OPENAI_WIF:
+        if (s->subject_url != NULL) {
+            if (s->f.ext_token != NULL && mono_ms() < s->f.ext_refresh_ms) {
+                rc = call_openai(s, s->f.ext_token, s->f.ext_len);
+            } else {
+                s->f.stage = STAGE_EXTERNAL;
+                rc = call_managed_identity(s, s->subject_url);
+            }
+            break;
+        }
+        /* a token file, re-read for every call */
+        __attribute__((fallthrough));
     case AOR_CRED_WORKLOAD_IDENTITY:
         /* the projected token rotates: read it again for every call, in the thread pool */
         s->f.work.data = s;
@@ -840,7 +897,7 @@ static void on_xfer_done(struct aor_upstream_xfer *xfer, CURLcode result)
             snprintf(detail, sizeof(detail), "%s", aor_cred_parse_error(rc));
         redact_all(s, detail, sizeof(detail));
         OPENSSL_cleanse(tok, sizeof(tok));
-        if (s->f.stage == STAGE_TOKEN && s->type == AOR_CRED_OIDC_FEDERATION)
+        if (s->f.stage == STAGE_TOKEN && (s->type == AOR_CRED_OIDC_FEDERATION || s->type == AOR_CRED_OPENAI_WIF))
             drop_ext(s); /* Entra may have refused the assertion: the next try gets a fresh one */
         fetch_failed(s, code != 200 ? "refused" : "unusable answer", detail);
         return;
@@ -857,7 +914,8 @@ static void on_xfer_done(struct aor_upstream_xfer *xfer, CURLcode result)
         s->f.ext_refresh_ms = mono_ms() + (uint64_t)aor_cred_refresh_after_ms(r.lifetime_ms, r.refresh_in_ms);
         OPENSSL_cleanse(tok, sizeof(tok));
         end_call(s);
-        if (call_entra(s, s->f.ext_token, s->f.ext_len) != 0)
+        if ((s->type == AOR_CRED_OPENAI_WIF ? call_openai(s, s->f.ext_token, s->f.ext_len)
+                                            : call_entra(s, s->f.ext_token, s->f.ext_len)) != 0)
             fetch_failed(s, "cannot start the call", NULL);
         return;
     }
@@ -949,7 +1007,7 @@ void aor_token_source_refused(struct aor_token_source *s, uint64_t serial)
 static int is_token_type(enum aor_cred_type t)
 {
     return t == AOR_CRED_MANAGED_IDENTITY || t == AOR_CRED_WORKLOAD_IDENTITY || t == AOR_CRED_CLIENT_SECRET ||
-           t == AOR_CRED_OIDC_FEDERATION;
+           t == AOR_CRED_OIDC_FEDERATION || t == AOR_CRED_OPENAI_WIF;
 }
 
 static const char *type_name(enum aor_cred_type t)
@@ -963,6 +1021,8 @@ static const char *type_name(enum aor_cred_type t)
         return "client_secret";
     case AOR_CRED_OIDC_FEDERATION:
         return "oidc_federation";
+    case AOR_CRED_OPENAI_WIF:
+        return "openai_wif";
     default:
         return "?";
     }
@@ -990,6 +1050,8 @@ static char *endpoint_of(const struct aor_cred_conf *c)
 
     if (c->type == AOR_CRED_MANAGED_IDENTITY)
         return strdup(c->identity_endpoint != NULL ? c->identity_endpoint : c->imds_endpoint);
+    if (c->type == AOR_CRED_OPENAI_WIF)
+        return strdup(c->token_url != NULL ? c->token_url : "https://auth.openai.com/oauth/token");
     if (c->authority_host == NULL || c->tenant_id == NULL)
         return NULL;
     n = strlen(c->authority_host) + strlen(c->tenant_id) + sizeof("/oauth2/v2.0/token");
@@ -1000,9 +1062,10 @@ static char *endpoint_of(const struct aor_cred_conf *c)
 
 static char *key_of(const struct aor_cred_conf *c)
 {
-    const char *parts[] = {type_name(c->type), c->identity_endpoint, c->imds_endpoint, c->authority_host,
-                           c->tenant_id,       c->client_id,         c->token_file,    c->token_url,
-                           c->audience,        c->azure_client_id,   c->resource};
+    const char *parts[] = {type_name(c->type),    c->identity_endpoint, c->imds_endpoint,   c->authority_host,
+                           c->tenant_id,          c->client_id,         c->token_file,      c->token_url,
+                           c->audience,           c->azure_client_id,   c->resource,        c->identity_provider_id,
+                           c->service_account_id, c->subject_type,      c->subject_resource};
     size_t i, n = 1;
     char *k;
 
@@ -1044,6 +1107,9 @@ static void source_free(struct aor_token_source *s)
     free(s->ext_url);
     free(s->ext_client_id);
     free(s->ext_audience);
+    free(s->wif_idp);
+    free(s->wif_sa);
+    free(s->subject_url);
     free(s->key);
     OPENSSL_cleanse(s->secret_digest, sizeof(s->secret_digest));
     free(s);
@@ -1059,7 +1125,17 @@ static struct aor_token_source *source_create(const struct aor_cred_conf *c)
     pthread_mutex_init(&s->lock, NULL);
     s->type = c->type;
     s->app_service = c->type == AOR_CRED_MANAGED_IDENTITY && c->identity_endpoint != NULL;
-    if ((s->endpoint = endpoint_of(c)) == NULL || (s->resource = strdup(c->resource != NULL ? c->resource : "")) == NULL ||
+    if (c->type == AOR_CRED_OPENAI_WIF &&
+        (c->identity_provider_id == NULL || c->service_account_id == NULL || c->subject_type == NULL ||
+         (s->wif_idp = strdup(c->identity_provider_id)) == NULL || (s->wif_sa = strdup(c->service_account_id)) == NULL ||
+         (strcmp(c->subject_type, "managed_identity") == 0 &&
+          (c->imds_endpoint == NULL || c->subject_resource == NULL || (s->subject_url = strdup(c->imds_endpoint)) == NULL)) ||
+         (strcmp(c->subject_type, "managed_identity") != 0 && c->token_file == NULL)))
+        goto fail;
+    if ((s->endpoint = endpoint_of(c)) == NULL ||
+        (s->resource = strdup(c->type == AOR_CRED_OPENAI_WIF ? (c->subject_resource != NULL ? c->subject_resource : "")
+                              : c->resource != NULL          ? c->resource
+                                                             : "")) == NULL ||
         (cid != NULL && (s->client_id = strdup(cid)) == NULL) ||
         (c->token_file != NULL && (s->token_file = strdup(c->token_file)) == NULL) ||
         (secret != NULL && (s->secret = strdup(secret)) == NULL) || (s->key = key_of(c)) == NULL ||
@@ -1069,9 +1145,10 @@ static struct aor_token_source *source_create(const struct aor_cred_conf *c)
         (c->token_url == NULL || c->client_id == NULL || c->audience == NULL || (s->ext_url = strdup(c->token_url)) == NULL ||
          (s->ext_client_id = strdup(c->client_id)) == NULL || (s->ext_audience = strdup(c->audience)) == NULL))
         goto fail;
-    if ((c->type != AOR_CRED_MANAGED_IDENTITY && s->client_id == NULL) ||
+    if ((c->type != AOR_CRED_MANAGED_IDENTITY && c->type != AOR_CRED_OPENAI_WIF && s->client_id == NULL) ||
         (c->type == AOR_CRED_WORKLOAD_IDENTITY && s->token_file == NULL) ||
-        (c->type != AOR_CRED_MANAGED_IDENTITY && c->type != AOR_CRED_WORKLOAD_IDENTITY && s->secret == NULL) ||
+        (c->type != AOR_CRED_MANAGED_IDENTITY && c->type != AOR_CRED_WORKLOAD_IDENTITY && c->type != AOR_CRED_OPENAI_WIF &&
+         s->secret == NULL) ||
         (s->app_service && s->secret == NULL))
         goto fail;
     snprintf(s->label, sizeof(s->label), "%s%s%s%.80s", type_name(c->type), s->app_service ? " (App Service)" : "",
@@ -1160,7 +1237,9 @@ static size_t creds_of(struct aor_config *conf, struct aor_cred_conf **out)
     size_t i, n = 0;
 
     for (i = 0; i != conf->num_backends; ++i)
-        if (is_token_type(conf->backends[i].cred.type) && conf->backends[i].provider == AOR_PROVIDER_AZURE)
+        /* Entra tokens are for Azure backends, OpenAI's exchanged tokens for OpenAI's */
+        if (is_token_type(conf->backends[i].cred.type) &&
+            (conf->backends[i].cred.type == AOR_CRED_OPENAI_WIF) == (conf->backends[i].provider == AOR_PROVIDER_OPENAI))
             out[n++] = &conf->backends[i].cred;
     return n;
 }

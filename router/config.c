@@ -112,7 +112,9 @@ static const char *const cred_openai_mi_keys[] = {
 static const char *const cred_openai_wi_keys[] = {
     "type",      "identity_provider_id", "service_account_id", "token_url", "subject", "tenant_id",
     "client_id", "token_file",           "authority_host",     NULL};
-static const char *const subject_keys[] = {"type", "resource", NULL};
+static const char *const cred_openai_file_keys[] = {"type", "identity_provider_id", "service_account_id", "token_url", "subject",
+                                                    NULL};
+static const char *const subject_keys[] = {"type", "resource", "path", NULL};
 
 struct ctx {
     const char *name;
@@ -1704,7 +1706,7 @@ static void parse_cred(struct ctx *c, yaml_node_t *map, const char *kp, struct a
 {
     static const char *const types[] = {
         "api_key", "managed_identity", "workload_identity", "client_secret", "oidc_federation", "openai_wif", NULL};
-    static const char *const subject_types[] = {"managed_identity", "workload_identity", NULL};
+    static const char *const subject_types[] = {"managed_identity", "workload_identity", "file", NULL};
     char skp[KP_MAX];
     yaml_node_t *subject;
     int type, rc;
@@ -1765,17 +1767,24 @@ static void parse_cred(struct ctx *c, yaml_node_t *map, const char *kp, struct a
         } else if (rc == 1) {
             kp_join(skp, kp, "subject");
             check_known_keys(c, subject, skp, subject_keys, 1);
-            req_str(c, subject, skp, "resource", &cred->subject_resource);
             if ((rc = get_enum(c, subject, skp, "type", subject_types, &type)) == 0)
                 missing(c, subject, skp, "type");
             /* the credential's other keys are those of the subject's type */
             if (rc == 1)
-                check_known_keys(c, map, kp, type == 0 ? cred_openai_mi_keys : cred_openai_wi_keys, 1);
+                check_known_keys(c, map, kp,
+                                 type == 0   ? cred_openai_mi_keys
+                                 : type == 1 ? cred_openai_wi_keys
+                                             : cred_openai_file_keys,
+                                 1);
+            if (rc == 1 && type != 2)
+                req_str(c, subject, skp, "resource", &cred->subject_resource);
             if (rc == 1 && (cred->subject_type = xstrdup(c, subject_types[type])) != NULL) {
                 if (type == 0)
                     parse_managed_identity(c, map, kp, cred);
-                else
+                else if (type == 1)
                     parse_workload_identity(c, map, kp, cred);
+                else
+                    req_str(c, subject, skp, "path", &cred->token_file); /* re-read at each refresh */
             }
         }
         break;

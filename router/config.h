@@ -76,11 +76,11 @@ struct aor_cred_conf {
      *   client_secret     tenant_id, client_id, secret (secret_env or secret_file), authority_host, resource
      *   oidc_federation   token_url, client_id, client_secret (client_secret_env or client_secret_file), tenant_id,
      *                     azure_client_id, audience (default api://AzureADTokenExchange), authority_host, resource
-     *   openai_wif        identity_provider_id, service_account_id, subject_type ("managed_identity" or
-     *                     "workload_identity"), subject_resource, token_url (NULL = the credential's default), plus the
-     *                     managed_identity or workload_identity fields above (not resource / authority_host for MI)
-     * authority_host: default $AZURE_AUTHORITY_HOST or https://login.microsoftonline.com/; always ends with one '/'.
-     * resource: the Entra resource the token is for, default https://cognitiveservices.azure.com (scope: + "/.default").
+     *   openai_wif        identity_provider_id, service_account_id, subject_type ("managed_identity",
+     *                     "workload_identity" or "file"), subject_resource (NULL for file), token_file (file: subject.path),
+     * token_url (NULL = the credential's default), plus the managed_identity or workload_identity fields above (not resource /
+     * authority_host for MI) authority_host: default $AZURE_AUTHORITY_HOST or https://login.microsoftonline.com/; always ends with
+     * one '/'. resource: the Entra resource the token is for, default https://cognitiveservices.azure.com (scope: + "/.default").
      */
 };
 

@@ -864,7 +864,7 @@ static void test_backend_auth(void)
                         "t.yaml:7: backends[0].auth.subject: missing required key");
     EXPECT_ONLY_PROBLEM(parse(AUTH_HEAD "      { type: openai_wif, identity_provider_id: i, service_account_id: s,\n"
                                         "        subject: { type: github, resource: r } }\n"),
-                        "t.yaml:8: backends[0].auth.subject.type: expected managed_identity or workload_identity");
+                        "t.yaml:8: backends[0].auth.subject.type: expected managed_identity, workload_identity or file");
     EXPECT_ONLY_PROBLEM(
         parse(AUTH_HEAD "      { type: openai_wif, service_account_id: s, subject: { type: managed_identity, resource: r } }\n"),
         "t.yaml:7: backends[0].auth.identity_provider_id: missing required key");

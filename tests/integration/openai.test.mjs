@@ -1,0 +1,140 @@
+// provider: openai backends (issue 10): the Azure and v1 surfaces translated to OpenAI's /v1,
+// Bearer api keys, 429 + retry-after cooldowns, exact per-tenant usage.
+import { describe, it, before, after, beforeEach } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import { AzureOpenAI } from 'openai';
+import { startMock, startRouter, backendFor, startRedis, redisCli, stopAll, post, curlStream, sseEvents, SLOW } from './lib/harness.mjs';
+import { startOpenAiMock } from './lib/openai_mock.mjs';
+
+const OPENAI_KEY = `sk-proj-${crypto.randomBytes(16).toString('hex')}`;
+const TENANT_KEY = `aor_${crypto.randomBytes(32).toString('base64url')}`;
+const TENANT = 'oai-tenant';
+const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
+
+let east, oai, redis, router, client;
+
+async function usageDay(tenant) {
+  const d = new Date();
+  const p2 = (n) => String(n).padStart(2, '0');
+  const r = await redisCli(redis, 'HGETALL', `aoai:usage:{${tenant}}:day:${d.getUTCFullYear()}${p2(d.getUTCMonth() + 1)}${p2(d.getUTCDate())}`);
+  const kv = r.stdout.split('\n');
+  if (kv.at(-1) === '') kv.pop();
+  const o = {};
+  for (let i = 0; i + 1 < kv.length; i += 2) o[kv[i]] = Number(kv[i + 1]);
+  return o;
+}
+
+before(async () => {
+  east = await startMock('eastus');
+  oai = await startOpenAiMock({ bearer: OPENAI_KEY });
+  redis = await startRedis();
+  router = await startRouter({
+    env: { OPENAI_KEY },
+    config: {
+      redis: { url: redis.url, on_failure: 'closed' },
+      auth: { mode: 'key', keys: { static: [{ sha256: sha256(TENANT_KEY), tenant: TENANT }] } },
+      tenants: { default: { tpm: 1000000, rpm: 10000 } },
+      backends: [
+        backendFor(east, { priority: 1, deployments: { 'gpt-4o': 'gpt-4o', emb: 'emb' } }),
+        {
+          name: 'openai',
+          provider: 'openai',
+          url: oai.url,
+          region: 'openai',
+          priority: 2,
+          weight: 1,
+          deployments: { 'gpt-4o': 'gpt-4o-2024-11-20', emb: 'text-embedding-3-small' },
+          auth: { type: 'api_key', key_env: 'OPENAI_KEY' },
+        },
+      ],
+    },
+  });
+  client = new AzureOpenAI({ endpoint: router.url, apiKey: TENANT_KEY, apiVersion: '2024-10-21', deployment: 'gpt-4o', maxRetries: 0, timeout: 30000 * SLOW });
+});
+
+after(async () => {
+  await stopAll(router, east, redis);
+  await oai?.stop();
+});
+
+beforeEach(async () => {
+  await east.reset();
+  oai.reset();
+});
+
+describe('provider openai', () => {
+  it('Azure primary 429 → the AzureOpenAI client is answered by OpenAI with the mapped model, the Bearer key and exact usage', async () => {
+    const before = await usageDay(TENANT);
+    await east.setBehaviour({ status: 429, retry_after: '30', count: 1 });
+    const { data, response } = await client.chat.completions
+      .create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hello there' }], max_tokens: 3 })
+      .withResponse();
+    assert.equal(response.headers.get('x-aoai-router-backend'), 'openai');
+    assert.equal(data.choices[0].message.content, 'word0 word1 word2');
+    assert.equal(oai.requests.length, 1);
+    const r = oai.requests[0];
+    assert.equal(r.path, '/v1/chat/completions');
+    assert.equal(r.query, '', 'api-version is dropped');
+    assert.equal(r.body.model, 'gpt-4o-2024-11-20');
+    assert.equal(r.headers.authorization, `Bearer ${OPENAI_KEY}`);
+    assert.equal(r.headers['api-key'], undefined, 'neither the tenant key nor an api-key header reaches OpenAI');
+    const after = await usageDay(TENANT);
+    assert.equal((after.prompt_tokens ?? 0) - (before.prompt_tokens ?? 0), data.usage.prompt_tokens);
+    assert.equal((after.completion_tokens ?? 0) - (before.completion_tokens ?? 0), 3);
+    // the primary is cooling down (retry-after 30): the next request goes straight to OpenAI
+    const again = await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'x' }], max_tokens: 1 }).withResponse();
+    assert.equal(again.response.headers.get('x-aoai-router-backend'), 'openai');
+    assert.equal((await east.stats()).requests, 1, 'the cooling primary was not asked again');
+  });
+
+  it('streaming through OpenAI with include_usage; the v1 surface; embeddings', async () => {
+    await east.setBehaviour({ status: 500, count: 100 });
+    const stream = await client.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'stream please' }],
+      max_tokens: 4,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = '';
+    let usage = null;
+    for await (const c of stream) {
+      if (c.choices[0]?.delta?.content) text += c.choices[0].delta.content;
+      if (c.usage) usage = c.usage;
+    }
+    assert.equal(text, 'word0 word1 word2 word3');
+    assert.equal(usage.completion_tokens, 4);
+    const sr = oai.requests.find((q) => q.body?.stream);
+    assert.equal(sr.body.model, 'gpt-4o-2024-11-20');
+    assert.equal(sr.path, '/v1/chat/completions');
+
+    const v1 = await post(router.url, '/v1/chat/completions', { model: 'gpt-4o', messages: [{ role: 'user', content: 'v1' }], max_tokens: 2 }, { headers: { 'api-key': TENANT_KEY } });
+    assert.equal(v1.status, 200, v1.body);
+    assert.equal(oai.requests.at(-1).body.model, 'gpt-4o-2024-11-20');
+
+    const emb = await post(router.url, '/openai/deployments/emb/embeddings?api-version=2024-10-21', { input: 'embed me' }, { headers: { 'api-key': TENANT_KEY } });
+    assert.equal(emb.status, 200, emb.body);
+    assert.equal(oai.requests.at(-1).path, '/v1/embeddings');
+    assert.equal(oai.requests.at(-1).body.model, 'text-embedding-3-small');
+
+    const resp = await post(router.url, '/openai/v1/responses', { model: 'gpt-4o', input: 'hi', max_output_tokens: 2 }, { headers: { 'api-key': TENANT_KEY } });
+    assert.equal(resp.status, 200, resp.body);
+    assert.equal(oai.requests.at(-1).path, '/v1/responses');
+    assert.equal(oai.requests.at(-1).body.model, 'gpt-4o-2024-11-20');
+  });
+
+  it('OpenAI 429 + retry-after cools the OpenAI backend down (east still cooling from the first test)', async () => {
+    oai.behaviour = { status: 429, retry_after: 30, count: 1 };
+    const p = '/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21';
+    const body = { messages: [{ role: 'user', content: 'x' }], max_tokens: 1 };
+    const res = await post(router.url, p, body, { headers: { 'api-key': TENANT_KEY } });
+    assert.equal(res.status, 429, res.body);
+    assert.equal(oai.requests.length, 1);
+    const ra = Number(res.headers['retry-after']);
+    assert.ok(ra >= 1 && ra <= 30, `retry-after ${res.headers['retry-after']}`);
+    const r2 = await post(router.url, p, body, { headers: { 'api-key': TENANT_KEY } });
+    assert.equal(r2.status, 429, r2.body);
+    assert.equal(oai.requests.length, 1, 'OpenAI was asked again while cooling down');
+  });
+});

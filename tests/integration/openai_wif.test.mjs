@@ -1,0 +1,110 @@
+// auth openai_wif (issue 10): a subject token from IMDS (resource = the Application ID URI) or a
+// file, exchanged at OpenAI's token endpoint (JSON, RFC 8693); the access token is the bearer.
+import { describe, it, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { startMock, startRouter, backendFor, stopAll, post, tempDir, sleep, CHAT_PATH, chatBody, SLOW } from './lib/harness.mjs';
+import { startOpenAiMock, startOpenAiExchange } from './lib/openai_mock.mjs';
+
+const IDP = 'idp_0123456789abcdef';
+const SA = 'svc_acct_fedcba9876543210';
+const APP_URI = 'api://11111111-2222-3333-4444-555555555555';
+const things = [];
+
+after(async () => {
+  await stopAll(...things.filter((t) => !t.server));
+  for (const t of things.filter((t) => t.server)) await t.stop();
+});
+
+function oaiBackend(oai, ex, subject, { name = 'openai', priority = 1, extra = {} } = {}) {
+  return {
+    name,
+    provider: 'openai',
+    url: oai.url,
+    region: name,
+    priority,
+    weight: 1,
+    deployments: { 'gpt-4o': 'gpt-4o-2024-11-20' },
+    auth: { type: 'openai_wif', identity_provider_id: IDP, service_account_id: SA, token_url: ex.tokenUrl, subject, ...extra },
+  };
+}
+
+describe('openai_wif', () => {
+  it('managed identity subject: IMDS with the Application ID URI, every exchange field, the access token as bearer', async () => {
+    const ex = await startOpenAiExchange({ idp: IDP, sa: SA, resource: APP_URI });
+    const oai = await startOpenAiMock({ bearer: (t) => ex.valid(t) });
+    things.push(ex, oai);
+    const router = await startRouter({
+      config: { backends: [oaiBackend(oai, ex, { type: 'managed_identity', resource: APP_URI }, { extra: { imds_endpoint: ex.imdsUrl } })] },
+    });
+    things.push(router);
+    const r = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 }));
+    assert.equal(r.status, 200, r.body);
+    assert.equal(ex.imdsCalls[0].resource, APP_URI);
+    assert.ok(ex.exchanges.length >= 1);
+    const b = ex.exchanges[0].body;
+    assert.ok(ex.imdsIssued.has(b.subject_token), 'the subject is the IMDS token');
+    const bearer = oai.requests[0].headers.authorization.slice(7);
+    assert.ok(ex.valid(bearer), 'the bearer is the exchanged token');
+    assert.equal(oai.requests[0].body.model, 'gpt-4o-2024-11-20');
+    await router.stop();
+  });
+
+  it('file subject, short-lived tokens: refreshed before expiry, the file re-read, no failed request', async () => {
+    const dir = tempDir('aor-it-wif-');
+    const file = path.join(dir, 'token');
+    const subject1 = 'eyJhbGciOiJub25lIn0.file-subject-1.sig';
+    writeFileSync(file, subject1 + '\n');
+    const ex = await startOpenAiExchange({ idp: IDP, sa: SA, lifetimeS: 3, fileSubject: subject1, fileSubject2: 'eyJhbGciOiJub25lIn0.file-subject-2.sig' });
+    const oai = await startOpenAiMock({ bearer: (t) => ex.valid(t) });
+    things.push(ex, oai);
+    const router = await startRouter({ config: { backends: [oaiBackend(oai, ex, { type: 'file', path: file })] } });
+    things.push(router);
+    const end = Date.now() + 7000 * SLOW;
+    let n = 0;
+    let rotated = false;
+    while (Date.now() < end) {
+      if (!rotated && Date.now() > end - 3500 * SLOW) {
+        // the projected token rotates: the next refresh must send the new one
+        writeFileSync(file, 'eyJhbGciOiJub25lIn0.file-subject-2.sig\n');
+        rotated = true;
+      }
+      const r = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 1 }));
+      assert.equal(r.status, 200, `request ${n}: ${r.status} ${r.body}`);
+      ++n;
+      await sleep(100);
+    }
+    const bearers = new Set(oai.requests.map((q) => q.headers.authorization));
+    assert.ok(ex.exchanges.length >= 3, `only ${ex.exchanges.length} exchanges in 7 s with 3 s tokens`);
+    assert.ok(bearers.size >= 3, `bearers used: ${bearers.size}`);
+    assert.equal(oai.requests.filter((q) => q.headers.authorization == null).length, 0);
+    assert.ok(ex.exchanges.some((e) => e.body?.subject_token === 'eyJhbGciOiJub25lIn0.file-subject-2.sig'), 'the file was re-read');
+    await router.stop();
+  });
+
+  it('exchange refused: the backend is skipped, the next candidate answers; the error is logged, never the subject', async () => {
+    const dir = tempDir('aor-it-wif-');
+    const file = path.join(dir, 'token');
+    const subject = 'eyJhbGciOiJub25lIn0.never-log-me-subject.sig';
+    writeFileSync(file, subject);
+    const ex = await startOpenAiExchange({ idp: 'idp_other', sa: SA, fileSubject: subject });
+    const oai = await startOpenAiMock({ bearer: (t) => ex.valid(t) });
+    const east = await startMock('eastus');
+    things.push(ex, oai, east);
+    const router = await startRouter({
+      config: { backends: [oaiBackend(oai, ex, { type: 'file', path: file }), backendFor(east, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o' } })] },
+    });
+    things.push(router);
+    const r = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 1 }));
+    assert.equal(r.status, 200, r.body);
+    assert.equal(r.headers['x-aoai-router-backend'], 'eastus');
+    assert.equal(oai.requests.length, 0, 'nothing reached OpenAI without a token');
+    assert.ok(ex.exchanges.length >= 1);
+    await sleep(200);
+    assert.match(router.stderr(), /error=invalid_grant/);
+    assert.match(router.stderr(), /unknown identity_provider_id/);
+    assert.ok(!router.stderr().includes('never-log-me'), 'the subject token reached the log');
+    await router.stop();
+  });
+});
