@@ -705,6 +705,12 @@ static void handshake_reply(struct aor_redis *r, enum cmd_kind kind, const redis
         conn_lost(r, aor_redis_err_disconnected, reply->str);
         return;
     }
+    if (kind == CMD_HANDSHAKE_LAST && (reply->type != REDIS_REPLY_STATUS || strcmp(reply->str, "PONG") != 0)) {
+        /* only a PONG answers PING: anything else is a server speaking out of turn (a reply that
+         * raced our handshake would otherwise be taken for it and the stream be off by one) */
+        conn_lost(r, aor_redis_err_disconnected, "protocol error: the handshake's PING was not answered PONG");
+        return;
+    }
     if (kind == CMD_HANDSHAKE_LAST) {
         if (r->failures != 0 || !r->ever_up)
             AOR_LOG(AOR_LOG_INFO, "redis", "%s:%u: connected%s (db %u)", r->url.host, (unsigned)r->url.port,
