@@ -1,0 +1,97 @@
+// Outside review of issues 8/9/10 (quotas, exact accounting, backend identity, OpenAI backends):
+// what a hostile tenant can do to its own accounting and to the shared quota.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import { startMock, startRouter, backendFor, post, curlStream, chatBody, CHAT_PATH, stopAll, sleep, accessLogLine, run, SLOW } from './lib/harness.mjs';
+import { startDurableRedis } from './lib/quota_redis.mjs';
+
+const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
+const TENANTS = ['optout', 'tpmburst'];
+const KEYS = Object.fromEntries(TENANTS.map((t) => [t, `aor_${crypto.randomBytes(24).toString('base64url')}`]));
+let seq = 0;
+const rid = (w) => `it-hrqi-${w}-${++seq}-${Date.now()}`;
+let east, west, redis, routerA, routerB;
+
+const cli = (...args) => run('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), '--raw', ...args]);
+
+function config() {
+  return {
+    redis: { url: redis.url, on_failure: 'open' },
+    backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o' } }), backendFor(west, { deployments: { 'gpt-4o': 'gpt-4o' } })],
+    auth: { mode: 'key', keys: { static: TENANTS.map((t) => ({ sha256: sha256(KEYS[t]), tenant: t })) } },
+    tenants: { default: { tpm: 1000000, rpm: 100000 }, tpmburst: { tpm: 3000, rpm: 100000 } },
+  };
+}
+
+async function hash(key) {
+  const kv = (await cli('HGETALL', key)).stdout.split('\n');
+  if (kv.at(-1) === '') kv.pop();
+  const o = {};
+  for (let i = 0; i + 1 < kv.length; i += 2) o[kv[i]] = Number(kv[i + 1]);
+  return o;
+}
+
+before(async () => {
+  east = await startMock('eastus', { tpm: 100000000, rpm: 1000000 });
+  west = await startMock('westus', { tpm: 100000000, rpm: 1000000 });
+  redis = await startDurableRedis();
+  await redis.start();
+  routerA = await startRouter({ config: config() });
+  routerB = await startRouter({ config: config() });
+});
+after(async () => {
+  await stopAll(routerA, routerB, east, west);
+  await redis.kill();
+});
+
+describe('exact accounting of streams', () => {
+  for (const [label, opts] of [
+    ['{"include_usage":false}', { include_usage: false }],
+    ['{}', {}],
+    ['null', null],
+  ]) {
+    // OPEN (review finding): the router only injects include_usage when the body has no
+    // stream_options member at all; any other value turns exact accounting into the estimate.
+    it(`stream_options ${label}: a stream that completes is charged exactly (usage asked upstream), not estimated`, { todo: 'open: stream_options present without include_usage:true is not rewritten' }, async () => {
+      const id = rid('optout');
+      const s = curlStream(routerA.url, CHAT_PATH, chatBody({ max_tokens: 8, stream: true, stream_options: opts }), {
+        headers: { 'api-key': KEYS.optout, 'x-request-id': id },
+      });
+      const r = await s.done;
+      assert.equal(r.status, 200);
+      assert.ok(!/"usage":\{/.test(r.body), 'the client did not ask for the usage chunk');
+      const line = await accessLogLine(routerA, id, 10000 * SLOW);
+      assert.ok(line, 'no access-log line');
+      assert.notEqual(line.usage, 'estimated', `charged as estimated: ${JSON.stringify(line)}`);
+    });
+  }
+});
+
+describe('one tpm across replicas and deployments', () => {
+  it('two routers, two backends, 80 concurrent requests (max_tokens 100) of a tenant with tpm 3000: minute total within one estimate of 3000; reserved keys drain to 0', async () => {
+    const body = chatBody({ max_tokens: 100 });
+    const all = [];
+    for (let i = 0; i < 80; i++) {
+      const router = i % 2 ? routerB : routerA;
+      all.push(post(router.url, CHAT_PATH, body, { headers: { 'api-key': KEYS.tpmburst, 'x-request-id': rid('tpm') } }));
+    }
+    const rs = await Promise.all(all);
+    const ok = rs.filter((r) => r.status === 200).length;
+    const q = rs.filter((r) => r.status === 429).length;
+    assert.equal(ok + q, 80, JSON.stringify(rs.map((r) => r.status)));
+    await sleep(300);
+    const keys = (await cli('--scan', '--pattern', 'aoai:usage:{tpmburst}:*')).stdout.split('\n').filter(Boolean);
+    const minute = keys.filter((k) => /:minute:/.test(k));
+    let total = 0;
+    for (const k of minute) total += (await hash(k)).total_tokens ?? 0;
+    const estimate = Math.ceil(JSON.stringify(body).length / 4) + 100;
+    assert.ok(ok > 0, 'nothing admitted');
+    assert.ok(total <= 3000 + estimate, `minute total ${total} over 3000 + ${estimate} (admitted ${ok}) keys ${minute}`);
+    const reserved = (await cli('--scan', '--pattern', 'aoai:reserved:{tpmburst}:*')).stdout.split('\n').filter(Boolean);
+    for (const k of reserved) {
+      const h = await hash(k);
+      for (const [f, v] of Object.entries(h)) assert.equal(v, 0, `${k} ${f}=${v}`);
+    }
+  });
+});
