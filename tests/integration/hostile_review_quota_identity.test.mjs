@@ -5,13 +5,15 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { startMock, startRouter, backendFor, post, curlStream, chatBody, CHAT_PATH, stopAll, sleep, accessLogLine, run, SLOW } from './lib/harness.mjs';
 import { startDurableRedis } from './lib/quota_redis.mjs';
+import { startOpenAiMock } from './lib/openai_mock.mjs';
 
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
 const TENANTS = ['optout', 'tpmburst'];
 const KEYS = Object.fromEntries(TENANTS.map((t) => [t, `aor_${crypto.randomBytes(24).toString('base64url')}`]));
 let seq = 0;
 const rid = (w) => `it-hrqi-${w}-${++seq}-${Date.now()}`;
-let east, west, redis, routerA, routerB;
+let east, west, redis, routerA, routerB, oai, oaiRouter;
+const OPENAI_KEY = `sk-${crypto.randomBytes(16).toString('hex')}`;
 
 const cli = (...args) => run('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), '--raw', ...args]);
 
@@ -39,9 +41,20 @@ before(async () => {
   await redis.start();
   routerA = await startRouter({ config: config() });
   routerB = await startRouter({ config: config() });
+  oai = await startOpenAiMock({ bearer: OPENAI_KEY });
+  oaiRouter = await startRouter({
+    env: { OPENAI_KEY },
+    config: {
+      auth: { mode: 'key', keys: { static: TENANTS.map((t) => ({ sha256: sha256(KEYS[t]), tenant: t })) } },
+      backends: [
+        { name: 'openai', provider: 'openai', url: oai.url, region: 'openai', priority: 1, weight: 1, deployments: { 'gpt-4o': 'gpt-4o-2024-11-20' }, auth: { type: 'api_key', key_env: 'OPENAI_KEY' } },
+      ],
+    },
+  });
 });
 after(async () => {
-  await stopAll(routerA, routerB, east, west);
+  await stopAll(routerA, routerB, oaiRouter, east, west);
+  await oai?.stop();
   await redis.kill();
 });
 
@@ -93,5 +106,23 @@ describe('one tpm across replicas and deployments', () => {
       const h = await hash(k);
       for (const [f, v] of Object.entries(h)) assert.equal(v, 0, `${k} ${f}=${v}`);
     }
+  });
+});
+
+describe('the model the backend sees', () => {
+  it('a member name spelled with an escape ("m\\u006fdel") cannot smuggle a second model past the mapping: refused 400, nothing sent upstream', async () => {
+    oai.reset();
+    const raw = '{"model":"gpt-4o","m\\u006fdel":"o1-pro","messages":[{"role":"user","content":"hi"}],"max_tokens":2}';
+    assert.equal(JSON.parse(raw).model, 'o1-pro', 'a JSON parser takes the escaped duplicate');
+    const r = await post(oaiRouter.url, CHAT_PATH, raw, { headers: { 'api-key': KEYS.optout, 'x-request-id': rid('model') } });
+    const seen = oai.requests.map((q) => q.body?.model);
+    assert.deepEqual(seen, [], `OpenAI was asked for ${JSON.stringify(seen)}`);
+    assert.equal(r.status, 400, r.body);
+  });
+
+  it('"str\\u0065am": true cannot hide a stream from the accounting: refused 400', async () => {
+    const raw = '{"str\\u0065am":true,"messages":[{"role":"user","content":"hi"}],"max_tokens":2}';
+    const r = await post(routerA.url, CHAT_PATH, raw, { headers: { 'api-key': KEYS.optout, 'x-request-id': rid('stream') } });
+    assert.equal(r.status, 400, r.body);
   });
 });
