@@ -218,7 +218,7 @@ static int read_body(struct aor_request *ar, h2o_req_t *req, enum aor_error *err
     if (ar->body_len != 0 && is_json_body(req)) {
         if (aor_reqbody_scan(ar->body, ar->body_len, &ar->rb) != 0) {
             *err = AOR_ERR_INVALID_REQUEST;
-            *msg = "request body is not a well-formed JSON object (or names model or stream twice)";
+            *msg = "request body is not a well-formed JSON object (or names model or stream twice, or escapes a member name)";
             return -1;
         }
         ar->body_is_json = 1;

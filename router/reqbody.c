@@ -22,6 +22,10 @@ static int on_member(const char *key, size_t key_len, const char *value, size_t 
     struct scan *s = data;
     int64_t v;
 
+    /* a member name with an escape ("m\u006fdel") names, for the backend's parser, a member we
+     * would not see: a second model past the mapping, a stream hidden from the accounting */
+    if (memchr(key, '\\', key_len) != NULL)
+        return -1;
     if (KEY_IS(key, key_len, "model")) {
         if (s->seen_model++)
             return -1;
