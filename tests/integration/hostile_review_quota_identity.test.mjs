@@ -3,6 +3,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import http from 'node:http';
 import { startMock, startRouter, backendFor, post, curlStream, chatBody, CHAT_PATH, stopAll, sleep, accessLogLine, run, SLOW } from './lib/harness.mjs';
 import { startDurableRedis } from './lib/quota_redis.mjs';
 import { startOpenAiMock } from './lib/openai_mock.mjs';
@@ -124,5 +125,78 @@ describe('the model the backend sees', () => {
     const raw = '{"str\\u0065am":true,"messages":[{"role":"user","content":"hi"}],"max_tokens":2}';
     const r = await post(routerA.url, CHAT_PATH, raw, { headers: { 'api-key': KEYS.optout, 'x-request-id': rid('stream') } });
     assert.equal(r.status, 400, r.body);
+  });
+});
+
+// a backend that lies about usage (Azure wire format, answers what `liar.answer` says)
+async function startLiar() {
+  const liar = { answer: null, seen: 0 };
+  liar.server = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      liar.seen++;
+      liar.answer(res);
+    });
+  });
+  await new Promise((r) => liar.server.listen(0, '127.0.0.1', r));
+  liar.url = `http://127.0.0.1:${liar.server.address().port}`;
+  liar.name = 'liar';
+  return liar;
+}
+
+describe('a backend that lies about usage', () => {
+  it('usage near INT64_MAX twice (non-streamed), then negative, then two usage chunks in a stream: no reservation left behind, the router keeps answering', async () => {
+    const liar = await startLiar();
+    const router = await startRouter({
+      config: {
+        redis: { url: redis.url, on_failure: 'open' },
+        backends: [backendFor(liar, { deployments: { 'gpt-4o': 'gpt-4o' } })],
+        auth: { mode: 'key', keys: { static: TENANTS.map((t) => ({ sha256: sha256(KEYS[t]), tenant: t })) } },
+        tenants: { default: { tpm: -1, rpm: 100000, tokens_per_day: -1, tokens_per_month: -1 } },
+      },
+    });
+    try {
+      const json = (usage) => (res) => {
+        const b = JSON.stringify({ id: 'x', object: 'chat.completion', model: 'gpt-4o', choices: [{ index: 0, message: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }], usage });
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(b) });
+        res.end(b);
+      };
+      const big = 999999999999999999;
+      liar.answer = (res) => {
+        const b = '{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":999999999999999999,"completion_tokens":999999999999999999,"total_tokens":999999999999999999}}';
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(b) });
+        res.end(b);
+      };
+      void big;
+      const statuses = [];
+      for (let i = 0; i < 3; i++) statuses.push((await post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 }), { headers: { 'api-key': KEYS.optout, 'x-request-id': rid('liar') } })).status);
+      liar.answer = json({ prompt_tokens: -5, completion_tokens: -7, total_tokens: -12 });
+      statuses.push((await post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 }), { headers: { 'api-key': KEYS.optout, 'x-request-id': rid('liar') } })).status);
+      liar.answer = (res) => {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        const ev = (o) => res.write(`data: ${JSON.stringify(o)}\n\n`);
+        ev({ id: 'x', object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: 'hi' } }] });
+        ev({ id: 'x', object: 'chat.completion.chunk', choices: [], usage: { prompt_tokens: 10, completion_tokens: 1, total_tokens: 11 } });
+        ev({ id: 'x', object: 'chat.completion.chunk', choices: [], usage: { prompt_tokens: 10, completion_tokens: 1, total_tokens: 11 } });
+        res.end('data: [DONE]\n\n');
+      };
+      const id = rid('liar2');
+      const s = await curlStream(router.url, CHAT_PATH, chatBody({ max_tokens: 2, stream: true }), { headers: { 'api-key': KEYS.optout, 'x-request-id': id } }).done;
+      statuses.push(s.status);
+      assert.deepEqual(statuses, [200, 200, 200, 200, 200]);
+      const line = await accessLogLine(router, id, 10000 * SLOW);
+      assert.equal(line.total_tokens, 11, JSON.stringify(line));
+      assert.ok(!/"usage":\{/.test(s.body), 'the usage chunks the client did not ask for are dropped');
+      await sleep(300);
+      const reserved = (await cli('--scan', '--pattern', 'aoai:reserved:{optout}:*')).stdout.split('\n').filter(Boolean);
+      for (const k of reserved) {
+        const h = await hash(k);
+        for (const [f, v] of Object.entries(h)) assert.equal(v, 0, `${k} ${f}=${v}`);
+      }
+      assert.equal((await post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 }), { headers: { 'api-key': KEYS.optout } })).status, 200);
+    } finally {
+      await stopAll(router);
+      await new Promise((r) => liar.server.close(r));
+    }
   });
 });
