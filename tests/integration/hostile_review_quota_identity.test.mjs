@@ -111,6 +111,24 @@ describe('one tpm across replicas and deployments', () => {
 });
 
 describe('the model the backend sees', () => {
+  it('the client\'s own Authorization, api-key and odd query reach no OpenAI header; every api-version is dropped from the query', async () => {
+    oai.reset();
+    const r = await post(oaiRouter.url, '/openai/deployments/gpt-4o/chat/completions?api-version=2099-01-01-preview&api-version=x&foo=bar%0d%0aX-Evil:1', chatBody({ model: 'other-model', max_tokens: 2 }), {
+      headers: { 'api-key': KEYS.optout, authorization: 'Bearer client-secret-token-zz9', 'x-request-id': rid('hdr') },
+    });
+    assert.equal(r.status, 200, r.body);
+    assert.equal(oai.requests.length, 1);
+    const q = oai.requests[0];
+    assert.equal(q.path, '/v1/chat/completions');
+    assert.equal(q.query, 'foo=bar%0d%0aX-Evil:1', 'every api-version dropped, the rest verbatim (still percent-encoded)');
+    assert.equal(q.body.model, 'gpt-4o-2024-11-20', 'the client-sent model is replaced by the mapping');
+    assert.equal(q.headers.authorization, `Bearer ${OPENAI_KEY}`);
+    assert.equal(q.headers['api-key'], undefined);
+    assert.ok(!JSON.stringify(q.headers).includes('client-secret-token-zz9'));
+    assert.ok(!JSON.stringify(q.headers).includes(KEYS.optout));
+    assert.equal(q.headers['x-evil'], undefined);
+  });
+
   it('a member name spelled with an escape ("m\\u006fdel") cannot smuggle a second model past the mapping: refused 400, nothing sent upstream', async () => {
     oai.reset();
     const raw = '{"model":"gpt-4o","m\\u006fdel":"o1-pro","messages":[{"role":"user","content":"hi"}],"max_tokens":2}';
