@@ -9,7 +9,7 @@ import { startDurableRedis } from './lib/quota_redis.mjs';
 import { startOpenAiMock } from './lib/openai_mock.mjs';
 
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
-const TENANTS = ['optout', 'tpmburst'];
+const TENANTS = ['optout', 'tpmburst', 'failover'];
 const KEYS = Object.fromEntries(TENANTS.map((t) => [t, `aor_${crypto.randomBytes(24).toString('base64url')}`]));
 let seq = 0;
 const rid = (w) => `it-hrqi-${w}-${++seq}-${Date.now()}`;
@@ -83,6 +83,28 @@ describe('exact accounting of streams', () => {
 });
 
 describe('one tpm across replicas and deployments', () => {
+  it('a failover (east 429, then west answers) is counted once: one request, the usage west reported; reservation released', async () => {
+    const day = `aoai:usage:{failover}:day:${new Date().toISOString().slice(0, 10).replaceAll('-', '')}`;
+    await east.setBehaviour({ status: 429, retry_after: '1', count: 1 });
+    try {
+      const id = rid('fo');
+      const r = await post(routerA.url, CHAT_PATH, chatBody({ max_tokens: 5 }), { headers: { 'api-key': KEYS.failover, 'x-request-id': id } });
+      assert.equal(r.status, 200, r.body);
+      const line = await accessLogLine(routerA, id, 10000 * SLOW);
+      assert.ok(line.attempts >= 1);
+      await sleep(300);
+      const h = await hash(day);
+      assert.equal(h.requests, 1, JSON.stringify(h));
+      assert.equal(h.total_tokens, line.total_tokens, JSON.stringify({ h, line }));
+      assert.equal(h.completion_tokens, 5);
+      const reserved = (await cli('--scan', '--pattern', 'aoai:reserved:{failover}:*')).stdout.split('\n').filter(Boolean);
+      for (const k of reserved) for (const [f, v] of Object.entries(await hash(k))) assert.equal(v, 0, `${k} ${f}=${v}`);
+    } finally {
+      await east.setBehaviour({});
+      await west.setBehaviour({});
+    }
+  });
+
   it('two routers, two backends, 80 concurrent requests (max_tokens 100) of a tenant with tpm 3000: minute total within one estimate of 3000; reserved keys drain to 0', async () => {
     const body = chatBody({ max_tokens: 100 });
     const all = [];
