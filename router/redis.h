@@ -43,8 +43,8 @@ typedef void (*aor_redis_cb)(void *data, const struct redisReply *reply, const c
 
 /* bounds on one connection: bytes of one reply still incomplete, elements of one array reply,
  * command bytes queued and not yet written; past them the connection (or the command) is refused */
-#define AOR_REDIS_MAX_REPLY_BYTES_STR "16777216"
-#define AOR_REDIS_MAX_REPLY_BYTES ((size_t)16777216)
+#define AOR_REDIS_MAX_REPLY_BYTES_STR "1048576"
+#define AOR_REDIS_MAX_REPLY_BYTES ((size_t)1048576)
 #define AOR_REDIS_MAX_ARRAY_ELEMENTS 1048576
 #define AOR_REDIS_MAX_ARRAY_ELEMENTS_STR "1048576"
 #define AOR_REDIS_MAX_OUTPUT_BYTES ((size_t)67108864)
