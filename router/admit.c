@@ -465,7 +465,6 @@ static void local_admit(struct aor_request *ar, int64_t now)
 /* Redis could not be asked: `on_failure` decides */
 static void store_unavailable(struct aor_request *ar, int64_t now)
 {
-    aor_metrics_redis_error();
     if (ar->conf->redis.fail_closed) {
         ar->adm.refused = 1;
         ar->adm.error = AOR_ERR_QUOTA_STORE_UNAVAILABLE;
@@ -593,12 +592,11 @@ static void on_settled(struct aor_admit_call *c, const redisReply *reply, const 
 {
     (void)reply;
     if (errstr == aor_redis_err_reply) {
-        /* Redis refused the script (a key of the wrong type, say): trying again would fail again */
-        aor_metrics_redis_error();
+        /* Redis refused the script (a key of the wrong type, say): trying again would fail again
+         * (router/redis.c counts the error in aoai_router_redis_errors_total) */
         if (c->count_usage)
             AOR_LOG(AOR_LOG_ERROR, "admit", "usage for %s not recorded: Redis refused the write", c->argv[3]);
     } else if (errstr != NULL) {
-        aor_metrics_redis_error();
         keep_usage(c);
     }
 }

@@ -72,3 +72,6 @@ void aor_log_write(enum aor_log_level level, const char *module, const char *fmt
         }
     }
 }
+
+/* defined here, not in redis.c, so that every binary with metrics.c links it (see redis.h) */
+uint64_t aor_redis_errors_total;

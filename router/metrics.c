@@ -70,7 +70,8 @@ struct series {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct series **table;
 static size_t table_cap, num_series;
-static uint64_t dropped, redis_errors;
+static uint64_t dropped;
+extern uint64_t aor_redis_errors_total; /* router/redis.c counts every failed or timed-out command and dropped connection */
 static int64_t inflight;
 
 /*
@@ -312,11 +313,6 @@ void aor_metrics_auth_failure(const char *reason)
     add(M_AUTH_FAILURES, v, 1, 0, 0);
 }
 
-void aor_metrics_redis_error(void)
-{
-    __atomic_add_fetch(&redis_errors, 1, __ATOMIC_RELAXED);
-}
-
 void aor_metrics_request_duration(const char *deployment, const char *backend, double seconds)
 {
     const char *v[4] = {deployment, backend};
@@ -526,7 +522,7 @@ char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *
     emit(&o,
          "# HELP aoai_router_redis_errors_total Redis commands that failed or timed out.\n"
          "# TYPE aoai_router_redis_errors_total counter\naoai_router_redis_errors_total %llu\n",
-         (unsigned long long)__atomic_load_n(&redis_errors, __ATOMIC_RELAXED));
+         (unsigned long long)__atomic_load_n(&aor_redis_errors_total, __ATOMIC_RELAXED));
     emit(&o,
          "# HELP aoai_router_log_dropped_total Log lines dropped because the log's reader stalled.\n"
          "# TYPE aoai_router_log_dropped_total counter\naoai_router_log_dropped_total{log=\"access\"} %llu\n"

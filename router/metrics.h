@@ -36,7 +36,6 @@ void aor_metrics_tokens(const char *tenant, const char *deployment, const char *
 void aor_metrics_failover(const char *backend, const char *reason);
 void aor_metrics_quota_rejection(const char *tenant, const char *limit);
 void aor_metrics_auth_failure(const char *reason);
-void aor_metrics_redis_error(void);
 
 /* histograms, in seconds */
 void aor_metrics_request_duration(const char *deployment, const char *backend, double seconds);

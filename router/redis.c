@@ -42,8 +42,6 @@ const char aor_redis_err_timeout[] = "redis command timed out";
 const char aor_redis_err_disconnected[] = "redis connection lost";
 const char aor_redis_err_reply[] = "redis error reply";
 
-uint64_t aor_redis_errors_total;
-
 enum conn_state {
     ST_DOWN,       /* no connection; retry_timer may be pending */
     ST_RESOLVING,  /* uv_getaddrinfo in flight */
