@@ -65,7 +65,13 @@ integration() {
   local dir=${1:-build}
   npm_deps
   log "integration tests ($dir)"
-  (cd tests/integration && AOR_BUILD="$ROOT/$dir" node --test --test-concurrency=1 --test-reporter=spec ./*.test.mjs)
+  # a test that hangs fails after AOR_TEST_TIMEOUT_S (default 180 s) instead of holding CI until
+  # its deadline; a whole pass is bounded too (AOR_PASS_TIMEOUT_S, default 40 min)
+  local t0=$SECONDS
+  (cd tests/integration && AOR_BUILD="$ROOT/$dir" timeout --kill-after=10 "${AOR_PASS_TIMEOUT_S:-2400}" \
+    node --test --test-concurrency=1 --test-force-exit --test-timeout=$((${AOR_TEST_TIMEOUT_S:-180} * 1000)) \
+    --test-reporter=spec ./*.test.mjs)
+  log "integration tests ($dir) took $((SECONDS - t0)) s"
 }
 
 format_check() {

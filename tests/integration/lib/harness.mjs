@@ -36,7 +36,8 @@ process.on('exit', () => {
   }
 });
 
-function track(child) {
+/** Kills the child when the test process exits, however it exits (see dev.sh's --test-force-exit). */
+export function track(child) {
   live.add(child);
   child.once('exit', () => live.delete(child));
   return child;

@@ -4,7 +4,7 @@
 // allowed from loopback, for a Redis that answers late but within the router's deadline.
 import { spawn } from 'node:child_process';
 import net from 'node:net';
-import { freePort, tempDir, pollUntil, waitExit, SLOW } from './harness.mjs';
+import { freePort, tempDir, pollUntil, waitExit, track, SLOW } from './harness.mjs';
 
 function ping(port) {
   return new Promise((resolve) => {
@@ -23,11 +23,13 @@ export async function startDurableRedis() {
   const dir = tempDir('aor-it-qredis-');
   const r = { port, url: `redis://127.0.0.1:${port}/0`, proc: null, out: '' };
   r.start = async () => {
-    r.proc = spawn(
+    // starting twice would orphan the first server and hold the test process open
+    if (r.proc && r.proc.exitCode === null && r.proc.signalCode === null) return;
+    r.proc = track(spawn(
       'redis-server',
       ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--enable-debug-command', 'local', '--dir', dir],
       { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
+    ));
     r.proc.stdout.on('data', (d) => (r.out += d));
     r.proc.stderr.on('data', (d) => (r.out += d));
     const ok = await pollUntil(() => ping(port), { timeoutMs: 10000 * SLOW, intervalMs: 50 });

@@ -5,7 +5,7 @@ import { spawn, execFileSync } from 'node:child_process';
 import path from 'node:path';
 import tls from 'node:tls';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { tempDir, freePort, pollUntil, waitExit, SLOW } from './harness.mjs';
+import { tempDir, freePort, pollUntil, waitExit, track, SLOW } from './harness.mjs';
 
 function openssl(args, cwd) {
   execFileSync('openssl', args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -65,7 +65,7 @@ export async function startTlsRedis({ cert, ca, port, password } = {}) {
   const args = ['--port', '0', '--tls-port', String(port), '--bind', '127.0.0.1', '--tls-cert-file', cert.cert, '--tls-key-file', cert.key,
     '--tls-ca-cert-file', ca, '--tls-auth-clients', 'no', '--save', '', '--appendonly', 'no', '--dir', dir];
   if (password) args.push('--requirepass', password);
-  const proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = track(spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] }));
   let out = '';
   proc.stdout.setEncoding('utf8');
   proc.stderr.setEncoding('utf8');
