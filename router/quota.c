@@ -200,8 +200,21 @@ static void put_digits(char *p, int64_t v, int n)
 
 void aor_quota_windows(int64_t now_ms, struct aor_quota_windows *w)
 {
+    /* every request asks for this minute and its reserved buckets' past minutes: a few entries
+     * per thread, keyed by the minute, spare the calendar arithmetic (~1,100 instructions a
+     * request under load, callgrind) */
+    static __thread struct {
+        int64_t key; /* minute_id + 1; 0 = empty */
+        struct aor_quota_windows w;
+    } cache[4];
     int64_t secs = now_ms >= 0 ? now_ms / 1000 : 0, days = secs / 86400, y;
     unsigned m, d, hh = (unsigned)(secs % 86400 / 3600), mm = (unsigned)(secs % 3600 / 60);
+    size_t slot = (size_t)(secs / 60) % 4;
+
+    if (cache[slot].key == secs / 60 + 1) {
+        *w = cache[slot].w;
+        return;
+    }
 
     civil_from_days(days, &y, &m, &d);
     put_digits(w->minute, y, 4);
@@ -220,6 +233,8 @@ void aor_quota_windows(int64_t now_ms, struct aor_quota_windows *w)
     w->minute_end_ms = (w->minute_id + 1) * 60000;
     w->day_end_ms = (days + 1) * 86400000;
     w->month_end_ms = days_from_civil(m == 12 ? y + 1 : y, m == 12 ? 1 : m + 1, 1) * 86400000;
+    cache[slot].key = w->minute_id + 1;
+    cache[slot].w = *w;
 }
 
 int64_t aor_quota_retry_after(int64_t now_ms, int64_t end_ms)

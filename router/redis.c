@@ -1189,22 +1189,63 @@ struct aor_redis_cmd *aor_redis_command(struct aor_redis *r, aor_redis_cb cb, vo
     return cmd;
 }
 
+/* writes `prefix`, the decimal `n` and CRLF at `p`; returns the end */
+static char *put_count(char *p, char prefix, size_t n)
+{
+    char tmp[24], *q = tmp + sizeof(tmp);
+
+    do
+        *--q = (char)('0' + n % 10);
+    while ((n /= 10) != 0);
+    *p++ = prefix;
+    memcpy(p, q, (size_t)(tmp + sizeof(tmp) - q));
+    p += tmp + sizeof(tmp) - q;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/*
+ * The request side of RESP is a multi-bulk of counted strings; it is written here rather than
+ * with hiredis' redisFormatCommandArgv, which formats every count with sprintf: ~740
+ * instructions per argument, 18 % of the router's CPU per request with quotas on (callgrind,
+ * bench/README.md). Replies are still read by hiredis' redisReader.
+ */
 struct aor_redis_cmd *aor_redis_command_argv(struct aor_redis *r, aor_redis_cb cb, void *data, int argc, const char **argv,
                                              const size_t *argvlen)
 {
     struct aor_redis_cmd *cmd = NULL;
-    char *buf = NULL;
-    int len;
+    char stack[2048], *buf = stack, *p;
+    size_t len = 24;
 
     if (!accepting(r) || argc < 1) {
         count_error();
         return NULL;
     }
-    len = redisFormatCommandArgv(&buf, argc, argv, argvlen);
-    if (len > 0)
-        cmd = send_formatted(r, CMD_USER, cb, data, buf, (size_t)len);
-    if (buf != NULL)
-        redisFreeCommand(buf);
+    for (int i = 0; i != argc; ++i) {
+        size_t l = argvlen != NULL ? argvlen[i] : strlen(argv[i]);
+        if (l > AOR_REDIS_MAX_OUTPUT_BYTES || len > AOR_REDIS_MAX_OUTPUT_BYTES) {
+            count_error();
+            return NULL;
+        }
+        len += 24 + l + 2;
+    }
+    if (len > sizeof(stack) && (buf = malloc(len)) == NULL) {
+        count_error();
+        return NULL;
+    }
+    p = put_count(buf, '*', (size_t)argc);
+    for (int i = 0; i != argc; ++i) {
+        size_t l = argvlen != NULL ? argvlen[i] : strlen(argv[i]);
+        p = put_count(p, '$', l);
+        memcpy(p, argv[i], l);
+        p += l;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    cmd = send_formatted(r, CMD_USER, cb, data, buf, (size_t)(p - buf));
+    if (buf != stack)
+        free(buf);
     if (cmd == NULL)
         count_error();
     return cmd;
