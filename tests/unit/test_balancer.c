@@ -140,12 +140,12 @@ static void test_headroom(void)
     /* a new minute resets what was sent */
     CHECK(aor_balancer_headroom(&f.dep[0], 100000, now + 60000) == 1.0);
     /* a backend's own report wins when lower; stale after a minute */
-    aor_balancer_report_remaining(&f.dep[1], 10000, now);
+    aor_balancer_report_remaining(&f.dep[1], 10000, -1, now);
     CHECK(aor_balancer_headroom(&f.dep[1], 100000, now + 1000) > 0.099 &&
           aor_balancer_headroom(&f.dep[1], 100000, now + 1000) < 0.101);
     CHECK(aor_balancer_headroom(&f.dep[1], 100000, now + 60001) == 1.0);
     /* exhausted: floor at 1% so it can still be probed */
-    aor_balancer_report_remaining(&f.dep[1], 0, now);
+    aor_balancer_report_remaining(&f.dep[1], 0, -1, now);
     CHECK(aor_balancer_headroom(&f.dep[1], 100000, now) == 0.01);
     /* without tpm, a report of zero is the floor, a positive one full */
     CHECK(aor_balancer_headroom(&f.dep[1], 0, now) == 0.01);
@@ -191,7 +191,7 @@ static void test_estimates(void)
     }
     CHECK_EQ_INT(f.dep[1].sent_minute, AOR_BALANCER_MAX_SENT);
     CHECK_EQ_INT(f.dep[1].sent_since_report, AOR_BALANCER_MAX_SENT);
-    aor_balancer_report_remaining(&f.dep[1], INT64_MAX, now);
+    aor_balancer_report_remaining(&f.dep[1], INT64_MAX, -1, now);
     CHECK_EQ_INT(f.dep[1].remaining_tokens, AOR_BALANCER_MAX_SENT);
     CHECK(aor_balancer_headroom(&f.dep[1], 0, now) == 1.0);
     CHECK(aor_balancer_headroom(&f.dep[1], 1000000000000ULL, now) == 0.01);
@@ -353,6 +353,139 @@ static void test_retry_after(void)
     CHECK_EQ_INT(aor_retry_after_ms(NULL, 0, "Tue, 14 Foo 2023 22:13:25 GMT", 29, now, 10000, 300000, &capped), 10000);
 }
 
+#define RESET(lit) aor_ratelimit_reset_ms(lit, sizeof(lit) - 1)
+
+/* issue 10: OpenAI's x-ratelimit-reset-* (Go durations), parsed strictly */
+static void test_ratelimit_reset(void)
+{
+    /* what OpenAI sends */
+    CHECK_EQ_INT(RESET("6m0s"), 360000);
+    CHECK_EQ_INT(RESET("1s"), 1000);
+    CHECK_EQ_INT(RESET("20ms"), 20);
+    CHECK_EQ_INT(RESET("1h2m3.5s"), 3723500);
+    CHECK_EQ_INT(RESET("0s"), 0);
+    CHECK_EQ_INT(RESET("0"), 0);
+    CHECK_EQ_INT(RESET("59.823s"), 59823);
+    CHECK_EQ_INT(RESET("1m30.5s"), 90500);
+    CHECK_EQ_INT(RESET("2h"), 7200000);
+    CHECK_EQ_INT(RESET("17.5ms"), 18); /* rounded up: never shorter than asked */
+    CHECK_EQ_INT(RESET("1.000001s"), 1001);
+    CHECK_EQ_INT(RESET("999us"), 1);
+    CHECK_EQ_INT(RESET("1\xc2\xb5s"), 1); /* µs as Go prints it (U+00B5) */
+    CHECK_EQ_INT(RESET("1\xce\xbcs"), 1); /* and U+03BC */
+    CHECK_EQ_INT(RESET("5ns"), 1);
+    CHECK_EQ_INT(RESET("1.123456ms"), 2);
+    CHECK_EQ_INT(RESET(" 1s\t"), 1000); /* header whitespace around the value */
+    /* not that format: ignored */
+    CHECK_EQ_INT(RESET(""), -1);
+    CHECK_EQ_INT(RESET("   "), -1);
+    CHECK_EQ_INT(RESET("1"), -1); /* a bare number has no unit (Azure-style seconds are not guessed) */
+    CHECK_EQ_INT(RESET("60"), -1);
+    CHECK_EQ_INT(RESET("-1s"), -1);
+    CHECK_EQ_INT(RESET("+1s"), -1);
+    CHECK_EQ_INT(RESET("1 s"), -1);
+    CHECK_EQ_INT(RESET("1s 2ms"), -1);
+    CHECK_EQ_INT(RESET("s"), -1);
+    CHECK_EQ_INT(RESET("ms"), -1);
+    CHECK_EQ_INT(RESET(".5s"), -1);
+    CHECK_EQ_INT(RESET("1.s"), -1);
+    CHECK_EQ_INT(RESET("1..5s"), -1);
+    CHECK_EQ_INT(RESET("1.5.5s"), -1);
+    CHECK_EQ_INT(RESET("1e3s"), -1);
+    CHECK_EQ_INT(RESET("0x10s"), -1);
+    CHECK_EQ_INT(RESET("NaNs"), -1);
+    CHECK_EQ_INT(RESET("infs"), -1);
+    CHECK_EQ_INT(RESET("1d"), -1); /* Go has no days */
+    CHECK_EQ_INT(RESET("1S"), -1);
+    CHECK_EQ_INT(RESET("1H"), -1);
+    CHECK_EQ_INT(RESET("1sec"), -1);
+    CHECK_EQ_INT(RESET("1s1s"), -1); /* a unit twice */
+    CHECK_EQ_INT(RESET("1s1m"), -1); /* out of order */
+    CHECK_EQ_INT(RESET("1ms1s"), -1);
+    CHECK_EQ_INT(RESET("1m1h"), -1);
+    CHECK_EQ_INT(RESET("1s\r\nx-evil: 1"), -1);
+    CHECK_EQ_INT(aor_ratelimit_reset_ms("1s\0", 3), -1);
+    CHECK_EQ_INT(RESET("1\xc2s"), -1); /* a torn µ */
+    CHECK_EQ_INT(RESET("1\xb5s"), -1);
+    CHECK_EQ_INT(RESET("1.1234567ms"), -1); /* finer than a nanosecond */
+    CHECK_EQ_INT(RESET("1.5ns"), -1);
+    CHECK_EQ_INT(RESET("1.0000000001s"), -1);
+    CHECK_EQ_INT(aor_ratelimit_reset_ms(NULL, 0), -1);
+    /* bounded: at most 10 integer digits per unit, a short value */
+    CHECK_EQ_INT(RESET("12345678901s"), -1);
+    CHECK_EQ_INT(RESET("99999999999999999999999999h"), -1);
+    CHECK_EQ_INT(RESET("0000000000000000000001s"), -1);
+    {
+        char big[200];
+        memset(big, '1', sizeof(big));
+        big[198] = 's';
+        CHECK_EQ_INT(aor_ratelimit_reset_ms(big, 199), -1);
+    }
+    /* absurd but well formed: saturates at the bound, the caller caps it at max_cooldown_ms */
+    CHECK_EQ_INT(RESET("9999999999h"), AOR_RATELIMIT_RESET_MAX_MS);
+    CHECK_EQ_INT(RESET("9999999999h9999999999m9999999999.999999999s9999999999ms9999999999us9999999999ns"),
+                 AOR_RATELIMIT_RESET_MAX_MS);
+    CHECK_EQ_INT(RESET("2562047h47m16.854775807s"), AOR_RATELIMIT_RESET_MAX_MS); /* Go's largest duration */
+    CHECK_EQ_INT(RESET("9999999999ms"), 9999999999LL);
+}
+
+/* issue 10: a 429 without retry-after cools down until the exhausted limit resets */
+static void test_ratelimit_cooldown(void)
+{
+    /* tokens exhausted: their reset, not the requests' */
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(0, 6000, 10, 200), 6000);
+    /* requests exhausted */
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(500, 6000, 0, 200), 200);
+    /* both: the later */
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(0, 6000, 0, 8000), 8000);
+    /* neither said to be exhausted (a request larger than what is left): the later reset */
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(100, 3000, 5, 20), 3000);
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(-1, 3000, -1, -1), 3000);
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(-1, -1, -1, 20), 20);
+    /* the exhausted limit's reset is unusable: the other one's */
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(0, -1, 5, 20), 20);
+    /* nothing usable */
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(0, -1, 0, -1), -1);
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(-1, -1, -1, -1), -1);
+}
+
+/* issue 10: the reset headers bound how long a headroom report holds */
+static void test_headroom_reset(void)
+{
+    struct aor_deployment_state d;
+    int64_t now = 60000 * 300 + 1000;
+
+    aor_balancer_deployment_init(&d);
+    /* 0 tokens left, back in 20 ms: the floor until then, whole after */
+    aor_balancer_report_remaining(&d, 0, 20, now);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 19) == 0.01);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 20) == 1.0);
+    /* a reset beyond a minute does not hold the report longer than a minute */
+    aor_balancer_report_remaining(&d, 0, 3600000, now);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 59999) == 0.01);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 60000) == 1.0);
+    /* unknown reset: a minute, as before */
+    aor_balancer_report_remaining(&d, 0, -1, now);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 59999) == 0.01);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 60000) == 1.0);
+    /* no requests left: the floor until their reset, whatever the tokens say */
+    aor_balancer_deployment_init(&d);
+    aor_balancer_report_requests(&d, 0, 500, now);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 499) == 0.01);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 500) == 1.0);
+    aor_balancer_report_requests(&d, 0, -1, now); /* unknown reset: a minute */
+    CHECK(aor_balancer_headroom(&d, 100000, now + 59999) == 0.01);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 60000) == 1.0);
+    aor_balancer_report_requests(&d, 0, 99999999, now); /* capped at a minute */
+    CHECK(aor_balancer_headroom(&d, 100000, now + 60000) == 1.0);
+    /* requests left again: the floor is lifted at once */
+    aor_balancer_report_requests(&d, 0, 5000, now);
+    aor_balancer_report_requests(&d, 3, 5000, now + 10);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 11) == 1.0);
+    aor_balancer_report_requests(&d, INT64_MAX, 5000, now + 10);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 11) == 1.0);
+}
+
 int main(void)
 {
     test_priority_and_skip();
@@ -365,5 +498,8 @@ int main(void)
     test_probe_release();
     test_shared_cooldown();
     test_retry_after();
+    test_ratelimit_reset();
+    test_ratelimit_cooldown();
+    test_headroom_reset();
     return aor_test_done("test_balancer");
 }

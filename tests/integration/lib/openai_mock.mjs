@@ -13,11 +13,13 @@ function promptTokens(body) {
 /**
  * startOpenAiMock({ bearer }) — `bearer` is the accepted token (a string, or a function
  * returning whether a token is accepted). The object: url, requests (every request seen:
- * method, path, query, headers, body), behaviour ({ status, retry_after, count } for the next
- * `count` requests), reset(), stop().
+ * method, path, query, headers, body), behaviour ({ status, retry_after, count, headers } for the
+ * next `count` requests; `retry_after: null` sends none; `headers` replaces the x-ratelimit-*
+ * set), rl (the x-ratelimit-* headers of a 200; null = the default), hook (req, res, body) →
+ * true when it answered the request itself, reset(), stop().
  */
 export async function startOpenAiMock({ bearer }) {
-  const m = { requests: [], behaviour: null };
+  const m = { requests: [], behaviour: null, rl: null, hook: null };
   const accepts = typeof bearer === 'function' ? bearer : (t) => t === bearer;
   const server = http.createServer((req, res) => {
     const chunks = [];
@@ -41,15 +43,19 @@ export async function startOpenAiMock({ bearer }) {
         return err(401, 'invalid_api_key', 'Incorrect API key provided.');
       if (m.behaviour && m.behaviour.count > 0) {
         m.behaviour.count--;
+        const ra = m.behaviour.retry_after === null ? {} : { 'retry-after': String(m.behaviour.retry_after ?? 1) };
         return err(m.behaviour.status, 'rate_limit_exceeded', 'Rate limit reached', {
-          'retry-after': String(m.behaviour.retry_after ?? 1),
-          'x-ratelimit-remaining-requests': '0',
-          'x-ratelimit-remaining-tokens': '0',
-          'x-ratelimit-reset-requests': `${m.behaviour.retry_after ?? 1}s`,
+          ...ra,
+          ...(m.behaviour.headers ?? {
+            'x-ratelimit-remaining-requests': '0',
+            'x-ratelimit-remaining-tokens': '0',
+            'x-ratelimit-reset-requests': `${m.behaviour.retry_after ?? 1}s`,
+          }),
         });
       }
+      if (m.hook && m.hook(req, res, body)) return;
       if (req.method !== 'POST' || body == null) return err(400, 'invalid_request_error', 'bad request');
-      const rl = { 'x-ratelimit-remaining-requests': '499', 'x-ratelimit-remaining-tokens': '29000', 'x-ratelimit-limit-tokens': '30000' };
+      const rl = m.rl ?? { 'x-ratelimit-remaining-requests': '499', 'x-ratelimit-remaining-tokens': '29000', 'x-ratelimit-limit-tokens': '30000' };
       const pt = promptTokens(body);
       if (u.pathname === '/v1/embeddings') {
         res.writeHead(200, { 'content-type': 'application/json', ...rl });
@@ -81,6 +87,8 @@ export async function startOpenAiMock({ bearer }) {
   m.reset = () => {
     m.requests = [];
     m.behaviour = null;
+    m.rl = null;
+    m.hook = null;
   };
   m.stop = () =>
     new Promise((r) => {
