@@ -105,7 +105,8 @@ export async function startOpenAiMock({ bearer }) {
  * opts: { idp, sa, resource (IMDS: the Application ID URI expected), lifetimeS (issued tokens),
  *         subjectOk(token) (default: any IMDS-issued token or `fileSubject`), fileSubject }
  * The object: url, tokenUrl, imdsUrl, exchanges (every exchange body), imdsCalls, failNext
- * (answers the next exchanges with {status, body}), valid(token) (issued and not expired), stop().
+ * (answers the next exchanges with {status, body} — or {status, raw} sent as is, or {hang: true}
+ * never answered), valid(token) (issued and not expired), stop().
  */
 export async function startOpenAiExchange(opts) {
   const m = { exchanges: [], imdsCalls: [], failNext: [], issued: new Map(), imdsIssued: new Set() };
@@ -138,6 +139,11 @@ export async function startOpenAiExchange(opts) {
       m.exchanges.push({ headers: req.headers, body: b });
       if (m.failNext.length) {
         const f = m.failNext.shift();
+        if (f.hang) return;
+        if (f.raw !== undefined) {
+          res.writeHead(f.status, { 'content-type': 'application/json' });
+          return res.end(f.raw);
+        }
         return send(res, f.status, f.body);
       }
       const bad =
