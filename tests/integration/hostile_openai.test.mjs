@@ -323,3 +323,88 @@ describe('hostile provider openai: model names', () => {
     await router.stop();
   });
 });
+
+describe("hostile provider openai: OpenAI's x-ratelimit-reset-* values", () => {
+  const raw429 = (reset) => (req) => {
+    const b = '{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}';
+    req.socket.end(
+      'HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n' +
+        `content-length: ${b.length}\r\nx-ratelimit-remaining-tokens: 0\r\nx-ratelimit-reset-tokens: ${reset}\r\n\r\n${b}`,
+      'latin1',
+    );
+    return true;
+  };
+  const values = [
+    ['-1s', '-1s'],
+    ['1e3s', '1e3s'],
+    ['NaN', 'NaN'],
+    ['60 (a bare number)', '60'],
+    ['1s1s', '1s1s'],
+    ['a torn µ (latin-1 0xB5)', '1\xb5s'],
+    ['200 digits', '9'.repeat(199) + 's'],
+  ];
+  it('a 429 without retry-after and a reset that is not a duration: ignored (default cooldown) and logged, printable and cut', async () => {
+    const key = 'sk-rl-' + 'z'.repeat(20);
+    const oai = await startOpenAiMock({ bearer: key });
+    const east = await startMock('eastus');
+    things.push(oai, east);
+    const router = await startRouter({
+      env: { RL_KEY: key },
+      config: {
+        limits: { default_cooldown_ms: 700, max_cooldown_ms: 5000 },
+        backends: [
+          { name: 'openai', provider: 'openai', url: oai.url, priority: 1, deployments: { 'gpt-4o': 'gpt-4o' }, auth: { type: 'api_key', key_env: 'RL_KEY' } },
+          backendFor(east, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o' } }),
+        ],
+      },
+    });
+    things.push(router);
+    const cooling = async () => metricSum(await fetchMetrics(router), 'aoai_router_backend_cooldown', { backend: 'openai' });
+    for (const [what, value] of values) {
+      oai.hook = raw429(value);
+      const t0 = Date.now();
+      const r = await chat(router);
+      assert.equal(r.status, 200, `${what}: ${r.body}`);
+      assert.equal(r.headers['x-aoai-router-backend'], 'eastus', what);
+      assert.equal(await cooling(), 1, `${what}: not cooling`);
+      await pollUntil(async () => (await cooling()) === 0, { timeoutMs: 3000 * SLOW, intervalMs: 50 });
+      const took = Date.now() - t0;
+      assert.ok(took >= 600 && took < 2000 * SLOW, `${what}: cooled ${took} ms, not the 700 ms default`);
+      oai.hook = null;
+    }
+    const log = router.stderr();
+    assert.match(log, /sent x-ratelimit-reset-tokens "1e3s" \(4 bytes\): not a duration, ignored/);
+    assert.match(log, /sent x-ratelimit-reset-tokens "1\?s" \(3 bytes\): not a duration, ignored/);
+    assert.match(log, /sent x-ratelimit-reset-tokens "9{39}" \(200 bytes\): not a duration, ignored/);
+    await router.stop();
+  });
+
+  it('a well-formed but absurd reset ("9999999999h", Go\'s largest duration) is capped at max_cooldown_ms and logged', async () => {
+    const key = 'sk-rl2-' + 'z'.repeat(20);
+    const oai = await startOpenAiMock({ bearer: key });
+    const east = await startMock('eastus');
+    things.push(oai, east);
+    const router = await startRouter({
+      env: { RL_KEY: key },
+      config: {
+        limits: { default_cooldown_ms: 30000, max_cooldown_ms: 800 },
+        backends: [
+          { name: 'openai', provider: 'openai', url: oai.url, priority: 1, deployments: { 'gpt-4o': 'gpt-4o' }, auth: { type: 'api_key', key_env: 'RL_KEY' } },
+          backendFor(east, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o' } }),
+        ],
+      },
+    });
+    things.push(router);
+    for (const value of ['9999999999h', '2562047h47m16.854775807s']) {
+      oai.hook = raw429(value);
+      const t0 = Date.now();
+      assert.equal((await chat(router)).headers['x-aoai-router-backend'], 'eastus');
+      oai.hook = null;
+      await pollUntil(async () => (await chat(router)).headers['x-aoai-router-backend'] === 'openai', { timeoutMs: 3000 * SLOW, intervalMs: 50 });
+      const took = Date.now() - t0;
+      assert.ok(took >= 700 && took < 2500 * SLOW, `${value}: back after ${took} ms`);
+    }
+    assert.match(router.stderr(), /backend openai asked for an absurd retry-after or rate-limit reset; cooldown capped at 800 ms/);
+    await router.stop();
+  });
+});
