@@ -6,6 +6,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { startMock, startRouter, backendFor, stopAll, post, tempDir, sleep, CHAT_PATH, chatBody, SLOW } from './lib/harness.mjs';
 import { startOpenAiMock, startOpenAiExchange } from './lib/openai_mock.mjs';
+import { startIdentity } from './lib/identity_mocks.mjs';
 
 const IDP = 'idp_0123456789abcdef';
 const SA = 'svc_acct_fedcba9876543210';
@@ -105,6 +106,64 @@ describe('openai_wif', () => {
     assert.match(router.stderr(), /error=invalid_grant/);
     assert.match(router.stderr(), /unknown identity_provider_id/);
     assert.ok(!router.stderr().includes('never-log-me'), 'the subject token reached the log');
+    await router.stop();
+  });
+
+  it('workload identity subject: the projected token as client_assertion at Entra ID for <resource>/.default, that token exchanged at OpenAI', async () => {
+    const file = path.join(tempDir('aor-it-wif-'), 'azure-identity-token');
+    const projected = 'eyJhbGciOiJub25lIn0.aks-projected-token.sig';
+    writeFileSync(file, projected + '\n');
+    const idn = await startIdentity({ tenant: 'tid-1', entraClients: { 'wi-app': { assertionFile: file } }, scope: `${APP_URI}/.default` });
+    const ex = await startOpenAiExchange({ idp: IDP, sa: SA, subjectOk: (t) => idn.entra.issued.includes(t) });
+    const oai = await startOpenAiMock({ bearer: (t) => ex.valid(t) });
+    things.push(idn, ex, oai);
+    const router = await startRouter({
+      config: {
+        backends: [
+          oaiBackend(oai, ex, { type: 'workload_identity', resource: APP_URI }, { extra: { tenant_id: 'tid-1', client_id: 'wi-app', token_file: file, authority_host: idn.authority } }),
+        ],
+      },
+    });
+    things.push(router);
+    const r = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 }));
+    assert.equal(r.status, 200, r.body);
+    assert.equal(idn.entra.requests.length, 1);
+    const f = idn.entra.requests[0].form;
+    assert.equal(idn.entra.requests[0].tenant, 'tid-1');
+    assert.equal(f.client_id, 'wi-app');
+    assert.equal(f.scope, `${APP_URI}/.default`);
+    assert.equal(f.client_assertion, projected);
+    assert.equal(ex.exchanges.length, 1);
+    assert.equal(ex.exchanges[0].body.subject_token, idn.entra.issued[0], 'the subject is the Entra token, not the projected one');
+    assert.ok(ex.valid(oai.requests[0].headers.authorization.slice(7)));
+    await router.stop();
+  });
+
+  it('workload identity subject: Entra refuses the assertion — logged (subject token), never the projected token; the backend skipped', async () => {
+    const file = path.join(tempDir('aor-it-wif-'), 'azure-identity-token');
+    writeFileSync(file, 'eyJhbGciOiJub25lIn0.stale-projected-never-logged.sig');
+    const idn = await startIdentity({ tenant: 'tid-1', entraClients: { 'other-app': { assertionFile: file } }, scope: `${APP_URI}/.default` });
+    const ex = await startOpenAiExchange({ idp: IDP, sa: SA, subjectOk: (t) => idn.entra.issued.includes(t) });
+    const oai = await startOpenAiMock({ bearer: (t) => ex.valid(t) });
+    const east = await startMock('eastus');
+    things.push(idn, ex, oai, east);
+    const router = await startRouter({
+      config: {
+        backends: [
+          oaiBackend(oai, ex, { type: 'workload_identity', resource: APP_URI }, { extra: { tenant_id: 'tid-1', client_id: 'wi-app', token_file: file, authority_host: idn.authority } }),
+          backendFor(east, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o' } }),
+        ],
+      },
+    });
+    things.push(router);
+    const r = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 1 }));
+    assert.equal(r.status, 200, r.body);
+    assert.equal(r.headers['x-aoai-router-backend'], 'eastus');
+    assert.equal(ex.exchanges.length, 0, 'the projected token went to OpenAI without Entra');
+    assert.equal(oai.requests.length, 0);
+    await sleep(100);
+    assert.match(router.stderr(), /token call failed \(subject token\): refused: HTTP 400 error=unauthorized_client/);
+    assert.ok(!router.stderr().includes('stale-projected-never-logged'));
     await router.stop();
   });
 });

@@ -103,7 +103,7 @@ export async function startOpenAiMock({ bearer }) {
  * A mock of OpenAI's workload identity federation token exchange (POST /oauth/token, JSON) and
  * of Azure IMDS (GET /metadata/identity/oauth2/token) in one server.
  * opts: { idp, sa, resource (IMDS: the Application ID URI expected), lifetimeS (issued tokens),
- *         subjectOk(token) (default: any IMDS-issued token or `fileSubject`), fileSubject }
+ *         subjectOk(token) (also accepted, besides any IMDS-issued token and `fileSubject`), fileSubject }
  * The object: url, tokenUrl, imdsUrl, exchanges (every exchange body), imdsCalls, failNext
  * (answers the next exchanges with {status, body} — or {status, raw} sent as is, or {hang: true}
  * never answered), valid(token) (issued and not expired), stop().
@@ -153,7 +153,7 @@ export async function startOpenAiExchange(opts) {
         : b.subject_token_type !== 'urn:ietf:params:oauth:token-type:jwt' ? `bad subject_token_type ${b.subject_token_type}`
         : b.identity_provider_id !== opts.idp ? `unknown identity_provider_id ${b.identity_provider_id}`
         : b.service_account_id !== opts.sa ? `unknown service_account_id ${b.service_account_id}`
-        : !(m.imdsIssued.has(b.subject_token) || (opts.fileSubject && (b.subject_token === opts.fileSubject || b.subject_token === opts.fileSubject2))) ? 'subject_token not accepted'
+        : !(m.imdsIssued.has(b.subject_token) || opts.subjectOk?.(b.subject_token) || (opts.fileSubject && (b.subject_token === opts.fileSubject || b.subject_token === opts.fileSubject2))) ? 'subject_token not accepted'
         : null;
       if (bad) return send(res, 400, { error: 'invalid_grant', error_description: bad });
       const t = `oai-wif-${++seq}-${Math.random().toString(36).slice(2)}`;
