@@ -429,6 +429,99 @@ static void test_ratelimit_reset(void)
     CHECK_EQ_INT(RESET("9999999999ms"), 9999999999LL);
 }
 
+/* a duration as Go's time.Duration.String() prints it (what OpenAI's servers send) */
+static void go_duration(int64_t ns, char *buf, size_t cap)
+{
+    char frac[16];
+    const char *unit;
+    int64_t whole, rest, scale;
+    int digits, n;
+
+    if (ns == 0) {
+        snprintf(buf, cap, "0s");
+        return;
+    }
+    if (ns < 1000) {
+        snprintf(buf, cap, "%lldns", (long long)ns);
+        return;
+    }
+    n = 0;
+    if (ns >= 1000000000LL) {
+        int64_t h = ns / 3600000000000LL, m = ns / 60000000000LL % 60;
+        if (h != 0)
+            n = snprintf(buf, cap, "%lldh%lldm", (long long)h, (long long)m);
+        else if (m != 0)
+            n = snprintf(buf, cap, "%lldm", (long long)m);
+        ns %= 60000000000LL;
+        scale = 1000000000LL, digits = 9, unit = "s";
+    } else if (ns >= 1000000) {
+        scale = 1000000, digits = 6, unit = "ms";
+    } else {
+        scale = 1000, digits = 3, unit = "\xc2\xb5s";
+    }
+    whole = ns / scale;
+    rest = ns % scale;
+    frac[0] = '\0';
+    if (rest != 0) {
+        snprintf(frac, sizeof(frac), ".%0*lld", digits, (long long)rest);
+        size_t l = strlen(frac);
+        while (l > 1 && frac[l - 1] == '0')
+            frac[--l] = '\0';
+    }
+    snprintf(buf + n, cap - (size_t)n, "%lld%s%s", (long long)whole, frac, unit);
+}
+
+/* every duration Go prints parses back to itself (rounded up to ms); random bytes never crash or leave the range */
+static void test_ratelimit_reset_roundtrip(void)
+{
+    static const char alphabet[] = "0123456789.hmsun\xc2\xb5\xce\xbc \t-+e";
+    uint64_t x = 88172645463325252ULL;
+    char buf[128];
+    int i, bad = 0, out_of_range = 0;
+
+    for (i = 0; i < 200000; ++i) {
+        int64_t ns, got, want;
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17; /* xorshift64 */
+        /* spread over ns .. days: a random magnitude, then a random value below it */
+        ns = (int64_t)(x % 1000003);
+        switch (i % 5) {
+        case 1:
+            ns = (int64_t)(x % 1000000000ULL);
+            break;
+        case 2:
+            ns = (int64_t)(x % 86400000000000ULL);
+            break;
+        case 3:
+            ns = (int64_t)(x % 1000) * 1000000;
+            break;
+        case 4:
+            ns = (int64_t)(x % 3600) * 1000000000LL;
+            break;
+        }
+        go_duration(ns, buf, sizeof(buf));
+        got = aor_ratelimit_reset_ms(buf, strlen(buf));
+        want = ns / 1000000 + (ns % 1000000 != 0);
+        if (got != want && bad++ < 5)
+            fprintf(stderr, "roundtrip: %lld ns printed \"%s\" parsed %lld, expected %lld\n", (long long)ns, buf, (long long)got,
+                    (long long)want);
+    }
+    CHECK_EQ_INT(bad, 0);
+    for (i = 0; i < 200000; ++i) {
+        size_t len, k;
+        int64_t got;
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        len = (size_t)(x % 40);
+        for (k = 0; k != len; ++k) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            buf[k] = alphabet[x % (sizeof(alphabet) - 1)];
+        }
+        got = aor_ratelimit_reset_ms(buf, len); /* not NUL-terminated: a read past len shows under ASan */
+        if (got < -1 || got > AOR_RATELIMIT_RESET_MAX_MS)
+            ++out_of_range;
+    }
+    CHECK_EQ_INT(out_of_range, 0);
+}
+
 /* issue 10: a 429 without retry-after cools down until the exhausted limit resets */
 static void test_ratelimit_cooldown(void)
 {
@@ -499,6 +592,7 @@ int main(void)
     test_shared_cooldown();
     test_retry_after();
     test_ratelimit_reset();
+    test_ratelimit_reset_roundtrip();
     test_ratelimit_cooldown();
     test_headroom_reset();
     return aor_test_done("test_balancer");
