@@ -1,8 +1,9 @@
 /*
  * cred_entra.c — the token sources of cred.h: managed identity (IMDS, or App Service's
  * IDENTITY_ENDPOINT), workload identity (a projected token file as client_assertion at Entra
- * ID), client_secret, and oidc_federation (an external IdP's client-credentials token as
- * client_assertion at Entra ID).
+ * ID), client_secret, oidc_federation (an external IdP's client-credentials token as
+ * client_assertion at Entra ID), and openai_wif (a subject token exchanged at OpenAI: from IMDS,
+ * from Entra ID with a projected token as client_assertion, or a file as is).
  *
  * Threads: a source's identity is immutable. `lock` guards the current token and the
  * pending/serial fields that readers on any worker look at; `stats` are atomics; everything
@@ -64,6 +65,7 @@ struct aor_token_source {
     char *ext_url, *ext_client_id, *ext_audience; /* oidc_federation: the external IdP */
     char *wif_idp, *wif_sa;                       /* openai_wif: identity_provider_id, service_account_id */
     char *subject_url; /* openai_wif with a managed identity subject: IMDS (s->resource is the subject's resource) */
+    char *entra_url;   /* openai_wif with a workload identity subject: Entra's token URL (token_file as the assertion) */
     char *key;         /* every non-secret identity field, for the registry */
     unsigned char secret_digest[32];
     char label[LABEL_MAX + 1]; /* for log lines: type and client id, never a secret */
@@ -474,8 +476,10 @@ static void fetch_failed(struct aor_token_source *s, const char *what, const cha
         snprintf(kept, sizeof(kept), "no valid token: its backends are skipped");
     pthread_mutex_unlock(&s->lock);
     AOR_LOG(AOR_LOG_WARN, "cred", "%s: token call failed%s: %s%s%s; %s; retry in %llu ms", s->label,
-            s->f.stage == STAGE_EXTERNAL ? " (external IdP)" : "", what, detail != NULL && detail[0] != '\0' ? ": " : "",
-            detail != NULL ? detail : "", kept, (unsigned long long)delay);
+            s->f.stage != STAGE_EXTERNAL     ? ""
+            : s->type == AOR_CRED_OPENAI_WIF ? " (subject token)"
+                                             : " (external IdP)",
+            what, detail != NULL && detail[0] != '\0' ? ": " : "", detail != NULL ? detail : "", kept, (unsigned long long)delay);
     end_fetch(s);
     if (was_pending)
         notify_waiters();
@@ -642,7 +646,7 @@ exit:
 }
 
 /* Entra ID v2.0 client credentials: with the secret (client_secret) or an assertion (WIF, federation) */
-static int call_entra(struct aor_token_source *s, const char *assertion, size_t assertion_len)
+static int call_entra(struct aor_token_source *s, const char *url, enum stage stage, const char *assertion, size_t assertion_len)
 {
     CURL *e = curl_easy_init();
     char *scope = NULL;
@@ -675,8 +679,8 @@ static int call_entra(struct aor_token_source *s, const char *assertion, size_t 
         goto exit;
     }
     s->f.headers = curl_slist_append(NULL, "Accept: application/json");
-    s->f.stage = STAGE_TOKEN;
-    rc = s->f.headers != NULL ? start_call(s, s->endpoint, 1, 0) : -1;
+    s->f.stage = stage;
+    rc = s->f.headers != NULL ? start_call(s, url, 1, 0) : -1;
 exit:
     free(scope);
     curl_easy_cleanup(e);
@@ -810,8 +814,10 @@ static void read_file_done(uv_work_t *w, int status)
         fetch_failed(s, "token_file unreadable", detail);
         return;
     }
-    if ((s->type == AOR_CRED_OPENAI_WIF ? call_openai(s, s->f.file_buf, s->f.file_len)
-                                        : call_entra(s, s->f.file_buf, s->f.file_len)) != 0)
+    /* openai_wif: the file is the subject (file), or the assertion for Entra's subject token (workload_identity) */
+    if ((s->type != AOR_CRED_OPENAI_WIF ? call_entra(s, s->endpoint, STAGE_TOKEN, s->f.file_buf, s->f.file_len)
+         : s->entra_url != NULL         ? call_entra(s, s->entra_url, STAGE_EXTERNAL, s->f.file_buf, s->f.file_len)
+                                        : call_openai(s, s->f.file_buf, s->f.file_len)) != 0)
         fetch_failed(s, "cannot start the call", NULL);
 }
 
@@ -842,7 +848,11 @@ static void start_fetch(struct aor_token_source *s)
             }
             break;
         }
-        /* a token file, re-read for every call */
+        if (s->entra_url != NULL && s->f.ext_token != NULL && mono_ms() < s->f.ext_refresh_ms) {
+            rc = call_openai(s, s->f.ext_token, s->f.ext_len); /* Entra's subject token is still good */
+            break;
+        }
+        /* a token file, re-read for every call (the subject itself, or the assertion for Entra's) */
         __attribute__((fallthrough));
     case AOR_CRED_WORKLOAD_IDENTITY:
         /* the projected token rotates: read it again for every call, in the thread pool */
@@ -851,11 +861,11 @@ static void start_fetch(struct aor_token_source *s)
             s->f.work_pending = 1;
         break;
     case AOR_CRED_CLIENT_SECRET:
-        rc = call_entra(s, NULL, 0);
+        rc = call_entra(s, s->endpoint, STAGE_TOKEN, NULL, 0);
         break;
     case AOR_CRED_OIDC_FEDERATION:
         if (s->f.ext_token != NULL && mono_ms() < s->f.ext_refresh_ms)
-            rc = call_entra(s, s->f.ext_token, s->f.ext_len);
+            rc = call_entra(s, s->endpoint, STAGE_TOKEN, s->f.ext_token, s->f.ext_len);
         else
             rc = call_external(s);
         break;
@@ -915,7 +925,7 @@ static void on_xfer_done(struct aor_upstream_xfer *xfer, CURLcode result)
         OPENSSL_cleanse(tok, sizeof(tok));
         end_call(s);
         if ((s->type == AOR_CRED_OPENAI_WIF ? call_openai(s, s->f.ext_token, s->f.ext_len)
-                                            : call_entra(s, s->f.ext_token, s->f.ext_len)) != 0)
+                                            : call_entra(s, s->endpoint, STAGE_TOKEN, s->f.ext_token, s->f.ext_len)) != 0)
             fetch_failed(s, "cannot start the call", NULL);
         return;
     }
@@ -1042,22 +1052,28 @@ static const char *secret_of(const struct aor_cred_conf *c)
     }
 }
 
-/* the Entra token URL or the managed identity endpoint; malloc'd */
-static char *endpoint_of(const struct aor_cred_conf *c)
+/* Entra ID's v2.0 token URL for c's tenant; malloc'd, NULL without authority_host/tenant_id */
+static char *entra_token_url(const struct aor_cred_conf *c)
 {
     size_t n;
     char *s;
 
-    if (c->type == AOR_CRED_MANAGED_IDENTITY)
-        return strdup(c->identity_endpoint != NULL ? c->identity_endpoint : c->imds_endpoint);
-    if (c->type == AOR_CRED_OPENAI_WIF)
-        return strdup(c->token_url != NULL ? c->token_url : "https://auth.openai.com/oauth/token");
     if (c->authority_host == NULL || c->tenant_id == NULL)
         return NULL;
     n = strlen(c->authority_host) + strlen(c->tenant_id) + sizeof("/oauth2/v2.0/token");
     if ((s = malloc(n)) != NULL)
         snprintf(s, n, "%s%s/oauth2/v2.0/token", c->authority_host, c->tenant_id); /* authority_host ends with one '/' */
     return s;
+}
+
+/* the Entra token URL, the managed identity endpoint or OpenAI's token URL; malloc'd */
+static char *endpoint_of(const struct aor_cred_conf *c)
+{
+    if (c->type == AOR_CRED_MANAGED_IDENTITY)
+        return strdup(c->identity_endpoint != NULL ? c->identity_endpoint : c->imds_endpoint);
+    if (c->type == AOR_CRED_OPENAI_WIF)
+        return strdup(c->token_url != NULL ? c->token_url : "https://auth.openai.com/oauth/token");
+    return entra_token_url(c);
 }
 
 static char *key_of(const struct aor_cred_conf *c)
@@ -1105,6 +1121,7 @@ static void source_free(struct aor_token_source *s)
     free(s->token_file);
     wipe_free_str(s->secret);
     free(s->ext_url);
+    free(s->entra_url);
     free(s->ext_client_id);
     free(s->ext_audience);
     free(s->wif_idp);
@@ -1130,7 +1147,10 @@ static struct aor_token_source *source_create(const struct aor_cred_conf *c)
          (s->wif_idp = strdup(c->identity_provider_id)) == NULL || (s->wif_sa = strdup(c->service_account_id)) == NULL ||
          (strcmp(c->subject_type, "managed_identity") == 0 &&
           (c->imds_endpoint == NULL || c->subject_resource == NULL || (s->subject_url = strdup(c->imds_endpoint)) == NULL)) ||
-         (strcmp(c->subject_type, "managed_identity") != 0 && c->token_file == NULL)))
+         (strcmp(c->subject_type, "managed_identity") != 0 && c->token_file == NULL) ||
+         /* workload_identity: Entra's token for subject.resource, with token_file as client_assertion */
+         (strcmp(c->subject_type, "workload_identity") == 0 &&
+          (c->client_id == NULL || c->subject_resource == NULL || (s->entra_url = entra_token_url(c)) == NULL))))
         goto fail;
     if ((s->endpoint = endpoint_of(c)) == NULL ||
         (s->resource = strdup(c->type == AOR_CRED_OPENAI_WIF ? (c->subject_resource != NULL ? c->subject_resource : "")

@@ -117,6 +117,8 @@ static void dep_forget(struct aor_deployment_state *st)
     STORE(&st->sent_since_report, 0);
     STORE(&st->minute, 0);
     STORE(&st->sent_minute, 0);
+    STORE(&st->remaining_until_ms, 0);
+    STORE(&st->requests_out_until_ms, 0);
 }
 
 static const char *dep_name(const struct dep_entry *d)

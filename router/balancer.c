@@ -76,8 +76,12 @@ double aor_balancer_headroom(const struct aor_deployment_state *dep, uint64_t tp
         sent_minute = LOAD(&dep->sent_minute);
     if (t > 0)
         est = t - sent_minute;
-    /* a report older than a minute describes a window that has since reset */
-    if (remaining >= 0 && now_ms - LOAD(&dep->remaining_at_ms) < MINUTE_MS) {
+    /* no requests left until the backend's reset: the floor */
+    if (LOAD(&dep->requests_out_until_ms) > now_ms)
+        return 0.01;
+    /* a report past its reset (at most a minute) describes a window that has since refilled;
+     * remaining_at_ms bounds it too, for a clock that stepped back */
+    if (remaining >= 0 && now_ms < LOAD(&dep->remaining_until_ms) && now_ms - LOAD(&dep->remaining_at_ms) < MINUTE_MS) {
         int64_t r = remaining - LOAD(&dep->sent_since_report);
         if (r < est)
             est = r;
@@ -267,11 +271,25 @@ void aor_balancer_settle(struct aor_balancer_candidate *c, int64_t actual, int64
     c->charged_minute = 0;
 }
 
-void aor_balancer_report_remaining(struct aor_deployment_state *dep, int64_t remaining, int64_t now_ms)
+/* how long a report with this reset holds: the reset, at most a minute; unknown (< 0): a minute */
+static int64_t report_span(int64_t reset_ms)
+{
+    return reset_ms < 0 || reset_ms > MINUTE_MS ? MINUTE_MS : reset_ms;
+}
+
+void aor_balancer_report_remaining(struct aor_deployment_state *dep, int64_t remaining, int64_t reset_ms, int64_t now_ms)
 {
     STORE(&dep->remaining_tokens, clamp64(remaining, 0, AOR_BALANCER_MAX_SENT));
     STORE(&dep->remaining_at_ms, now_ms);
+    STORE(&dep->remaining_until_ms, now_ms + report_span(reset_ms));
     STORE(&dep->sent_since_report, 0);
+}
+
+void aor_balancer_report_requests(struct aor_deployment_state *dep, int64_t remaining, int64_t reset_ms, int64_t now_ms)
+{
+    if (remaining < 0)
+        return;
+    STORE(&dep->requests_out_until_ms, remaining == 0 ? now_ms + report_span(reset_ms) : 0);
 }
 
 int aor_balancer_adopt_cooldown(struct aor_deployment_state *dep, int64_t until_ms, int64_t now_ms, int64_t max_cooldown_ms)
@@ -383,4 +401,105 @@ int64_t aor_retry_after_ms(const char *ms_value, size_t ms_len, const char *valu
         *capped = 1;
     }
     return v;
+}
+
+/* one unit of a Go duration: its name, nanoseconds, and the most fraction digits that stay whole nanoseconds */
+struct duration_unit {
+    const char *name;
+    size_t len;
+    int64_t ns;
+    int max_frac;
+};
+
+static const struct duration_unit duration_units[] = {
+    {"h", 1, 3600000000000LL, 9}, {"m", 1, 60000000000LL, 9},  {"s", 1, 1000000000LL, 9},   {"ms", 2, 1000000LL, 6},
+    {"us", 2, 1000LL, 3},         {"\xc2\xb5s", 3, 1000LL, 3}, {"\xce\xbcs", 3, 1000LL, 3}, {"ns", 2, 1LL, 0},
+};
+
+/* index into duration_units of the unit at s (the longest that matches), its rank (0 h .. 5 ns), or -1 */
+static int duration_unit_at(const char *s, size_t len, int *rank)
+{
+    static const int ranks[] = {0, 1, 2, 3, 4, 4, 4, 5};
+    int i, best = -1;
+
+    for (i = 0; i != (int)(sizeof(duration_units) / sizeof(duration_units[0])); ++i)
+        if (duration_units[i].len <= len && memcmp(s, duration_units[i].name, duration_units[i].len) == 0 &&
+            (best < 0 || duration_units[i].len > duration_units[best].len))
+            best = i;
+    if (best >= 0)
+        *rank = ranks[best];
+    return best;
+}
+
+int64_t aor_ratelimit_reset_ms(const char *s, size_t len)
+{
+    /* nanoseconds saturate here: AOR_RATELIMIT_RESET_MAX_MS, and no sum below overflows */
+    const int64_t max_ns = AOR_RATELIMIT_RESET_MAX_MS * 1000000;
+    int64_t total = 0;
+    int last_rank = -1;
+    size_t i = 0;
+
+    if (s == NULL)
+        return -1;
+    while (len != 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+        --len;
+    while (len != 0 && (*s == ' ' || *s == '\t'))
+        ++s, --len;
+    if (len == 0 || len > AOR_RATELIMIT_RESET_MAX_LEN)
+        return -1;
+    if (len == 1 && s[0] == '0')
+        return 0;
+    while (i != len) {
+        int64_t whole = 0, frac = 0, scale = 1;
+        int digits = 0, frac_digits = 0, u, rank;
+        const struct duration_unit *unit;
+
+        while (i != len && s[i] >= '0' && s[i] <= '9') {
+            if (++digits > 10)
+                return -1;
+            whole = whole * 10 + (s[i++] - '0');
+        }
+        if (digits == 0)
+            return -1;
+        if (i != len && s[i] == '.') {
+            ++i;
+            while (i != len && s[i] >= '0' && s[i] <= '9') {
+                if (++frac_digits > 9)
+                    return -1;
+                frac = frac * 10 + (s[i++] - '0');
+                scale *= 10;
+            }
+            if (frac_digits == 0)
+                return -1;
+        }
+        if ((u = duration_unit_at(s + i, len - i, &rank)) < 0 || rank <= last_rank)
+            return -1;
+        unit = &duration_units[u];
+        if (frac_digits > unit->max_frac)
+            return -1;
+        i += unit->len;
+        last_rank = rank;
+        /* whole < 10^10, unit->ns <= 3.6e12: compare before multiplying; the fraction is below one unit */
+        if (total == max_ns || whole > (max_ns - total) / unit->ns) {
+            total = max_ns;
+        } else {
+            total += whole * unit->ns;
+            total += frac * (unit->ns / scale);
+            if (total > max_ns)
+                total = max_ns;
+        }
+    }
+    return total / 1000000 + (total % 1000000 != 0);
+}
+
+int64_t aor_ratelimit_cooldown_ms(int64_t remaining_tokens, int64_t reset_tokens_ms, int64_t remaining_requests,
+                                  int64_t reset_requests_ms)
+{
+    int64_t exhausted = -1, any = reset_tokens_ms > reset_requests_ms ? reset_tokens_ms : reset_requests_ms;
+
+    if (remaining_tokens == 0 && reset_tokens_ms >= 0)
+        exhausted = reset_tokens_ms;
+    if (remaining_requests == 0 && reset_requests_ms > exhausted)
+        exhausted = reset_requests_ms;
+    return exhausted >= 0 ? exhausted : any >= 0 ? any : -1;
 }

@@ -26,12 +26,14 @@ struct aor_backend_state {
 
 /* one per backend deployment (the name on that backend): cooldown and headroom */
 struct aor_deployment_state {
-    int64_t cooldown_until_ms; /* 429: skipped until then */
-    int64_t remaining_tokens;  /* last x-ratelimit-remaining-tokens, -1 unknown */
-    int64_t remaining_at_ms;   /* when it was reported */
-    int64_t sent_since_report; /* tokens the router sent since that report, in [0, AOR_BALANCER_MAX_SENT] */
-    int64_t minute;            /* minute index (now_ms / 60000) of sent_minute */
-    int64_t sent_minute;       /* tokens the router sent this minute, in [0, AOR_BALANCER_MAX_SENT] */
+    int64_t cooldown_until_ms;     /* 429: skipped until then */
+    int64_t remaining_tokens;      /* last x-ratelimit-remaining-tokens, -1 unknown */
+    int64_t remaining_at_ms;       /* when it was reported */
+    int64_t sent_since_report;     /* tokens the router sent since that report, in [0, AOR_BALANCER_MAX_SENT] */
+    int64_t minute;                /* minute index (now_ms / 60000) of sent_minute */
+    int64_t sent_minute;           /* tokens the router sent this minute, in [0, AOR_BALANCER_MAX_SENT] */
+    int64_t remaining_until_ms;    /* the remaining_tokens report holds until then (its reset, at most a minute) */
+    int64_t requests_out_until_ms; /* the backend said no requests are left: the floor of headroom until then */
 };
 
 struct aor_balancer_candidate {
@@ -101,8 +103,20 @@ void aor_balancer_release_probe(struct aor_balancer_candidate *c);
 void aor_balancer_charge(struct aor_balancer_candidate *c, int64_t estimate, int64_t now_ms);
 void aor_balancer_settle(struct aor_balancer_candidate *c, int64_t actual, int64_t now_ms);
 
-/* the backend reported x-ratelimit-remaining-tokens for this deployment (clamped to [0, AOR_BALANCER_MAX_SENT]) */
-void aor_balancer_report_remaining(struct aor_deployment_state *dep, int64_t remaining, int64_t now_ms);
+/**
+ * The backend reported x-ratelimit-remaining-tokens for this deployment (clamped to [0,
+ * AOR_BALANCER_MAX_SENT]); `reset_ms` is its x-ratelimit-reset-tokens (-1 unknown): the
+ * report holds that long, at most a minute (a token bucket has refilled a minute's worth
+ * by then).
+ */
+void aor_balancer_report_remaining(struct aor_deployment_state *dep, int64_t remaining, int64_t reset_ms, int64_t now_ms);
+
+/**
+ * The backend reported x-ratelimit-remaining-requests (`remaining` < 0: not reported) with
+ * x-ratelimit-reset-requests `reset_ms` (-1 unknown): 0 left puts the deployment's headroom
+ * at its floor until the reset (at most a minute; unknown: a minute); any other figure lifts it.
+ */
+void aor_balancer_report_requests(struct aor_deployment_state *dep, int64_t remaining, int64_t reset_ms, int64_t now_ms);
 
 /**
  * Adopts a cooldown end another replica published (unix ms): values not later than now are
@@ -126,6 +140,31 @@ int aor_balancer_circuit_open(const struct aor_backend_state *st, int64_t now_ms
  */
 int64_t aor_retry_after_ms(const char *ms_value, size_t ms_len, const char *value, size_t len, int64_t now_ms, int64_t default_ms,
                            int64_t max_ms, int *capped);
+
+/* aor_ratelimit_reset_ms() saturates here (~31 years): far beyond any max_cooldown_ms */
+#define AOR_RATELIMIT_RESET_MAX_MS 1000000000000LL
+/* a longer header value is not a duration OpenAI sends */
+#define AOR_RATELIMIT_RESET_MAX_LEN 96
+
+/**
+ * OpenAI's x-ratelimit-reset-tokens / x-ratelimit-reset-requests: a Go duration as Go prints
+ * it ("6m0s", "1s", "20ms", "1h2m3.5s", "0s"): components <digits>[.<digits>]<unit>, units
+ * h m s ms us/µs ns each at most once and in that order, 1..10 integer digits, a fraction no
+ * finer than a nanosecond (9 digits for h/m/s, 6 for ms, 3 for us, none for ns); "0" alone;
+ * blanks around the value. Returns milliseconds rounded up, saturated at
+ * AOR_RATELIMIT_RESET_MAX_MS, or -1 for anything else (a bare number, a sign, an exponent,
+ * a unit twice or out of order, control bytes, longer than AOR_RATELIMIT_RESET_MAX_LEN).
+ */
+int64_t aor_ratelimit_reset_ms(const char *s, size_t len);
+
+/**
+ * How long a 429 without a usable retry-after cools a deployment down, from OpenAI's headers
+ * (each -1 when absent or unparsable): the reset of the limit reported exhausted (remaining
+ * 0), the later of the two when both are; when neither is reported exhausted, the later reset
+ * given. -1 when no usable reset applies (the caller uses its default).
+ */
+int64_t aor_ratelimit_cooldown_ms(int64_t remaining_tokens, int64_t reset_tokens_ms, int64_t remaining_requests,
+                                  int64_t reset_requests_ms);
 
 /**
  * A cooldown end as another replica stored it in Redis: unix ms in decimal digits only.

@@ -735,17 +735,19 @@ bad:
     return "must be 1 to 64 characters from A-Z a-z 0-9 _ . -";
 }
 
-/* deployment names end up in upstream paths ("/openai/deployments/{name}/...") */
+/* deployment names end up in upstream paths ("/openai/deployments/{name}/...") and, as provider openai's
+ * model, in a JSON body written without escaping */
 static const char *check_deployment_name(const char *s, size_t len)
 {
     if (len < 1 || len > 256 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
         goto bad;
     for (size_t i = 0; i < len; ++i)
-        if ((unsigned char)s[i] <= 0x20 || s[i] == 0x7f || strchr("/?#%\\", s[i]) != NULL)
+        if ((unsigned char)s[i] <= 0x20 || s[i] == 0x7f || strchr("/?#%\\\"", s[i]) != NULL)
             goto bad;
     return NULL;
 bad:
-    return "must be 1 to 256 characters without / ? # % \\, spaces or control characters, and not . or ..";
+    /* a quote or a backslash would end or escape the JSON string the name is written into (provider openai's model) */
+    return "must be 1 to 256 characters without / ? # % \\ \", spaces or control characters, and not . or ..";
 }
 
 /* tenant names end up in Redis keys inside a {hash tag} */

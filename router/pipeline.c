@@ -473,6 +473,9 @@ static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_ro
     ar->started_ms = aor_now_ms();
     ar->started_ns = aor_mono_ns();
     ar->backend_remaining_tokens = -1;
+    ar->backend_remaining_requests = -1;
+    ar->backend_reset_tokens_ms = -1;
+    ar->backend_reset_requests_ms = -1;
     ar->current = -1; /* no attempt yet: stages that refuse log no backend */
     ar->auth.method = "none";
     strcpy(ar->id, id);

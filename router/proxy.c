@@ -338,8 +338,12 @@ static void attempt_refused(struct aor_request *ar)
     int64_t now = aor_now_ms();
 
     if (ar->status == 429) {
+        if (ar->backend_reset_bad != NULL)
+            AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s sent %s \"%s\" (%zu bytes): not a duration, ignored", ar->id, b->name,
+                    ar->backend_reset_bad, ar->backend_reset_bad_value, ar->backend_reset_bad_len);
         if (ar->cooldown_capped)
-            AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s asked for an absurd retry-after; cooldown capped at %lld ms", ar->id,
+            AOR_LOG(AOR_LOG_WARN, "proxy",
+                    "%s: backend %s asked for an absurd retry-after or rate-limit reset; cooldown capped at %lld ms", ar->id,
                     b->name, (long long)ar->cooldown_ms);
         aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_THROTTLED, ar->cooldown_ms, now);
         aor_coolshare_publish(ar->worker, b, ar->cand_name[ar->current], now + ar->cooldown_ms, now);
@@ -477,6 +481,35 @@ static int sane_request_id(const h2o_iovec_t *v)
     return 1;
 }
 
+/* an x-ratelimit-reset-* value as ms, or -1; one that is not a duration is remembered for the log */
+static int64_t reset_header(struct aor_request *ar, const char *header, const h2o_iovec_t *value)
+{
+    int64_t ms = aor_ratelimit_reset_ms(value->base, value->len);
+    size_t i, n = 0;
+
+    if (ms >= 0 || ar->backend_reset_bad != NULL)
+        return ms;
+    ar->backend_reset_bad = header;
+    ar->backend_reset_bad_len = value->len;
+    for (i = 0; i != value->len && n + 1 < sizeof(ar->backend_reset_bad_value); ++i)
+        ar->backend_reset_bad_value[n++] = value->base[i] >= 0x20 && value->base[i] < 0x7f ? value->base[i] : '?';
+    ar->backend_reset_bad_value[n] = '\0';
+    return ms;
+}
+
+/* a backend's rate-limit figures of this attempt go to its deployment's headroom */
+static void report_limits(struct aor_request *ar, int64_t now)
+{
+    struct aor_deployment_state *dep = current_cand(ar)->dep;
+
+    if (ar->backend_remaining_tokens >= 0)
+        aor_balancer_report_remaining(dep, ar->backend_remaining_tokens, ar->backend_reset_tokens_ms, now);
+    aor_balancer_report_requests(dep, ar->backend_remaining_requests, ar->backend_reset_requests_ms, now);
+    if (ar->backend_reset_bad != NULL && ar->status != 429) /* a 429 logs it with its cooldown */
+        AOR_LOG(AOR_LOG_DEBUG, "proxy", "%s: backend %s sent %s \"%s\" (%zu bytes): not a duration, ignored", ar->id,
+                ar->cand_backend[ar->current]->name, ar->backend_reset_bad, ar->backend_reset_bad_value, ar->backend_reset_bad_len);
+}
+
 static void on_upstream_head(struct aor_upstream_h1_xfer *x, int status, const h2o_header_t *headers, size_t num_headers)
 {
     struct aor_request *ar = H2O_STRUCT_FROM_MEMBER(struct aor_request, xfer, x);
@@ -502,6 +535,12 @@ static void on_upstream_head(struct aor_upstream_h1_xfer *x, int status, const h
             ra_ms_len = value->len;
         } else if (NAME_IS(name, "x-ratelimit-remaining-tokens")) {
             ar->backend_remaining_tokens = parse_int64(value->base, value->len);
+        } else if (NAME_IS(name, "x-ratelimit-remaining-requests")) {
+            ar->backend_remaining_requests = parse_int64(value->base, value->len);
+        } else if (NAME_IS(name, "x-ratelimit-reset-tokens")) {
+            ar->backend_reset_tokens_ms = reset_header(ar, "x-ratelimit-reset-tokens", value);
+        } else if (NAME_IS(name, "x-ratelimit-reset-requests")) {
+            ar->backend_reset_requests_ms = reset_header(ar, "x-ratelimit-reset-requests", value);
         } else if (NAME_IS(name, "x-request-id") && ar->backend_request_id[0] == '\0' && sane_request_id(value)) {
             /* the backend's own id: logged, and shown under the router's name for it (SPEC §4) */
             memcpy(ar->backend_request_id, value->base, value->len);
@@ -522,10 +561,14 @@ static void on_upstream_head(struct aor_upstream_h1_xfer *x, int status, const h
     }
     if (failover) {
         ar->mode = AOR_MODE_DISCARD;
-        if (status == 429)
-            ar->cooldown_ms =
-                aor_retry_after_ms(ra_ms, ra_ms_len, ra, ra_len, aor_now_ms(), (int64_t)ar->conf->limits.default_cooldown_ms,
-                                   (int64_t)ar->conf->limits.max_cooldown_ms, &ar->cooldown_capped);
+        if (status == 429) {
+            /* without a usable retry-after, OpenAI's x-ratelimit-reset-* say when the limit that ran out refills */
+            int64_t reset = aor_ratelimit_cooldown_ms(ar->backend_remaining_tokens, ar->backend_reset_tokens_ms,
+                                                      ar->backend_remaining_requests, ar->backend_reset_requests_ms);
+            ar->cooldown_ms = aor_retry_after_ms(ra_ms, ra_ms_len, ra, ra_len, aor_now_ms(),
+                                                 reset >= 0 ? reset : (int64_t)ar->conf->limits.default_cooldown_ms,
+                                                 (int64_t)ar->conf->limits.max_cooldown_ms, &ar->cooldown_capped);
+        }
         return;
     }
     ar->mode = ct_len >= 17 && strncasecmp(ct, "text/event-stream", 17) == 0 ? AOR_MODE_STREAM : AOR_MODE_BUFFER;
@@ -623,8 +666,7 @@ static void on_upstream_body(struct aor_upstream_h1_xfer *x, const char *data, s
         /* an error body: read to keep the connection reusable, but bounded */
         if ((ar->discarded += len) > MAX_DISCARDED_BODY) {
             cancel_upstream(ar);
-            if (ar->backend_remaining_tokens >= 0)
-                aor_balancer_report_remaining(current_cand(ar)->dep, ar->backend_remaining_tokens, aor_now_ms());
+            report_limits(ar, aor_now_ms());
             attempt_refused(ar); /* may start the next attempt on ar->xfer: allowed inside its callback */
         }
         return;
@@ -697,8 +739,7 @@ static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
         aor_pipeline_maybe_free(ar);
         return;
     }
-    if (ar->backend_remaining_tokens >= 0)
-        aor_balancer_report_remaining(current_cand(ar)->dep, ar->backend_remaining_tokens, now);
+    report_limits(ar, now);
 
     if (errstr == aor_upstream_h1_err_local && !ar->started) {
         attempt_local_failure(ar, x->detail);
@@ -1074,6 +1115,10 @@ static void start_attempt(struct aor_request *ar)
     ar->cooldown_ms = 0;
     ar->cooldown_capped = 0;
     ar->backend_remaining_tokens = -1;
+    ar->backend_remaining_requests = -1;
+    ar->backend_reset_tokens_ms = -1;
+    ar->backend_reset_requests_ms = -1;
+    ar->backend_reset_bad = NULL;
     ar->upstream_started_ns = aor_mono_ns();
     ar->cred_serial = cred.serial;
     rc = (t = aor_upstream_h1_target(w->upstream_h1, b->url, strlen(b->url))) == NULL ||

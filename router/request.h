@@ -93,6 +93,12 @@ struct aor_request {
     int64_t cooldown_ms;              /* a 429's retry-after, as a cooldown */
     int cooldown_capped;              /* ... cut to limits.max_cooldown_ms */
     int64_t backend_remaining_tokens;
+    int64_t backend_remaining_requests;              /* x-ratelimit-remaining-requests, -1 absent or not a number */
+    int64_t backend_reset_tokens_ms;                 /* x-ratelimit-reset-tokens (OpenAI's Go duration), -1 absent or refused */
+    int64_t backend_reset_requests_ms;               /* x-ratelimit-reset-requests, likewise */
+    const char *backend_reset_bad;                   /* the name of a reset header refused as not a duration (logged), or NULL */
+    char backend_reset_bad_value[40];                /* ... its value, printable ASCII only, cut (for the log) */
+    size_t backend_reset_bad_len;                    /* ... its whole length */
     char backend_request_id[AOR_REQUEST_ID_MAX + 1]; /* the answering backend's x-request-id, if sane; "" else */
 
     /* the response to the client */

@@ -4,7 +4,7 @@ import { describe, it, before, after, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { AzureOpenAI } from 'openai';
-import { startMock, startRouter, backendFor, startRedis, redisCli, stopAll, post, curlStream, sseEvents, SLOW } from './lib/harness.mjs';
+import { startMock, startRouter, backendFor, startRedis, redisCli, stopAll, post, curlStream, sseEvents, SLOW, sleep, fetchMetrics, metricSum, CHAT_PATH, chatBody } from './lib/harness.mjs';
 import { startOpenAiMock } from './lib/openai_mock.mjs';
 
 const OPENAI_KEY = `sk-proj-${crypto.randomBytes(16).toString('hex')}`;
@@ -136,5 +136,108 @@ describe('provider openai', () => {
     const r2 = await post(router.url, p, body, { headers: { 'api-key': TENANT_KEY } });
     assert.equal(r2.status, 429, r2.body);
     assert.equal(oai.requests.length, 1, 'OpenAI was asked again while cooling down');
+  });
+});
+
+// OpenAI's x-ratelimit-* (remaining and reset, Go durations) drive cooldowns and headroom.
+describe("provider openai: OpenAI's x-ratelimit-reset-* headers", () => {
+  const own = [];
+  after(async () => {
+    await stopAll(...own);
+  });
+  const openaiFirst = (extra = {}) => ({
+    name: 'openai',
+    provider: 'openai',
+    url: oai.url,
+    priority: 1,
+    weight: 1,
+    deployments: { 'gpt-4o': 'gpt-4o-2024-11-20' },
+    auth: { type: 'api_key', key_env: 'OPENAI_KEY' },
+    ...extra,
+  });
+  const cooling = async (r) => metricSum(await fetchMetrics(r), 'aoai_router_backend_cooldown', { backend: 'openai' });
+
+  it('a 429 without retry-after cools down until x-ratelimit-reset-tokens (1.5s) when tokens ran out, not the 10 s default', async () => {
+    const r = await startRouter({
+      env: { OPENAI_KEY },
+      config: { backends: [openaiFirst(), backendFor(east, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o' } })] },
+    });
+    own.push(r);
+    oai.behaviour = {
+      status: 429,
+      count: 1,
+      retry_after: null,
+      headers: {
+        'x-ratelimit-remaining-tokens': '0',
+        'x-ratelimit-remaining-requests': '12',
+        'x-ratelimit-reset-tokens': '1.5s',
+        'x-ratelimit-reset-requests': '20ms',
+      },
+    };
+    const t0 = Date.now();
+    const a = await post(r.url, CHAT_PATH, chatBody({ max_tokens: 1 }));
+    assert.equal(a.status, 200, a.body);
+    assert.equal(a.headers['x-aoai-router-backend'], 'eastus');
+    assert.equal(oai.requests.length, 1);
+    // 20 ms (the requests' reset) has passed: only the tokens' reset keeps OpenAI out
+    await sleep(100);
+    const b = await post(r.url, CHAT_PATH, chatBody({ max_tokens: 1 }));
+    assert.equal(b.headers['x-aoai-router-backend'], 'eastus');
+    assert.equal(oai.requests.length, 1, 'OpenAI was asked while its tokens were out');
+    assert.equal(await cooling(r), 1);
+    await sleep(Math.max(0, t0 + 1700 - Date.now()));
+    assert.equal(await cooling(r), 0, 'still cooling after the reset (the 10 s default?)');
+    const c = await post(r.url, CHAT_PATH, chatBody({ max_tokens: 1 }));
+    assert.equal(c.status, 200, c.body);
+    assert.equal(c.headers['x-aoai-router-backend'], 'openai');
+    assert.equal(oai.requests.length, 2);
+    await r.stop();
+  });
+
+  it('retry-after wins over the reset headers; "6m0s" is capped at limits.max_cooldown_ms', async () => {
+    const r = await startRouter({
+      env: { OPENAI_KEY },
+      config: {
+        limits: { max_cooldown_ms: 1200 },
+        backends: [openaiFirst(), backendFor(east, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o' } })],
+      },
+    });
+    own.push(r);
+    // retry-after 1 s beats reset-tokens 6m0s
+    oai.behaviour = { status: 429, count: 1, retry_after: 1, headers: { 'x-ratelimit-remaining-tokens': '0', 'x-ratelimit-reset-tokens': '6m0s' } };
+    let t0 = Date.now();
+    assert.equal((await post(r.url, CHAT_PATH, chatBody({ max_tokens: 1 }))).headers['x-aoai-router-backend'], 'eastus');
+    await sleep(Math.max(0, t0 + 1100 - Date.now()));
+    assert.equal((await post(r.url, CHAT_PATH, chatBody({ max_tokens: 1 }))).headers['x-aoai-router-backend'], 'openai');
+    // no retry-after: 6m0s, capped at 1.2 s and logged
+    oai.behaviour = { status: 429, count: 1, retry_after: null, headers: { 'x-ratelimit-remaining-tokens': '0', 'x-ratelimit-reset-tokens': '6m0s' } };
+    t0 = Date.now();
+    assert.equal((await post(r.url, CHAT_PATH, chatBody({ max_tokens: 1 }))).headers['x-aoai-router-backend'], 'eastus');
+    assert.equal(await cooling(r), 1);
+    await sleep(Math.max(0, t0 + 1300 - Date.now()));
+    assert.equal((await post(r.url, CHAT_PATH, chatBody({ max_tokens: 1 }))).headers['x-aoai-router-backend'], 'openai');
+    assert.match(r.stderr(), /backend openai asked for an absurd retry-after or rate-limit reset; cooldown capped at 1200 ms/);
+    await r.stop();
+  });
+
+  it('x-ratelimit-remaining-requests: 0 takes OpenAI to the headroom floor until x-ratelimit-reset-requests', async () => {
+    const r = await startRouter({
+      env: { OPENAI_KEY },
+      config: { backends: [openaiFirst(), backendFor(east, { priority: 1, deployments: { 'gpt-4o': 'gpt-4o' } })] },
+    });
+    own.push(r);
+    oai.rl = { 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-remaining-tokens': '29000', 'x-ratelimit-reset-requests': '1m0s' };
+    // until OpenAI answers once, the two share the traffic
+    for (let i = 0; i < 40 && oai.requests.length === 0; ++i) await post(r.url, CHAT_PATH, chatBody({ max_tokens: 1 }));
+    assert.equal(oai.requests.length, 1);
+    const seen = { openai: 0, eastus: 0 };
+    for (let i = 0; i < 30; ++i) {
+      const x = await post(r.url, CHAT_PATH, chatBody({ max_tokens: 1 }));
+      assert.equal(x.status, 200, x.body);
+      ++seen[x.headers['x-aoai-router-backend']];
+    }
+    // weight x 0.01 against weight x 1: about 0.3 of 30 (without the floor: about 15)
+    assert.ok(seen.openai <= 3, JSON.stringify(seen));
+    await r.stop();
   });
 });

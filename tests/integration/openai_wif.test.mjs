@@ -4,8 +4,9 @@ import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { startMock, startRouter, backendFor, stopAll, post, tempDir, sleep, CHAT_PATH, chatBody, SLOW } from './lib/harness.mjs';
+import { startMock, startRouter, backendFor, startRedis, redisCli, pollUntil, stopAll, post, tempDir, sleep, CHAT_PATH, chatBody, SLOW } from './lib/harness.mjs';
 import { startOpenAiMock, startOpenAiExchange } from './lib/openai_mock.mjs';
+import { startIdentity } from './lib/identity_mocks.mjs';
 
 const IDP = 'idp_0123456789abcdef';
 const SA = 'svc_acct_fedcba9876543210';
@@ -105,6 +106,125 @@ describe('openai_wif', () => {
     assert.match(router.stderr(), /error=invalid_grant/);
     assert.match(router.stderr(), /unknown identity_provider_id/);
     assert.ok(!router.stderr().includes('never-log-me'), 'the subject token reached the log');
+    await router.stop();
+  });
+
+  it('workload identity subject: the projected token as client_assertion at Entra ID for <resource>/.default, that token exchanged at OpenAI', async () => {
+    const file = path.join(tempDir('aor-it-wif-'), 'azure-identity-token');
+    const projected = 'eyJhbGciOiJub25lIn0.aks-projected-token.sig';
+    writeFileSync(file, projected + '\n');
+    const idn = await startIdentity({ tenant: 'tid-1', entraClients: { 'wi-app': { assertionFile: file } }, scope: `${APP_URI}/.default` });
+    const ex = await startOpenAiExchange({ idp: IDP, sa: SA, subjectOk: (t) => idn.entra.issued.includes(t) });
+    const oai = await startOpenAiMock({ bearer: (t) => ex.valid(t) });
+    things.push(idn, ex, oai);
+    const router = await startRouter({
+      config: {
+        backends: [
+          oaiBackend(oai, ex, { type: 'workload_identity', resource: APP_URI }, { extra: { tenant_id: 'tid-1', client_id: 'wi-app', token_file: file, authority_host: idn.authority } }),
+        ],
+      },
+    });
+    things.push(router);
+    const r = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 }));
+    assert.equal(r.status, 200, r.body);
+    assert.equal(idn.entra.requests.length, 1);
+    const f = idn.entra.requests[0].form;
+    assert.equal(idn.entra.requests[0].tenant, 'tid-1');
+    assert.equal(f.client_id, 'wi-app');
+    assert.equal(f.scope, `${APP_URI}/.default`);
+    assert.equal(f.client_assertion, projected);
+    assert.equal(ex.exchanges.length, 1);
+    assert.equal(ex.exchanges[0].body.subject_token, idn.entra.issued[0], 'the subject is the Entra token, not the projected one');
+    assert.ok(ex.valid(oai.requests[0].headers.authorization.slice(7)));
+    await router.stop();
+  });
+
+  it('workload identity subject: Entra refuses the assertion — logged (subject token), never the projected token; the backend skipped', async () => {
+    const file = path.join(tempDir('aor-it-wif-'), 'azure-identity-token');
+    writeFileSync(file, 'eyJhbGciOiJub25lIn0.stale-projected-never-logged.sig');
+    const idn = await startIdentity({ tenant: 'tid-1', entraClients: { 'other-app': { assertionFile: file } }, scope: `${APP_URI}/.default` });
+    const ex = await startOpenAiExchange({ idp: IDP, sa: SA, subjectOk: (t) => idn.entra.issued.includes(t) });
+    const oai = await startOpenAiMock({ bearer: (t) => ex.valid(t) });
+    const east = await startMock('eastus');
+    things.push(idn, ex, oai, east);
+    const router = await startRouter({
+      config: {
+        backends: [
+          oaiBackend(oai, ex, { type: 'workload_identity', resource: APP_URI }, { extra: { tenant_id: 'tid-1', client_id: 'wi-app', token_file: file, authority_host: idn.authority } }),
+          backendFor(east, { priority: 2, deployments: { 'gpt-4o': 'gpt-4o' } }),
+        ],
+      },
+    });
+    things.push(router);
+    const r = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 1 }));
+    assert.equal(r.status, 200, r.body);
+    assert.equal(r.headers['x-aoai-router-backend'], 'eastus');
+    assert.equal(ex.exchanges.length, 0, 'the projected token went to OpenAI without Entra');
+    assert.equal(oai.requests.length, 0);
+    await sleep(100);
+    assert.match(router.stderr(), /token call failed \(subject token\): refused: HTTP 400 error=unauthorized_client/);
+    assert.ok(!router.stderr().includes('stale-projected-never-logged'));
+    await router.stop();
+  });
+
+  it('Azure throttled → the AzureOpenAI client is answered by OpenAI with the exchanged bearer (plain and streamed), usage exact for the tenant', async () => {
+    const crypto = await import('node:crypto');
+    const { AzureOpenAI } = await import('openai');
+    const file = path.join(tempDir('aor-it-wif-'), 'token');
+    const subject = 'eyJhbGciOiJub25lIn0.failover-subject.sig';
+    writeFileSync(file, subject);
+    const ex = await startOpenAiExchange({ idp: IDP, sa: SA, fileSubject: subject });
+    const oai = await startOpenAiMock({ bearer: (t) => ex.valid(t) });
+    const east = await startMock('eastus');
+    const redis = await startRedis();
+    things.push(ex, oai, east, redis);
+    const key = `aor_${crypto.randomBytes(32).toString('base64url')}`;
+    const router = await startRouter({
+      config: {
+        redis: { url: redis.url, on_failure: 'closed' },
+        auth: { mode: 'key', keys: { static: [{ sha256: crypto.createHash('sha256').update(key).digest('hex'), tenant: 'wif-tenant' }] } },
+        tenants: { default: { tpm: 1000000, rpm: 10000 } },
+        backends: [backendFor(east, { priority: 1, deployments: { 'gpt-4o': 'gpt-4o' } }), oaiBackend(oai, ex, { type: 'file', path: file }, { priority: 2 })],
+      },
+    });
+    things.push(router);
+    await east.setBehaviour({ status: 429, retry_after: '30', count: 1 });
+    const client = new AzureOpenAI({ endpoint: router.url, apiKey: key, apiVersion: '2024-10-21', deployment: 'gpt-4o', maxRetries: 0, timeout: 30000 * SLOW });
+    const a = await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hello there' }], max_tokens: 3 });
+    assert.equal(a.choices[0].message.content, 'word0 word1 word2');
+    assert.equal(oai.requests.length, 1);
+    assert.equal(oai.requests[0].body.model, 'gpt-4o-2024-11-20');
+    assert.ok(ex.valid(oai.requests[0].headers.authorization.slice(7)), 'not the exchanged bearer');
+    const stream = await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'stream' }], max_tokens: 4, stream: true, stream_options: { include_usage: true } });
+    let text = '';
+    let usage = null;
+    for await (const c of stream) {
+      if (c.choices[0]?.delta?.content) text += c.choices[0].delta.content;
+      if (c.usage) usage = c.usage;
+    }
+    assert.equal(text, 'word0 word1 word2 word3');
+    assert.equal(oai.requests.length, 2, 'east (cooling 30 s) was asked again');
+    const d = new Date();
+    const p2 = (n) => String(n).padStart(2, '0');
+    const day = `aoai:usage:{wif-tenant}:day:${d.getUTCFullYear()}${p2(d.getUTCMonth() + 1)}${p2(d.getUTCDate())}`;
+    await pollUntil(async () => Number((await redisCli(redis, 'HGET', day, 'total_tokens')).stdout.trim()) === a.usage.total_tokens + usage.total_tokens, { timeoutMs: 3000 * SLOW });
+    assert.equal(Number((await redisCli(redis, 'HGET', day, 'requests')).stdout.trim()), 2);
+    assert.equal(Number((await redisCli(redis, 'HGET', day, 'completion_tokens')).stdout.trim()), 3 + 4);
+    await router.stop();
+  });
+
+  it('managed identity subject with client_id: IMDS is asked for that identity', async () => {
+    const ex = await startOpenAiExchange({ idp: IDP, sa: SA, resource: APP_URI });
+    const oai = await startOpenAiMock({ bearer: (t) => ex.valid(t) });
+    things.push(ex, oai);
+    const router = await startRouter({
+      config: { backends: [oaiBackend(oai, ex, { type: 'managed_identity', resource: APP_URI }, { extra: { imds_endpoint: ex.imdsUrl, client_id: 'uami-123' } })] },
+    });
+    things.push(router);
+    const r = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 1 }));
+    assert.equal(r.status, 200, r.body);
+    assert.equal(ex.imdsCalls[0].client_id, 'uami-123');
+    assert.equal(ex.imdsCalls[0].resource, APP_URI);
     await router.stop();
   });
 });

@@ -140,12 +140,12 @@ static void test_headroom(void)
     /* a new minute resets what was sent */
     CHECK(aor_balancer_headroom(&f.dep[0], 100000, now + 60000) == 1.0);
     /* a backend's own report wins when lower; stale after a minute */
-    aor_balancer_report_remaining(&f.dep[1], 10000, now);
+    aor_balancer_report_remaining(&f.dep[1], 10000, -1, now);
     CHECK(aor_balancer_headroom(&f.dep[1], 100000, now + 1000) > 0.099 &&
           aor_balancer_headroom(&f.dep[1], 100000, now + 1000) < 0.101);
     CHECK(aor_balancer_headroom(&f.dep[1], 100000, now + 60001) == 1.0);
     /* exhausted: floor at 1% so it can still be probed */
-    aor_balancer_report_remaining(&f.dep[1], 0, now);
+    aor_balancer_report_remaining(&f.dep[1], 0, -1, now);
     CHECK(aor_balancer_headroom(&f.dep[1], 100000, now) == 0.01);
     /* without tpm, a report of zero is the floor, a positive one full */
     CHECK(aor_balancer_headroom(&f.dep[1], 0, now) == 0.01);
@@ -191,7 +191,7 @@ static void test_estimates(void)
     }
     CHECK_EQ_INT(f.dep[1].sent_minute, AOR_BALANCER_MAX_SENT);
     CHECK_EQ_INT(f.dep[1].sent_since_report, AOR_BALANCER_MAX_SENT);
-    aor_balancer_report_remaining(&f.dep[1], INT64_MAX, now);
+    aor_balancer_report_remaining(&f.dep[1], INT64_MAX, -1, now);
     CHECK_EQ_INT(f.dep[1].remaining_tokens, AOR_BALANCER_MAX_SENT);
     CHECK(aor_balancer_headroom(&f.dep[1], 0, now) == 1.0);
     CHECK(aor_balancer_headroom(&f.dep[1], 1000000000000ULL, now) == 0.01);
@@ -353,6 +353,232 @@ static void test_retry_after(void)
     CHECK_EQ_INT(aor_retry_after_ms(NULL, 0, "Tue, 14 Foo 2023 22:13:25 GMT", 29, now, 10000, 300000, &capped), 10000);
 }
 
+#define RESET(lit) aor_ratelimit_reset_ms(lit, sizeof(lit) - 1)
+
+/* issue 10: OpenAI's x-ratelimit-reset-* (Go durations), parsed strictly */
+static void test_ratelimit_reset(void)
+{
+    /* what OpenAI sends */
+    CHECK_EQ_INT(RESET("6m0s"), 360000);
+    CHECK_EQ_INT(RESET("1s"), 1000);
+    CHECK_EQ_INT(RESET("20ms"), 20);
+    CHECK_EQ_INT(RESET("1h2m3.5s"), 3723500);
+    CHECK_EQ_INT(RESET("0s"), 0);
+    CHECK_EQ_INT(RESET("0"), 0);
+    CHECK_EQ_INT(RESET("59.823s"), 59823);
+    CHECK_EQ_INT(RESET("1m30.5s"), 90500);
+    CHECK_EQ_INT(RESET("2h"), 7200000);
+    CHECK_EQ_INT(RESET("17.5ms"), 18); /* rounded up: never shorter than asked */
+    CHECK_EQ_INT(RESET("1.000001s"), 1001);
+    CHECK_EQ_INT(RESET("999us"), 1);
+    CHECK_EQ_INT(RESET("1\xc2\xb5s"), 1); /* µs as Go prints it (U+00B5) */
+    CHECK_EQ_INT(RESET("1\xce\xbcs"), 1); /* and U+03BC */
+    CHECK_EQ_INT(RESET("5ns"), 1);
+    CHECK_EQ_INT(RESET("1.123456ms"), 2);
+    CHECK_EQ_INT(RESET(" 1s\t"), 1000); /* header whitespace around the value */
+    /* not that format: ignored */
+    CHECK_EQ_INT(RESET(""), -1);
+    CHECK_EQ_INT(RESET("   "), -1);
+    CHECK_EQ_INT(RESET("1"), -1); /* a bare number has no unit (Azure-style seconds are not guessed) */
+    CHECK_EQ_INT(RESET("60"), -1);
+    CHECK_EQ_INT(RESET("-1s"), -1);
+    CHECK_EQ_INT(RESET("+1s"), -1);
+    CHECK_EQ_INT(RESET("1 s"), -1);
+    CHECK_EQ_INT(RESET("1s 2ms"), -1);
+    CHECK_EQ_INT(RESET("s"), -1);
+    CHECK_EQ_INT(RESET("ms"), -1);
+    CHECK_EQ_INT(RESET(".5s"), -1);
+    CHECK_EQ_INT(RESET("1.s"), -1);
+    CHECK_EQ_INT(RESET("1..5s"), -1);
+    CHECK_EQ_INT(RESET("1.5.5s"), -1);
+    CHECK_EQ_INT(RESET("1e3s"), -1);
+    CHECK_EQ_INT(RESET("0x10s"), -1);
+    CHECK_EQ_INT(RESET("NaNs"), -1);
+    CHECK_EQ_INT(RESET("infs"), -1);
+    CHECK_EQ_INT(RESET("1d"), -1); /* Go has no days */
+    CHECK_EQ_INT(RESET("1S"), -1);
+    CHECK_EQ_INT(RESET("1H"), -1);
+    CHECK_EQ_INT(RESET("1sec"), -1);
+    CHECK_EQ_INT(RESET("1s1s"), -1); /* a unit twice */
+    CHECK_EQ_INT(RESET("1s1m"), -1); /* out of order */
+    CHECK_EQ_INT(RESET("1ms1s"), -1);
+    CHECK_EQ_INT(RESET("1m1h"), -1);
+    CHECK_EQ_INT(RESET("1s\r\nx-evil: 1"), -1);
+    CHECK_EQ_INT(aor_ratelimit_reset_ms("1s\0", 3), -1);
+    CHECK_EQ_INT(RESET("1\xc2s"), -1); /* a torn µ */
+    CHECK_EQ_INT(RESET("1\xb5s"), -1);
+    CHECK_EQ_INT(RESET("1.1234567ms"), -1); /* finer than a nanosecond */
+    CHECK_EQ_INT(RESET("1.5ns"), -1);
+    CHECK_EQ_INT(RESET("1.0000000001s"), -1);
+    CHECK_EQ_INT(aor_ratelimit_reset_ms(NULL, 0), -1);
+    /* bounded: at most 10 integer digits per unit, a short value */
+    CHECK_EQ_INT(RESET("12345678901s"), -1);
+    CHECK_EQ_INT(RESET("99999999999999999999999999h"), -1);
+    CHECK_EQ_INT(RESET("0000000000000000000001s"), -1);
+    {
+        char big[200];
+        memset(big, '1', sizeof(big));
+        big[198] = 's';
+        CHECK_EQ_INT(aor_ratelimit_reset_ms(big, 199), -1);
+    }
+    /* absurd but well formed: saturates at the bound, the caller caps it at max_cooldown_ms */
+    CHECK_EQ_INT(RESET("9999999999h"), AOR_RATELIMIT_RESET_MAX_MS);
+    CHECK_EQ_INT(RESET("9999999999h9999999999m9999999999.999999999s9999999999ms9999999999us9999999999ns"),
+                 AOR_RATELIMIT_RESET_MAX_MS);
+    CHECK_EQ_INT(RESET("2562047h47m16.854775807s"), AOR_RATELIMIT_RESET_MAX_MS); /* Go's largest duration */
+    CHECK_EQ_INT(RESET("9999999999ms"), 9999999999LL);
+}
+
+/* a duration as Go's time.Duration.String() prints it (what OpenAI's servers send) */
+static void go_duration(int64_t ns, char *buf, size_t cap)
+{
+    char frac[16];
+    const char *unit;
+    int64_t whole, rest, scale;
+    int digits, n;
+
+    if (ns == 0) {
+        snprintf(buf, cap, "0s");
+        return;
+    }
+    if (ns < 1000) {
+        snprintf(buf, cap, "%lldns", (long long)ns);
+        return;
+    }
+    n = 0;
+    if (ns >= 1000000000LL) {
+        int64_t h = ns / 3600000000000LL, m = ns / 60000000000LL % 60;
+        if (h != 0)
+            n = snprintf(buf, cap, "%lldh%lldm", (long long)h, (long long)m);
+        else if (m != 0)
+            n = snprintf(buf, cap, "%lldm", (long long)m);
+        ns %= 60000000000LL;
+        scale = 1000000000LL, digits = 9, unit = "s";
+    } else if (ns >= 1000000) {
+        scale = 1000000, digits = 6, unit = "ms";
+    } else {
+        scale = 1000, digits = 3, unit = "\xc2\xb5s";
+    }
+    whole = ns / scale;
+    rest = ns % scale;
+    frac[0] = '\0';
+    if (rest != 0) {
+        snprintf(frac, sizeof(frac), ".%0*lld", digits, (long long)rest);
+        size_t l = strlen(frac);
+        while (l > 1 && frac[l - 1] == '0')
+            frac[--l] = '\0';
+    }
+    snprintf(buf + n, cap - (size_t)n, "%lld%s%s", (long long)whole, frac, unit);
+}
+
+/* every duration Go prints parses back to itself (rounded up to ms); random bytes never crash or leave the range */
+static void test_ratelimit_reset_roundtrip(void)
+{
+    static const char alphabet[] = "0123456789.hmsun\xc2\xb5\xce\xbc \t-+e";
+    uint64_t x = 88172645463325252ULL;
+    char buf[128];
+    int i, bad = 0, out_of_range = 0;
+
+    for (i = 0; i < 200000; ++i) {
+        int64_t ns, got, want;
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17; /* xorshift64 */
+        /* spread over ns .. days: a random magnitude, then a random value below it */
+        ns = (int64_t)(x % 1000003);
+        switch (i % 5) {
+        case 1:
+            ns = (int64_t)(x % 1000000000ULL);
+            break;
+        case 2:
+            ns = (int64_t)(x % 86400000000000ULL);
+            break;
+        case 3:
+            ns = (int64_t)(x % 1000) * 1000000;
+            break;
+        case 4:
+            ns = (int64_t)(x % 3600) * 1000000000LL;
+            break;
+        }
+        go_duration(ns, buf, sizeof(buf));
+        got = aor_ratelimit_reset_ms(buf, strlen(buf));
+        want = ns / 1000000 + (ns % 1000000 != 0);
+        if (got != want && bad++ < 5)
+            fprintf(stderr, "roundtrip: %lld ns printed \"%s\" parsed %lld, expected %lld\n", (long long)ns, buf, (long long)got,
+                    (long long)want);
+    }
+    CHECK_EQ_INT(bad, 0);
+    for (i = 0; i < 200000; ++i) {
+        size_t len, k;
+        int64_t got;
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        len = (size_t)(x % 40);
+        for (k = 0; k != len; ++k) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            buf[k] = alphabet[x % (sizeof(alphabet) - 1)];
+        }
+        got = aor_ratelimit_reset_ms(buf, len); /* not NUL-terminated: a read past len shows under ASan */
+        if (got < -1 || got > AOR_RATELIMIT_RESET_MAX_MS)
+            ++out_of_range;
+    }
+    CHECK_EQ_INT(out_of_range, 0);
+}
+
+/* issue 10: a 429 without retry-after cools down until the exhausted limit resets */
+static void test_ratelimit_cooldown(void)
+{
+    /* tokens exhausted: their reset, not the requests' */
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(0, 6000, 10, 200), 6000);
+    /* requests exhausted */
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(500, 6000, 0, 200), 200);
+    /* both: the later */
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(0, 6000, 0, 8000), 8000);
+    /* neither said to be exhausted (a request larger than what is left): the later reset */
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(100, 3000, 5, 20), 3000);
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(-1, 3000, -1, -1), 3000);
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(-1, -1, -1, 20), 20);
+    /* the exhausted limit's reset is unusable: the other one's */
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(0, -1, 5, 20), 20);
+    /* nothing usable */
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(0, -1, 0, -1), -1);
+    CHECK_EQ_INT(aor_ratelimit_cooldown_ms(-1, -1, -1, -1), -1);
+}
+
+/* issue 10: the reset headers bound how long a headroom report holds */
+static void test_headroom_reset(void)
+{
+    struct aor_deployment_state d;
+    int64_t now = 60000 * 300 + 1000;
+
+    aor_balancer_deployment_init(&d);
+    /* 0 tokens left, back in 20 ms: the floor until then, whole after */
+    aor_balancer_report_remaining(&d, 0, 20, now);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 19) == 0.01);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 20) == 1.0);
+    /* a reset beyond a minute does not hold the report longer than a minute */
+    aor_balancer_report_remaining(&d, 0, 3600000, now);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 59999) == 0.01);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 60000) == 1.0);
+    /* unknown reset: a minute, as before */
+    aor_balancer_report_remaining(&d, 0, -1, now);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 59999) == 0.01);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 60000) == 1.0);
+    /* no requests left: the floor until their reset, whatever the tokens say */
+    aor_balancer_deployment_init(&d);
+    aor_balancer_report_requests(&d, 0, 500, now);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 499) == 0.01);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 500) == 1.0);
+    aor_balancer_report_requests(&d, 0, -1, now); /* unknown reset: a minute */
+    CHECK(aor_balancer_headroom(&d, 100000, now + 59999) == 0.01);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 60000) == 1.0);
+    aor_balancer_report_requests(&d, 0, 99999999, now); /* capped at a minute */
+    CHECK(aor_balancer_headroom(&d, 100000, now + 60000) == 1.0);
+    /* requests left again: the floor is lifted at once */
+    aor_balancer_report_requests(&d, 0, 5000, now);
+    aor_balancer_report_requests(&d, 3, 5000, now + 10);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 11) == 1.0);
+    aor_balancer_report_requests(&d, INT64_MAX, 5000, now + 10);
+    CHECK(aor_balancer_headroom(&d, 100000, now + 11) == 1.0);
+}
+
 int main(void)
 {
     test_priority_and_skip();
@@ -365,5 +591,9 @@ int main(void)
     test_probe_release();
     test_shared_cooldown();
     test_retry_after();
+    test_ratelimit_reset();
+    test_ratelimit_reset_roundtrip();
+    test_ratelimit_cooldown();
+    test_headroom_reset();
     return aor_test_done("test_balancer");
 }

@@ -65,7 +65,7 @@ function endpointState() {
  * One server for all four identity endpoints.
  * opts: {clientIds: [..] accepted by IMDS/App Service (absent client_id always ok), identityHeader,
  *        tenant, entraClients: {client_id: {secret} | {assertionFile} | {assertionFrom: 'auth0'}},
- *        auth0: {clientId, clientSecret, audience}}
+ *        auth0: {clientId, clientSecret, audience}, scope (Entra's expected scope; default SCOPE)}
  */
 export async function startIdentity(opts = {}) {
   const port = await freePort();
@@ -185,7 +185,7 @@ export async function startIdentity(opts = {}) {
             if (m[1] !== opts.tenant) return { error: 'invalid_tenant', description: `AADSTS90002: Tenant '${m[1]}' not found.` };
             if (!/^application\/x-www-form-urlencoded/.test(headers['content-type'] ?? '')) return { description: 'not a form' };
             if (f.grant_type !== 'client_credentials') return { error: 'unsupported_grant_type', description: f.grant_type };
-            if (f.scope !== SCOPE) return { error: 'invalid_scope', description: `bad scope ${f.scope}` };
+            if (f.scope !== (opts.scope ?? SCOPE)) return { error: 'invalid_scope', description: `bad scope ${f.scope}` };
             const client = (opts.entraClients ?? {})[f.client_id];
             if (!client) return { error: 'unauthorized_client', description: 'AADSTS700016: Application not found' };
             if (client.secret !== undefined) {

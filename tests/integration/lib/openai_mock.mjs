@@ -13,11 +13,13 @@ function promptTokens(body) {
 /**
  * startOpenAiMock({ bearer }) — `bearer` is the accepted token (a string, or a function
  * returning whether a token is accepted). The object: url, requests (every request seen:
- * method, path, query, headers, body), behaviour ({ status, retry_after, count } for the next
- * `count` requests), reset(), stop().
+ * method, path, query, headers, body), behaviour ({ status, retry_after, count, headers } for the
+ * next `count` requests; `retry_after: null` sends none; `headers` replaces the x-ratelimit-*
+ * set), rl (the x-ratelimit-* headers of a 200; null = the default), hook (req, res, body) →
+ * true when it answered the request itself, reset(), stop().
  */
 export async function startOpenAiMock({ bearer }) {
-  const m = { requests: [], behaviour: null };
+  const m = { requests: [], behaviour: null, rl: null, hook: null };
   const accepts = typeof bearer === 'function' ? bearer : (t) => t === bearer;
   const server = http.createServer((req, res) => {
     const chunks = [];
@@ -41,15 +43,19 @@ export async function startOpenAiMock({ bearer }) {
         return err(401, 'invalid_api_key', 'Incorrect API key provided.');
       if (m.behaviour && m.behaviour.count > 0) {
         m.behaviour.count--;
+        const ra = m.behaviour.retry_after === null ? {} : { 'retry-after': String(m.behaviour.retry_after ?? 1) };
         return err(m.behaviour.status, 'rate_limit_exceeded', 'Rate limit reached', {
-          'retry-after': String(m.behaviour.retry_after ?? 1),
-          'x-ratelimit-remaining-requests': '0',
-          'x-ratelimit-remaining-tokens': '0',
-          'x-ratelimit-reset-requests': `${m.behaviour.retry_after ?? 1}s`,
+          ...ra,
+          ...(m.behaviour.headers ?? {
+            'x-ratelimit-remaining-requests': '0',
+            'x-ratelimit-remaining-tokens': '0',
+            'x-ratelimit-reset-requests': `${m.behaviour.retry_after ?? 1}s`,
+          }),
         });
       }
+      if (m.hook && m.hook(req, res, body)) return;
       if (req.method !== 'POST' || body == null) return err(400, 'invalid_request_error', 'bad request');
-      const rl = { 'x-ratelimit-remaining-requests': '499', 'x-ratelimit-remaining-tokens': '29000', 'x-ratelimit-limit-tokens': '30000' };
+      const rl = m.rl ?? { 'x-ratelimit-remaining-requests': '499', 'x-ratelimit-remaining-tokens': '29000', 'x-ratelimit-limit-tokens': '30000' };
       const pt = promptTokens(body);
       if (u.pathname === '/v1/embeddings') {
         res.writeHead(200, { 'content-type': 'application/json', ...rl });
@@ -81,6 +87,8 @@ export async function startOpenAiMock({ bearer }) {
   m.reset = () => {
     m.requests = [];
     m.behaviour = null;
+    m.rl = null;
+    m.hook = null;
   };
   m.stop = () =>
     new Promise((r) => {
@@ -95,9 +103,10 @@ export async function startOpenAiMock({ bearer }) {
  * A mock of OpenAI's workload identity federation token exchange (POST /oauth/token, JSON) and
  * of Azure IMDS (GET /metadata/identity/oauth2/token) in one server.
  * opts: { idp, sa, resource (IMDS: the Application ID URI expected), lifetimeS (issued tokens),
- *         subjectOk(token) (default: any IMDS-issued token or `fileSubject`), fileSubject }
+ *         subjectOk(token) (also accepted, besides any IMDS-issued token and `fileSubject`), fileSubject }
  * The object: url, tokenUrl, imdsUrl, exchanges (every exchange body), imdsCalls, failNext
- * (answers the next exchanges with {status, body}), valid(token) (issued and not expired), stop().
+ * (answers the next exchanges with {status, body} — or {status, raw} sent as is, or {hang: true}
+ * never answered), valid(token) (issued and not expired), stop().
  */
 export async function startOpenAiExchange(opts) {
   const m = { exchanges: [], imdsCalls: [], failNext: [], issued: new Map(), imdsIssued: new Set() };
@@ -130,6 +139,11 @@ export async function startOpenAiExchange(opts) {
       m.exchanges.push({ headers: req.headers, body: b });
       if (m.failNext.length) {
         const f = m.failNext.shift();
+        if (f.hang) return;
+        if (f.raw !== undefined) {
+          res.writeHead(f.status, { 'content-type': 'application/json' });
+          return res.end(f.raw);
+        }
         return send(res, f.status, f.body);
       }
       const bad =
@@ -139,7 +153,7 @@ export async function startOpenAiExchange(opts) {
         : b.subject_token_type !== 'urn:ietf:params:oauth:token-type:jwt' ? `bad subject_token_type ${b.subject_token_type}`
         : b.identity_provider_id !== opts.idp ? `unknown identity_provider_id ${b.identity_provider_id}`
         : b.service_account_id !== opts.sa ? `unknown service_account_id ${b.service_account_id}`
-        : !(m.imdsIssued.has(b.subject_token) || (opts.fileSubject && (b.subject_token === opts.fileSubject || b.subject_token === opts.fileSubject2))) ? 'subject_token not accepted'
+        : !(m.imdsIssued.has(b.subject_token) || opts.subjectOk?.(b.subject_token) || (opts.fileSubject && (b.subject_token === opts.fileSubject || b.subject_token === opts.fileSubject2))) ? 'subject_token not accepted'
         : null;
       if (bad) return send(res, 400, { error: 'invalid_grant', error_description: bad });
       const t = `oai-wif-${++seq}-${Math.random().toString(36).slice(2)}`;
