@@ -4,17 +4,20 @@
 // into its rpm quota, a wrong key is refused, streamed and non-streamed chats and embeddings, a
 // keyless (managed identity) backend — in two rounds with a scrape between them so rates are not
 // zero. Then every panel target of dashboards/aoai-router.json and dashboards/aoai-router-tenants.json
-// (Grafana's variables substituted: $tenant/$job/... → .*, $__rate_interval → a window that
+// (Grafana's variables substituted: $job → the router's job, $tenant/$namespace/... → .*, $__rate_interval → a window that
 // covers the traffic, $__range → 5m) is evaluated through /api/v1/query and must return at
 // least one sample that is a number (not NaN); so must every query variable's selector.
 //
 // PENDING: the tenants dashboard's usage-against-quota panels read the per-tenant quota gauges
 // aoai_router_tenant_quota_limit / aoai_router_tenant_quota_used (built on another branch). A
 // panel reading one of them is checked like every other as soon as the router's /metrics has
-// that gauge; until then it is listed by the skipped test "pending: ..." below, never silently.
+// that gauge; until then it is listed by the skipped test "pending: ..." below, never silently,
+// and evaluated against synthetic gauges of the agreed shape (a second scrape job, "quota-shape",
+// whose job label the real panels' $job filter would pick like any other).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import http from 'node:http';
 import path from 'node:path';
 import { startMock, startRouter, startRedis, backendFor, chatBody, CHAT_PATH, post, stopAll, sleep, pollUntil, fetchMetrics, freePort, ROOT, SLOW } from './lib/harness.mjs';
 import { startIdentity } from './lib/identity_mocks.mjs';
@@ -26,8 +29,34 @@ const EMB_PATH = '/openai/deployments/emb/embeddings?api-version=2024-10-21';
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
 const KEYS = Object.fromEntries(['alpha', 'beta', 'gamma'].map((t) => [t, `aor_${crypto.randomBytes(24).toString('base64url')}`]));
 
+/** a scrape target serving the agreed quota gauges for two tenants (the router does not render them yet) */
+async function quotaShapeExporter() {
+  const body = [
+    '# TYPE aoai_router_tenant_quota_limit gauge',
+    'aoai_router_tenant_quota_limit{tenant="acme",limit="tpm"} 100000',
+    'aoai_router_tenant_quota_limit{tenant="acme",limit="rpm"} 100',
+    'aoai_router_tenant_quota_limit{tenant="acme",limit="tokens_per_day"} -1',
+    'aoai_router_tenant_quota_limit{tenant="blocked",limit="tpm"} 0',
+    '# TYPE aoai_router_tenant_quota_used gauge',
+    'aoai_router_tenant_quota_used{tenant="acme",limit="tpm"} 95000',
+    'aoai_router_tenant_quota_used{tenant="acme",limit="rpm"} 10',
+    'aoai_router_tenant_quota_used{tenant="acme",limit="tokens_per_day"} 400000',
+    'aoai_router_tenant_quota_used{tenant="blocked",limit="tpm"} 0',
+    '',
+  ].join('\n');
+  const server = http.createServer((req, res) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(body));
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: server.address().port,
+    stop: () => new Promise((r) => {
+      server.closeAllConnections?.();
+      server.close(() => r());
+    }),
+  };
+}
+
 describe('dashboards on a real Prometheus', () => {
-  let east, swc, west, id, redis, router, prom, metricsText, t0;
+  let east, swc, west, id, redis, router, prom, metricsText, t0, shape;
   let sent = 0;
   let quotaRejected = 0; // one per round, or two: a minute boundary may fall inside a round
 
@@ -92,7 +121,12 @@ describe('dashboards on a real Prometheus', () => {
       },
     });
     router.metricsUrl = `http://127.0.0.1:${mport}`;
-    prom = await startPrometheus({ targets: [`127.0.0.1:${mport}`], ruleFiles: [path.join(ROOT, 'deploy/prometheus/alerts.yml')] });
+    shape = await quotaShapeExporter();
+    prom = await startPrometheus({
+      targets: [`127.0.0.1:${mport}`],
+      ruleFiles: [path.join(ROOT, 'deploy/prometheus/alerts.yml')],
+      extraJobs: [{ job: 'quota-shape', targets: [`127.0.0.1:${shape.port}`] }],
+    });
     t0 = Date.now();
     await traffic();
     await scraped();
@@ -102,14 +136,14 @@ describe('dashboards on a real Prometheus', () => {
     metricsText = await fetchMetrics(router.metricsUrl);
   });
   after(async () => {
-    await stopAll(prom, router, redis, east, swc, west, id);
+    await stopAll(prom, router, redis, east, swc, west, id, shape);
   });
 
   it('Prometheus scrapes the metrics listener (target up) and loaded the alert rules', async () => {
-    const targets = await prom.targets();
+    const targets = (await prom.targets()).filter((t) => t.labels.job === 'aoai-router');
     assert.equal(targets.length, 1);
     assert.equal(targets[0].health, 'up', targets[0].lastError);
-    assert.equal(targets[0].labels.job, 'aoai-router');
+    assert.equal(targets[0].labels.namespace, 'it');
     const rules = (await prom.rules()).flatMap((g) => g.rules.map((r) => r.name));
     assert.ok(rules.includes('AoaiRouterHighErrorRatio') && rules.includes('AoaiRouterTenantNearQuota'), rules.join(', '));
     // the traffic is what the test sent: failover, quota rejection, auth failure, streams
@@ -123,6 +157,7 @@ describe('dashboards on a real Prometheus', () => {
   });
 
   const pendingPanels = [];
+  const pendingTargets = [];
 
   for (const file of DASHBOARDS) {
     it(`every panel target of ${path.basename(file)} returns data`, async () => {
@@ -133,11 +168,12 @@ describe('dashboards on a real Prometheus', () => {
       let checked = 0;
       for (const t of [...targets, ...variables]) {
         const pending = PENDING_GAUGES.filter((g) => t.expr.includes(g) && !new RegExp(`^# TYPE ${g} `, 'm').test(metricsText));
+        if (pending.length) pendingTargets.push(t);
         if (pending.length) {
           pendingPanels.push(`${t.dashboard}: "${t.panel}" ${t.refId} (${pending.join(', ')})`);
           continue;
         }
-        const expr = substitute(t.expr, { rate, range: '5m' });
+        const expr = substitute(t.expr, { rate, range: '5m', job: 'aoai-router' }); // the router's job, not quota-shape
         const res = await prom.query(expr);
         ++checked;
         const numbers = res.filter((s) => !Number.isNaN(Number((s.value ?? s.values?.at(-1))[1])));
@@ -151,6 +187,26 @@ describe('dashboards on a real Prometheus', () => {
     assert.deepEqual(await prom.query('sum(rate(aoai_router_no_such_series_total[10s]))'), []);
     const nan = await prom.query('histogram_quantile(0.95, sum by (le) (rate(aoai_router_request_duration_seconds_bucket{backend="westus"}[10s])))');
     assert.ok(nan.every((s) => Number.isNaN(Number(s.value[1]))), JSON.stringify(nan)); // westus (priority 3) served nothing
+  });
+
+  it('the quota panels work on gauges of the agreed shape (synthetic job "quota-shape")', async () => {
+    const quotaTargets = dashboardQueries(DASHBOARDS[1]).targets.filter((t) => PENDING_GAUGES.some((g) => t.expr.includes(g)));
+    assert.ok(quotaTargets.length >= 5);
+    const ok = await pollUntil(async () => (await prom.query('aoai_router_tenant_quota_used{job="quota-shape"}')).length === 4, { timeoutMs: 10000 * SLOW });
+    assert.ok(ok, 'quota-shape never scraped');
+    const values = {};
+    for (const t of quotaTargets) {
+      const res = await prom.query(substitute(t.expr, { rate: '10s', range: '5m', job: 'quota-shape' }));
+      assert.ok(res.some((s) => !Number.isNaN(Number(s.value[1]))), `"${t.panel}" ${t.refId}: nothing on the agreed gauges\n    ${t.expr}`);
+      values[`${t.panel} ${t.refId}`] = Object.fromEntries(res.map((s) => [`${s.metric.tenant ?? ''}/${s.metric.limit ?? ''}`, Number(s.value[1])]));
+    }
+    // acme: tpm 95 % used, rpm 10 %, tokens_per_day unlimited (-1); blocked: tpm 0 (blocked)
+    assert.deepEqual(values['Tenants above 90 % of a quota A'], { '/': 1 });
+    assert.deepEqual(values['Usage of each quota window (% of the limit) A'], { 'acme/tpm': 95, 'acme/rpm': 10 });
+    assert.deepEqual(values['Remaining tokens per tenant (minute, day, month) A'], { 'acme/tpm': 5000 });
+    assert.deepEqual(values['Top 10 tenants closest to a quota A'], { 'acme/': 95 });
+    assert.equal(values['Quota and usage per tenant A']['blocked/tpm'], 0);
+    assert.equal(values['Quota and usage per tenant A']['acme/tokens_per_day'], -1);
   });
 
   it('pending: the tenants dashboard\'s quota panels (aoai_router_tenant_quota_limit/_used not in this build)', (t) => {

@@ -14,7 +14,7 @@ export const PROMETHEUS_BIN = process.env.AOR_PROMETHEUS ?? '/usr/bin/prometheus
  * every target labelled namespace=`namespace` (as deploy/prometheus/prometheus.yml does);
  * `ruleFiles` (absolute paths) are loaded. Resolves once /-/ready answers 200.
  */
-export async function startPrometheus({ targets, job = 'aoai-router', namespace = 'it', interval = '1s', ruleFiles = [] }) {
+export async function startPrometheus({ targets, job = 'aoai-router', namespace = 'it', interval = '1s', ruleFiles = [], extraJobs = [] }) {
   if (!existsSync(PROMETHEUS_BIN)) throw new Error(`${PROMETHEUS_BIN} missing: ./dev.sh deps installs the Debian package prometheus`);
   const dir = tempDir('aor-it-prom-');
   const port = await freePort();
@@ -32,6 +32,7 @@ export async function startPrometheus({ targets, job = 'aoai-router', namespace 
       '    static_configs:',
       `      - targets: ${JSON.stringify(targets)}`,
       `        labels: { namespace: ${JSON.stringify(namespace)} }`,
+      ...extraJobs.flatMap((j) => [`  - job_name: ${JSON.stringify(j.job)}`, '    static_configs:', `      - targets: ${JSON.stringify(j.targets)}`]),
       '',
     ].join('\n'),
   );
@@ -95,10 +96,11 @@ export function dashboardPanels(file) {
 
 /**
  * Grafana's substitution for a test run: the multi-value variables at All (their allValue,
- * `.*`), $__rate_interval and $__interval as `rate`, $__range as `range`.
+ * `.*`) — $job at `job` when given —, $__rate_interval and $__interval as `rate`, $__range as `range`.
  */
-export function substitute(expr, { rate = '10s', range = '5m' } = {}) {
+export function substitute(expr, { rate = '10s', range = '5m', job = '.*' } = {}) {
   return expr
+    .replace(/\$\{?job\}?\b/g, job)
     .replace(/\$__rate_interval|\$\{__rate_interval\}/g, rate)
     .replace(/\$__interval|\$\{__interval\}/g, rate)
     .replace(/\$__range|\$\{__range\}/g, range)
