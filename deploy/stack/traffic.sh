@@ -3,13 +3,24 @@
 # chats (JSON and streamed), embeddings, through several tenants, one request at a time; now and
 # then it makes one mock region throttle (429 with retry-after) so failovers and cooldowns show.
 #   AOR_TRAFFIC_URL        the router, e.g. http://127.0.0.1:8080
-#   AOR_TRAFFIC_KEYS       space-separated subscription keys, one per tenant (the stack's demo keys)
+#   AOR_TRAFFIC_KEYS       space-separated subscription keys, one per tenant (the stack's demo keys), or
+#   AOR_TRAFFIC_TENANTS    tenants to create a key for in Redis first (aoai-router keys create), with
+#   AOR_TRAFFIC_REDIS      that Redis' URL (compose: redis://redis:6379/0; prefix aoai:)
 #   AOR_TRAFFIC_THROTTLE   a mock region's URL to throttle now and then (optional)
 #   AOR_TRAFFIC_INTERVAL   seconds between requests (default 0.2)
 #   AOR_TRAFFIC_THROTTLE_EVERY  requests between two throttle episodes (default 100)
 # Runs until SIGTERM/SIGINT; the request in flight is stopped with it. Needs bash and curl only.
 set -u
 url=${AOR_TRAFFIC_URL:?AOR_TRAFFIC_URL is the router URL}
+if [ -n "${AOR_TRAFFIC_TENANTS:-}" ]; then
+  # the keys exist only in this process' memory; the CLI prints each once on stdout
+  AOR_TRAFFIC_KEYS=
+  for t in $AOR_TRAFFIC_TENANTS; do
+    k=$(aoai-router --redis "${AOR_TRAFFIC_REDIS:?AOR_TRAFFIC_REDIS is the Redis URL}" --prefix aoai: keys create --tenant "$t" 2>/dev/null) ||
+      { echo "traffic.sh: could not create a key for $t in Redis" >&2; exit 1; }
+    AOR_TRAFFIC_KEYS="$AOR_TRAFFIC_KEYS $k"
+  done
+fi
 read -r -a keys <<<"${AOR_TRAFFIC_KEYS:?AOR_TRAFFIC_KEYS lists one key per tenant}"
 throttle=${AOR_TRAFFIC_THROTTLE:-}
 interval=${AOR_TRAFFIC_INTERVAL:-0.2}

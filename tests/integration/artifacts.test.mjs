@@ -1189,6 +1189,27 @@ describe('deploy: HPA, Dockerfile, compose.yaml, release', () => {
     assert.equal(ds.datasources[0].url, 'http://prometheus:9090');
   });
 
+  it('compose.yaml has the pieces of ./dev.sh stack: three mock regions, the traffic generator with tenants\' keys, both dashboards', () => {
+    const compose = parseYamlDocs(readFileSync(path.join(ROOT, 'deploy/compose.yaml'), 'utf8'), 'compose.yaml')[0];
+    const s = compose.services;
+    assert.ok(Object.keys(s).filter((n) => n.startsWith('mock-')).length >= 3, 'three mock regions');
+    const t = s.traffic;
+    assert.ok(t, 'a traffic service');
+    const script = (t.volumes ?? []).find((v) => v.split(':')[1] === '/usr/local/bin/traffic.sh');
+    assert.ok(script && existsSync(path.join(ROOT, 'deploy', script.split(':')[0])), 'traffic.sh mounted from the repo');
+    assert.equal(t.environment.AOR_TRAFFIC_URL, 'http://router:8080');
+    assert.match(t.environment.AOR_TRAFFIC_THROTTLE, /^http:\/\/mock-\w+:\d+$/);
+    assert.ok(s[t.environment.AOR_TRAFFIC_THROTTLE.split('//')[1].split(':')[0]], 'the throttled region is a service');
+    assert.deepEqual(t.entrypoint, ['/usr/local/bin/traffic.sh']);
+    assert.ok(t.environment.AOR_TRAFFIC_TENANTS.split(' ').length >= 3, 'several tenants');
+    assert.match(t.environment.AOR_TRAFFIC_REDIS, /^redis:\/\/redis:/);
+    const facts = configFacts(readFileSync(path.join(ROOT, 'deploy/compose/backends.yaml'), 'utf8'));
+    assert.equal(facts.doc.auth.mode, 'key', 'keys name the tenants');
+    assert.deepEqual(t.depends_on.router, { condition: 'service_healthy' });
+    // Grafana provisions every dashboard of dashboards/: both are there
+    for (const f of ['aoai-router.json', 'aoai-router-tenants.json']) assert.ok(existsSync(path.join(ROOT, 'dashboards', f)), f);
+  });
+
   it('release: LICENSE (MIT), CHANGELOG newest version = CMake = --version', async () => {
     assert.match(readFileSync(path.join(ROOT, 'LICENSE'), 'utf8'), /^MIT License\n/);
     const cl = readFileSync(path.join(ROOT, 'CHANGELOG.md'), 'utf8');
