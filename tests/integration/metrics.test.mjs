@@ -102,7 +102,14 @@ describe('OpenTelemetry GenAI histograms', () => {
     await east.setBehaviour({ status: 500, count: 1 });
     assert.equal((await post(router.url, CHAT_PATH, chatBody({ stream: true }))).status, 502);
 
+    // made-up deployment names (refused) and a made-up operation: no series of their own
+    for (let i = 0; i < 20; i++)
+      assert.equal((await post(router.url, `/openai/deployments/made-up-${i}-${Date.now()}/chat/completions?api-version=2024-10-21`, chatBody())).status, 404);
+
     const text = (await get(router.url, '/metrics')).body;
+    assert.doesNotMatch(text, /made-up-/);
+    const genaiSeries = new Set(text.split('\n').filter((l) => l.startsWith('gen_ai_')).map((l) => l.replace(/_(bucket|sum|count)\{/, '{').replace(/,?le="[^"]*"/, '').replace(/ \S+$/, '')));
+    assert.equal(genaiSeries.size, 4, [...genaiSeries].join('\n')); // chat input/output, embeddings input, chat TTFT
     const chat = { gen_ai_operation_name: 'chat', gen_ai_request_model: 'gpt-4o' };
     const bucket = (labels, le) => sample(text, 'gen_ai_client_token_usage_bucket', { ...labels, le });
     const input = { ...chat, gen_ai_token_type: 'input' };
