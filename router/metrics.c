@@ -23,12 +23,26 @@ enum metric {
     M_REQUEST_DURATION,
     M_UPSTREAM_DURATION,
     M_TTFB,
+    M_GENAI_TOKENS,
+    M_GENAI_TTFT,
     M_NUM
 };
+
+/* bucket bounds: ours (5 ms .. 120 s, limits.upstream_timeout_ms' default), and the explicit
+ * boundaries the OpenTelemetry GenAI semantic conventions advise for their two histograms */
+static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+static const double genai_token_buckets[] = {1,     4,     16,     64,      256,     1024,     4096,
+                                             16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864};
+static const double genai_ttft_buckets[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
+                                            0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0};
+#define NB(a) (sizeof(a) / sizeof(a[0]))
+#define MAX_BUCKETS 16
 
 static const struct {
     const char *name, *help, *type;
     const char *labels[4];
+    const double *bounds; /* histograms only */
+    size_t num_bounds;
 } metric_defs[M_NUM] = {
     [M_REQUESTS] = {"aoai_router_requests_total",
                     "Requests answered, by final status code.",
@@ -47,16 +61,37 @@ static const struct {
     [M_REQUEST_DURATION] = {"aoai_router_request_duration_seconds",
                             "Whole request duration.",
                             "histogram",
-                            {"deployment", "backend"}},
+                            {"deployment", "backend"},
+                            buckets,
+                            NB(buckets)},
     [M_UPSTREAM_DURATION] = {"aoai_router_upstream_duration_seconds",
                              "Duration of the answering upstream attempt.",
                              "histogram",
-                             {"backend"}},
-    [M_TTFB] = {"aoai_router_time_to_first_byte_seconds", "Time to the first streamed byte.", "histogram", {"backend"}},
+                             {"backend"},
+                             buckets,
+                             NB(buckets)},
+    [M_TTFB] = {"aoai_router_time_to_first_byte_seconds",
+                "Time to the first streamed byte.",
+                "histogram",
+                {"backend"},
+                buckets,
+                NB(buckets)},
+    /* OpenTelemetry GenAI semantic conventions, as their Prometheus translation names them
+     * (gen_ai.client.token.usage, unit {token}: no suffix; gen_ai.server.time_to_first_token,
+     * unit s: _seconds). Labels from bounded sets only, as every other series. */
+    [M_GENAI_TOKENS] = {"gen_ai_client_token_usage",
+                        "Tokens per request by type (OpenTelemetry gen_ai.client.token.usage).",
+                        "histogram",
+                        {"gen_ai_operation_name", "gen_ai_request_model", "gen_ai_token_type"},
+                        genai_token_buckets,
+                        NB(genai_token_buckets)},
+    [M_GENAI_TTFT] = {"gen_ai_server_time_to_first_token_seconds",
+                      "Time to the first token of successful streamed responses (OpenTelemetry gen_ai.server.time_to_first_token).",
+                      "histogram",
+                      {"gen_ai_operation_name", "gen_ai_request_model"},
+                      genai_ttft_buckets,
+                      NB(genai_ttft_buckets)},
 };
-
-static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
-#define NUM_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
 
 struct series {
     enum metric metric;
@@ -64,7 +99,7 @@ struct series {
     uint64_t hash;
     double sum;
     uint64_t count;               /* counter value, or histogram count */
-    uint64_t bucket[NUM_BUCKETS]; /* histograms only (non-cumulative) */
+    uint64_t bucket[MAX_BUCKETS]; /* histograms only (non-cumulative) */
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -268,8 +303,8 @@ static void add(enum metric m, const char *const *values, uint64_t delta, int ob
     } else {
         ++s->count;
         s->sum += value;
-        for (b = 0; b != NUM_BUCKETS; ++b)
-            if (value <= buckets[b]) {
+        for (b = 0; b != metric_defs[m].num_bounds; ++b)
+            if (value <= metric_defs[m].bounds[b]) {
                 ++s->bucket[b];
                 break;
             }
@@ -329,6 +364,36 @@ void aor_metrics_ttfb(const char *backend, double seconds)
 {
     const char *v[4] = {backend};
     add(M_TTFB, v, 0, 1, seconds);
+}
+
+const char *aor_metrics_genai_operation(const char *op, size_t len)
+{
+#define OP_IS(lit) (len == sizeof(lit) - 1 && memcmp(op, lit, len) == 0)
+    if (op == NULL)
+        return AOR_METRICS_OTHER;
+    if (OP_IS("chat/completions") || OP_IS("responses"))
+        return "chat";
+    if (OP_IS("completions"))
+        return "text_completion";
+    if (OP_IS("embeddings"))
+        return "embeddings";
+    return AOR_METRICS_OTHER;
+#undef OP_IS
+}
+
+void aor_metrics_genai_tokens(const char *operation, const char *deployment, int64_t input, int64_t output)
+{
+    const char *in[4] = {operation, deployment, "input"}, *out[4] = {operation, deployment, "output"};
+    add(M_GENAI_TOKENS, in, 0, 1, (double)(input > 0 ? input : 0));
+    /* an embedding generates nothing: no output observation (it would only fill the first bucket) */
+    if (output > 0 || strcmp(operation, "embeddings") != 0)
+        add(M_GENAI_TOKENS, out, 0, 1, (double)(output > 0 ? output : 0));
+}
+
+void aor_metrics_genai_ttft(const char *operation, const char *deployment, double seconds)
+{
+    const char *v[4] = {operation, deployment};
+    add(M_GENAI_TTFT, v, 0, 1, seconds);
 }
 
 void aor_metrics_inflight_add(int delta)
@@ -504,9 +569,12 @@ char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *
                 emit(&o, "%s{%s} %llu\n", metric_defs[m].name, s->labels, (unsigned long long)s->count);
             } else {
                 uint64_t cum = 0;
-                for (b = 0; b != NUM_BUCKETS; ++b) {
+                for (b = 0; b != metric_defs[m].num_bounds; ++b) {
+                    double le = metric_defs[m].bounds[b];
                     cum += s->bucket[b];
-                    emit(&o, "%s_bucket{%s,le=\"%g\"} %llu\n", metric_defs[m].name, s->labels, buckets[b], (unsigned long long)cum);
+                    /* %g keeps 6 digits: whole bounds (16777216) are printed whole */
+                    emit(&o, le >= 1e6 ? "%s_bucket{%s,le=\"%.0f\"} %llu\n" : "%s_bucket{%s,le=\"%g\"} %llu\n", metric_defs[m].name,
+                         s->labels, le, (unsigned long long)cum);
                 }
                 emit(&o, "%s_bucket{%s,le=\"+Inf\"} %llu\n%s_sum{%s} %.6f\n%s_count{%s} %llu\n", metric_defs[m].name, s->labels,
                      (unsigned long long)s->count, metric_defs[m].name, s->labels, s->sum, metric_defs[m].name, s->labels,

@@ -42,6 +42,20 @@ void aor_metrics_request_duration(const char *deployment, const char *backend, d
 void aor_metrics_upstream_duration(const char *backend, double seconds);
 void aor_metrics_ttfb(const char *backend, double seconds);
 
+/*
+ * OpenTelemetry GenAI series beside ours (README "Metrics"): gen_ai_client_token_usage{
+ * gen_ai_operation_name, gen_ai_request_model, gen_ai_token_type} (one input and one output
+ * observation per request whose usage is counted in aoai_router_tokens_total; embeddings
+ * without output tokens observe input only) and gen_ai_server_time_to_first_token_seconds{
+ * gen_ai_operation_name, gen_ai_request_model} (successful streams). `deployment` must be a
+ * bounded label value (aor_metrics_deployment_label); `operation` one that
+ * aor_metrics_genai_operation returned: chat (chat/completions, responses), text_completion,
+ * embeddings, or "other".
+ */
+const char *aor_metrics_genai_operation(const char *op, size_t len);
+void aor_metrics_genai_tokens(const char *operation, const char *deployment, int64_t input, int64_t output);
+void aor_metrics_genai_ttft(const char *operation, const char *deployment, double seconds);
+
 /* the in-flight gauge */
 void aor_metrics_inflight_add(int delta);
 

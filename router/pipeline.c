@@ -470,6 +470,7 @@ static void data_plane(struct aor_worker *w, h2o_req_t *req, const struct aor_ro
     ar->conf = w->conf;
     aor_config_retain(ar->conf);
     ar->route = *route;
+    ar->genai_op = aor_metrics_genai_operation(route->op, route->op_len);
     ar->started_ms = aor_now_ms();
     ar->started_ns = aor_mono_ns();
     ar->backend_remaining_tokens = -1;
@@ -733,8 +734,12 @@ void aor_pipeline_finish(struct aor_request *ar)
     aor_admit_settle(ar);
     aor_metrics_request(ar->tenant, deployment, backend, ar->final_status);
     aor_metrics_request_duration(deployment, backend, (double)(now - ar->started_ns) / 1e9);
-    if (ar->usage.found)
+    if (ar->usage.found) {
         aor_metrics_tokens(ar->tenant, deployment, backend, ar->usage.prompt, ar->usage.completion);
+        aor_metrics_genai_tokens(ar->genai_op, deployment, ar->usage.prompt, ar->usage.completion);
+    }
+    if (ar->ttft_ns != 0 && ar->final_status >= 200 && ar->final_status < 300)
+        aor_metrics_genai_ttft(ar->genai_op, deployment, (double)ar->ttft_ns / 1e9);
     aor_accesslog_write(ar->worker->accesslog, ar);
 }
 

@@ -774,8 +774,11 @@ static void on_upstream_done(struct aor_upstream_h1_xfer *x, const char *errstr)
 
     aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_SUCCESS, 0, now);
     aor_metrics_upstream_duration(b->name, (double)(aor_mono_ns() - ar->upstream_started_ns) / 1e9);
-    if (ar->mode == AOR_MODE_STREAM && ar->first_byte_ns != 0)
+    if (ar->mode == AOR_MODE_STREAM && ar->first_byte_ns != 0) {
         aor_metrics_ttfb(b->name, (double)(ar->first_byte_ns - ar->started_ns) / 1e9);
+        if (!ar->json_overflow && ar->status >= 200 && ar->status < 300) /* SSE, not a large JSON answer */
+            ar->ttft_ns = ar->first_byte_ns > ar->started_ns ? ar->first_byte_ns - ar->started_ns : 1;
+    }
     if (ar->mode == AOR_MODE_BUFFER) {
         aor_usage_from_json(ar->pending.base, ar->pending.len, &ar->usage);
         ar->req->res.content_length = ar->pending.len;

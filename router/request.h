@@ -50,6 +50,8 @@ struct aor_request {
     char id[AOR_REQUEST_ID_MAX + 1];
     int64_t started_ms;
     uint64_t started_ns, upstream_started_ns, first_byte_ns;
+    uint64_t ttft_ns;     /* a successful stream's time to its first byte (gen_ai_server_time_to_first_token), else 0 */
+    const char *genai_op; /* aor_metrics_genai_operation of the route's op (static) */
 
     /* what was asked */
     char method[16];

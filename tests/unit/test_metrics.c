@@ -81,6 +81,66 @@ int main(void)
     free(text);
     aor_backend_deployment_release(d, now);
 
+    /* OpenTelemetry GenAI histograms: operations mapped to a fixed set; the semantic conventions'
+     * bucket bounds; cumulative counts; whole bounds printed whole */
+    CHECK_EQ_STR(aor_metrics_genai_operation("chat/completions", 16), "chat");
+    CHECK_EQ_STR(aor_metrics_genai_operation("responses", 9), "chat");
+    CHECK_EQ_STR(aor_metrics_genai_operation("completions", 11), "text_completion");
+    CHECK_EQ_STR(aor_metrics_genai_operation("embeddings", 10), "embeddings");
+    CHECK_EQ_STR(aor_metrics_genai_operation("chat/completionsX", 17), AOR_METRICS_OTHER);
+    CHECK_EQ_STR(aor_metrics_genai_operation("images/generations", 18), AOR_METRICS_OTHER);
+    CHECK_EQ_STR(aor_metrics_genai_operation(NULL, 0), AOR_METRICS_OTHER);
+    aor_metrics_genai_tokens("chat", "gpt-4o", 3, 10);       /* input le=4, output le=16 */
+    aor_metrics_genai_tokens("chat", "gpt-4o", 17, 1);       /* input le=64, output le=1 */
+    aor_metrics_genai_tokens("chat", "gpt-4o", 20000000, 0); /* input le=67108864, output 0 → le=1 */
+    aor_metrics_genai_tokens("embeddings", "emb", 5, 0);     /* input le=16, no output observation */
+    aor_metrics_genai_ttft("chat", "gpt-4o", 0.003);         /* le=0.005 */
+    aor_metrics_genai_ttft("chat", "gpt-4o", 0.3);           /* le=0.5 */
+    aor_metrics_genai_ttft("chat", "gpt-4o", 11);            /* +Inf only */
+    if ((text = aor_metrics_render(conf, now, &len)) == NULL)
+        return 1;
+#define TOK(type, le, n)                                                                                                           \
+    CHECK(strstr(text, "gen_ai_client_token_usage_bucket{gen_ai_operation_name=\"chat\",gen_ai_request_model=\"gpt-4o\","          \
+                       "gen_ai_token_type=\"" type "\",le=\"" le "\"} " n "\n") != NULL)
+    TOK("input", "1", "0");
+    TOK("input", "4", "1");
+    TOK("input", "16", "1");
+    TOK("input", "64", "2");
+    TOK("input", "16777216", "2");
+    TOK("input", "67108864", "3");
+    TOK("input", "+Inf", "3");
+    TOK("output", "1", "2");
+    TOK("output", "4", "2");
+    TOK("output", "16", "3");
+    TOK("output", "+Inf", "3");
+#undef TOK
+    CHECK(strstr(text, "gen_ai_client_token_usage_sum{gen_ai_operation_name=\"chat\",gen_ai_request_model=\"gpt-4o\","
+                       "gen_ai_token_type=\"input\"} 20000020.000000\n") != NULL);
+    CHECK(strstr(text, "gen_ai_client_token_usage_count{gen_ai_operation_name=\"chat\",gen_ai_request_model=\"gpt-4o\","
+                       "gen_ai_token_type=\"output\"} 3\n") != NULL);
+    CHECK(strstr(text, "gen_ai_client_token_usage_count{gen_ai_operation_name=\"embeddings\",gen_ai_request_model=\"emb\","
+                       "gen_ai_token_type=\"input\"} 1\n") != NULL);
+    CHECK(strstr(text, "gen_ai_token_type=\"output\"") != NULL);
+    CHECK(strstr(text, "gen_ai_request_model=\"emb\",gen_ai_token_type=\"output\"") == NULL);
+    CHECK_EQ_INT(count(text, "gen_ai_client_token_usage_bucket{gen_ai_operation_name=\"chat\",gen_ai_request_model=\"gpt-4o\","
+                             "gen_ai_token_type=\"input\""),
+                 15); /* 14 bounds + Inf */
+    CHECK(strstr(text, "# TYPE gen_ai_server_time_to_first_token_seconds histogram\n") != NULL);
+#define TTFT(le, n)                                                                                                                \
+    CHECK(                                                                                                                         \
+        strstr(text,                                                                                                               \
+               "gen_ai_server_time_to_first_token_seconds_bucket{gen_ai_operation_name=\"chat\",gen_ai_request_model=\"gpt-4o\","  \
+               "le=\"" le "\"} " n "\n") != NULL)
+    TTFT("0.001", "0");
+    TTFT("0.005", "1");
+    TTFT("0.25", "1");
+    TTFT("0.5", "2");
+    TTFT("10", "2");
+    TTFT("+Inf", "3");
+#undef TTFT
+    CHECK_EQ_INT(count(text, "gen_ai_server_time_to_first_token_seconds_bucket{"), 17); /* 16 bounds + Inf */
+    free(text);
+
     aor_config_release(conf);
     aor_metrics_free();
     aor_backend_table_free();
