@@ -460,9 +460,12 @@ static int hop_by_hop_or_private(const h2o_iovec_t *name, const struct conn_toke
         /* proxy_should_drop_for_res: connection, date, keep-alive, transfer-encoding, upgrade */
         return t->proxy_should_drop_for_res || t == H2O_TOKEN_CONTENT_LENGTH || t == H2O_TOKEN_SERVER;
     }
-    /* the router's own names: the client sees exactly one of each, the router's */
-    return NAME_IS(name, "x-ratelimit-remaining-tokens") || NAME_IS(name, "x-ratelimit-remaining-requests") ||
-           NAME_IS(name, "x-request-id") || (name->len >= 14 && strncasecmp(name->base, "x-aoai-router-", 14) == 0);
+    /* the router's own names: the client sees exactly one of each, the router's. Every
+     * x-ratelimit-* of the backend (remaining, limit, reset) describes the backend's capacity,
+     * not the tenant's: beside the tenant's own remaining-* it would mislead, and it tells every
+     * tenant how big the shared deployments are */
+    return (name->len >= 12 && strncasecmp(name->base, "x-ratelimit-", 12) == 0) || NAME_IS(name, "x-request-id") ||
+           (name->len >= 14 && strncasecmp(name->base, "x-aoai-router-", 14) == 0);
 }
 
 /* a backend's request id may be shown and logged: [A-Za-z0-9._:-], 1..AOR_REQUEST_ID_MAX bytes */

@@ -240,4 +240,26 @@ describe("provider openai: OpenAI's x-ratelimit-reset-* headers", () => {
     assert.ok(seen.openai <= 3, JSON.stringify(seen));
     await r.stop();
   });
+
+  it("the backend's x-ratelimit-limit-* and x-ratelimit-reset-* never reach the client: they describe the backend's capacity, not the tenant's", async () => {
+    const r = await startRouter({ env: { OPENAI_KEY }, config: { backends: [openaiFirst()] } });
+    own.push(r);
+    oai.rl = {
+      'x-ratelimit-limit-requests': '5000',
+      'x-ratelimit-limit-tokens': '777777',
+      'x-ratelimit-remaining-requests': '4999',
+      'x-ratelimit-remaining-tokens': '766666',
+      'x-ratelimit-reset-requests': '12ms',
+      'x-ratelimit-reset-tokens': '6m0s',
+    };
+    const x = await post(r.url, CHAT_PATH, chatBody({ max_tokens: 1 }));
+    oai.rl = null;
+    assert.equal(x.status, 200, x.body);
+    assert.equal(x.headers['x-aoai-router-backend'], 'openai');
+    for (const h of ['x-ratelimit-limit-requests', 'x-ratelimit-limit-tokens', 'x-ratelimit-reset-requests', 'x-ratelimit-reset-tokens'])
+      assert.equal(x.headers[h], undefined, `${h} passed through: ${x.headers[h]}`);
+    assert.notEqual(x.headers['x-ratelimit-remaining-tokens'], '766666');
+    assert.notEqual(x.headers['x-ratelimit-remaining-requests'], '4999');
+    await r.stop();
+  });
 });
