@@ -294,6 +294,16 @@ static int connect_redis(struct admin *a)
     password = u.password;
     if (password == NULL && (password = redis_password(a)) == NULL && a->password_env != NULL)
         goto done;
+    if (a->redis_url == NULL && password == NULL && a->conf->redis.cred.type != AOR_CRED_NONE) {
+        /* the CLI fetches no Entra ID token itself: the operator brings one (README "Keyless Redis") */
+        fprintf(stderr,
+                "aoai-router: %s: redis.auth (Entra ID) is not used by the operator commands; connect as an identity "
+                "allowed on the cache: --redis %s://<object id>@%s:%u%s --redis-password-env VAR, with VAR holding an access "
+                "token for https://redis.azure.com (e.g. az account get-access-token --resource https://redis.azure.com "
+                "--query accessToken -o tsv), or an access key\n",
+                a->conf->path, u.tls ? "rediss" : "redis", u.host, (unsigned)u.port, u.db != 0 ? "/<db>" : "");
+        goto done;
+    }
     snprintf(a->where, sizeof(a->where), "%s:%u", u.host, (unsigned)u.port);
     if (u.tls) {
         /* hiredis 0.14 has no TLS: it talks through a socket pair to a verified TLS connection of ours */
