@@ -532,8 +532,11 @@ static void on_deadline_cb(uv_timer_t *t)
     char detail[96];
 
     if (r->state == ST_CONNECTING && r->connect_deadline <= now) {
-        snprintf(detail, sizeof(detail), "not connected within %llu ms%s", (unsigned long long)r->timeout_ms,
-                 r->conn != NULL && r->conn->ready ? "" : (r->url.tls ? " (TCP or TLS handshake)" : " (TCP)"));
+        if (r->waiter.next != NULL) /* still waiting for the cache's first token */
+            snprintf(detail, sizeof(detail), "no Entra ID token for Redis within %llu ms", (unsigned long long)r->timeout_ms);
+        else
+            snprintf(detail, sizeof(detail), "not connected within %llu ms%s", (unsigned long long)r->timeout_ms,
+                     r->conn != NULL && r->conn->ready ? "" : (r->url.tls ? " (TCP or TLS handshake)" : " (TCP)"));
         conn_lost(r, aor_redis_err_timeout, detail);
         return;
     }
