@@ -13,7 +13,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { startMock, get, stopAll, sleep, fetchMetrics, pollUntil, run, tempDir, toYaml, ROUTER_BIN, SLOW } from './lib/harness.mjs';
+import { startMock, get, stopAll, sleep, fetchMetrics, metricSum, pollUntil, run, tempDir, toYaml, ROUTER_BIN, SLOW } from './lib/harness.mjs';
 import { keylessKit, OID, REDIS_RESOURCE, CLIENT_ID, STATIC_KEY, NOSCRIPT_PER_WORKER, sha256, newKey, chat, redisErrors, redisTrouble } from './lib/keyless_redis.mjs';
 
 let east;
@@ -62,6 +62,36 @@ describe('keyless Redis (redis.auth)', () => {
     assert.ok((await redisErrors(r)) <= NOSCRIPT_PER_WORKER, r.stderr());
     assert.deepEqual(redisTrouble(r), []);
     assert.match(r.stderr(), /Entra ID token accepted/);
+    // the Redis token's own gauges (a 3600 s token, no failed call)
+    const m = await fetchMetrics(r);
+    const expiry = metricSum(m, 'aoai_router_redis_credential_expiry_seconds');
+    assert.ok(expiry > 3500 && expiry <= 3600, `expiry gauge ${expiry}`);
+    assert.equal(metricSum(m, 'aoai_router_redis_credential_refresh_failures_total'), 0);
+    assert.doesNotMatch(m, /aoai_router_credential_expiry_seconds\{/, 'no backend has a token credential');
+  });
+
+  it('SIGHUP: an unchanged redis.auth keeps the connections; another object_id reconnects as that ACL user with the cached token', async () => {
+    const redis = await keylessRedis();
+    const id = await redisIdentity(redis);
+    const cfg = config(redis, id);
+    const r = await router(cfg);
+    assert.ok(await pollUntil(async () => (await routerClients(redis)).length === 2, { timeoutMs: 10000 * SLOW }));
+    const before = await routerClients(redis);
+    r.writeConfig({ ...cfg, listen: [{ address: '127.0.0.1', port: r.port }] });
+    const from = r.stderr().length;
+    r.signal('SIGHUP');
+    assert.ok(await r.waitStderr(/reload/i, 5000 * SLOW, from));
+    await sleep(500);
+    assert.deepEqual(await routerClients(redis), before, 'same connections after a reload that changed nothing');
+    const OID2 = 'a0b1c2d3-0000-4000-8000-000000000002';
+    assert.equal((await admin(redis, 'ACL', 'SETUSER', OID2, 'on', `>${id.imds.issued.at(-1)}`, '~*', '&*', '+@all')).stdout.trim(), 'OK');
+    r.writeConfig({ ...cfg, listen: [{ address: '127.0.0.1', port: r.port }], redis: { ...cfg.redis, auth: { ...cfg.redis.auth, object_id: OID2 } } });
+    r.signal('SIGHUP');
+    const as2 = async () => (await admin(redis, 'CLIENT', 'LIST')).stdout.split('\n').filter((l) => l.includes(` user=${OID2} `)).length;
+    assert.ok(await pollUntil(async () => (await as2()) === 2, { timeoutMs: 5000 * SLOW }), 'not reconnected as the new object_id');
+    assert.equal((await routerClients(redis)).length, 0, 'no connection left as the old one');
+    assert.equal(id.imds.calls, 1, 'same identity and resource: the cached token');
+    assert.equal((await chat(r, STATIC_KEY)).status, 200);
   });
 
   it('token rotation: the ACL password becomes the new token (old removed); live connections re-AUTH, none reconnects, no request fails', async () => {
@@ -113,6 +143,9 @@ describe('keyless Redis (redis.auth)', () => {
     assert.equal((await routerClients(redis)).length, 0, 'no connection without a token');
     assert.equal((await authStats(redis)).calls, 0, 'no AUTH without a token');
     assert.match(r.stderr(), /no Entra ID token for Redis/);
+    const m = await fetchMetrics(r);
+    assert.ok(metricSum(m, 'aoai_router_redis_credential_refresh_failures_total') >= 1);
+    assert.equal(metricSum(m, 'aoai_router_redis_credential_expiry_seconds'), 0);
     id.imds.down = false;
     assert.ok(await pollUntil(async () => (await get(r.url, '/readyz')).status === 200, { timeoutMs: 15000 * SLOW, intervalMs: 100 }), 'never recovered');
     const ok = await chat(r, STATIC_KEY);
