@@ -88,7 +88,9 @@ struct redisReader *aor_redis_reader_create(void);
 
 /**
  * Creates the connection object for `loop` and starts connecting at once. `url` as above;
- * `password` (may be NULL) overrides one in the URL. For rediss:// the server's certificate
+ * `password` (may be NULL) overrides one in the URL. `entra` (may be NULL; copied): keyless
+ * Entra ID auth instead of a password (struct aor_redis_entra); its waitq gets this object as its
+ * one watcher until aor_redis_destroy (destroy it before closing the queue). For rediss:// the server's certificate
  * chain must verify against the system CA bundle or `ca_file` (PEM, may be NULL) and name the
  * URL's host (DNS name or IP address); the CA files are read once per process and `ca_file`.
  * Every command gets `command_timeout_ms` (at least 1), and so does each connection attempt
