@@ -119,8 +119,15 @@ struct aor_cred_waiter {
 
 /* a worker's queue of waiting requests, woken (on that worker's loop) when a source gets a token or fails */
 struct aor_cred_waitq *aor_cred_waitq_create(struct uv_loop_s *loop);
-/* drops every waiter (their callbacks are not called) and closes the handles; the loop must run once more */
+/* drops every waiter (their callbacks are not called) and the watch, and closes the handles; the loop must run once more */
 void aor_cred_waitq_close(struct aor_cred_waitq *q);
+
+/**
+ * One watcher per queue (a worker's Redis connection with redis.auth): cb(data) runs on the queue's
+ * loop, after the waiters, whenever a source got a token (a first one or a refresh) or the call for
+ * a first one failed — the moment to look at aor_cred_token() again. NULL cb clears it. Loop thread.
+ */
+void aor_cred_waitq_watch(struct aor_cred_waitq *q, void (*cb)(void *data), void *data);
 
 /**
  * Queues `waiter` until the credential's source is no longer PENDING or `wait_ms` has passed since

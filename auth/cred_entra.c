@@ -218,6 +218,8 @@ struct aor_cred_waitq {
     struct aor_cred_waiter head; /* circular list */
     size_t count;
     int open_handles;
+    void (*watch_cb)(void *data);
+    void *watch_data;
     struct aor_cred_waitq *next;
 };
 
@@ -280,7 +282,19 @@ static void sweep(struct aor_cred_waitq *q)
 
 static void on_waitq_async(uv_async_t *a)
 {
-    sweep(a->data);
+    struct aor_cred_waitq *q = a->data;
+
+    sweep(q);
+    if (q->watch_cb != NULL)
+        q->watch_cb(q->watch_data);
+}
+
+void aor_cred_waitq_watch(struct aor_cred_waitq *q, void (*cb)(void *data), void *data)
+{
+    if (q == NULL)
+        return;
+    q->watch_cb = cb;
+    q->watch_data = cb != NULL ? data : NULL;
 }
 
 static void on_waitq_timer(uv_timer_t *t)
@@ -329,6 +343,8 @@ void aor_cred_waitq_close(struct aor_cred_waitq *q)
     pthread_mutex_unlock(&waitqs_lock);
     while (q->head.next != &q->head)
         unlink_waiter(q->head.next);
+    q->watch_cb = NULL;
+    q->watch_data = NULL;
     uv_close((uv_handle_t *)&q->async, on_waitq_closed);
     uv_close((uv_handle_t *)&q->timer, on_waitq_closed);
 }
@@ -1171,8 +1187,14 @@ static struct aor_token_source *source_create(const struct aor_cred_conf *c)
          s->secret == NULL) ||
         (s->app_service && s->secret == NULL))
         goto fail;
-    snprintf(s->label, sizeof(s->label), "%s%s%s%.80s", type_name(c->type), s->app_service ? " (App Service)" : "",
-             s->client_id != NULL ? " client_id=" : "", s->client_id != NULL ? s->client_id : "");
+    {
+        /* the resource only when it is not the backends' usual one (Redis: https://redis.azure.com) */
+        int show = c->type != AOR_CRED_OPENAI_WIF && s->resource[0] != '\0' &&
+                   strcmp(s->resource, "https://cognitiveservices.azure.com") != 0;
+        snprintf(s->label, sizeof(s->label), "%s%s%s%.80s%s%.60s", type_name(c->type), s->app_service ? " (App Service)" : "",
+                 s->client_id != NULL ? " client_id=" : "", s->client_id != NULL ? s->client_id : "", show ? " resource=" : "",
+                 show ? s->resource : "");
+    }
     for (char *p = s->label; *p != '\0'; ++p)
         if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
             *p = '?';
@@ -1250,11 +1272,15 @@ static void on_reg_wake(uv_async_t *a)
 
 /*
  * The keyless credentials of `conf` that get a source: out[i] (capacity conf->num_backends + 1);
- * returns how many. redis.auth goes here when it is built (its resource makes it its own source).
+ * returns how many. redis.auth is one (its resource, https://redis.azure.com, makes it a source of
+ * its own even for an identity a backend also uses).
  */
 static size_t creds_of(struct aor_config *conf, struct aor_cred_conf **out)
 {
     size_t i, n = 0;
+
+    if (conf->redis.url != NULL && is_token_type(conf->redis.cred.type) && conf->redis.cred.type != AOR_CRED_OPENAI_WIF)
+        out[n++] = &conf->redis.cred;
 
     for (i = 0; i != conf->num_backends; ++i)
         /* Entra tokens are for Azure backends, OpenAI's exchanged tokens for OpenAI's */

@@ -60,7 +60,9 @@ void aor_admin_usage(FILE *out)
             "  -c, --config FILE            the config whose redis: section is used (default ./backends.yaml)\n"
             "  --redis URL                  redis[s]://[user@]host[:port][/db] instead of the config's redis.url\n"
             "  --redis-ca-file PEM          CA bundle trusted for rediss:// (default: the config's redis.ca_file, the system's)\n"
-            "  --redis-password-env VAR     the Redis password from environment variable VAR (not in the URL)\n"
+            "  --redis-password-env VAR     the Redis password from environment variable VAR (not in the URL);\n"
+            "                               for Entra ID (redis.auth is not used here): --redis rediss://<object id>@host:port\n"
+            "                               with VAR holding an access token for https://redis.azure.com\n"
             "  --prefix P                   key prefix in Redis (default: the config's redis.prefix, else aoai:)\n"
             "  --json                       keys list, quota get/set and usage print JSON\n"
             "  -h, --help                   this text\n"
@@ -294,6 +296,16 @@ static int connect_redis(struct admin *a)
     password = u.password;
     if (password == NULL && (password = redis_password(a)) == NULL && a->password_env != NULL)
         goto done;
+    if (a->redis_url == NULL && password == NULL && a->conf->redis.cred.type != AOR_CRED_NONE) {
+        /* the CLI fetches no Entra ID token itself: the operator brings one (README "Keyless Redis") */
+        fprintf(stderr,
+                "aoai-router: %s: redis.auth (Entra ID) is not used by the operator commands; connect as an identity "
+                "allowed on the cache: --redis %s://<object id>@%s:%u%s --redis-password-env VAR, with VAR holding an access "
+                "token for https://redis.azure.com (e.g. az account get-access-token --resource https://redis.azure.com "
+                "--query accessToken -o tsv), or an access key\n",
+                a->conf->path, u.tls ? "rediss" : "redis", u.host, (unsigned)u.port, u.db != 0 ? "/<db>" : "");
+        goto done;
+    }
     snprintf(a->where, sizeof(a->where), "%s:%u", u.host, (unsigned)u.port);
     if (u.tls) {
         /* hiredis 0.14 has no TLS: it talks through a socket pair to a verified TLS connection of ours */

@@ -53,6 +53,7 @@
 #define DEFAULT_IMDS "http://169.254.169.254/metadata/identity/oauth2/token"
 #define DEFAULT_AUTHORITY "https://login.microsoftonline.com/"
 #define DEFAULT_RESOURCE "https://cognitiveservices.azure.com"
+#define DEFAULT_REDIS_RESOURCE "https://redis.azure.com"
 #define DEFAULT_FEDERATION_AUDIENCE "api://AzureADTokenExchange"
 #define DEFAULT_OPENAI_URL "https://api.openai.com"
 
@@ -64,10 +65,15 @@ static const char *const root_keys[] = {"listen", "threads", "redis",    "limits
 static const char *const listen_keys[] = {"address", "port", "tls", NULL};
 static const char *const tls_keys[] = {"cert_file", "key_file", "client_ca_file", "client_cert", NULL};
 static const char *const redis_keys[] = {"url", "prefix", "on_failure", "password_env", "password_file", "ca_file", "auth", NULL};
-/* redis.auth (SPEC §3, Entra ID auth for Azure Redis; not implemented yet): the Entra credential keys and object_id */
+/* redis.auth (SPEC §3, Entra ID auth for Azure Redis): a backend credential's keys plus object_id, per type */
 static const char *const redis_auth_keys[] = {
     "type",           "object_id",  "client_id",   "tenant_id", "token_file", "imds_endpoint",
     "authority_host", "secret_env", "secret_file", "resource",  NULL};
+static const char *const redis_mi_keys[] = {"type", "object_id", "client_id", "imds_endpoint", "resource", NULL};
+static const char *const redis_wi_keys[] = {"type",       "object_id",      "tenant_id", "client_id",
+                                            "token_file", "authority_host", "resource",  NULL};
+static const char *const redis_secret_keys[] = {"type",        "object_id",      "tenant_id", "client_id", "secret_env",
+                                                "secret_file", "authority_host", "resource",  NULL};
 static const char *const limits_keys[] = {"max_body_bytes",          "max_header_bytes",
                                           "max_header_count",        "upstream_timeout_ms",
                                           "connect_timeout_ms",      "max_attempts",
@@ -901,6 +907,30 @@ static int check_readable(struct ctx *c, yaml_node_t *at, const char *where, con
     return rc;
 }
 
+/*
+ * A workload identity token file: the platform writes (and rotates) it, and the credential reads it
+ * again at every refresh, off the request path. Not readable now is a warning (issue 9): at
+ * start-up the projected volume may not be mounted yet; until it is, the credential has no token.
+ */
+static void warn_unreadable(struct ctx *c, yaml_node_t *at, const char *where, const char *path)
+{
+    struct stat st;
+    char ebuf[128];
+    int fd;
+
+    if (skip_secrets(c, where))
+        return;
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0) {
+        warning(c, at, "%s: cannot read \"%s\" now: %s (read again at every token refresh; no token until it is readable)", where,
+                path, errstr(errno, ebuf, sizeof(ebuf)));
+        return;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        warning(c, at, "%s: \"%s\" is not a regular file (read again at every token refresh; no token until it is one)", where,
+                path);
+    close(fd);
+}
+
 /* a path to a file that must be readable now */
 static int get_file(struct ctx *c, yaml_node_t *map, const char *kp, const char *key, char **out)
 {
@@ -1205,28 +1235,22 @@ static void parse_listeners(struct ctx *c, yaml_node_t *top)
     }
 }
 
+static void parse_redis_auth(struct ctx *c, yaml_node_t *auth);
+
 static void parse_redis(struct ctx *c, yaml_node_t *top)
 {
     static const char *const failure_modes[] = {"open", "closed", NULL};
-    static const char *const auth_types[] = {"managed_identity", "workload_identity", "client_secret", NULL};
     struct aor_config *conf = c->conf;
     yaml_node_t *map, *auth;
     int mode = 0;
 
     if (get_map(c, top, "", "redis", &map) == 1) {
         check_known_keys(c, map, "redis", redis_keys, 1);
-        /*
-         * SPEC §3's Entra ID auth for Azure Redis is known, so a typo in it is named as such, but
-         * this build does not implement it: refused here rather than started without credentials.
-         */
         if (get_map(c, map, "redis", "auth", &auth) == 1) {
-            check_known_keys(c, auth, "redis.auth", redis_auth_keys, 1);
-            if (get_enum(c, auth, "redis.auth", "type", auth_types, &mode) == 0)
-                missing(c, auth, "redis.auth", "type");
-            problem(c, lookup(c, map, "auth"),
-                    "redis.auth: Entra ID authentication to Redis is not implemented in this build yet "
-                    "(use password_env or password_file)");
-            mode = 0;
+            parse_redis_auth(c, auth);
+            if (lookup(c, map, "password_env") != NULL || lookup(c, map, "password_file") != NULL)
+                problem(c, lookup(c, map, "auth"),
+                        "redis.auth: Entra ID authentication and password_env/password_file are exclusive (one AUTH)");
         }
         if (req_str(c, map, "redis", "url", &conf->redis.url) == 1) {
             const char *u = conf->redis.url, *auth_end, *at = NULL;
@@ -1242,6 +1266,9 @@ static void parse_redis(struct ctx *c, yaml_node_t *top)
                     problem(c, lookup(c, map, "url"),
                             "redis.url: secrets must come from an environment variable (*_env) or a file (*_file): "
                             "move the password to redis.password_env or redis.password_file");
+                else if (at != NULL && conf->redis.cred.type != AOR_CRED_NONE)
+                    problem(c, lookup(c, map, "url"),
+                            "redis.url: no user name with redis.auth (the AUTH user is redis.auth.object_id)");
             }
         }
         get_checked_str(c, map, "redis", "prefix", check_tenant_name, &conf->redis.prefix);
@@ -1699,9 +1726,68 @@ static void parse_workload_identity(struct ctx *c, yaml_node_t *map, const char 
         yaml_node_t *at = lookup(c, map, "token_file");
         char where[KP_MAX + 40];
         snprintf(where, sizeof(where), "%s%s", kp_join(buf, kp, "token_file"), at != NULL ? "" : " (AZURE_FEDERATED_TOKEN_FILE)");
-        check_readable(c, at != NULL ? at : map, where, cred->token_file);
+        warn_unreadable(c, at != NULL ? at : map, where, cred->token_file);
     }
     parse_authority(c, map, kp, cred);
+}
+
+static void parse_client_secret(struct ctx *c, yaml_node_t *map, const char *kp, struct aor_cred_conf *cred)
+{
+    if (get_checked_str(c, map, kp, "tenant_id", check_entra_tenant, &cred->tenant_id) == 0)
+        missing(c, map, kp, "tenant_id");
+    req_str(c, map, kp, "client_id", &cred->client_id);
+    if (get_secret(c, map, kp, "secret_env", "secret_file", SECRET_BYTES, &cred->secret) == 0)
+        problem(c, map, "%s: needs exactly one of secret_env or secret_file", kp);
+    parse_authority(c, map, kp, cred);
+}
+
+/* the AUTH user name: an object (principal) id is a GUID; anything else that fits in one RESP argument sanely */
+static const char *check_object_id(const char *s, size_t len)
+{
+    if (len == 0 || len > 128)
+        return "must be 1 to 128 characters (the identity's object id)";
+    for (size_t i = 0; i < len; ++i)
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+            return "must be visible ASCII without spaces (the identity's object id)";
+    return NULL;
+}
+
+/*
+ * redis.auth: keyless Entra ID auth to Azure Cache for Redis / Azure Managed Redis. The same credential
+ * types and fields as a backend's (managed_identity, workload_identity, client_secret), for the resource
+ * https://redis.azure.com, plus object_id: the router sends AUTH <object_id> <access token>.
+ */
+static void parse_redis_auth(struct ctx *c, yaml_node_t *auth)
+{
+    static const char *const types[] = {"managed_identity", "workload_identity", "client_secret", NULL};
+    static const char *const *const keys[] = {redis_mi_keys, redis_wi_keys, redis_secret_keys};
+    struct aor_cred_conf *cred = &c->conf->redis.cred;
+    const char *kp = "redis.auth";
+    int type, rc;
+
+    if ((rc = get_enum(c, auth, kp, "type", types, &type)) != 1) {
+        if (rc == 0)
+            missing(c, auth, kp, "type");
+        check_known_keys(c, auth, kp, redis_auth_keys, 1);
+        return;
+    }
+    check_known_keys(c, auth, kp, keys[type], 1);
+    cred->type = (enum aor_cred_type)(AOR_CRED_MANAGED_IDENTITY + type);
+    if (get_checked_str(c, auth, kp, "object_id", check_object_id, &c->conf->redis.object_id) == 0)
+        missing(c, auth, kp, "object_id");
+    switch (cred->type) {
+    case AOR_CRED_MANAGED_IDENTITY:
+        parse_managed_identity(c, auth, kp, cred);
+        break;
+    case AOR_CRED_WORKLOAD_IDENTITY:
+        parse_workload_identity(c, auth, kp, cred);
+        break;
+    default:
+        parse_client_secret(c, auth, kp, cred);
+        break;
+    }
+    if (get_str(c, auth, kp, "resource", &cred->resource) == 0)
+        cred->resource = xstrdup(c, DEFAULT_REDIS_RESOURCE);
 }
 
 static void parse_cred(struct ctx *c, yaml_node_t *map, const char *kp, struct aor_cred_conf *cred)
@@ -1738,12 +1824,7 @@ static void parse_cred(struct ctx *c, yaml_node_t *map, const char *kp, struct a
         parse_resource(c, map, kp, cred);
         break;
     case AOR_CRED_CLIENT_SECRET:
-        if (get_checked_str(c, map, kp, "tenant_id", check_entra_tenant, &cred->tenant_id) == 0)
-            missing(c, map, kp, "tenant_id");
-        req_str(c, map, kp, "client_id", &cred->client_id);
-        if (get_secret(c, map, kp, "secret_env", "secret_file", SECRET_BYTES, &cred->secret) == 0)
-            problem(c, map, "%s: needs exactly one of secret_env or secret_file", kp);
-        parse_authority(c, map, kp, cred);
+        parse_client_secret(c, map, kp, cred);
         parse_resource(c, map, kp, cred);
         break;
     case AOR_CRED_OIDC_FEDERATION:
@@ -2205,6 +2286,8 @@ static void free_conf(struct aor_config *conf)
     free(conf->redis.prefix);
     free(conf->redis.ca_file);
     free_secret(conf->redis.password);
+    free_cred(&conf->redis.cred);
+    free(conf->redis.object_id);
     free(conf->metrics.address);
     for (size_t i = 0; i < conf->auth.num_jwt; ++i) {
         struct aor_jwt_issuer_conf *iss = &conf->auth.jwt[i];

@@ -145,6 +145,11 @@ struct aor_config {
         int fail_closed; /* on_failure: closed */
         char *password;  /* AUTH password from password_env / password_file; NULL = none. Never inline in url */
         char *ca_file;   /* PEM CA bundle trusted for rediss:// besides the system's; NULL = none */
+        /* redis.auth (keyless Entra ID, Azure Cache for Redis / Azure Managed Redis): `AUTH <object_id> <token>`.
+         * cred.type is AOR_CRED_NONE without it, else managed_identity, workload_identity or client_secret, filled
+         * in as for a backend (below) but with resource default https://redis.azure.com. Exclusive with password */
+        struct aor_cred_conf cred;
+        char *object_id; /* the identity's object (principal) id: the AUTH user name; visible ASCII */
     } redis;
     struct {
         /* every field is >= 1; the *_ms fields are at most 86400000, max_body_bytes at most 1 GiB */

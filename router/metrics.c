@@ -534,6 +534,19 @@ static void emit_credential_series(struct out *o, const struct aor_config *conf,
         emit(o, "aoai_router_credential_expiry_seconds{backend=\"%s\"} %lld\n",
              label_value(conf->backends[i].name, backend, sizeof(backend)), (long long)(at > now_ms ? (at - now_ms) / 1000 : 0));
     }
+    /* redis.auth: the Redis token's source (its own: resource https://redis.azure.com) */
+    if (conf->redis.cred.stats != NULL) {
+        int64_t at = __atomic_load_n(&conf->redis.cred.stats->expires_at_ms, __ATOMIC_RELAXED);
+        emit(o,
+             "# HELP aoai_router_redis_credential_refresh_failures_total Failed token calls of redis.auth's credential.\n"
+             "# TYPE aoai_router_redis_credential_refresh_failures_total counter\n"
+             "aoai_router_redis_credential_refresh_failures_total %llu\n"
+             "# HELP aoai_router_redis_credential_expiry_seconds Seconds until Redis' current access token expires (0: none).\n"
+             "# TYPE aoai_router_redis_credential_expiry_seconds gauge\n"
+             "aoai_router_redis_credential_expiry_seconds %lld\n",
+             (unsigned long long)__atomic_load_n(&conf->redis.cred.stats->refresh_failures, __ATOMIC_RELAXED),
+             (long long)(at > now_ms ? (at - now_ms) / 1000 : 0));
+    }
 }
 
 char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *len)

@@ -32,11 +32,13 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <h2o.h>
+#include "cred.h"
 #include "log.h"
 #include "redis.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+#define TOKEN_CHECK_MS 1000 /* redis.auth: how often a live connection looks for a new token (besides the cache's wake-ups) */
 
 const char aor_redis_err_timeout[] = "redis command timed out";
 const char aor_redis_err_disconnected[] = "redis connection lost";
@@ -49,7 +51,7 @@ enum conn_state {
     ST_UP,         /* PING answered */
 };
 
-enum cmd_kind { CMD_USER, CMD_HANDSHAKE, CMD_HANDSHAKE_LAST };
+enum cmd_kind { CMD_USER, CMD_HANDSHAKE, CMD_HANDSHAKE_LAST, CMD_REAUTH };
 
 /* owned by this module from send until its reply (or the connection's end); the caller's handle meanwhile */
 struct aor_redis_cmd {
@@ -59,6 +61,7 @@ struct aor_redis_cmd {
     uint64_t deadline; /* uv_now() ms */
     struct aor_redis_cmd *next;
     enum cmd_kind kind;
+    uint64_t serial; /* an Entra ID AUTH: the token's serial; 0 otherwise */
 };
 
 /* one transport attempt; freed when it is given up (the h2o socket closes on its own) */
@@ -81,6 +84,8 @@ struct conn {
     size_t wire_len;
     int ready;         /* TCP (and TLS) established */
     int handshake_set; /* AUTH/SELECT/PING are ahead of everything in `out`: it may be written */
+    int open;          /* the handshake succeeded: user commands may go (before, only `gate` bytes may) */
+    size_t gate;       /* bytes of the handshake still to hand to the socket while not open */
 };
 
 /* freed when both timers are closed and no getaddrinfo is in flight (see on_handle_closed) */
@@ -106,6 +111,18 @@ struct aor_redis {
     int open_handles;
     int destroyed;
     uint64_t rng;
+    /* keyless Entra ID auth (redis.auth); cred.type AOR_CRED_NONE = none */
+    struct aor_cred_conf cred;     /* type and source only: sources live until exit, configs do not */
+    char *object_id;               /* the AUTH user name */
+    struct aor_cred_waitq *waitq;  /* the loop's (NULL: a handshake does not wait for a first token) */
+    struct aor_cred_waiter waiter; /* queued while a handshake waits for a first token */
+    uv_timer_t token_timer;        /* every TOKEN_CHECK_MS while there is redis.auth */
+    uint64_t auth_serial;          /* the token the live connection is authenticated with */
+    uint64_t handshake_serial;     /* the token in the current attempt's AUTH */
+    uint64_t reauth_serial;        /* the token of a re-AUTH in flight, 0 = none */
+    uint64_t refused_serial;       /* the last token Redis refused (reported to the cache once) */
+    int token_wait;                /* down for want of a token: the next one that comes connects at once */
+    int token_logged;              /* "no token" was logged since the last connection */
 };
 
 static void count_error(void)
@@ -408,6 +425,10 @@ static void conn_free(struct conn *c)
     }
     if (c->reader != NULL)
         redisReaderFree(c->reader);
+    if (c->out != NULL)
+        explicit_bzero(c->out, c->out_len); /* may hold an AUTH (password or token) */
+    if (c->wire != NULL)
+        explicit_bzero(c->wire, c->wire_len);
     free(c->out);
     free(c->wire);
     free(c);
@@ -447,6 +468,8 @@ static void conn_lost(struct aor_redis *r, const char *err, const char *detail)
         return;
     r->state = ST_DOWN;
     r->conn = NULL;
+    r->auth_serial = r->reauth_serial = r->handshake_serial = 0;
+    aor_cred_wait_cancel(&r->waiter);
     count_error();
     /* a working connection that dropped is rebuilt at once (commands queue meanwhile); a stuck
      * one or a failed attempt waits, and commands are refused until Redis answers again */
@@ -509,8 +532,11 @@ static void on_deadline_cb(uv_timer_t *t)
     char detail[96];
 
     if (r->state == ST_CONNECTING && r->connect_deadline <= now) {
-        snprintf(detail, sizeof(detail), "not connected within %llu ms%s", (unsigned long long)r->timeout_ms,
-                 r->conn != NULL && r->conn->ready ? "" : (r->url.tls ? " (TCP or TLS handshake)" : " (TCP)"));
+        if (r->waiter.next != NULL) /* still waiting for the cache's first token */
+            snprintf(detail, sizeof(detail), "no Entra ID token for Redis within %llu ms", (unsigned long long)r->timeout_ms);
+        else
+            snprintf(detail, sizeof(detail), "not connected within %llu ms%s", (unsigned long long)r->timeout_ms,
+                     r->conn != NULL && r->conn->ready ? "" : (r->url.tls ? " (TCP or TLS handshake)" : " (TCP)"));
         conn_lost(r, aor_redis_err_timeout, detail);
         return;
     }
@@ -565,6 +591,7 @@ static struct aor_redis_cmd *new_cmd(struct aor_redis *r, enum cmd_kind kind, ao
     cmd->kind = kind;
     cmd->deadline = uv_now(r->loop) + r->timeout_ms;
     cmd->next = NULL;
+    cmd->serial = 0;
     return cmd;
 }
 
@@ -588,7 +615,7 @@ static struct aor_redis_cmd *send_formatted(struct aor_redis *r, enum cmd_kind k
  * Puts the handshake commands ahead of every user command (on the wire and in the FIFO), in
  * order, then lets the output go. Called once the transport is ready.
  */
-static int queue_handshake(struct aor_redis *r, const char *password)
+static int queue_handshake(struct aor_redis *r, const char *user, const char *password, uint64_t serial)
 {
     struct conn *c = r->conn;
     const char *argv[3][3];
@@ -600,8 +627,8 @@ static int queue_handshake(struct aor_redis *r, const char *password)
     if (password != NULL) {
         argv[n][0] = "AUTH";
         argc[n] = 2;
-        if (r->url.user != NULL) {
-            argv[n][1] = r->url.user;
+        if (user != NULL) {
+            argv[n][1] = user;
             argv[n][2] = password;
             argc[n] = 3;
         } else {
@@ -636,6 +663,8 @@ static int queue_handshake(struct aor_redis *r, const char *password)
             return -1;
         }
         at += (size_t)len;
+        if (password != NULL && i == 0)
+            cmd->serial = serial;
         if (last != NULL)
             last->next = cmd;
         else
@@ -647,22 +676,149 @@ static int queue_handshake(struct aor_redis *r, const char *password)
         r->tail = last;
     r->head = first;
     c->handshake_set = 1;
+    c->gate = at; /* the user commands behind it wait for its answers */
     arm_deadline(r);
     conn_flush(c);
     return 0;
 }
 
+static int has_entra(const struct aor_redis *r)
+{
+    return r->cred.type != AOR_CRED_NONE;
+}
+
+static void begin_handshake(struct aor_redis *r);
+
+static void on_first_token(struct aor_cred_waiter *w)
+{
+    struct aor_redis *r = (struct aor_redis *)((char *)w - offsetof(struct aor_redis, waiter));
+
+    if (!r->destroyed && r->state == ST_CONNECTING && r->conn != NULL && r->conn->ready && !r->conn->handshake_set)
+        begin_handshake(r);
+}
+
+/* the cache has no token for Redis (its endpoint fails): Redis is down until one comes (check_token) */
+static void no_token(struct aor_redis *r, const char *why)
+{
+    uint64_t delay;
+    unsigned shift;
+
+    r->token_wait = 1;
+    if (!r->token_logged)
+        AOR_LOG(AOR_LOG_WARN, "redis", "%s:%u: %s; Redis counts as unavailable until one comes", r->url.host, (unsigned)r->url.port,
+                why);
+    r->token_logged = 1;
+    ++r->failures;
+    shift = r->failures - 1 < 8 ? r->failures - 1 : 8;
+    delay = (uint64_t)BACKOFF_MIN_MS << shift;
+    if (delay > BACKOFF_MAX_MS)
+        delay = BACKOFF_MAX_MS;
+    uv_timer_start(&r->retry_timer, on_retry, delay, 0);
+}
+
 /*
- * The transport is ready: time for AUTH/SELECT/PING. This is the hook for a credential that is
- * fetched asynchronously (an Entra ID token for Azure Redis): start the fetch here and call
- * queue_handshake(r, token) from its completion — user commands keep waiting in the output
- * buffer meanwhile, and connect_deadline bounds the wait; conn_lost() frees everything if it
- * fires first (the fetch's completion then finds r->conn changed and drops the token).
+ * The transport is ready: time for AUTH/SELECT/PING. With redis.auth the AUTH carries the
+ * credential's current token from the shared cache; while the first one is still being fetched the
+ * attempt waits for it (user commands wait in the output buffer, connect_deadline bounds it;
+ * conn_lost() unqueues the wait). No token at all: the attempt is given up like a refused one.
  */
 static void begin_handshake(struct aor_redis *r)
 {
-    if (queue_handshake(r, r->password) != 0)
-        conn_lost(r, aor_redis_err_disconnected, "cannot queue the handshake");
+    struct aor_cred_header tok;
+    uint64_t now;
+    int st, rc;
+
+    if (!has_entra(r)) {
+        if (queue_handshake(r, r->url.user, r->password, 0) != 0)
+            conn_lost(r, aor_redis_err_disconnected, "cannot queue the handshake");
+        return;
+    }
+    if ((st = aor_cred_token(&r->cred, &tok)) == AOR_CRED_OK) {
+        r->handshake_serial = tok.serial;
+        rc = queue_handshake(r, r->object_id, tok.secret, tok.serial);
+        aor_cred_header_release(&tok);
+        if (rc != 0)
+            conn_lost(r, aor_redis_err_disconnected, "cannot queue the handshake");
+        return;
+    }
+    now = uv_now(r->loop);
+    if (st == AOR_CRED_PENDING && r->connect_deadline > now &&
+        aor_cred_wait(r->waitq, &r->cred, &r->waiter, r->connect_deadline - now, on_first_token) == 0)
+        return;
+    r->token_wait = 1;
+    conn_lost(r, aor_redis_err_disconnected,
+              st == AOR_CRED_PENDING ? "no Entra ID token for Redis within the connect timeout"
+                                     : "no Entra ID token for Redis (the token endpoint fails)");
+}
+
+/* Redis refused the token `serial` (WRONGPASS): said once per token, and the cache asked for a fresh one once */
+static void token_refused(struct aor_redis *r, uint64_t serial, const char *words)
+{
+    if (serial == 0 || serial == r->refused_serial)
+        return;
+    r->refused_serial = serial;
+    AOR_LOG(AOR_LOG_WARN, "redis", "%s:%u: Redis refused the Entra ID token of object_id %s: %.200s; asking for a new token",
+            r->url.host, (unsigned)r->url.port, r->object_id, words != NULL ? words : "");
+    aor_cred_refused(&r->cred, serial);
+}
+
+/* a new token for a live connection: AUTH again, in order with the commands (Redis keeps the old identity until it answers) */
+static void send_reauth(struct aor_redis *r, const struct aor_cred_header *tok)
+{
+    const char *argv[3] = {"AUTH", r->object_id, tok->secret};
+    size_t argvlen[3] = {4, strlen(r->object_id), tok->secret_len};
+    struct aor_redis_cmd *cmd = NULL;
+    char *buf = NULL;
+    int len = redisFormatCommandArgv(&buf, 3, argv, argvlen);
+
+    if (len > 0)
+        cmd = send_formatted(r, CMD_REAUTH, NULL, NULL, buf, (size_t)len);
+    if (buf != NULL) {
+        explicit_bzero(buf, (size_t)(len > 0 ? len : 0));
+        redisFreeCommand(buf);
+    }
+    if (cmd == NULL) {
+        conn_lost(r, aor_redis_err_disconnected, "cannot queue the re-authentication");
+        return;
+    }
+    cmd->serial = tok->serial;
+    r->reauth_serial = tok->serial;
+}
+
+/*
+ * redis.auth: what the credential's token means for the connection now (the timer, the cache's
+ * wake-ups, a handshake's end). Down for want of a token and one came: connect. Up and the cache
+ * holds a newer token: re-AUTH. Up and no valid token any more: drop (Azure would at expiry).
+ */
+static void check_token(struct aor_redis *r)
+{
+    struct aor_cred_header tok;
+    int st;
+
+    if (!has_entra(r) || r->destroyed)
+        return;
+    st = aor_cred_token(&r->cred, &tok);
+    if (r->state == ST_DOWN && r->token_wait && st != AOR_CRED_UNAVAILABLE && !r->gai_active) {
+        r->token_wait = 0;
+        uv_timer_stop(&r->retry_timer);
+        start_connect(r);
+    } else if (r->state == ST_UP && st != AOR_CRED_OK) {
+        r->token_wait = 1;
+        conn_lost(r, aor_redis_err_disconnected, "the Entra ID token is no longer valid and no new one came");
+    } else if (r->state == ST_UP && tok.serial != r->auth_serial && tok.serial != r->reauth_serial && r->reauth_serial == 0) {
+        send_reauth(r, &tok);
+    }
+    aor_cred_header_release(&tok);
+}
+
+static void on_token_timer(uv_timer_t *t)
+{
+    check_token(t->data);
+}
+
+static void on_token_news(void *data)
+{
+    check_token(data);
 }
 
 static void on_written(h2o_socket_t *sock, const char *err)
@@ -671,6 +827,7 @@ static void on_written(h2o_socket_t *sock, const char *err)
 
     if (c == NULL)
         return;
+    explicit_bzero(c->wire, c->wire_len); /* may hold an AUTH */
     free(c->wire);
     c->wire = NULL;
     c->wire_len = 0;
@@ -686,20 +843,52 @@ static void conn_flush(struct conn *c)
 {
     h2o_iovec_t buf;
 
-    if (!c->ready || !c->handshake_set || c->wire != NULL || c->out_len == 0)
+    if (!c->ready || !c->handshake_set || c->wire != NULL || c->out_len == 0 || (!c->open && c->gate == 0))
         return;
-    c->wire = c->out;
-    c->wire_len = c->out_len;
-    c->out = NULL;
-    c->out_len = c->out_cap = 0;
+    if (!c->open && c->gate < c->out_len) {
+        /* only the handshake: no command goes on a connection before its AUTH was answered OK */
+        if ((c->wire = malloc(c->gate)) == NULL) {
+            conn_lost(c->r, aor_redis_err_disconnected, "out of memory");
+            return;
+        }
+        c->wire_len = c->gate;
+        memcpy(c->wire, c->out, c->gate);
+        explicit_bzero(c->out, c->gate);
+        memmove(c->out, c->out + c->gate, c->out_len - c->gate);
+        c->out_len -= c->gate;
+        c->gate = 0;
+    } else {
+        if (!c->open)
+            c->gate -= c->out_len;
+        c->wire = c->out;
+        c->wire_len = c->out_len;
+        c->out = NULL;
+        c->out_len = c->out_cap = 0;
+    }
     buf = h2o_iovec_init(c->wire, c->wire_len);
     h2o_socket_write(c->sock, &buf, 1, on_written);
 }
 
-static void handshake_reply(struct aor_redis *r, enum cmd_kind kind, const redisReply *reply)
+static void handshake_reply(struct aor_redis *r, const struct aor_redis_cmd *cmd, const redisReply *reply)
 {
+    enum cmd_kind kind = cmd->kind;
+
+    if (kind == CMD_REAUTH) {
+        if (reply->type == REDIS_REPLY_STATUS && strcmp(reply->str, "OK") == 0) {
+            r->auth_serial = cmd->serial;
+            r->reauth_serial = 0;
+            AOR_LOG(AOR_LOG_DEBUG, "redis", "%s:%u: re-authenticated with a new Entra ID token", r->url.host,
+                    (unsigned)r->url.port);
+            check_token(r); /* a newer one came meanwhile */
+            return;
+        }
+        token_refused(r, cmd->serial, reply->type == REDIS_REPLY_ERROR ? reply->str : "not OK");
+        conn_lost(r, aor_redis_err_disconnected, "re-authentication with a new Entra ID token refused");
+        return;
+    }
     if (reply->type == REDIS_REPLY_ERROR) {
         /* the server's words (e.g. WRONGPASS, LOADING) never contain the password */
+        token_refused(r, cmd->serial, reply->str);
         conn_lost(r, aor_redis_err_disconnected, reply->str);
         return;
     }
@@ -710,13 +899,21 @@ static void handshake_reply(struct aor_redis *r, enum cmd_kind kind, const redis
         return;
     }
     if (kind == CMD_HANDSHAKE_LAST) {
-        if (r->failures != 0 || !r->ever_up)
-            AOR_LOG(AOR_LOG_INFO, "redis", "%s:%u: connected%s (db %u)", r->url.host, (unsigned)r->url.port,
-                    r->url.tls ? " over TLS, certificate verified" : "", r->url.db);
+        if (r->failures != 0 || !r->ever_up || r->token_logged)
+            AOR_LOG(AOR_LOG_INFO, "redis", "%s:%u: connected%s%s (db %u)", r->url.host, (unsigned)r->url.port,
+                    r->url.tls ? " over TLS, certificate verified" : "", has_entra(r) ? ", Entra ID token accepted" : "",
+                    r->url.db);
         r->state = ST_UP;
         r->failures = 0;
         r->ever_up = 1;
-        arm_deadline(r);
+        r->token_logged = 0;
+        r->auth_serial = r->handshake_serial;
+        r->conn->open = 1;
+        conn_flush(r->conn);
+        if (r->state == ST_UP)
+            arm_deadline(r);
+        if (r->state == ST_UP)
+            check_token(r);
     }
 }
 
@@ -750,7 +947,7 @@ static void dispatch_replies(struct conn *c)
         if (r->head == NULL)
             r->tail = NULL;
         if (cmd->kind != CMD_USER) {
-            handshake_reply(r, cmd->kind, reply);
+            handshake_reply(r, cmd, reply);
         } else if (cmd->cb != NULL) {
             aor_redis_cb cb = cmd->cb;
             const char *err = reply->type == REDIS_REPLY_ERROR ? aor_redis_err_reply : NULL;
@@ -979,6 +1176,17 @@ static void start_connect(struct aor_redis *r)
     struct sockaddr_in sin;
     struct sockaddr_in6 sin6;
 
+    if (has_entra(r)) {
+        /* no token and none on its way: not even a TCP connection (check_token connects when one comes) */
+        struct aor_cred_header tok;
+        int st = aor_cred_token(&r->cred, &tok);
+        aor_cred_header_release(&tok);
+        if (st == AOR_CRED_UNAVAILABLE) {
+            r->state = ST_DOWN;
+            no_token(r, "no Entra ID token for Redis (the token endpoint fails)");
+            return;
+        }
+    }
     memset(&sin, 0, sizeof(sin));
     memset(&sin6, 0, sizeof(sin6));
     if (inet_pton(AF_INET, r->url.host, &sin.sin_addr) == 1) {
@@ -1024,16 +1232,34 @@ static void free_secret(char *s)
     }
 }
 
-/* installs url/password/ca_file (and the TLS context they need) into `r`; 0, or -1 leaving `r` as it was */
-static int apply_settings(struct aor_redis *r, struct aor_redis_url *u, const char *password, const char *ca_file)
+/* installs url/password/ca_file/entra (and the TLS context they need) into `r`; 0, or -1 leaving `r` as it was */
+static int apply_settings(struct aor_redis *r, struct aor_redis_url *u, const char *password, const char *ca_file,
+                          const struct aor_redis_entra *entra)
 {
-    char *pw = NULL, *ca = NULL;
+    char *pw = NULL, *ca = NULL, *oid = NULL;
     SSL_CTX *tls = NULL;
 
-    if ((password != NULL && (pw = strdup(password)) == NULL) || (ca_file != NULL && (ca = strdup(ca_file)) == NULL))
+    if (entra != NULL && (entra->cred == NULL || entra->cred->type == AOR_CRED_NONE || entra->object_id == NULL))
+        entra = NULL;
+    if (entra != NULL)
+        password = NULL; /* one AUTH: the token */
+    if ((password != NULL && (pw = strdup(password)) == NULL) || (ca_file != NULL && (ca = strdup(ca_file)) == NULL) ||
+        (entra != NULL && (oid = strdup(entra->object_id)) == NULL))
         goto fail;
     if (u->tls && (tls = tls_acquire(ca_file)) == NULL)
         goto fail;
+    free(r->object_id);
+    r->object_id = oid;
+    memset(&r->cred, 0, sizeof(r->cred));
+    if (entra != NULL) {
+        r->cred.type = entra->cred->type;
+        r->cred.source = entra->cred->source;
+        if (entra->waitq != NULL)
+            r->waitq = entra->waitq;
+        aor_cred_waitq_watch(r->waitq, on_token_news, r);
+    } else {
+        aor_cred_waitq_watch(r->waitq, NULL, NULL);
+    }
     if (r->password != r->url.password)
         free_secret(r->password);
     aor_redis_url_clear(&r->url);
@@ -1049,11 +1275,12 @@ static int apply_settings(struct aor_redis *r, struct aor_redis_url *u, const ch
 fail:
     free_secret(pw);
     free(ca);
+    free(oid);
     return -1;
 }
 
 struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char *password, const char *ca_file,
-                                   uint64_t command_timeout_ms)
+                                   const struct aor_redis_entra *entra, uint64_t command_timeout_ms)
 {
     struct aor_redis *r = calloc(1, sizeof(*r));
     struct aor_redis_url u;
@@ -1064,8 +1291,9 @@ struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char 
         free(r);
         return NULL;
     }
-    if (apply_settings(r, &u, password, ca_file) != 0) {
+    if (apply_settings(r, &u, password, ca_file, entra) != 0) {
         aor_redis_url_clear(&u);
+        aor_cred_waitq_watch(r->waitq, NULL, NULL);
         free(r);
         return NULL;
     }
@@ -1076,9 +1304,13 @@ struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char 
         r->rng = (uint64_t)(uintptr_t)r ^ uv_hrtime() ^ 0x9e3779b97f4a7c15ull;
     uv_timer_init(loop, &r->deadline_timer);
     uv_timer_init(loop, &r->retry_timer);
+    uv_timer_init(loop, &r->token_timer);
     r->deadline_timer.data = r;
     r->retry_timer.data = r;
-    r->open_handles = 2;
+    r->token_timer.data = r;
+    r->open_handles = 3;
+    if (has_entra(r))
+        uv_timer_start(&r->token_timer, on_token_timer, TOKEN_CHECK_MS, TOKEN_CHECK_MS);
     start_connect(r);
     return r;
 }
@@ -1088,6 +1320,12 @@ void aor_redis_destroy(struct aor_redis *r)
     if (r == NULL)
         return;
     r->destroyed = 1;
+    aor_cred_wait_cancel(&r->waiter);
+    aor_cred_waitq_watch(r->waitq, NULL, NULL);
+    r->waitq = NULL;
+    free(r->object_id);
+    r->object_id = NULL;
+    memset(&r->cred, 0, sizeof(r->cred));
     for (struct aor_redis_cmd *c = r->head; c != NULL; c = c->next)
         c->cb = NULL; /* dropped without a call */
     if (r->conn != NULL) {
@@ -1111,8 +1349,10 @@ void aor_redis_destroy(struct aor_redis *r)
         uv_cancel((uv_req_t *)&r->gai); /* on_resolved still runs (ECANCELED) and frees r if last */
     uv_timer_stop(&r->deadline_timer);
     uv_timer_stop(&r->retry_timer);
+    uv_timer_stop(&r->token_timer);
     uv_close((uv_handle_t *)&r->deadline_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->retry_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&r->token_timer, on_handle_closed);
 }
 
 static int same_str(const char *a, const char *b)
@@ -1120,22 +1360,34 @@ static int same_str(const char *a, const char *b)
     return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *password, const char *ca_file)
+int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *password, const char *ca_file,
+                          const struct aor_redis_entra *entra)
 {
     struct aor_redis_url u;
+    int with_entra = entra != NULL && entra->cred != NULL && entra->cred->type != AOR_CRED_NONE && entra->object_id != NULL;
 
     if (r == NULL || r->destroyed || aor_redis_url_parse(url, &u) != 0)
         return -1;
+    if (with_entra)
+        password = NULL;
     if (same_str(r->url.host, u.host) && r->url.port == u.port && r->url.db == u.db && r->url.tls == u.tls &&
         same_str(r->url.user, u.user) && same_str(r->password, password != NULL ? password : u.password) &&
-        (!u.tls || same_str(r->ca_file, ca_file))) {
+        (!u.tls || same_str(r->ca_file, ca_file)) && with_entra == has_entra(r) &&
+        (!with_entra || (r->cred.type == entra->cred->type && r->cred.source == entra->cred->source &&
+                         same_str(r->object_id, entra->object_id)))) {
         aor_redis_url_clear(&u);
         return 0;
     }
-    if (apply_settings(r, &u, password, ca_file) != 0) {
+    if (apply_settings(r, &u, password, ca_file, entra) != 0) {
         aor_redis_url_clear(&u);
         return -1;
     }
+    r->token_wait = r->token_logged = 0;
+    r->refused_serial = 0;
+    if (has_entra(r))
+        uv_timer_start(&r->token_timer, on_token_timer, TOKEN_CHECK_MS, TOKEN_CHECK_MS);
+    else
+        uv_timer_stop(&r->token_timer);
     AOR_LOG(AOR_LOG_INFO, "redis", "settings changed by a reload: reconnecting to %s:%u%s", r->url.host, (unsigned)r->url.port,
             r->url.tls ? " over TLS" : "");
     /* the old connection goes now (its pending commands fail as disconnected, so their waiters

@@ -17,6 +17,24 @@ struct redisReply;
 struct redisReader;
 struct aor_redis;
 struct aor_redis_cmd;
+struct aor_cred_conf;
+struct aor_cred_waitq;
+
+/*
+ * Keyless Entra ID auth (redis.auth): every connection sends `AUTH <object_id> <access token>` in
+ * its handshake, the token taken from the credential's shared cache (auth/cred.h; nothing here
+ * fetches one). No token yet: the attempt waits for the first one within the connect timeout; no
+ * token at all (the token endpoint fails): Redis stays down (commands refused) and the next token
+ * that comes connects at once. A new token (the cache refreshed it ahead of expiry) is sent as a
+ * new AUTH on the live connection; a token that stopped being valid without a successor drops the
+ * connection. An AUTH refused (WRONGPASS) drops the connection, is logged with Redis' words and
+ * counted, and asks the cache for a fresh token once per token.
+ */
+struct aor_redis_entra {
+    const struct aor_cred_conf *cred; /* a token type with its source attached (aor_creds_attach); only type and source are kept */
+    const char *object_id;            /* the AUTH user name */
+    struct aor_cred_waitq *waitq;     /* the loop's wait queue (wakes a handshake waiting for a first token); may be NULL */
+};
 
 /* errstr values given to callbacks (compare the pointers) */
 extern const char aor_redis_err_timeout[];      /* no reply within the command timeout */
@@ -70,7 +88,9 @@ struct redisReader *aor_redis_reader_create(void);
 
 /**
  * Creates the connection object for `loop` and starts connecting at once. `url` as above;
- * `password` (may be NULL) overrides one in the URL. For rediss:// the server's certificate
+ * `password` (may be NULL) overrides one in the URL. `entra` (may be NULL; copied): keyless
+ * Entra ID auth instead of a password (struct aor_redis_entra); its waitq gets this object as its
+ * one watcher until aor_redis_destroy (destroy it before closing the queue). For rediss:// the server's certificate
  * chain must verify against the system CA bundle or `ca_file` (PEM, may be NULL) and name the
  * URL's host (DNS name or IP address); the CA files are read once per process and `ca_file`.
  * Every command gets `command_timeout_ms` (at least 1), and so does each connection attempt
@@ -87,7 +107,7 @@ struct redisReader *aor_redis_reader_create(void);
  * Loop thread only, like everything else here.
  */
 struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char *password, const char *ca_file,
-                                   uint64_t command_timeout_ms);
+                                   const struct aor_redis_entra *entra, uint64_t command_timeout_ms);
 
 /**
  * Frees the connection. Commands still pending are dropped: their callbacks are never called
@@ -99,14 +119,16 @@ void aor_redis_destroy(struct aor_redis *r);
 
 /**
  * A reload's `redis:` settings (SIGHUP): when the URL (redis:// ↔ rediss:// included), the
- * effective password or, for rediss://, the CA file differ from the ones in use, the current connection is dropped (its pending
- * commands fail with aor_redis_err_disconnected) and a new one is made at once with the new settings; the object and its handle
- * stay, so whoever holds `r` keeps using it. Unchanged settings: nothing happens. 0, or -1 when `url` does not parse or the CA
- * certificates cannot be loaded (the old settings stay), or on ENOMEM. Loop thread only; not from inside a callback of this module.
+ * effective password, the Entra ID identity (token source or object id) or, for rediss://, the CA file differ from the ones in use,
+ * the current connection is dropped (its pending commands fail with aor_redis_err_disconnected) and a new one is made at once with
+ * the new settings; the object and its handle stay, so whoever holds `r` keeps using it. Unchanged settings: nothing happens. 0, or
+ * -1 when `url` does not parse or the CA certificates cannot be loaded (the old settings stay), or on ENOMEM. Loop thread only; not
+ * from inside a callback of this module.
  */
-int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *password, const char *ca_file);
+int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *password, const char *ca_file,
+                          const struct aor_redis_entra *entra);
 
-/* 1 once connected, authenticated and answering PING; 0 while (re)connecting or down */
+/* 1 once connected, authenticated (AUTH answered OK) and answering PING; 0 while (re)connecting, waiting for a token, or down */
 int aor_redis_is_up(const struct aor_redis *r);
 
 /**

@@ -598,9 +598,21 @@ static void begin_shutdown(struct aor_worker *w)
     uv_timer_start(&w->drain_timer, on_drain_timeout, w->conf->limits.drain_timeout_ms, 0);
 }
 
+/* redis.auth of `conf` for aor_redis_create/reconfigure: NULL without it */
+static const struct aor_redis_entra *redis_entra(struct aor_worker *w, const struct aor_config *conf, struct aor_redis_entra *out)
+{
+    if (conf->redis.cred.type == AOR_CRED_NONE || conf->redis.object_id == NULL)
+        return NULL;
+    out->cred = &conf->redis.cred;
+    out->object_id = conf->redis.object_id;
+    out->waitq = w->cred_waitq;
+    return out;
+}
+
 static void on_wake(uv_async_t *async)
 {
     struct aor_worker *w = async->data;
+    struct aor_redis_entra entra;
 
     pthread_mutex_lock(&gen_lock);
     if (w->seen_generation != generation) {
@@ -613,7 +625,8 @@ static void on_wake(uv_async_t *async)
     pthread_mutex_unlock(&gen_lock);
     /* a changed `redis:` (URL, password rotation): the same client, reconnected with the new settings */
     if (w->redis != NULL && w->conf->redis.url != NULL && !w->shutting_down &&
-        aor_redis_reconfigure(w->redis, w->conf->redis.url, w->conf->redis.password, w->conf->redis.ca_file) != 0)
+        aor_redis_reconfigure(w->redis, w->conf->redis.url, w->conf->redis.password, w->conf->redis.ca_file,
+                              redis_entra(w, w->conf, &entra)) != 0)
         AOR_LOG(AOR_LOG_ERROR, "server", "worker %u: cannot apply the new redis settings; the old ones stay", w->id);
     if (shutdown_requested && !w->shutting_down)
         begin_shutdown(w);
@@ -665,12 +678,12 @@ static void *worker_main(void *arg)
         aor_keystores_stop();
         aor_creds_stop();
     }
-    aor_cred_waitq_close(w->cred_waitq);
-    w->cred_waitq = NULL;
     aor_apikeys_destroy(w->apikeys);
     aor_coolshare_stop(w);
     aor_admit_worker_stop(w);
-    aor_redis_destroy(w->redis);
+    aor_redis_destroy(w->redis); /* before the wait queue it watches */
+    aor_cred_waitq_close(w->cred_waitq);
+    w->cred_waitq = NULL;
     aor_tokencache_destroy(w->tokens);
     uv_run(&w->loop, UV_RUN_NOWAIT);
     aor_upstream_destroy(w->upstream);
@@ -697,6 +710,7 @@ static void *worker_main(void *arg)
 static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
 {
     const struct aor_config *conf = w->conf;
+    struct aor_redis_entra entra;
     size_t i;
 
     w->id = id;
@@ -709,8 +723,12 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
         (w->accesslog = aor_accesslog_create(&w->loop)) == NULL ||
         (w->tokens = aor_tokencache_create(AOR_TOKENCACHE_DEFAULT_CAPACITY)) == NULL)
         return -1;
-    if (conf->redis.url != NULL && (w->redis = aor_redis_create(&w->loop, conf->redis.url, conf->redis.password,
-                                                                conf->redis.ca_file, REDIS_COMMAND_TIMEOUT_MS)) == NULL)
+    /* the wait queue first: a Redis with redis.auth watches it for its tokens */
+    if ((w->cred_waitq = aor_cred_waitq_create(&w->loop)) == NULL)
+        return -1;
+    if (conf->redis.url != NULL &&
+        (w->redis = aor_redis_create(&w->loop, conf->redis.url, conf->redis.password, conf->redis.ca_file,
+                                     redis_entra(w, conf, &entra), REDIS_COMMAND_TIMEOUT_MS)) == NULL)
         return -1;
     if ((w->apikeys = aor_apikeys_create(w->redis, AOR_APIKEY_CACHE_DEFAULT)) == NULL || aor_coolshare_start(w) != 0 ||
         aor_admit_worker_start(w) != 0)
@@ -719,7 +737,7 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
     if (id == 0 && aor_keystores_start(&w->loop, w->upstream) != 0)
         return -1;
     /* ... and the backends' access tokens (managed identity, workload identity, Entra ID) */
-    if ((w->cred_waitq = aor_cred_waitq_create(&w->loop)) == NULL || (id == 0 && aor_creds_start(&w->loop, w->upstream) != 0))
+    if (id == 0 && aor_creds_start(&w->loop, w->upstream) != 0)
         return -1;
     uv_async_init(&w->loop, &w->wake, on_wake);
     w->wake.data = w;

@@ -671,7 +671,7 @@ static void test_reset(void)
     CHECK_EQ_INT(uv_listen((uv_stream_t *)&server, 16, fake_connection), 0);
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
     fake_accepted = 0;
-    r = aor_redis_create(&loop, url, NULL, NULL, 1000);
+    r = aor_redis_create(&loop, url, NULL, NULL, NULL, 1000);
     CHECK(is_up_flag(r, 1000));
     run_until(NULL, 400); /* reset after 50 ms, reconnect at once, reset again ... */
     CHECK(fake_accepted >= 3);
@@ -775,7 +775,7 @@ static void test_e2e(void)
     uv_loop_init(&loop);
 
     /* wrong password: never up, and after the first failure commands are refused at once */
-    r = aor_redis_create(&loop, url, "wrong", NULL, 200);
+    r = aor_redis_create(&loop, url, "wrong", NULL, NULL, 200);
     CHECK(r != NULL);
     CHECK(!is_up_flag(r, 300));
     CHECK(aor_redis_command(r, on_cmd, NULL, "PING") == NULL);
@@ -786,7 +786,7 @@ static void test_e2e(void)
         char dead[64];
         snprintf(dead, sizeof(dead), "redis://127.0.0.1:%d", free_port());
         errors0 = __atomic_load_n(&aor_redis_errors_total, __ATOMIC_RELAXED);
-        r = aor_redis_create(&loop, dead, NULL, NULL, 200);
+        r = aor_redis_create(&loop, dead, NULL, NULL, NULL, 200);
         CHECK(!is_up_flag(r, 300));
         CHECK(__atomic_load_n(&aor_redis_errors_total, __ATOMIC_RELAXED) > errors0);
         aor_redis_destroy(r);
@@ -797,7 +797,7 @@ static void test_e2e(void)
         char named[128];
         struct cmd_waiter w = {0};
         snprintf(named, sizeof(named), "redis://localhost:%d/3", redis_port);
-        r = aor_redis_create(&loop, named, PASSWORD, NULL, 1000);
+        r = aor_redis_create(&loop, named, PASSWORD, NULL, NULL, 1000);
         CHECK(is_up_flag(r, 3000));
         CHECK(aor_redis_command(r, on_cmd, &w, "PING") != NULL);
         aor_redis_destroy(r);
@@ -805,12 +805,12 @@ static void test_e2e(void)
         CHECK_EQ_INT(w.calls, 0);
     }
     /* destroy while the name is still being resolved */
-    r = aor_redis_create(&loop, "redis://localhost:1", NULL, NULL, 100);
+    r = aor_redis_create(&loop, "redis://localhost:1", NULL, NULL, NULL, 100);
     aor_redis_destroy(r);
 
     test_reset();
 
-    r = aor_redis_create(&loop, url, PASSWORD, NULL, 200);
+    r = aor_redis_create(&loop, url, PASSWORD, NULL, NULL, 200);
     k = aor_apikeys_create(r, 0);
     /* commands queue behind the handshake of the first connection */
     {

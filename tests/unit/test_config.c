@@ -483,9 +483,22 @@ static void test_defaults(void)
         CHECK_EQ_STR(conf->backends[0].cred.token_file, tmp("wi-token"));
     }
     aor_config_release(conf);
+    /* an unreadable token file is a warning (issue 9): the projected volume may come later; it is read at every refresh */
     setenv("AZURE_FEDERATED_TOKEN_FILE", tmp("no-such-token"), 1);
-    EXPECT_ONLY_PROBLEM(parse(LISTEN "backends:\n  - { name: b1, url: \"http://h\", auth: { type: workload_identity } }\n"),
-                        "t.yaml:4: backends[0].auth.token_file (AZURE_FEDERATED_TOKEN_FILE): cannot read");
+    conf = parse(LISTEN "backends:\n  - { name: b1, url: \"http://h\", auth: { type: workload_identity } }\n");
+    CHECK(conf != NULL);
+    CHECK(strstr(errs, "t.yaml:4: warning: backends[0].auth.token_file (AZURE_FEDERATED_TOKEN_FILE): cannot read \"") != NULL);
+    CHECK(strstr(errs, "no-such-token\" now: No such file or directory (read again at every token refresh") != NULL);
+    CHECK_EQ_INT(count_lines(errs), 1);
+    if (conf != NULL)
+        CHECK_EQ_STR(conf->backends[0].cred.token_file, tmp("no-such-token"));
+    aor_config_release(conf);
+    conf = parsef(LISTEN "backends:\n  - { name: b1, url: \"http://h\", auth: { type: workload_identity, token_file: %s } }\n",
+                  tmpdir);
+    CHECK(conf != NULL);
+    CHECK(strstr(errs, "t.yaml:4: warning: backends[0].auth.token_file: \"") != NULL &&
+          strstr(errs, "is not a regular file") != NULL);
+    aor_config_release(conf);
     unsetenv("AZURE_TENANT_ID");
     unsetenv("AZURE_CLIENT_ID");
     unsetenv("AZURE_FEDERATED_TOKEN_FILE");
@@ -1150,12 +1163,108 @@ static void test_unknown_keys(void)
     EXPECT_PROBLEM(parse(LISTEN BACKEND "redis: { url: \"rediss://h\", ca_file: /nonexistent/ca.pem }\n"), "redis.ca_file");
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "redis: { url: \"redis:/h\" }\n"),
                         "t.yaml:5: redis.url: must start with redis:// or rediss:// (TLS) and name a host");
-    /* the SPEC's keys of sections this build does not implement are known, and refused as such */
-    EXPECT_ONLY_PROBLEM(
-        parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n  auth: { type: managed_identity, client_id: c, object_id: o }\n"),
-        "t.yaml:7: redis.auth: Entra ID authentication to Redis is not implemented in this build yet");
     EXPECT_PROBLEM(parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n  auth: { type: managed_identity, objectid: o }\n"),
                    "t.yaml:7: redis.auth.objectid: unknown key \"objectid\" (did you mean \"object_id\"?)");
+}
+
+/* ---- redis.auth: keyless Entra ID auth to Azure Redis (SPEC §3) --------------------------------------------------------- */
+
+static void test_redis_auth(void)
+{
+    struct aor_config *conf;
+
+    /* managed identity: the backend fields, resource https://redis.azure.com, object_id */
+    EXPECT_OK(conf, parse(LISTEN BACKEND "redis:\n  url: \"rediss://h:6380\"\n"
+                                         "  auth: { type: managed_identity, client_id: c, object_id: 11111111-2222 }\n"));
+    if (conf != NULL) {
+        CHECK_EQ_INT(conf->redis.cred.type, AOR_CRED_MANAGED_IDENTITY);
+        CHECK_EQ_STR(conf->redis.cred.client_id, "c");
+        CHECK_EQ_STR(conf->redis.cred.resource, "https://redis.azure.com");
+        CHECK_EQ_STR(conf->redis.cred.imds_endpoint, "http://169.254.169.254/metadata/identity/oauth2/token");
+        CHECK_EQ_STR(conf->redis.object_id, "11111111-2222");
+        CHECK(conf->redis.password == NULL);
+        CHECK_EQ_INT(conf->backends[0].cred.type, AOR_CRED_NONE);
+    }
+    aor_config_release(conf);
+    /* workload identity (file read at every refresh) and client_secret, with an overridden resource */
+    write_file(tmp("redis-wi-token"), "eyJ...");
+    EXPECT_OK(conf, parsef(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n"
+                                          "  auth: { type: workload_identity, tenant_id: t, client_id: c, token_file: %s,\n"
+                                          "          authority_host: \"http://127.0.0.1:9/\", object_id: o }\n",
+                           tmp("redis-wi-token")));
+    if (conf != NULL) {
+        CHECK_EQ_INT(conf->redis.cred.type, AOR_CRED_WORKLOAD_IDENTITY);
+        CHECK_EQ_STR(conf->redis.cred.token_file, tmp("redis-wi-token"));
+        CHECK_EQ_STR(conf->redis.cred.authority_host, "http://127.0.0.1:9/");
+        CHECK_EQ_STR(conf->redis.cred.resource, "https://redis.azure.com");
+    }
+    aor_config_release(conf);
+    setenv("AOR_TEST_REDIS_SP", "redis-sp-secret", 1);
+    EXPECT_OK(conf,
+              parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n"
+                                   "  auth: { type: client_secret, tenant_id: t, client_id: c, secret_env: AOR_TEST_REDIS_SP,\n"
+                                   "          object_id: o, resource: \"https://redis.example\" }\n"));
+    if (conf != NULL) {
+        CHECK_EQ_INT(conf->redis.cred.type, AOR_CRED_CLIENT_SECRET);
+        CHECK_EQ_STR(conf->redis.cred.secret, "redis-sp-secret");
+        CHECK_EQ_STR(conf->redis.cred.resource, "https://redis.example");
+        CHECK_EQ_STR(conf->redis.cred.authority_host, "https://login.microsoftonline.com/");
+    }
+    aor_config_release(conf);
+    /* each field checked like a backend's; object_id required; keys of another type named */
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n  auth: { type: managed_identity }\n"),
+                        "t.yaml:7: redis.auth.object_id: missing required key");
+    EXPECT_ONLY_PROBLEM(
+        parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n  auth: { type: managed_identity, object_id: \"a b\" }\n"),
+        "t.yaml:7: redis.auth.object_id: must be visible ASCII without spaces");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n  auth: { object_id: o }\n"),
+                        "t.yaml:7: redis.auth.type: missing required key");
+    EXPECT_PROBLEM(parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n  auth: { type: api_key, object_id: o }\n"),
+                   "t.yaml:7: redis.auth.type:");
+    EXPECT_PROBLEM(
+        parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n  auth: { type: managed_identity, object_id: o, secret_env: X }\n"),
+        "t.yaml:7: redis.auth.secret_env: unknown key");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n"
+                                             "  auth: { type: client_secret, tenant_id: t, client_id: c, object_id: o }\n"),
+                        "t.yaml:7: redis.auth: needs exactly one of secret_env or secret_file");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n"
+                                             "  auth: { type: managed_identity, object_id: o, imds_endpoint: \"ftp://x\" }\n"),
+                        "t.yaml:7: redis.auth.imds_endpoint: must start with http:// or https://");
+    /* one AUTH: not with a password, nor a user in the URL */
+    setenv("AOR_TEST_REDIS_PW", "pw", 1);
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n  password_env: AOR_TEST_REDIS_PW\n"
+                                             "  auth: { type: managed_identity, object_id: o }\n"),
+                        "t.yaml:8: redis.auth: Entra ID authentication and password_env/password_file are exclusive");
+    EXPECT_ONLY_PROBLEM(
+        parse(LISTEN BACKEND "redis:\n  url: \"redis://someone@h\"\n  auth: { type: managed_identity, object_id: o }\n"),
+        "t.yaml:6: redis.url: no user name with redis.auth");
+    /* workload identity's unreadable token file: a warning, as for a backend */
+    conf = parsef(LISTEN BACKEND "redis:\n  url: \"redis://h\"\n"
+                                 "  auth: { type: workload_identity, tenant_id: t, client_id: c, token_file: %s, object_id: o }\n",
+                  tmp("no-such-redis-token"));
+    CHECK(conf != NULL);
+    CHECK(strstr(errs, "t.yaml:7: warning: redis.auth.token_file: cannot read") != NULL);
+    CHECK_EQ_INT(count_lines(errs), 1);
+    aor_config_release(conf);
+    /* --check --no-secrets: the secret is not read */
+    unsetenv("AOR_TEST_REDIS_SP");
+    {
+        const char *doc = LISTEN BACKEND
+            "redis:\n  url: \"redis://h\"\n"
+            "  auth: { type: client_secret, tenant_id: t, client_id: c, secret_env: AOR_TEST_REDIS_SP, object_id: o }\n";
+        FILE *f;
+        char path[160];
+        snprintf(path, sizeof(path), "%s", tmp("redis-auth.yaml"));
+        if ((f = fopen(path, "w")) == NULL)
+            abort();
+        fputs(doc, f);
+        fclose(f);
+        conf = aor_config_load_flags(path, NULL, AOR_CONFIG_NO_SECRETS);
+        CHECK(conf != NULL);
+        aor_config_release(conf);
+        conf = aor_config_load(path, NULL);
+        CHECK(conf == NULL);
+    }
 }
 
 /* ---- who may omit auth: (SPEC §3) ----------------------------------------------------------------------------------- */
@@ -1501,6 +1610,7 @@ int main(void)
     test_secrets();
     test_limits();
     test_unknown_keys();
+    test_redis_auth();
     test_auth_omitted();
     test_backend_url();
     test_warnings();

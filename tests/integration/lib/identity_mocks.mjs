@@ -65,7 +65,10 @@ function endpointState() {
  * One server for all four identity endpoints.
  * opts: {clientIds: [..] accepted by IMDS/App Service (absent client_id always ok), identityHeader,
  *        tenant, entraClients: {client_id: {secret} | {assertionFile} | {assertionFrom: 'auth0'}},
- *        auth0: {clientId, clientSecret, audience}, scope (Entra's expected scope; default SCOPE)}
+ *        auth0: {clientId, clientSecret, audience},
+ *        scope (Entra's only accepted scope; default: each of `resources` + '/.default'),
+ *        resources: [..] accepted (default [RESOURCE]; keyless Redis: ['https://redis.azure.com']),
+ *        onIssue: async (token, endpointName) => .. awaited before a token is answered (e.g. ACL SETUSER)}
  */
 export async function startIdentity(opts = {}) {
   const port = await freePort();
@@ -94,6 +97,7 @@ export async function startIdentity(opts = {}) {
     },
   };
 
+  const resources = opts.resources ?? [RESOURCE];
   async function answer(ep, res, check, build) {
     ep.calls++;
     if (ep.down) {
@@ -118,6 +122,7 @@ export async function startIdentity(opts = {}) {
       return;
     }
     const token = await build();
+    if (opts.onIssue) await opts.onIssue(token, Object.keys(st).find((k) => st[k] === ep));
     ep.issued.push(token);
     return { life: ep.expiresValue ?? ep.lifetimeS };
   }
@@ -138,7 +143,7 @@ export async function startIdentity(opts = {}) {
           () => {
             if (headers.metadata !== 'true') return { description: 'Required metadata header not specified' };
             if (q['api-version'] !== '2018-02-01') return { description: `bad api-version ${q['api-version']}` };
-            if (q.resource !== RESOURCE) return { description: `bad resource ${q.resource}` };
+            if (!resources.includes(q.resource)) return { description: `bad resource ${q.resource}` };
             if (q.client_id !== undefined && !(opts.clientIds ?? []).includes(q.client_id))
               return { error: 'invalid_request', description: 'Identity not found' };
             return null;
@@ -185,7 +190,8 @@ export async function startIdentity(opts = {}) {
             if (m[1] !== opts.tenant) return { error: 'invalid_tenant', description: `AADSTS90002: Tenant '${m[1]}' not found.` };
             if (!/^application\/x-www-form-urlencoded/.test(headers['content-type'] ?? '')) return { description: 'not a form' };
             if (f.grant_type !== 'client_credentials') return { error: 'unsupported_grant_type', description: f.grant_type };
-            if (f.scope !== (opts.scope ?? SCOPE)) return { error: 'invalid_scope', description: `bad scope ${f.scope}` };
+            const scopes = opts.scope !== undefined ? [opts.scope] : resources.map((r) => `${r}/.default`);
+            if (!scopes.includes(f.scope)) return { error: 'invalid_scope', description: `bad scope ${f.scope}` };
             const client = (opts.entraClients ?? {})[f.client_id];
             if (!client) return { error: 'unauthorized_client', description: 'AADSTS700016: Application not found' };
             if (client.secret !== undefined) {
