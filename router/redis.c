@@ -952,7 +952,9 @@ static void dispatch_replies(struct conn *c)
             aor_redis_cb cb = cmd->cb;
             const char *err = reply->type == REDIS_REPLY_ERROR ? aor_redis_err_reply : NULL;
             cmd->cb = NULL;
-            if (err != NULL)
+            /* NOSCRIPT is the expected answer to the first EVALSHA after a start or SCRIPT FLUSH
+             * (the caller loads the script and goes on): not a failure an operator should see */
+            if (err != NULL && !(reply->len >= 8 && memcmp(reply->str, "NOSCRIPT", 8) == 0))
                 count_error();
             cb(cmd->data, reply, err);
         }

@@ -14,9 +14,9 @@ export const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex')
 export const newKey = () => `aor_${crypto.randomBytes(32).toString('base64url')}`;
 export const STATIC_KEY = newKey();
 
-// aoai_router_redis_errors_total also counts each worker's first EVALSHA answered NOSCRIPT (admit.c then
-// sends EVAL): up to one per worker (2) on a healthy Redis. Beyond that, a Redis trouble
-export const NOSCRIPT_PER_WORKER = 2;
+// aoai_router_redis_errors_total does not count the NOSCRIPT that answers each worker's first EVALSHA
+// (admit.c then sends EVAL): a healthy Redis shows 0. Beyond that, a Redis trouble
+export const NOSCRIPT_PER_WORKER = 0;
 
 /** [redis] warnings/errors the router logged (a lost connection, a refused AUTH) */
 export const redisTrouble = (r) => r.stderr().split('\n').filter((l) => /(warn|error) \[redis\]/.test(l));
