@@ -232,12 +232,25 @@ static int call_nums(struct aor_admit_call *c, const int64_t *v, size_t n)
     char buf[CALL_MAX_ARGS * 21], *p = buf;
     size_t i;
 
+    /* two digits a step: quotas and TTLs are long numbers, and this runs twice a request */
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+                                "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+                                "8081828384858687888990919293949596979899";
+
     for (i = 0; i != n && i != CALL_MAX_ARGS; ++i) {
         char tmp[24], *q = tmp + sizeof(tmp);
         uint64_t u = v[i] < 0 ? (uint64_t)0 - (uint64_t)v[i] : (uint64_t)v[i];
-        do
-            *--q = (char)('0' + u % 10);
-        while ((u /= 10) != 0);
+        while (u >= 100) {
+            q -= 2;
+            memcpy(q, pairs + u % 100 * 2, 2);
+            u /= 100;
+        }
+        if (u >= 10) {
+            q -= 2;
+            memcpy(q, pairs + u * 2, 2);
+        } else {
+            *--q = (char)('0' + u);
+        }
         if (v[i] < 0)
             *--q = '-';
         if (i != 0)

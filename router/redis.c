@@ -367,7 +367,8 @@ static SSL_CTX *tls_acquire(const char *ca_file)
 static void conn_flush(struct conn *c);
 
 /* appends `len` bytes to the output (at `at`: 0 = the front); 0, or -1 when over the bound or ENOMEM */
-static int out_insert(struct conn *c, size_t at, const char *buf, size_t len)
+/* room for `len` more bytes of output, within the bound */
+static int out_reserve(struct conn *c, size_t len)
 {
     if (len > AOR_REDIS_MAX_OUTPUT_BYTES - c->out_len)
         return -1;
@@ -381,6 +382,13 @@ static int out_insert(struct conn *c, size_t at, const char *buf, size_t len)
         c->out = p;
         c->out_cap = cap;
     }
+    return 0;
+}
+
+static int out_insert(struct conn *c, size_t at, const char *buf, size_t len)
+{
+    if (out_reserve(c, len) != 0)
+        return -1;
     memmove(c->out + at + len, c->out + at, c->out_len - at);
     memcpy(c->out + at, buf, len);
     c->out_len += len;
@@ -1459,36 +1467,44 @@ static char *put_count(char *p, char prefix, size_t n)
     return p;
 }
 
+/* a user command must not turn the connection into a subscriber or a monitor */
+static int forbidden_name(const char *name, size_t n)
+{
+    static const char *const names[] = {"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "monitor", NULL};
+
+    for (size_t i = 0; names[i] != NULL; ++i)
+        if (strlen(names[i]) == n && strncasecmp(name, names[i], n) == 0)
+            return 1;
+    return 0;
+}
+
 /*
- * The request side of RESP is a multi-bulk of counted strings; it is written here rather than
- * with hiredis' redisFormatCommandArgv, which formats every count with sprintf: ~740
- * instructions per argument, 18 % of the router's CPU per request with quotas on (callgrind,
- * bench/README.md). Replies are still read by hiredis' redisReader.
+ * The request side of RESP is a multi-bulk of counted strings; it is written here, straight into
+ * the connection's output, rather than with hiredis' redisFormatCommandArgv, which formats every
+ * count with sprintf (~740 instructions per argument: 18 % of the router's CPU per request with
+ * quotas on, callgrind, bench/README.md) into a buffer of its own. Replies are still read by
+ * hiredis' redisReader.
  */
 struct aor_redis_cmd *aor_redis_command_argv(struct aor_redis *r, aor_redis_cb cb, void *data, int argc, const char **argv,
                                              const size_t *argvlen)
 {
-    struct aor_redis_cmd *cmd = NULL;
-    char stack[2048], *buf = stack, *p;
+    struct aor_redis_cmd *cmd;
+    struct conn *c;
     size_t len = 24;
+    char *p;
 
-    if (!accepting(r) || argc < 1) {
-        count_error();
-        return NULL;
-    }
+    if (!accepting(r) || argc < 1 || (c = r->conn) == NULL)
+        goto fail;
     for (int i = 0; i != argc; ++i) {
         size_t l = argvlen != NULL ? argvlen[i] : strlen(argv[i]);
-        if (l > AOR_REDIS_MAX_OUTPUT_BYTES || len > AOR_REDIS_MAX_OUTPUT_BYTES) {
-            count_error();
-            return NULL;
-        }
+        if (l > AOR_REDIS_MAX_OUTPUT_BYTES || len > AOR_REDIS_MAX_OUTPUT_BYTES)
+            goto fail;
         len += 24 + l + 2;
     }
-    if (len > sizeof(stack) && (buf = malloc(len)) == NULL) {
-        count_error();
-        return NULL;
-    }
-    p = put_count(buf, '*', (size_t)argc);
+    if (forbidden_name(argv[0], argvlen != NULL ? argvlen[0] : strlen(argv[0])) || out_reserve(c, len) != 0 ||
+        (cmd = new_cmd(r, CMD_USER, cb, data)) == NULL)
+        goto fail;
+    p = put_count(c->out + c->out_len, '*', (size_t)argc);
     for (int i = 0; i != argc; ++i) {
         size_t l = argvlen != NULL ? argvlen[i] : strlen(argv[i]);
         p = put_count(p, '$', l);
@@ -1497,12 +1513,13 @@ struct aor_redis_cmd *aor_redis_command_argv(struct aor_redis *r, aor_redis_cb c
         *p++ = '\r';
         *p++ = '\n';
     }
-    cmd = send_formatted(r, CMD_USER, cb, data, buf, (size_t)(p - buf));
-    if (buf != stack)
-        free(buf);
-    if (cmd == NULL)
-        count_error();
+    c->out_len = (size_t)(p - c->out);
+    fifo_push(r, cmd);
+    conn_flush(c);
     return cmd;
+fail:
+    count_error();
+    return NULL;
 }
 
 void aor_redis_cancel(struct aor_redis_cmd *cmd)
