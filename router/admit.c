@@ -47,7 +47,9 @@
  *       separated: fewer arguments to format): estimate, fallback tpm rpm day month, retry-after
  *       of minute, day, month, buckets in today, buckets in this month, bucket TTL.
  * Returns {0 admitted | 1 over quota | 2 forbidden, limit or reason, retry-after,
- *          remaining tokens, remaining requests, the tenant hash as HGETALL gave it}. */
+ *          remaining tokens, remaining requests, the tenant hash as HGETALL gave it,
+ *          usage {minute tokens, minute requests, day tokens, month tokens} with this request's
+ *          reservation when admitted ({} when forbidden)}. */
 static const char reserve_lua[] =
     "local n = {}\n"
     "for x in string.gmatch(ARGV[3], '%S+') do n[#n + 1] = tonumber(x) end\n"
@@ -70,8 +72,8 @@ static const char reserve_lua[] =
     "end\n"
     "local tpm, rpm = num(f['tpm'], n[2]), num(f['rpm'], n[3])\n"
     "local day, month = num(f['tokens_per_day'], n[4]), num(f['tokens_per_month'], n[5])\n"
-    "if f['disabled'] == '1' then return {2, 'disabled', 0, -1, -1, h} end\n"
-    "if tpm == 0 or rpm == 0 or day == 0 or month == 0 then return {2, 'zero', 0, -1, -1, h} end\n"
+    "if f['disabled'] == '1' then return {2, 'disabled', 0, -1, -1, h, {}} end\n"
+    "if tpm == 0 or rpm == 0 or day == 0 or month == 0 then return {2, 'zero', 0, -1, -1, h, {}} end\n"
     "local deps = ARGV[2]\n"
     "local d = f['deployments']\n"
     "if d ~= nil then\n"
@@ -79,7 +81,7 @@ static const char reserve_lua[] =
     "  if #d < 1024 and string.find(d, '[^,]') and not string.find(d, '[%z\\1-\\32\\127]') then deps = d end\n"
     "end\n"
     "if ARGV[1] ~= '' and deps ~= '*' and not string.find(',' .. deps .. ',', ',' .. ARGV[1] .. ',', 1, true) then\n"
-    "  return {2, 'deployment', 0, -1, -1, h}\n"
+    "  return {2, 'deployment', 0, -1, -1, h, {}}\n"
     "end\n"
     "local est, nday, nmonth = n[1], n[9], n[10]\n"
     "local rday, rmonth = 0, 0\n"
@@ -90,17 +92,21 @@ static const char reserve_lua[] =
     "end\n"
     "local mt = get(KEYS[2], 'total_tokens') + get(KEYS[5], 'tokens')\n"
     "local mr = get(KEYS[2], 'requests') + get(KEYS[5], 'requests')\n"
-    "if month >= 0 and get(KEYS[4], 'total_tokens') + rmonth + est > month then return {1, 'month', n[8], -1, -1, h} end\n"
-    "if day >= 0 and get(KEYS[3], 'total_tokens') + rday + est > day then return {1, 'day', n[7], -1, -1, h} end\n"
-    "if tpm >= 0 and mt + est > tpm then return {1, 'tpm', n[6], -1, -1, h} end\n"
-    "if rpm >= 0 and mr + 1 > rpm then return {1, 'rpm', n[6], -1, -1, h} end\n"
+    "local dt = get(KEYS[3], 'total_tokens') + rday\n"
+    "local mo = get(KEYS[4], 'total_tokens') + rmonth\n"
+    /* the windows' usage as this reply leaves it (the status page and the quota gauges) */
+    "local u = {mt, mr, dt, mo}\n"
+    "if month >= 0 and mo + est > month then return {1, 'month', n[8], -1, -1, h, u} end\n"
+    "if day >= 0 and dt + est > day then return {1, 'day', n[7], -1, -1, h, u} end\n"
+    "if tpm >= 0 and mt + est > tpm then return {1, 'tpm', n[6], -1, -1, h, u} end\n"
+    "if rpm >= 0 and mr + 1 > rpm then return {1, 'rpm', n[6], -1, -1, h, u} end\n"
     "redis.call('HINCRBY', KEYS[5], 'tokens', est)\n"
     "redis.call('HINCRBY', KEYS[5], 'requests', 1)\n"
     "redis.call('EXPIRE', KEYS[5], n[11])\n"
     "local rt, rr = -1, -1\n"
     "if tpm >= 0 then rt = tpm - mt - est end\n"
     "if rpm >= 0 then rr = rpm - mr - 1 end\n"
-    "return {0, '', 0, rt, rr, h}\n";
+    "return {0, '', 0, rt, rr, h, {mt + est, mr + 1, dt + est, mo + est}}\n";
 
 /* KEYS: usage keys, then the reservation bucket when it has one.
  * ARGV: deployment ('' none), and the numbers (space separated): has bucket (1/0), estimate,
@@ -440,6 +446,13 @@ static void refuse_forbidden(struct aor_request *ar, const char *why)
     aor_metrics_quota_rejection(ar->tenant, "deployment");
 }
 
+/* the status page's and the gauges' view of the tenant's quota and windows */
+static void publish_usage(const struct aor_request *ar, const struct aor_quota *q, const int64_t used[4])
+{
+    const int64_t limit[4] = {q->tpm, q->rpm, q->day, q->month};
+    aor_metrics_tenant_quota(ar->tenant, limit, used, &ar->adm.win);
+}
+
 /* the admit decision on in-process counters: without Redis, or with Redis unreachable (open) */
 static void local_admit(struct aor_request *ar, int64_t now)
 {
@@ -447,7 +460,7 @@ static void local_admit(struct aor_request *ar, int64_t now)
     struct local_entry *e;
     struct aor_quota q;
     enum aor_quota_limit l;
-    int64_t retry = 0;
+    int64_t retry = 0, used[4];
 
     pthread_mutex_lock(&local_lock);
     if ((e = local_find(ar->tenant)) == NULL) {
@@ -467,7 +480,13 @@ static void local_admit(struct aor_request *ar, int64_t now)
         return;
     }
     l = aor_quota_local_reserve(&e->c, &q, &a->win, now, a->estimate, &a->remaining_tokens, &a->remaining_requests, &retry);
+    used[0] = e->c.minute_tokens;
+    used[1] = e->c.minute_requests;
+    used[2] = e->c.day_tokens;
+    used[3] = e->c.month_tokens;
     pthread_mutex_unlock(&local_lock);
+    if (e != &local_table[AOR_ADMIT_LOCAL_TENANTS]) /* the shared overflow entry's counters are nobody's */
+        publish_usage(ar, &q, used);
     if (l != AOR_LIMIT_NONE) {
         refuse_quota(ar, l, retry);
         return;
@@ -487,8 +506,9 @@ static void store_unavailable(struct aor_request *ar, int64_t now)
     local_admit(ar, now);
 }
 
-/* remembers the tenant hash a reserve script saw: the last-known quota for outages; logs bad values once per change */
-static void remember_quota(struct aor_request *ar, const redisReply *h)
+/* remembers the tenant hash a reserve script saw: the last-known quota for outages; logs bad values once per change.
+ * 1 with *out set to the quota it resolves to, 0 when `h` is not a hash */
+static int remember_quota(struct aor_request *ar, const redisReply *h, struct aor_quota *out)
 {
     struct aor_quota_fields f;
     struct aor_quota q;
@@ -498,7 +518,7 @@ static void remember_quota(struct aor_request *ar, const redisReply *h)
     size_t i;
 
     if (h == NULL || h->type != REDIS_REPLY_ARRAY)
-        return;
+        return 0;
     memset(&f, 0, sizeof(f));
     for (i = 0; i + 1 < h->elements; i += 2) {
         const redisReply *k = h->element[i], *v = h->element[i + 1];
@@ -533,6 +553,8 @@ static void remember_quota(struct aor_request *ar, const redisReply *h)
         e->have_quota = 1;
     }
     pthread_mutex_unlock(&local_lock);
+    *out = q;
+    return 1;
 }
 
 /* ---- the backlog: usage Redis did not take, aggregated per key ------------------------------ */
@@ -742,15 +764,22 @@ static void on_reserved(struct aor_admit_call *c, const redisReply *reply, const
     int64_t now = aor_now_ms();
 
     a->call = NULL;
-    if (errstr != NULL || reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 6 ||
+    if (errstr != NULL || reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 7 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER) {
         if (errstr == NULL)
             AOR_LOG(AOR_LOG_WARN, "admit", "%s: unexpected reply from the reserve script", ar->id);
         if (ar->req != NULL)
             store_unavailable(ar, now);
     } else {
-        const redisReply *code = reply->element[0], *limit = reply->element[1], *retry = reply->element[2];
-        remember_quota(ar, reply->element[5]);
+        const redisReply *code = reply->element[0], *limit = reply->element[1], *retry = reply->element[2], *u = reply->element[6];
+        struct aor_quota q;
+        if (remember_quota(ar, reply->element[5], &q) && u->type == REDIS_REPLY_ARRAY && u->elements == 4) {
+            int64_t used[4];
+            size_t i;
+            for (i = 0; i != 4; ++i)
+                used[i] = u->element[i]->type == REDIS_REPLY_INTEGER ? u->element[i]->integer : 0;
+            publish_usage(ar, &q, used);
+        }
         if (code->integer == 0) {
             a->reserved = AOR_ADMIT_REDIS;
             a->remaining_tokens = reply->element[3]->type == REDIS_REPLY_INTEGER ? reply->element[3]->integer : -1;
@@ -871,6 +900,7 @@ void aor_admit_settle(struct aor_request *ar)
         u.completion = ar->usage.completion;
         u.total = ar->usage.total;
     }
+    aor_metrics_tenant_settle(ar->tenant, &a->win, a->estimate, count ? u.total : -1);
     if (reserved == AOR_ADMIT_LOCAL) {
         pthread_mutex_lock(&local_lock);
         struct local_entry *e = local_find(ar->tenant);

@@ -28,6 +28,7 @@ void aor_balancer_deployment_init(struct aor_deployment_state *dep)
 {
     memset(dep, 0, sizeof(*dep));
     dep->remaining_tokens = -1;
+    dep->remaining_requests = -1;
 }
 
 int aor_balancer_cooling(const struct aor_deployment_state *dep, int64_t now_ms)
@@ -205,8 +206,10 @@ void aor_balancer_record(struct aor_balancer_candidate *c, const struct aor_bala
         if (pol->max_cooldown_ms != 0 && cooldown_ms > (int64_t)pol->max_cooldown_ms)
             cooldown_ms = (int64_t)pol->max_cooldown_ms;
         until = now_ms + (cooldown_ms > 0 ? cooldown_ms : 0);
-        if (until > LOAD(&c->dep->cooldown_until_ms))
+        if (until > LOAD(&c->dep->cooldown_until_ms)) {
             STORE(&c->dep->cooldown_until_ms, until);
+            STORE(&c->dep->cooldown_shared, 0);
+        }
     }
         /* a 429 proves the backend is up: it closes the circuit like a success */
         /* fallthrough */
@@ -239,6 +242,7 @@ static void add_sent(struct aor_deployment_state *dep, int64_t minute_delta, int
         /* two workers may both restart it: the loser's addition is lost, which the next report corrects */
         STORE(&dep->minute, minute);
         STORE(&dep->sent_minute, 0);
+        STORE(&dep->requests_minute, 0);
     }
     if (minute_delta != 0)
         add_saturating(&dep->sent_minute, minute_delta);
@@ -255,6 +259,7 @@ void aor_balancer_charge(struct aor_balancer_candidate *c, int64_t estimate, int
     c->charged = t;
     c->charged_minute = now_ms / MINUTE_MS + 1; /* +1: 0 means "no charge" */
     add_sent(c->dep, t, t, now_ms);
+    __atomic_add_fetch(&c->dep->requests_minute, 1, __ATOMIC_RELAXED);
 }
 
 void aor_balancer_settle(struct aor_balancer_candidate *c, int64_t actual, int64_t now_ms)
@@ -289,7 +294,16 @@ void aor_balancer_report_requests(struct aor_deployment_state *dep, int64_t rema
 {
     if (remaining < 0)
         return;
+    STORE(&dep->remaining_requests, clamp64(remaining, 0, AOR_BALANCER_MAX_SENT));
     STORE(&dep->requests_out_until_ms, remaining == 0 ? now_ms + report_span(reset_ms) : 0);
+}
+
+void aor_balancer_minute_sent(const struct aor_deployment_state *dep, int64_t now_ms, int64_t *tokens, int64_t *requests)
+{
+    int same = LOAD(&dep->minute) == now_ms / MINUTE_MS;
+
+    *tokens = same ? LOAD(&dep->sent_minute) : 0;
+    *requests = same ? LOAD(&dep->requests_minute) : 0;
 }
 
 int aor_balancer_adopt_cooldown(struct aor_deployment_state *dep, int64_t until_ms, int64_t now_ms, int64_t max_cooldown_ms)
@@ -301,6 +315,7 @@ int aor_balancer_adopt_cooldown(struct aor_deployment_state *dep, int64_t until_
     if (until_ms <= LOAD(&dep->cooldown_until_ms))
         return 0;
     STORE(&dep->cooldown_until_ms, until_ms);
+    STORE(&dep->cooldown_shared, 1);
     return 1;
 }
 

@@ -22,6 +22,7 @@ struct aor_backend_state {
     int64_t circuit_open_until_ms; /* 0 = closed; else open until then, then one probe */
     int consecutive_failures;      /* 5xx, connect errors, timeouts in a row */
     int64_t probe_until_ms;        /* half-open: 0 = the probe is free; else claimed, the claim lapses then */
+    uint64_t failovers;            /* attempts on this backend abandoned for another (the status page) */
 };
 
 /* one per backend deployment (the name on that backend): cooldown and headroom */
@@ -34,6 +35,9 @@ struct aor_deployment_state {
     int64_t sent_minute;           /* tokens the router sent this minute, in [0, AOR_BALANCER_MAX_SENT] */
     int64_t remaining_until_ms;    /* the remaining_tokens report holds until then (its reset, at most a minute) */
     int64_t requests_out_until_ms; /* the backend said no requests are left: the floor of headroom until then */
+    int64_t requests_minute;       /* attempts the router sent in that minute (the status page) */
+    int64_t remaining_requests;    /* last x-ratelimit-remaining-requests, -1 unknown (the status page) */
+    int cooldown_shared;           /* the cooldown end came from another replica (Redis), not a 429 seen here */
 };
 
 struct aor_balancer_candidate {
@@ -117,6 +121,9 @@ void aor_balancer_report_remaining(struct aor_deployment_state *dep, int64_t rem
  * at its floor until the reset (at most a minute; unknown: a minute); any other figure lifts it.
  */
 void aor_balancer_report_requests(struct aor_deployment_state *dep, int64_t remaining, int64_t reset_ms, int64_t now_ms);
+
+/* tokens and attempts the router sent to `dep` in the minute of `now_ms` (0 when that minute has not been counted) */
+void aor_balancer_minute_sent(const struct aor_deployment_state *dep, int64_t now_ms, int64_t *tokens, int64_t *requests);
 
 /**
  * Adopts a cooldown end another replica published (unix ms): values not later than now are

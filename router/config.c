@@ -16,6 +16,7 @@
 #endif
 #endif
 #include "config.h"
+#include "metrics.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -82,7 +83,7 @@ static const char *const limits_keys[] = {"max_body_bytes",          "max_header
                                           "max_inflight_body_bytes", "max_streams_per_connection",
                                           "max_backend_connections", NULL};
 static const char *const circuit_keys[] = {"failures", "open_ms", NULL};
-static const char *const metrics_keys[] = {"address", "port", NULL};
+static const char *const metrics_keys[] = {"address", "port", "max_tenants", NULL};
 static const char *const auth_keys[] = {"mode", "same_tenant", "jwt", "keys", NULL};
 static const char *const issuer_keys[] = {"issuer",
                                           "openid_config",
@@ -1358,11 +1359,18 @@ static void parse_metrics(struct ctx *c, yaml_node_t *top)
     struct aor_config *conf = c->conf;
     yaml_node_t *map;
     char ep[80];
+    int64_t v;
 
+    conf->metrics.max_tenants = AOR_METRICS_MAX_TENANTS;
     if (get_map(c, top, "", "metrics", &map) != 1)
         return;
-    conf->metrics.enabled = 1;
     check_known_keys(c, map, "metrics", metrics_keys, 0);
+    if (get_int(c, map, "metrics", "max_tenants", 0, AOR_METRICS_MAX_TENANTS_LIMIT, &v) == 1)
+        conf->metrics.max_tenants = (unsigned)v;
+    /* `metrics: { max_tenants: N }` alone keeps /metrics on every listener */
+    if (lookup(c, map, "address") == NULL && lookup(c, map, "port") == NULL)
+        return;
+    conf->metrics.enabled = 1;
     parse_endpoint(c, map, "metrics", &conf->metrics.address, &conf->metrics.port);
     for (size_t i = 0; i < conf->num_listeners; ++i) {
         if (same_endpoint(conf->metrics.address, conf->metrics.port, conf->listeners[i].address, conf->listeners[i].port)) {

@@ -180,9 +180,10 @@ struct aor_config {
         uint64_t open_ms;  /* default 30000 */
     } circuit;
     struct {
-        int enabled; /* separate listener */
+        int enabled; /* separate listener (address or port given); /status and /status.json only there */
         char *address;
         uint16_t port;
+        unsigned max_tenants; /* default 1000: distinct tenant label values; later tenants are "other" */
     } metrics;
     struct {
         enum aor_auth_mode mode; /* NONE when auth: is omitted or says mode: none */
@@ -202,7 +203,8 @@ struct aor_config {
     /* runtime: auth.jwt[i]'s keystore (owned by the keystore registry; the array is freed
      * with the config). Set by aor_keystores_attach() after load, not by config.c */
     struct aor_keystore **keystores;
-    uint64_t generation; /* runtime: 1 for the first config, +1 per reload (caches key on it) */
+    uint64_t generation;  /* runtime: 1 for the first config, +1 per reload (caches key on it) */
+    int64_t loaded_at_ms; /* runtime: unix ms when this generation was loaded (the status page) */
 };
 
 /**

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "cred.h"
+#include "quota.h"
 
 enum metric {
     M_REQUESTS,
@@ -112,12 +113,27 @@ static int64_t inflight;
 /*
  * Bounded sets of label values that do not come from the configuration: tenants (authenticated
  * ones only: the caller passes NULL for a refused request) and deployment names served by a
- * backend without a deployments map. The first AOR_METRICS_MAX_* distinct values keep their
- * name for the life of the process; later ones are "other". Interned strings live until exit.
+ * backend without a deployments map. The first `max` distinct values keep their name for the
+ * life of the process; later ones are "other". Entries live until exit. A tenant's entry also
+ * holds what the status page and the quota gauges show of it, updated under the set's lock
+ * (taken once per update, like the label lookup it replaces).
  */
+struct tenant_rec {
+    int have_quota;
+    int64_t limit[4], used[4];
+    int64_t minute_id, day_id, month_id; /* the windows `used` belongs to */
+    uint64_t tokens;
+    uint64_t rejections[5];
+};
+
+struct label_entry {
+    struct tenant_rec rec; /* tenants only */
+    char name[];
+};
+
 struct label_set {
     pthread_mutex_t lock;
-    char **slots; /* open addressing, 2 x max */
+    struct label_entry **slots; /* open addressing, cap >= 2 x max */
     size_t cap, num, max;
 };
 
@@ -132,33 +148,58 @@ static uint64_t hash_str(const char *s)
     return h;
 }
 
+/* moves the entries into a table of `cap` slots; -1 on ENOMEM (the old table stays). Call locked */
+static int rehash(struct label_set *set, size_t cap)
+{
+    struct label_entry **slots = calloc(cap, sizeof(*slots));
+    size_t i, j;
+
+    if (slots == NULL)
+        return -1;
+    for (i = 0; i != set->cap; ++i) {
+        if (set->slots[i] == NULL)
+            continue;
+        for (j = hash_str(set->slots[i]->name) % cap; slots[j] != NULL; j = (j + 1) % cap)
+            ;
+        slots[j] = set->slots[i];
+    }
+    free(set->slots);
+    set->slots = slots;
+    set->cap = cap;
+    return 0;
+}
+
+/* the entry of `value` if it is in the set or the set has room (created), else NULL ("other"). Call locked */
+static struct label_entry *bound_entry(struct label_set *set, const char *value)
+{
+    size_t j, len;
+    struct label_entry *e;
+
+    if (set->cap < set->max * 2 + 2 && rehash(set, set->max * 2 + 2) != 0)
+        return NULL;
+    for (j = hash_str(value) % set->cap; set->slots[j] != NULL; j = (j + 1) % set->cap)
+        if (strcmp(set->slots[j]->name, value) == 0)
+            return set->slots[j];
+    if (set->num >= set->max)
+        return NULL;
+    len = strlen(value);
+    if ((e = calloc(1, sizeof(*e) + len + 1)) == NULL)
+        return NULL;
+    memcpy(e->name, value, len + 1);
+    set->slots[j] = e;
+    ++set->num;
+    return e;
+}
+
 /* `value` itself (interned) if it is in the set or the set has room, else "other" */
 static const char *bound_label(struct label_set *set, const char *value)
 {
-    const char *ret = AOR_METRICS_OTHER;
-    size_t j;
+    struct label_entry *e;
 
     pthread_mutex_lock(&set->lock);
-    if (set->slots == NULL) {
-        set->cap = set->max * 2;
-        if ((set->slots = calloc(set->cap, sizeof(*set->slots))) == NULL) {
-            set->cap = 0;
-            goto exit;
-        }
-    }
-    for (j = hash_str(value) % set->cap; set->slots[j] != NULL; j = (j + 1) % set->cap) {
-        if (strcmp(set->slots[j], value) == 0) {
-            ret = set->slots[j];
-            goto exit;
-        }
-    }
-    if (set->num < set->max && (set->slots[j] = strdup(value)) != NULL) {
-        ++set->num;
-        ret = set->slots[j];
-    }
-exit:
+    e = bound_entry(set, value);
     pthread_mutex_unlock(&set->lock);
-    return ret;
+    return e != NULL ? e->name : AOR_METRICS_OTHER;
 }
 
 static void free_label_set(struct label_set *set)
@@ -174,11 +215,119 @@ static void free_label_set(struct label_set *set)
     pthread_mutex_unlock(&set->lock);
 }
 
+void aor_metrics_set_max_tenants(size_t max)
+{
+    pthread_mutex_lock(&tenants.lock);
+    tenants.max = max; /* the table grows on the next lookup */
+    pthread_mutex_unlock(&tenants.lock);
+}
+
 const char *aor_metrics_tenant_label(const char *tenant)
 {
     if (tenant == NULL || *tenant == '\0')
         return "";
     return bound_label(&tenants, tenant);
+}
+
+/* the tenant's label, adding `tokens` and a rejection (index into rec.rejections, -1 none) to its entry */
+static const char *tenant_count(const char *tenant, uint64_t tokens, int rejection)
+{
+    struct label_entry *e;
+
+    if (tenant == NULL || *tenant == '\0')
+        return "";
+    pthread_mutex_lock(&tenants.lock);
+    if ((e = bound_entry(&tenants, tenant)) != NULL) {
+        e->rec.tokens += tokens;
+        if (rejection >= 0)
+            ++e->rec.rejections[rejection];
+    }
+    pthread_mutex_unlock(&tenants.lock);
+    return e != NULL ? e->name : AOR_METRICS_OTHER;
+}
+
+void aor_metrics_tenant_quota(const char *tenant, const int64_t limit[4], const int64_t used[4], const struct aor_quota_windows *w)
+{
+    struct label_entry *e;
+    int i;
+
+    if (tenant == NULL || *tenant == '\0')
+        return;
+    pthread_mutex_lock(&tenants.lock);
+    if ((e = bound_entry(&tenants, tenant)) != NULL) {
+        e->rec.have_quota = 1;
+        for (i = 0; i != 4; ++i) {
+            e->rec.limit[i] = limit[i];
+            e->rec.used[i] = used[i] < 0 ? 0 : used[i];
+        }
+        e->rec.minute_id = w->minute_id;
+        e->rec.day_id = w->day_id;
+        e->rec.month_id = w->month_id;
+    }
+    pthread_mutex_unlock(&tenants.lock);
+}
+
+static void add_floor0(int64_t *v, int64_t delta)
+{
+    *v = *v + delta < 0 ? 0 : *v + delta;
+}
+
+void aor_metrics_tenant_settle(const char *tenant, const struct aor_quota_windows *at, int64_t estimate, int64_t actual)
+{
+    struct label_entry *e;
+    int64_t delta;
+
+    if (tenant == NULL || *tenant == '\0')
+        return;
+    if (estimate < 0)
+        estimate = 0;
+    delta = actual < 0 ? -estimate : actual - estimate;
+    pthread_mutex_lock(&tenants.lock);
+    if ((e = bound_entry(&tenants, tenant)) != NULL && e->rec.have_quota) {
+        if (e->rec.minute_id == at->minute_id) {
+            add_floor0(&e->rec.used[0], delta);
+            if (actual < 0)
+                add_floor0(&e->rec.used[1], -1);
+        }
+        if (e->rec.day_id == at->day_id)
+            add_floor0(&e->rec.used[2], delta);
+        if (e->rec.month_id == at->month_id)
+            add_floor0(&e->rec.used[3], delta);
+    }
+    pthread_mutex_unlock(&tenants.lock);
+}
+
+struct aor_metrics_tenant *aor_metrics_tenants(int64_t now_ms, size_t *n)
+{
+    struct aor_metrics_tenant *out = NULL;
+    struct aor_quota_windows w;
+    size_t i, k = 0;
+
+    *n = 0;
+    aor_quota_windows(now_ms, &w);
+    pthread_mutex_lock(&tenants.lock);
+    if (tenants.num != 0 && (out = calloc(tenants.num, sizeof(*out))) != NULL) {
+        for (i = 0; i != tenants.cap && k != tenants.num; ++i) {
+            const struct label_entry *e = tenants.slots[i];
+            struct aor_metrics_tenant *t = &out[k];
+            if (e == NULL)
+                continue;
+            snprintf(t->name, sizeof(t->name), "%s", e->name);
+            t->have_quota = e->rec.have_quota;
+            memcpy(t->limit, e->rec.limit, sizeof(t->limit));
+            /* a window that has ended since: the router knows of nothing in the new one */
+            t->used[0] = e->rec.minute_id == w.minute_id ? e->rec.used[0] : 0;
+            t->used[1] = e->rec.minute_id == w.minute_id ? e->rec.used[1] : 0;
+            t->used[2] = e->rec.day_id == w.day_id ? e->rec.used[2] : 0;
+            t->used[3] = e->rec.month_id == w.month_id ? e->rec.used[3] : 0;
+            t->tokens = e->rec.tokens;
+            memcpy(t->rejections, e->rec.rejections, sizeof(t->rejections));
+            ++k;
+        }
+    }
+    pthread_mutex_unlock(&tenants.lock);
+    *n = k;
+    return out;
 }
 
 const char *aor_metrics_deployment_label(const struct aor_config *conf, const char *logical, int authenticated_and_served)
@@ -322,7 +471,7 @@ void aor_metrics_request(const char *tenant, const char *deployment, const char 
 
 void aor_metrics_tokens(const char *tenant, const char *deployment, const char *backend, int64_t prompt, int64_t completion)
 {
-    const char *t = aor_metrics_tenant_label(tenant);
+    const char *t = tenant_count(tenant, (uint64_t)(prompt > 0 ? prompt : 0) + (uint64_t)(completion > 0 ? completion : 0), -1);
     const char *p[4] = {t, deployment, backend, "prompt"}, *c[4] = {t, deployment, backend, "completion"};
     if (prompt > 0)
         add(M_TOKENS, p, (uint64_t)prompt, 0, 0);
@@ -338,7 +487,12 @@ void aor_metrics_failover(const char *backend, const char *reason)
 
 void aor_metrics_quota_rejection(const char *tenant, const char *limit)
 {
-    const char *v[4] = {aor_metrics_tenant_label(tenant), limit};
+    static const char *const limits[] = {"tpm", "rpm", "day", "month", "deployment"};
+    int r = -1, i;
+    for (i = 0; i != 5; ++i)
+        if (strcmp(limit, limits[i]) == 0)
+            r = i;
+    const char *v[4] = {tenant_count(tenant, 0, r), limit};
     add(M_QUOTA_REJECTIONS, v, 1, 0, 0);
 }
 
@@ -549,6 +703,32 @@ static void emit_credential_series(struct out *o, const struct aor_config *conf,
     }
 }
 
+/* per tenant with a label of its own whose quota the admit stage has seen: the quota (an unlimited
+ * one has no limit sample) and the usage of the current windows as the router last knew it */
+static void emit_tenant_gauges(struct out *o, int64_t now_ms)
+{
+    static const char *const names[4] = {"tpm", "rpm", "tokens_per_day", "tokens_per_month"};
+    size_t n, i, k;
+    struct aor_metrics_tenant *t = aor_metrics_tenants(now_ms, &n);
+    char tenant[300];
+
+    emit(o, "# HELP aoai_router_tenant_quota_limit The tenant's quota per window (-1 unlimited: no sample; 0 blocked).\n"
+            "# TYPE aoai_router_tenant_quota_limit gauge\n");
+    for (i = 0; i != n; ++i)
+        for (k = 0; k != 4; ++k)
+            if (t[i].have_quota && t[i].limit[k] >= 0)
+                emit(o, "aoai_router_tenant_quota_limit{tenant=\"%s\",limit=\"%s\"} %lld\n",
+                     label_value(t[i].name, tenant, sizeof(tenant)), names[k], (long long)t[i].limit[k]);
+    emit(o, "# HELP aoai_router_tenant_quota_used The tenant's usage of the current window as this router last knew it.\n"
+            "# TYPE aoai_router_tenant_quota_used gauge\n");
+    for (i = 0; i != n; ++i)
+        for (k = 0; k != 4; ++k)
+            if (t[i].have_quota)
+                emit(o, "aoai_router_tenant_quota_used{tenant=\"%s\",limit=\"%s\"} %lld\n",
+                     label_value(t[i].name, tenant, sizeof(tenant)), names[k], (long long)t[i].used[k]);
+    free(t);
+}
+
 char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *len)
 {
     struct out o = {malloc(65536), 0, 65536, 0};
@@ -635,6 +815,7 @@ char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *
              aor_balancer_circuit_open(conf->backends[i].state, now_ms));
     }
     emit_credential_series(&o, conf, now_ms);
+    emit_tenant_gauges(&o, now_ms);
     if (o.failed) {
         free(o.buf);
         return NULL;

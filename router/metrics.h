@@ -11,11 +11,17 @@
 #include <stdint.h>
 
 #define AOR_METRICS_MAX_SERIES 20000
-#define AOR_METRICS_MAX_TENANTS 1000            /* distinct tenant label values; later tenants are "other" */
+#define AOR_METRICS_MAX_TENANTS 1000            /* default of metrics.max_tenants: distinct tenant label values */
+#define AOR_METRICS_MAX_TENANTS_LIMIT 100000    /* the largest metrics.max_tenants accepted */
 #define AOR_METRICS_MAX_DYNAMIC_DEPLOYMENTS 100 /* distinct names served by map-less backends; later ones "other" */
 #define AOR_METRICS_OTHER "other"
 
 struct aor_config;
+struct aor_quota_windows;
+
+/* how many tenant label values may exist (metrics.max_tenants; at load and reload). Names already
+ * seen keep theirs when it shrinks; new ones beyond it are "other". Any thread */
+void aor_metrics_set_max_tenants(size_t max);
 
 /*
  * Label values (SPEC §7, issue 6 item 4): only from the configuration or from bounded sets.
@@ -36,6 +42,30 @@ void aor_metrics_tokens(const char *tenant, const char *deployment, const char *
 void aor_metrics_failover(const char *backend, const char *reason);
 void aor_metrics_quota_rejection(const char *tenant, const char *limit);
 void aor_metrics_auth_failure(const char *reason);
+
+/*
+ * Per tenant with a label of its own (not "other"): its quota and the usage of its current windows
+ * as the admit stage last learnt them (the reserve script's reply, or the in-process counters),
+ * index 0 tpm (tokens this minute), 1 rpm (requests this minute), 2 tokens_per_day, 3
+ * tokens_per_month; `w` names the windows `used` belongs to. limit -1 = unlimited.
+ * aor_metrics_tenant_settle applies a settle the way aor_quota_local_settle does (actual < 0:
+ * released, the request not counted). Both take the tenant set's lock once. Any thread.
+ */
+void aor_metrics_tenant_quota(const char *tenant, const int64_t limit[4], const int64_t used[4], const struct aor_quota_windows *w);
+void aor_metrics_tenant_settle(const char *tenant, const struct aor_quota_windows *at, int64_t estimate, int64_t actual);
+
+/* one tenant as aor_metrics_tenants() copies it */
+struct aor_metrics_tenant {
+    char name[129];
+    int have_quota;         /* aor_metrics_tenant_quota was called: limit/used are known */
+    int64_t limit[4];       /* as above; -1 unlimited */
+    int64_t used[4];        /* 0 for a window that has ended since */
+    uint64_t tokens;        /* prompt + completion tokens the backends reported */
+    uint64_t rejections[5]; /* tpm, rpm, day, month, deployment (aoai_router_quota_rejections_total) */
+};
+
+/* a malloc'd copy of every tenant with a label of its own, as of `now_ms` (*n set; NULL when none or ENOMEM) */
+struct aor_metrics_tenant *aor_metrics_tenants(int64_t now_ms, size_t *n);
 
 /* histograms, in seconds */
 void aor_metrics_request_duration(const char *deployment, const char *backend, double seconds);
@@ -66,7 +96,8 @@ void aor_metrics_overloaded(void);
 
 /**
  * Renders every series, plus the gauges of `conf`'s backends as of `now_ms` (per backend
- * deployment: cooldown, remaining tokens; per backend: circuit), in Prometheus text format
+ * deployment: cooldown, remaining tokens; per backend: circuit) and of the tenants with a label of
+ * their own (aoai_router_tenant_quota_limit / _used), in Prometheus text format
  * 0.0.4. The registry's lock is held only while the series are copied. Returns a malloc'd
  * string (*len set), or NULL on ENOMEM; the caller frees it.
  */

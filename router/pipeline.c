@@ -19,6 +19,7 @@
 #include "errors.h"
 #include "log.h"
 #include "metrics.h"
+#include "status.h"
 #include "pipeline.h"
 #include "pipeline_internal.h"
 #include "jwks.h"
@@ -550,6 +551,7 @@ static void on_defer_check(uv_check_t *h)
 }
 
 static void serve_metrics(struct aor_worker *w, h2o_req_t *req);
+static void serve_status(struct aor_worker *w, h2o_req_t *req, int html);
 
 /* 1 when the decoded header block is within limits.max_header_count and max_header_bytes */
 static int headers_within_limits(const struct aor_config *conf, h2o_req_t *req)
@@ -648,6 +650,10 @@ int aor_pipeline_on_req(h2o_handler_t *self, h2o_req_t *req)
     case AOR_ROUTE_METRICS:
         serve_metrics(w, req);
         break;
+    case AOR_ROUTE_STATUS:
+    case AOR_ROUTE_STATUS_JSON:
+        serve_status(w, req, route.kind == AOR_ROUTE_STATUS);
+        break;
     case AOR_ROUTE_BAD:
         aor_error_send(req, AOR_ERR_INVALID_REQUEST, "malformed data-plane path");
         error = aor_error_code(AOR_ERR_INVALID_REQUEST);
@@ -743,6 +749,33 @@ void aor_pipeline_finish(struct aor_request *ar)
     aor_accesslog_write(ar->worker->accesslog, ar);
 }
 
+/* 1 when `req` came in on the `metrics:` listener (0 when there is none) */
+static int on_metrics_listener(const struct aor_config *conf, h2o_req_t *req)
+{
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    uint16_t port = 0;
+
+    if (!conf->metrics.enabled)
+        return 0;
+    sslen = req->conn->callbacks->get_sockname(req->conn, (struct sockaddr *)&ss);
+    if (sslen != 0 && ss.ss_family == AF_INET)
+        port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    else if (sslen != 0 && ss.ss_family == AF_INET6)
+        port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return port == conf->metrics.port;
+}
+
+static void send_owned(h2o_req_t *req, char *body, size_t len, const char *content_type)
+{
+    req->res.status = 200;
+    req->res.reason = "OK";
+    req->res.content_length = len;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, content_type, strlen(content_type));
+    h2o_send_inline(req, body, len); /* copies into the request's pool */
+    free(body);
+}
+
 /* /metrics: on its own listener when `metrics:` is configured, else on every listener */
 static void serve_metrics(struct aor_worker *w, h2o_req_t *req)
 {
@@ -750,27 +783,39 @@ static void serve_metrics(struct aor_worker *w, h2o_req_t *req)
     size_t len;
     char *text;
 
-    if (conf->metrics.enabled) {
-        struct sockaddr_storage ss;
-        socklen_t sslen = req->conn->callbacks->get_sockname(req->conn, (struct sockaddr *)&ss);
-        uint16_t port = 0;
-        if (sslen != 0 && ss.ss_family == AF_INET)
-            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        else if (sslen != 0 && ss.ss_family == AF_INET6)
-            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-        if (port != conf->metrics.port) {
-            aor_error_send(req, AOR_ERR_NOT_FOUND, "metrics are served on their own listener");
-            return;
-        }
+    if (conf->metrics.enabled && !on_metrics_listener(conf, req)) {
+        aor_error_send(req, AOR_ERR_NOT_FOUND, "metrics are served on their own listener");
+        return;
     }
     if ((text = aor_metrics_render(conf, aor_now_ms(), &len)) == NULL) {
         aor_error_send(req, AOR_ERR_BACKEND_ERROR, "out of memory");
         return;
     }
-    req->res.status = 200;
-    req->res.reason = "OK";
-    req->res.content_length = len;
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/plain; version=0.0.4"));
-    h2o_send_inline(req, text, len); /* copies into the request's pool */
-    free(text);
+    send_owned(req, text, len, "text/plain; version=0.0.4");
+}
+
+/* /status and /status.json: on the `metrics:` listener only (they name backends and tenants);
+ * without one, 404 everywhere */
+static void serve_status(struct aor_worker *w, h2o_req_t *req, int html)
+{
+    const struct aor_config *conf = w->conf;
+    size_t len;
+    char *text;
+
+    if (!on_metrics_listener(conf, req)) {
+        aor_error_send(req, AOR_ERR_NOT_FOUND, "unknown path");
+        return;
+    }
+    if ((text = aor_status_render(conf, aor_now_ms(), html, &len)) == NULL) {
+        aor_error_send(req, AOR_ERR_BACKEND_ERROR, "out of memory");
+        return;
+    }
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+    if (html) {
+        /* no script, no outside resources, no framing by another page */
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("content-security-policy"), 0, NULL,
+                              H2O_STRLIT("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"));
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-content-type-options"), 0, NULL, H2O_STRLIT("nosniff"));
+    }
+    send_owned(req, text, len, html ? "text/html; charset=utf-8" : "application/json");
 }

@@ -285,6 +285,18 @@ static void give_up(struct aor_request *ar, int64_t earliest_cooldown_end)
                  0);
 }
 
+/* an attempt on `b` abandoned for another backend: the metric and the backend's count (the status page) */
+static void count_failover_at(struct aor_balancer_candidate *cand, const struct aor_backend_conf *b, const char *reason)
+{
+    __atomic_add_fetch(&cand->state->failovers, 1, __ATOMIC_RELAXED);
+    aor_metrics_failover(b->name, reason);
+}
+
+static void count_failover(struct aor_request *ar, const struct aor_backend_conf *b, const char *reason)
+{
+    count_failover_at(current_cand(ar), b, reason);
+}
+
 static void next_attempt(struct aor_request *ar)
 {
     /* the failed attempt's headers are not the answer */
@@ -308,7 +320,7 @@ static void attempt_failed(struct aor_request *ar, const char *reason, const cha
             detail != NULL ? detail : "-");
     aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_FAILURE, 0, aor_now_ms());
     aor_balancer_settle(current_cand(ar), -1, aor_now_ms());
-    aor_metrics_failover(b->name, reason);
+    count_failover(ar, b, reason);
     ++ar->failed;
     ar->last_error = reason;
     next_attempt(ar);
@@ -324,7 +336,7 @@ static void attempt_local_failure(struct aor_request *ar, const char *detail)
     AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s attempt %u: local failure, not counted against the backend: %s", ar->id, b->name,
             ar->attempts, detail != NULL ? detail : "-");
     attempt_abandoned(ar);
-    aor_metrics_failover(b->name, "local");
+    count_failover(ar, b, "local");
     ++ar->local_failed;
     ar->last_error = "local";
     next_attempt(ar);
@@ -371,7 +383,7 @@ static void attempt_refused(struct aor_request *ar)
         ar->last_error = "5xx";
     }
     aor_balancer_settle(current_cand(ar), -1, now); /* a refusal costs no tokens */
-    aor_metrics_failover(b->name, ar->last_error);
+    count_failover(ar, b, ar->last_error);
     if (ar->status == 429 || ar->status >= 500)
         AOR_LOG(AOR_LOG_INFO, "proxy", "%s: backend %s answered %d, failing over", ar->id, b->name, ar->status);
     next_attempt(ar);
@@ -1087,7 +1099,7 @@ static void start_attempt(struct aor_request *ar)
         ++ar->failed;
         ++ar->cred_skipped;
         ar->last_error = "credential";
-        aor_metrics_failover(b->name, "credential");
+        count_failover_at(&ar->cand[pick], b, "credential");
         AOR_LOG(AOR_LOG_DEBUG, "proxy", "%s: backend %s skipped: no valid credential token", ar->id, b->name);
     }
     /* from here on, every way out of this attempt ends its probe claim and its charge:

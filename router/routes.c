@@ -71,6 +71,10 @@ void aor_route_parse(const char *path, size_t len, struct aor_route *out)
         out->kind = AOR_ROUTE_READYZ;
     } else if (path_is(path, plen, "/metrics")) {
         out->kind = AOR_ROUTE_METRICS;
+    } else if (path_is(path, plen, "/status")) {
+        out->kind = AOR_ROUTE_STATUS;
+    } else if (path_is(path, plen, "/status.json")) {
+        out->kind = AOR_ROUTE_STATUS_JSON;
     } else if (has_prefix(path, plen, PREFIX_DEPLOYMENTS)) {
         const char *name = path + strlen(PREFIX_DEPLOYMENTS), *end = path + plen, *slash;
         slash = memchr(name, '/', end - name);

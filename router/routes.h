@@ -15,9 +15,11 @@ enum aor_route_kind {
     AOR_ROUTE_HEALTHZ,
     AOR_ROUTE_READYZ,
     AOR_ROUTE_METRICS,
-    AOR_ROUTE_DEPLOYMENT, /* /openai/deployments/{name}/{op} */
-    AOR_ROUTE_V1,         /* /openai/v1/{op} or /v1/{op}: deployment is the body's model */
-    AOR_ROUTE_RAW,        /* set by aor_route_authorize: an operator-listed path outside those, forwarded as is */
+    AOR_ROUTE_STATUS,      /* /status: HTML, metrics listener only */
+    AOR_ROUTE_STATUS_JSON, /* /status.json */
+    AOR_ROUTE_DEPLOYMENT,  /* /openai/deployments/{name}/{op} */
+    AOR_ROUTE_V1,          /* /openai/v1/{op} or /v1/{op}: deployment is the body's model */
+    AOR_ROUTE_RAW,         /* set by aor_route_authorize: an operator-listed path outside those, forwarded as is */
 };
 
 /* what aor_route_authorize decided */

@@ -36,6 +36,7 @@
 #include "tokencache.h"
 #include "log.h"
 #include "metrics.h"
+#include "status.h"
 #include "pipeline.h"
 #include "server.h"
 #include "upstream.h"
@@ -776,6 +777,8 @@ static int attach_runtime(struct aor_config *conf)
     static uint64_t generations;
 
     conf->generation = ++generations;
+    conf->loaded_at_ms = aor_now_ms();
+    aor_metrics_set_max_tenants(conf->metrics.max_tenants);
     if (aor_backend_attach(conf, aor_now_ms()) != 0 || aor_creds_attach(conf) != 0)
         return -1;
     if (conf->auth.num_jwt != 0) {
@@ -835,6 +838,7 @@ int aor_server_run(struct aor_config *conf)
     size_t i, started = 0, num_ssl = 0;
     char *path = strdup(conf->path);
 
+    aor_status_started(aor_now_ms());
     if (path == NULL || attach_runtime(conf) != 0)
         goto exit;
     current_conf = conf;

@@ -5,6 +5,7 @@
 #include "backend.h"
 #include "config.h"
 #include "metrics.h"
+#include "quota.h"
 #include "test.h"
 
 #define LISTEN "listen:\n  - { address: 127.0.0.1, port: 8080 }\n"
@@ -141,8 +142,80 @@ int main(void)
     CHECK_EQ_INT(count(text, "gen_ai_server_time_to_first_token_seconds_bucket{"), 17); /* 16 bounds + Inf */
     free(text);
 
-    aor_config_release(conf);
     aor_metrics_free();
+
+    /* metrics.max_tenants: a fresh set bounded at 2; raising it keeps the names seen (the table grows) */
+    {
+        struct aor_quota_windows w, later;
+        struct aor_metrics_tenant *t;
+        const int64_t limit[4] = {1000, 10, -1, 0}, used[4] = {21, 1, 21, 21};
+        const char *a;
+        size_t n;
+
+        aor_metrics_set_max_tenants(2);
+        a = aor_metrics_tenant_label("a");
+        CHECK_EQ_STR(a, "a");
+        CHECK_EQ_STR(aor_metrics_tenant_label("b"), "b");
+        CHECK_EQ_STR(aor_metrics_tenant_label("c"), AOR_METRICS_OTHER);
+        aor_metrics_set_max_tenants(40);
+        for (i = 0; i != 37; ++i) {
+            snprintf(name, sizeof(name), "n%zu", i);
+            CHECK_EQ_STR(aor_metrics_tenant_label(name), name);
+        }
+        CHECK(aor_metrics_tenant_label("a") == a); /* the interned string outlives the growth */
+        CHECK_EQ_STR(aor_metrics_tenant_label("c"), "c");
+        CHECK_EQ_STR(aor_metrics_tenant_label("d"), AOR_METRICS_OTHER);
+        aor_metrics_set_max_tenants(1); /* shrinking: the names seen stay */
+        CHECK_EQ_STR(aor_metrics_tenant_label("b"), "b");
+
+        /* quota and usage: reserve 21, settle 7; the minute's figures end with the minute */
+        aor_quota_windows(now, &w);
+        aor_metrics_tenant_quota("a", limit, used, &w);
+        aor_metrics_tenant_settle("a", &w, 21, 7);
+        aor_metrics_tenant_quota("other-not-seen", limit, used, &w); /* beyond the bound: ignored */
+        aor_metrics_quota_rejection("a", "rpm");
+        aor_metrics_tokens("a", "gpt-4o", "east", 5, 2);
+        t = aor_metrics_tenants(now, &n);
+        CHECK_EQ_INT(n, 40);
+        for (i = 0; i != n && strcmp(t[i].name, "a") != 0; ++i)
+            ;
+        CHECK(i != n);
+        if (i != n) {
+            CHECK_EQ_INT(t[i].have_quota, 1);
+            CHECK_EQ_INT(t[i].used[0], 7);
+            CHECK_EQ_INT(t[i].used[1], 1);
+            CHECK_EQ_INT(t[i].used[2], 7);
+            CHECK_EQ_INT(t[i].limit[2], -1);
+            CHECK_EQ_INT(t[i].rejections[1], 1);
+            CHECK_EQ_INT(t[i].tokens, 7);
+        }
+        free(t);
+        aor_quota_windows(now + 60000, &later);
+        aor_metrics_tenant_settle("a", &w, 7, -1); /* a release in the old minute after it ended still applies to the day */
+        t = aor_metrics_tenants(now + 60000, &n);
+        for (i = 0; i != n && strcmp(t[i].name, "a") != 0; ++i)
+            ;
+        if (i != n) {
+            CHECK_EQ_INT(t[i].used[0], 0); /* a new minute: nothing known in it */
+            CHECK_EQ_INT(t[i].used[1], 0);
+            CHECK_EQ_INT(later.day_id == w.day_id ? t[i].used[2] : 0, 0);
+        }
+        free(t);
+        if ((text = aor_metrics_render(conf, now, &len)) == NULL)
+            return 1;
+        CHECK(strstr(text, "aoai_router_tenant_quota_limit{tenant=\"a\",limit=\"tpm\"} 1000\n") != NULL);
+        CHECK(strstr(text, "aoai_router_tenant_quota_limit{tenant=\"a\",limit=\"tokens_per_month\"} 0\n") != NULL);
+        CHECK(strstr(text, "aoai_router_tenant_quota_limit{tenant=\"a\",limit=\"tokens_per_day\"}") == NULL); /* unlimited */
+        CHECK(strstr(text, "aoai_router_tenant_quota_used{tenant=\"a\",limit=\"rpm\"} 0\n") != NULL);
+        CHECK_EQ_INT(count(text, "aoai_router_tenant_quota_used{"), 4); /* only "a" has a quota known */
+        free(text);
+        aor_metrics_free();
+        aor_metrics_set_max_tenants(0); /* 0: every tenant is "other" */
+        CHECK_EQ_STR(aor_metrics_tenant_label("a"), AOR_METRICS_OTHER);
+        aor_metrics_free();
+    }
+
+    aor_config_release(conf);
     aor_backend_table_free();
     return aor_test_done("test_metrics");
 }
