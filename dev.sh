@@ -12,7 +12,7 @@ ROOT=$PWD
 APT_PACKAGES=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
   libh2o-dev libuv1-dev libcurl4-openssl-dev libjansson-dev libhiredis-dev libyaml-dev libssl-dev
   redis-server redis-tools nginx-light wrk nghttp2-client curl ca-certificates openssl python3 nodejs npm procps
-  prometheus git)
+  prometheus chromium git)
 
 # sanitizer runs: fail on the first report, keep going on nothing else
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}
