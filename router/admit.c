@@ -70,6 +70,13 @@ static const char reserve_lua[] =
     "  if not v or #v > 15 or not string.find(v, '^%d+$') then return 0 end\n"
     "  return tonumber(v)\n"
     "end\n"
+    /* a window without a limit is read for the status page only: a key of the wrong type there
+     * counts as 0 instead of failing the script (it would refuse with on_failure: closed) */
+    "local function peek(k, field)\n"
+    "  local v = redis.pcall('HGET', k, field)\n"
+    "  if type(v) ~= 'string' or #v > 15 or not string.find(v, '^%d+$') then return 0 end\n"
+    "  return tonumber(v)\n"
+    "end\n"
     "local tpm, rpm = num(f['tpm'], n[2]), num(f['rpm'], n[3])\n"
     "local day, month = num(f['tokens_per_day'], n[4]), num(f['tokens_per_month'], n[5])\n"
     "if f['disabled'] == '1' then return {2, 'disabled', 0, -1, -1, h, {}} end\n"
@@ -92,8 +99,8 @@ static const char reserve_lua[] =
     "end\n"
     "local mt = get(KEYS[2], 'total_tokens') + get(KEYS[5], 'tokens')\n"
     "local mr = get(KEYS[2], 'requests') + get(KEYS[5], 'requests')\n"
-    "local dt = get(KEYS[3], 'total_tokens') + rday\n"
-    "local mo = get(KEYS[4], 'total_tokens') + rmonth\n"
+    "local dt = (day >= 0 and get or peek)(KEYS[3], 'total_tokens') + rday\n"
+    "local mo = (month >= 0 and get or peek)(KEYS[4], 'total_tokens') + rmonth\n"
     /* the windows' usage as this reply leaves it (the status page and the quota gauges) */
     "local u = {mt, mr, dt, mo}\n"
     "if month >= 0 and mo + est > month then return {1, 'month', n[8], -1, -1, h, u} end\n"

@@ -22,6 +22,7 @@ import {
   freePort,
   metricSum,
   redisCli,
+  pollUntil,
   run,
   tempDir,
   SLOW,
@@ -290,6 +291,23 @@ describe('status page: Redis quotas (the reserve script reports the windows)', (
     const m = await metricsText(mport);
     assert.equal(metricSum(m, 'aoai_router_tenant_quota_used', { tenant: TENANT, limit: 'rpm' }), 3);
     assert.equal(metricSum(m, 'aoai_router_tenant_quota_limit', { tenant: TENANT, limit: 'tokens_per_month' }), 900);
+  });
+
+  it("another replica's cooldown (read from Redis) shows as cooling, reason 429_shared, until its exact end", async () => {
+    const until = Date.now() + 20000;
+    assert.equal((await redisCli(redis, 'SET', 'aoai:backend:eastus:gpt-4o:cooldown_until', String(until), 'PX', '20000')).code, 0);
+    const seen = await pollUntil(
+      async () => {
+        const d = (await statusJson(mport)).backends[0].deployments.find((x) => x.deployment === 'gpt-4o');
+        return d.state === 'cooling' ? d : undefined;
+      },
+      { timeoutMs: 5000 * SLOW, intervalMs: 200 },
+    );
+    assert.ok(seen, 'the shared cooldown never showed');
+    assert.deepEqual([seen.cooling_reason, seen.cooling_until_ms], ['429_shared', until]);
+    const s = await statusJson(mport);
+    assert.equal(s.backends[0].state, 'cooling');
+    assert.equal(s.backends[0].failovers, 0);
   });
 });
 
