@@ -307,10 +307,11 @@ describe('dashboards/aoai-router.json', () => {
     assert.deepEqual(exprProblems(reg, 'histogram_quantile(0.9, sum by (le, backend) (rate(aoai_router_upstream_duration_seconds_bucket{backend=~"a"}[5m])))'), []);
   });
 
-  it('every metric router/metrics.c exports has a panel', () => {
+  it('every metric router/metrics.c exports has a panel (on the overview or, for the per-tenant quota gauges, the tenants dashboard)', () => {
     const used = new Set();
-    for (const { expr } of allExpressions(loadDashboard()).filter((e) => e.where.startsWith('panel')))
-      for (const m of expr.matchAll(METRIC_REF)) used.add(resolveMetric(reg, m[1])?.base);
+    for (const file of [DASHBOARD, TENANTS_DASHBOARD])
+      for (const { expr } of allExpressions(loadDashboard(file)).filter((e) => e.where.startsWith('panel')))
+        for (const m of expr.matchAll(METRIC_REF)) used.add(resolveMetric(reg, m[1])?.base);
     const missing = [...reg.keys()].filter((n) => !used.has(n));
     assert.deepEqual(missing, [], 'metrics without a panel');
   });
