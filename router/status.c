@@ -387,7 +387,6 @@ static const char html_head[] = "<!DOCTYPE html>\n<html lang=en><head><meta char
                                 "table{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px #0002}\n"
                                 "th,td{padding:.3em .7em;border-bottom:1px solid #e4e4e4;text-align:left;vertical-align:top}\n"
                                 "th{background:#f0f0f0;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}\n"
-                                "td.cooling,td.circuit_open{white-space:nowrap}\n"
                                 ".ok{color:#176c2e;font-weight:600}.cooling{color:#9a6700;font-weight:600}\n"
                                 ".circuit_open,.credential_unavailable,.over{color:#b42318;font-weight:600}\n"
                                 ".meta{color:#555}.meta b{color:#222}\n"
