@@ -311,6 +311,77 @@ describe('status page: Redis quotas (the reserve script reports the windows)', (
   });
 });
 
+describe('status page: circuit open, credential unavailable, reload', () => {
+  let east, swc, router, mport, conf;
+
+  before(async () => {
+    east = await startMock('eastus');
+    swc = await startMock('swedencentral');
+    mport = await freePort();
+    const dead = await freePort(); // nothing listens: the managed identity's token never comes
+    conf = {
+      metrics: { address: '127.0.0.1', port: mport },
+      circuit: { failures: 1, open_ms: 30000 },
+      backends: [
+        backendFor(east, { priority: 1 }),
+        backendFor(swc, { priority: 2 }),
+        {
+          name: 'keyless',
+          url: east.url,
+          region: 'westus',
+          priority: 3,
+          weight: 1,
+          auth: { type: 'managed_identity', imds_endpoint: `http://127.0.0.1:${dead}/metadata/identity/oauth2/token` },
+        },
+      ],
+    };
+    router = await startRouter({ config: conf });
+  });
+  after(async () => stopAll(router, east, swc));
+
+  it('a 500 opens eastus\'s circuit until open_ms; the keyless backend without a token is credential_unavailable', async () => {
+    await east.setBehaviour({ status: 500, count: 1 });
+    const t500 = Date.now();
+    const r = await post(router.url, CHAT_PATH, BODY);
+    assert.equal(r.status, 200, r.body);
+    assert.equal(r.headers['x-aoai-router-backend'], 'swedencentral');
+    const s = await statusJson(mport);
+    const [e, w, k] = s.backends;
+    assert.deepEqual([e.state, e.circuit_open, e.consecutive_failures, e.failovers], ['circuit_open', true, 1, 1]);
+    assert.ok(Math.abs(e.circuit_open_until_ms - (t500 + 30000)) < 2000 * SLOW, `${e.circuit_open_until_ms} vs ${t500 + 30000}`);
+    assert.equal(w.state, 'ok');
+    assert.deepEqual([k.name, k.state, k.credential_available], ['keyless', 'credential_unavailable', false]);
+    const dom = await chromiumDom(`http://127.0.0.1:${mport}/status`);
+    const rows = tableRows(dom, 'backends');
+    assert.match(rows[0][5], /^circuit open until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(1 consecutive failures\)$/);
+    assert.equal(rows[2][5], 'credential unavailable');
+  });
+
+  it('SIGHUP: the generation becomes 2 and its load time moves; a refused reload changes neither', async () => {
+    const before = await statusJson(mport);
+    assert.equal(before.router.config_generation, 1);
+    router.writeConfig({ ...conf, backends: conf.backends.slice(0, 2) });
+    router.signal('SIGHUP');
+    const after1 = await pollUntil(
+      async () => {
+        const s = await statusJson(mport);
+        return s.router.config_generation === 2 ? s : undefined;
+      },
+      { timeoutMs: 5000 * SLOW, intervalMs: 100 },
+    );
+    assert.ok(after1, 'the generation never moved');
+    assert.ok(after1.router.config_loaded_at_ms > before.router.config_loaded_at_ms);
+    assert.equal(after1.backends.length, 2);
+    router.writeConfig('listen: [ { address: 127.0.0.1, port: 1 } ]\nnot_a_key: 1\n');
+    const from = router.stderr().length;
+    router.signal('SIGHUP');
+    assert.ok(await router.waitStderr(/reload refused/, undefined, from));
+    const after2 = await statusJson(mport);
+    assert.equal(after2.router.config_generation, 2);
+    assert.equal(after2.router.config_loaded_at_ms, after1.router.config_loaded_at_ms);
+  });
+});
+
 describe('status page: without a metrics listener', () => {
   let east, router;
   before(async () => {
