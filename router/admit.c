@@ -454,10 +454,10 @@ static void refuse_forbidden(struct aor_request *ar, const char *why)
 }
 
 /* the status page's and the gauges' view of the tenant's quota and windows */
-static void publish_usage(const struct aor_request *ar, const struct aor_quota *q, const int64_t used[4])
+static void publish_usage(struct aor_request *ar, const struct aor_quota *q, const int64_t used[4])
 {
     const int64_t limit[4] = {q->tpm, q->rpm, q->day, q->month};
-    aor_metrics_tenant_quota(ar->tenant, limit, used, &ar->adm.win);
+    ar->adm.metrics = aor_metrics_tenant_quota(ar->tenant, limit, used, &ar->adm.win);
 }
 
 /* the admit decision on in-process counters: without Redis, or with Redis unreachable (open) */
@@ -907,7 +907,7 @@ void aor_admit_settle(struct aor_request *ar)
         u.completion = ar->usage.completion;
         u.total = ar->usage.total;
     }
-    aor_metrics_tenant_settle(ar->tenant, &a->win, a->estimate, count ? u.total : -1);
+    aor_metrics_tenant_settle(a->metrics, &a->win, a->estimate, count ? u.total : -1);
     if (reserved == AOR_ADMIT_LOCAL) {
         pthread_mutex_lock(&local_lock);
         struct local_entry *e = local_find(ar->tenant);

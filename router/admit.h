@@ -33,6 +33,7 @@ struct aor_admission {
     int64_t remaining_tokens, remaining_requests; /* the tenant's minute window after this reservation; -1 unlimited/unknown */
     struct aor_quota_windows win;                 /* the windows the reservation (and the usage) belong to */
     int usage_estimated;                          /* the charge is an estimate (a stream cut short) */
+    struct aor_metrics_tenant_ref *metrics;       /* the tenant's status record (metrics.h), NULL when none */
 };
 
 typedef void (*aor_admit_cb)(struct aor_request *ar);

@@ -115,8 +115,9 @@ static int64_t inflight;
  * ones only: the caller passes NULL for a refused request) and deployment names served by a
  * backend without a deployments map. The first `max` distinct values keep their name for the
  * life of the process; later ones are "other". Entries live until exit. A tenant's entry also
- * holds what the status page and the quota gauges show of it, updated under the set's lock
- * (taken once per update, like the label lookup it replaces).
+ * holds what the status page and the quota gauges show of it: the counters under the set's lock
+ * (taken anyway for the label lookup), the quota and windows in relaxed atomics (a settle
+ * updates them through the record's pointer, without the lock).
  */
 struct tenant_rec {
     int have_quota;
@@ -246,62 +247,70 @@ static const char *tenant_count(const char *tenant, uint64_t tokens, int rejecti
     return e != NULL ? e->name : AOR_METRICS_OTHER;
 }
 
-void aor_metrics_tenant_quota(const char *tenant, const int64_t limit[4], const int64_t used[4], const struct aor_quota_windows *w)
+#define RLOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define RSTORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+
+struct aor_metrics_tenant_ref *aor_metrics_tenant_quota(const char *tenant, const int64_t limit[4], const int64_t used[4],
+                                                        const struct aor_quota_windows *w)
 {
     struct label_entry *e;
     int i;
 
     if (tenant == NULL || *tenant == '\0')
-        return;
+        return NULL;
     pthread_mutex_lock(&tenants.lock);
     if ((e = bound_entry(&tenants, tenant)) != NULL) {
-        e->rec.have_quota = 1;
+        /* stored atomically: a settle adds to them without the lock */
         for (i = 0; i != 4; ++i) {
-            e->rec.limit[i] = limit[i];
-            e->rec.used[i] = used[i] < 0 ? 0 : used[i];
+            RSTORE(&e->rec.limit[i], limit[i]);
+            RSTORE(&e->rec.used[i], used[i] < 0 ? 0 : used[i]);
         }
-        e->rec.minute_id = w->minute_id;
-        e->rec.day_id = w->day_id;
-        e->rec.month_id = w->month_id;
+        RSTORE(&e->rec.minute_id, w->minute_id);
+        RSTORE(&e->rec.day_id, w->day_id);
+        RSTORE(&e->rec.month_id, w->month_id);
+        RSTORE(&e->rec.have_quota, 1);
     }
     pthread_mutex_unlock(&tenants.lock);
+    return (struct aor_metrics_tenant_ref *)e;
 }
 
+/* *v += delta, not below 0 (a settle racing a newer absolute figure from Redis) */
 static void add_floor0(int64_t *v, int64_t delta)
 {
-    *v = *v + delta < 0 ? 0 : *v + delta;
+    int64_t old = RLOAD(v), next;
+
+    do
+        next = old + delta < 0 ? 0 : old + delta;
+    while (!__atomic_compare_exchange_n(v, &old, next, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
 }
 
-void aor_metrics_tenant_settle(const char *tenant, const struct aor_quota_windows *at, int64_t estimate, int64_t actual)
+void aor_metrics_tenant_settle(struct aor_metrics_tenant_ref *ref, const struct aor_quota_windows *at, int64_t estimate,
+                               int64_t actual)
 {
-    struct label_entry *e;
+    struct label_entry *e = (struct label_entry *)ref;
     int64_t delta;
 
-    if (tenant == NULL || *tenant == '\0')
+    if (e == NULL)
         return;
     if (estimate < 0)
         estimate = 0;
     delta = actual < 0 ? -estimate : actual - estimate;
-    pthread_mutex_lock(&tenants.lock);
-    if ((e = bound_entry(&tenants, tenant)) != NULL && e->rec.have_quota) {
-        if (e->rec.minute_id == at->minute_id) {
-            add_floor0(&e->rec.used[0], delta);
-            if (actual < 0)
-                add_floor0(&e->rec.used[1], -1);
-        }
-        if (e->rec.day_id == at->day_id)
-            add_floor0(&e->rec.used[2], delta);
-        if (e->rec.month_id == at->month_id)
-            add_floor0(&e->rec.used[3], delta);
+    if (RLOAD(&e->rec.minute_id) == at->minute_id) {
+        add_floor0(&e->rec.used[0], delta);
+        if (actual < 0)
+            add_floor0(&e->rec.used[1], -1);
     }
-    pthread_mutex_unlock(&tenants.lock);
+    if (RLOAD(&e->rec.day_id) == at->day_id)
+        add_floor0(&e->rec.used[2], delta);
+    if (RLOAD(&e->rec.month_id) == at->month_id)
+        add_floor0(&e->rec.used[3], delta);
 }
 
 struct aor_metrics_tenant *aor_metrics_tenants(int64_t now_ms, size_t *n)
 {
     struct aor_metrics_tenant *out = NULL;
     struct aor_quota_windows w;
-    size_t i, k = 0;
+    size_t i, j, k = 0;
 
     *n = 0;
     aor_quota_windows(now_ms, &w);
@@ -313,13 +322,14 @@ struct aor_metrics_tenant *aor_metrics_tenants(int64_t now_ms, size_t *n)
             if (e == NULL)
                 continue;
             snprintf(t->name, sizeof(t->name), "%s", e->name);
-            t->have_quota = e->rec.have_quota;
-            memcpy(t->limit, e->rec.limit, sizeof(t->limit));
+            t->have_quota = RLOAD(&e->rec.have_quota);
+            for (j = 0; j != 4; ++j)
+                t->limit[j] = RLOAD(&e->rec.limit[j]);
             /* a window that has ended since: the router knows of nothing in the new one */
-            t->used[0] = e->rec.minute_id == w.minute_id ? e->rec.used[0] : 0;
-            t->used[1] = e->rec.minute_id == w.minute_id ? e->rec.used[1] : 0;
-            t->used[2] = e->rec.day_id == w.day_id ? e->rec.used[2] : 0;
-            t->used[3] = e->rec.month_id == w.month_id ? e->rec.used[3] : 0;
+            t->used[0] = RLOAD(&e->rec.minute_id) == w.minute_id ? RLOAD(&e->rec.used[0]) : 0;
+            t->used[1] = RLOAD(&e->rec.minute_id) == w.minute_id ? RLOAD(&e->rec.used[1]) : 0;
+            t->used[2] = RLOAD(&e->rec.day_id) == w.day_id ? RLOAD(&e->rec.used[2]) : 0;
+            t->used[3] = RLOAD(&e->rec.month_id) == w.month_id ? RLOAD(&e->rec.used[3]) : 0;
             t->tokens = e->rec.tokens;
             memcpy(t->rejections, e->rec.rejections, sizeof(t->rejections));
             ++k;

@@ -48,11 +48,16 @@ void aor_metrics_auth_failure(const char *reason);
  * as the admit stage last learnt them (the reserve script's reply, or the in-process counters),
  * index 0 tpm (tokens this minute), 1 rpm (requests this minute), 2 tokens_per_day, 3
  * tokens_per_month; `w` names the windows `used` belongs to. limit -1 = unlimited.
- * aor_metrics_tenant_settle applies a settle the way aor_quota_local_settle does (actual < 0:
- * released, the request not counted). Both take the tenant set's lock once. Any thread.
+ * aor_metrics_tenant_quota takes the tenant set's lock once and returns the tenant's record
+ * (NULL for "other"), valid until aor_metrics_free(); aor_metrics_tenant_settle applies a
+ * settle to it the way aor_quota_local_settle does (actual < 0: released, the request not
+ * counted) with relaxed atomics, no lock; `ref` NULL is a no-op. Any thread.
  */
-void aor_metrics_tenant_quota(const char *tenant, const int64_t limit[4], const int64_t used[4], const struct aor_quota_windows *w);
-void aor_metrics_tenant_settle(const char *tenant, const struct aor_quota_windows *at, int64_t estimate, int64_t actual);
+struct aor_metrics_tenant_ref;
+struct aor_metrics_tenant_ref *aor_metrics_tenant_quota(const char *tenant, const int64_t limit[4], const int64_t used[4],
+                                                        const struct aor_quota_windows *w);
+void aor_metrics_tenant_settle(struct aor_metrics_tenant_ref *ref, const struct aor_quota_windows *at, int64_t estimate,
+                               int64_t actual);
 
 /* one tenant as aor_metrics_tenants() copies it */
 struct aor_metrics_tenant {

@@ -148,6 +148,7 @@ int main(void)
     {
         struct aor_quota_windows w, later;
         struct aor_metrics_tenant *t;
+        struct aor_metrics_tenant_ref *ref;
         const int64_t limit[4] = {1000, 10, -1, 0}, used[4] = {21, 1, 21, 21};
         const char *a;
         size_t n;
@@ -170,9 +171,11 @@ int main(void)
 
         /* quota and usage: reserve 21, settle 7; the minute's figures end with the minute */
         aor_quota_windows(now, &w);
-        aor_metrics_tenant_quota("a", limit, used, &w);
-        aor_metrics_tenant_settle("a", &w, 21, 7);
-        aor_metrics_tenant_quota("other-not-seen", limit, used, &w); /* beyond the bound: ignored */
+        ref = aor_metrics_tenant_quota("a", limit, used, &w);
+        CHECK(ref != NULL);
+        aor_metrics_tenant_settle(ref, &w, 21, 7);
+        CHECK(aor_metrics_tenant_quota("other-not-seen", limit, used, &w) == NULL); /* beyond the bound: ignored */
+        aor_metrics_tenant_settle(NULL, &w, 21, 7);                                 /* no-op */
         aor_metrics_quota_rejection("a", "rpm");
         aor_metrics_tokens("a", "gpt-4o", "east", 5, 2);
         t = aor_metrics_tenants(now, &n);
@@ -191,7 +194,7 @@ int main(void)
         }
         free(t);
         aor_quota_windows(now + 60000, &later);
-        aor_metrics_tenant_settle("a", &w, 7, -1); /* a release in the old minute after it ended still applies to the day */
+        aor_metrics_tenant_settle(ref, &w, 7, -1); /* a release in the old minute after it ended still applies to the day */
         t = aor_metrics_tenants(now + 60000, &n);
         for (i = 0; i != n && strcmp(t[i].name, "a") != 0; ++i)
             ;
