@@ -749,21 +749,22 @@ void aor_pipeline_finish(struct aor_request *ar)
     aor_accesslog_write(ar->worker->accesslog, ar);
 }
 
-/* 1 when `req` came in on the `metrics:` listener (0 when there is none) */
-static int on_metrics_listener(const struct aor_config *conf, h2o_req_t *req)
+/* 1 when `req` came in on the `metrics:` listener (0 when there is none). The listener opened at
+ * start counts, whatever a reload's file says (listeners move only with a restart) */
+static int on_metrics_listener(h2o_req_t *req)
 {
     struct sockaddr_storage ss;
     socklen_t sslen;
-    uint16_t port = 0;
+    uint16_t port = 0, mport = aor_server_metrics_port();
 
-    if (!conf->metrics.enabled)
+    if (mport == 0)
         return 0;
     sslen = req->conn->callbacks->get_sockname(req->conn, (struct sockaddr *)&ss);
     if (sslen != 0 && ss.ss_family == AF_INET)
         port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
     else if (sslen != 0 && ss.ss_family == AF_INET6)
         port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    return port == conf->metrics.port;
+    return port == mport;
 }
 
 static void send_owned(h2o_req_t *req, char *body, size_t len, const char *content_type)
@@ -776,14 +777,14 @@ static void send_owned(h2o_req_t *req, char *body, size_t len, const char *conte
     free(body);
 }
 
-/* /metrics: on its own listener when `metrics:` is configured, else on every listener */
+/* /metrics: on its own listener when one was opened at start (`metrics:`), else on every listener */
 static void serve_metrics(struct aor_worker *w, h2o_req_t *req)
 {
     const struct aor_config *conf = w->conf;
     size_t len;
     char *text;
 
-    if (conf->metrics.enabled && !on_metrics_listener(conf, req)) {
+    if (aor_server_metrics_port() != 0 && !on_metrics_listener(req)) {
         aor_error_send(req, AOR_ERR_NOT_FOUND, "metrics are served on their own listener");
         return;
     }
@@ -802,7 +803,7 @@ static void serve_status(struct aor_worker *w, h2o_req_t *req, int html)
     size_t len;
     char *text;
 
-    if (!on_metrics_listener(conf, req)) {
+    if (!on_metrics_listener(req)) {
         aor_error_send(req, AOR_ERR_NOT_FOUND, "unknown path");
         return;
     }

@@ -52,6 +52,12 @@ static size_t num_workers;
 /* the configured listeners, plus the metrics listener when `metrics:` names one */
 static struct aor_listen_conf *listens;
 static size_t num_listens;
+static uint16_t metrics_port; /* the metrics listener's, fixed at start; 0 = none */
+
+uint16_t aor_server_metrics_port(void)
+{
+    return metrics_port;
+}
 
 static pthread_mutex_t gen_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct aor_config *current_conf; /* the published generation; one reference held */
@@ -813,6 +819,10 @@ static void reload(const char *path)
     if (next->num_listeners != current_conf->num_listeners || next->threads != current_conf->threads ||
         next->limits.max_body_bytes > current_conf->limits.max_body_bytes)
         AOR_LOG(AOR_LOG_WARN, "server", "listen, threads and a larger max_body_bytes take effect only after a restart");
+    if (next->metrics.enabled != current_conf->metrics.enabled || next->metrics.port != current_conf->metrics.port ||
+        (next->metrics.address != NULL && current_conf->metrics.address != NULL &&
+         strcmp(next->metrics.address, current_conf->metrics.address) != 0))
+        AOR_LOG(AOR_LOG_WARN, "server", "the metrics listener (metrics: address/port) changes only after a restart");
     if (next->limits.max_streams_per_connection != current_conf->limits.max_streams_per_connection)
         AOR_LOG(AOR_LOG_WARN, "server", "limits.max_streams_per_connection takes effect only after a restart");
     if ((next->redis.url == NULL) != (current_conf->redis.url == NULL))
@@ -874,6 +884,7 @@ int aor_server_run(struct aor_config *conf)
     if (conf->metrics.enabled) {
         listens[conf->num_listeners].address = conf->metrics.address;
         listens[conf->num_listeners].port = conf->metrics.port;
+        metrics_port = conf->metrics.port;
     }
     ssl_ctxs = calloc(num_listens, sizeof(*ssl_ctxs));
     num_workers = conf->threads != 0 ? conf->threads : 1;

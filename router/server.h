@@ -131,6 +131,9 @@ uint32_t aor_worker_random(struct aor_worker *w);
 /* called by the pipeline when a request object is freed; lets a draining worker stop */
 void aor_worker_request_done(struct aor_worker *w);
 
+/* the port the `metrics:` listener was opened on at start (a reload does not move it), 0 when none */
+uint16_t aor_server_metrics_port(void);
+
 /* wall clock in unix milliseconds */
 int64_t aor_now_ms(void);
 

@@ -380,6 +380,25 @@ describe('status page: circuit open, credential unavailable, reload', () => {
     assert.equal(after2.router.config_generation, 2);
     assert.equal(after2.router.config_loaded_at_ms, after1.router.config_loaded_at_ms);
   });
+
+  it('a reload that moves metrics: to another port: the page stays on the listener opened at start (warned), still 404 on the data plane', async () => {
+    const other = await freePort();
+    router.writeConfig({ ...conf, metrics: { address: '127.0.0.1', port: other } });
+    const from = router.stderr().length;
+    router.signal('SIGHUP');
+    assert.ok(await router.waitStderr(/metrics listener .* only after a restart/, undefined, from), router.stderr().slice(from));
+    const s = await pollUntil(
+      async () => {
+        const x = await statusJson(mport);
+        return x.router.config_generation === 3 ? x : undefined;
+      },
+      { timeoutMs: 5000 * SLOW, intervalMs: 100 },
+    );
+    assert.ok(s, 'the reload was not applied');
+    assert.equal((await get(`http://127.0.0.1:${mport}`, '/metrics')).status, 200);
+    assert.equal((await get(router.url, '/status.json')).status, 404);
+    assert.equal((await get(router.url, '/metrics')).status, 404);
+  });
 });
 
 describe('status page: without a metrics listener', () => {
