@@ -22,6 +22,7 @@
 #include <string.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include "admit.h"
 #include "config.h"
 #include "errors.h"
@@ -102,30 +103,42 @@ static const char reserve_lua[] =
     "if rpm >= 0 then rr = rpm - mr - 1 end\n"
     "return {0, '', 0, rt, rr, h}\n";
 
-/* KEYS: usage keys, then the reservation bucket when it has one.
- * ARGV: deployment ('' none), and the numbers (space separated): has bucket (1/0), estimate,
- *       count usage (1/0), requests, prompt, completion, total, then the TTL of each usage key. */
-static const char settle_lua[] = "local n = {}\n"
-                                 "for x in string.gmatch(ARGV[2], '%S+') do n[#n + 1] = x end\n"
-                                 "local k = #KEYS\n"
-                                 "if n[1] == '1' then\n"
-                                 "  k = k - 1\n"
-                                 "  if redis.call('EXISTS', KEYS[#KEYS]) == 1 then\n"
-                                 "    redis.call('HINCRBY', KEYS[#KEYS], 'tokens', -tonumber(n[2]))\n"
-                                 "    redis.call('HINCRBY', KEYS[#KEYS], 'requests', -1)\n"
-                                 "  end\n"
-                                 "end\n"
-                                 "if n[3] == '1' then\n"
-                                 "  for i = 1, k do\n"
-                                 "    redis.call('HINCRBY', KEYS[i], 'requests', n[4])\n"
-                                 "    redis.call('HINCRBY', KEYS[i], 'prompt_tokens', n[5])\n"
-                                 "    redis.call('HINCRBY', KEYS[i], 'completion_tokens', n[6])\n"
-                                 "    redis.call('HINCRBY', KEYS[i], 'total_tokens', n[7])\n"
-                                 "    if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[i], ARGV[1] .. ':total_tokens', n[7]) end\n"
-                                 "    redis.call('EXPIRE', KEYS[i], n[7 + i])\n"
-                                 "  end\n"
-                                 "end\n"
-                                 "return 1\n";
+/* KEYS: usage keys, then the reservation bucket when it has one, then the settle markers.
+ * ARGV: deployment ('' none), the numbers (space separated): has bucket (1/0), estimate,
+ *       count usage (1/0), requests, prompt, completion, total, then the TTL of each usage key;
+ *       and the settle's id. A settle whose reply was lost (a Redis stopped, dead or slow past
+ *       the deadline) is sent again with the same id: the marker makes the one Redis ran first
+ *       the only one that counts. Returns 1 (applied) or 0 (this id was applied before). */
+#define MARKER_TTL_S 900 /* how long a settle's id is remembered */
+#define STR_(x) #x
+#define STR(x) STR_(x)
+static const char settle_lua[] =
+    "local n = {}\n"
+    "for x in string.gmatch(ARGV[2], '%S+') do n[#n + 1] = x end\n"
+    "local m = KEYS[#KEYS]\n"
+    "if redis.call('HSETNX', m, ARGV[3], 1) == 0 then return 0 end\n"
+    "redis.call('EXPIRE', m, " STR(
+        MARKER_TTL_S) ")\n"
+                      "local k = #KEYS - 1\n"
+                      "if n[1] == '1' then\n"
+                      "  local b = KEYS[k]\n"
+                      "  k = k - 1\n"
+                      "  if redis.call('EXISTS', b) == 1 then\n"
+                      "    redis.call('HINCRBY', b, 'tokens', -tonumber(n[2]))\n"
+                      "    redis.call('HINCRBY', b, 'requests', -1)\n"
+                      "  end\n"
+                      "end\n"
+                      "if n[3] == '1' then\n"
+                      "  for i = 1, k do\n"
+                      "    redis.call('HINCRBY', KEYS[i], 'requests', n[4])\n"
+                      "    redis.call('HINCRBY', KEYS[i], 'prompt_tokens', n[5])\n"
+                      "    redis.call('HINCRBY', KEYS[i], 'completion_tokens', n[6])\n"
+                      "    redis.call('HINCRBY', KEYS[i], 'total_tokens', n[7])\n"
+                      "    if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[i], ARGV[1] .. ':total_tokens', n[7]) end\n"
+                      "    redis.call('EXPIRE', KEYS[i], n[7 + i])\n"
+                      "  end\n"
+                      "end\n"
+                      "return 1\n";
 
 struct script {
     const char *body;
@@ -183,7 +196,9 @@ struct aor_admit_call {
     aor_admit_cb cb;
     /* for a settle or a backlog flush: what to keep if the write fails */
     int count_usage;
-    int nusage; /* usage keys among the arguments (argv[3..3+nusage)) */
+    int nusage;     /* usage keys among the arguments (argv[3..3+nusage)) */
+    int marker_arg; /* argv index of the settle markers' key */
+    int kept;       /* the call now waits in the unsure list: not freed after its callback */
     int ttl[3];
     char deployment[65];
     struct usage_delta usage;
@@ -355,7 +370,8 @@ static void on_call_reply(void *data, const struct redisReply *reply, const char
     if (errstr == aor_redis_err_reply)
         AOR_LOG(AOR_LOG_WARN, "admit", "quota script failed: %s", reply != NULL && reply->str != NULL ? reply->str : "-");
     c->done(c, reply, errstr);
-    call_free(c);
+    if (!c->kept)
+        call_free(c);
 }
 
 /* ---- in-process counters and last-known quotas ---------------------------------------------- */
@@ -524,8 +540,17 @@ static void remember_quota(struct aor_request *ar, const redisReply *h)
 
 /* ---- the backlog: usage Redis did not take, aggregated per key ------------------------------ */
 
+static uint64_t process_nonce;
+
+static void init_nonce(void)
+{
+    if (RAND_bytes((unsigned char *)&process_nonce, sizeof(process_nonce)) != 1)
+        process_nonce = (uint64_t)aor_now_ms() * 0x9e3779b97f4a7c15ull; /* never: the DRBG is seeded at start */
+}
+
 struct backlog_entry {
     char key[KEY_MAX];
+    char marker[KEY_MAX]; /* the settle markers' key of the tenant (same Cluster slot) */
     char deployment[65];
     int ttl;
     struct usage_delta u;
@@ -536,7 +561,7 @@ static struct backlog_entry *backlog;
 static size_t backlog_len;
 static uint64_t backlog_dropped;
 
-static void backlog_add(const char *key, const char *deployment, int ttl, const struct usage_delta *u)
+static void backlog_add(const char *key, const char *marker, const char *deployment, int ttl, const struct usage_delta *u)
 {
     size_t i;
 
@@ -556,6 +581,7 @@ static void backlog_add(const char *key, const char *deployment, int ttl, const 
         }
         memset(&backlog[i], 0, sizeof(backlog[i]));
         snprintf(backlog[i].key, sizeof(backlog[i].key), "%s", key);
+        snprintf(backlog[i].marker, sizeof(backlog[i].marker), "%s", marker);
         snprintf(backlog[i].deployment, sizeof(backlog[i].deployment), "%s", deployment);
         backlog[i].ttl = ttl;
         ++backlog_len;
@@ -585,7 +611,74 @@ static void keep_usage(struct aor_admit_call *c)
     if (!c->count_usage)
         return;
     for (i = 0; i != c->nusage; ++i)
-        backlog_add(c->argv[3 + i], c->deployment, c->ttl[i], &c->usage);
+        backlog_add(c->argv[3 + i], c->argv[c->marker_arg], c->deployment, c->ttl[i], &c->usage);
+}
+
+/*
+ * Settles whose outcome is unknown: sent, and then the reply timed out or the connection
+ * dropped. Redis may have run one (a stopped Redis runs what waits in its socket buffer when it
+ * resumes) or not. Each is kept whole and sent again, with its id, once Redis is back: the
+ * marker its script sets makes the second run a no-op. Bounded; beyond it the usage goes to
+ * the backlog (at-least-once: may count twice).
+ */
+#define UNSURE_MAX 1024
+static pthread_mutex_t unsure_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct aor_admit_call *unsure_head;
+static size_t unsure_len;
+
+/* takes `c` into the unsure list (c->kept set), or puts its usage in the backlog when full */
+static void keep_unsure(struct aor_admit_call *c)
+{
+    pthread_mutex_lock(&unsure_lock);
+    if (unsure_len < UNSURE_MAX) {
+        c->kept = 1;
+        c->prev = NULL;
+        c->next = unsure_head;
+        unsure_head = c;
+        ++unsure_len;
+        c = NULL;
+    }
+    pthread_mutex_unlock(&unsure_lock);
+    if (c != NULL)
+        keep_usage(c);
+}
+
+static struct aor_admit_call *unsure_take(void)
+{
+    struct aor_admit_call *c;
+
+    pthread_mutex_lock(&unsure_lock);
+    if ((c = unsure_head) != NULL) {
+        unsure_head = c->next;
+        --unsure_len;
+        c->next = NULL;
+    }
+    pthread_mutex_unlock(&unsure_lock);
+    return c;
+}
+
+static size_t unsure_size(void)
+{
+    size_t n;
+
+    pthread_mutex_lock(&unsure_lock);
+    n = unsure_len;
+    pthread_mutex_unlock(&unsure_lock);
+    return n;
+}
+
+/* a settle id unique across processes and restarts: a random process nonce and a counter */
+static int call_id(struct aor_admit_call *c)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    static uint64_t counter;
+    char buf[48];
+    uint64_t n = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+    int len;
+
+    pthread_once(&once, init_nonce);
+    len = snprintf(buf, sizeof(buf), "%016llx.%llx", (unsigned long long)process_nonce, (unsigned long long)n);
+    return call_arg(c, buf, (size_t)len);
 }
 
 static void on_settled(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
@@ -597,7 +690,7 @@ static void on_settled(struct aor_admit_call *c, const redisReply *reply, const 
         if (c->count_usage)
             AOR_LOG(AOR_LOG_ERROR, "admit", "usage for %s not recorded: Redis refused the write", c->argv[3]);
     } else if (errstr != NULL) {
-        keep_usage(c);
+        keep_unsure(c); /* sent, no reply: Redis may have run it */
     }
 }
 
@@ -610,7 +703,7 @@ static int settle_args(struct aor_admit_call *c, int has_bucket, int64_t estimat
 
     for (i = 0; i != c->nusage; ++i)
         n[7 + i] = c->ttl[i];
-    if (call_arg(c, c->deployment, strlen(c->deployment)) != 0 || call_nums(c, n, 7 + (size_t)c->nusage) != 0)
+    if (call_arg(c, c->deployment, strlen(c->deployment)) != 0 || call_nums(c, n, 7 + (size_t)c->nusage) != 0 || call_id(c) != 0)
         return -1;
     return 0;
 }
@@ -635,12 +728,32 @@ static void flush_backlog(struct aor_worker *w)
             c->ttl[0] = batch[i].ttl;
             c->usage = batch[i].u;
             snprintf(c->deployment, sizeof(c->deployment), "%s", batch[i].deployment);
-            call_set_numkeys(c, 1);
-            if (call_arg(c, batch[i].key, strlen(batch[i].key)) == 0 && settle_args(c, 0, 0) == 0 && call_send(c) == 0)
+            call_set_numkeys(c, 2);
+            c->marker_arg = c->argc + 1;
+            if (call_arg(c, batch[i].key, strlen(batch[i].key)) == 0 &&
+                call_arg(c, batch[i].marker, strlen(batch[i].marker)) == 0 && settle_args(c, 0, 0) == 0 && call_send(c) == 0)
                 continue;
             call_free(c);
         }
-        backlog_add(batch[i].key, batch[i].deployment, batch[i].ttl, &batch[i].u);
+        backlog_add(batch[i].key, batch[i].marker, batch[i].deployment, batch[i].ttl, &batch[i].u);
+    }
+}
+
+/* sends the settles of unknown outcome again, with their ids, on this worker's connection */
+static void flush_unsure(struct aor_worker *w)
+{
+    struct aor_admit_call *c;
+    int n = 0;
+
+    while (n++ != FLUSH_BATCH && (c = unsure_take()) != NULL) {
+        c->kept = 0;
+        c->w = w;
+        c->redis = w->redis;
+        c->prev = c->next = NULL;
+        if (call_send(c) != 0) {
+            keep_unsure(c);
+            break;
+        }
     }
 }
 
@@ -648,7 +761,11 @@ static void on_flush_timer(uv_timer_t *t)
 {
     struct aor_worker *w = t->data;
 
-    if (aor_admit_backlog_size() != 0 && aor_redis_is_up(w->redis))
+    if (!aor_redis_is_up(w->redis))
+        return;
+    if (unsure_size() != 0)
+        flush_unsure(w);
+    if (aor_admit_backlog_size() != 0)
         flush_backlog(w);
 }
 
@@ -674,19 +791,23 @@ void aor_admit_worker_stop(struct aor_worker *w)
 {
     if (w->admit == NULL)
         return;
-    /* settles still in flight: their usage goes to the backlog (the process may flush it from another worker) */
+    /* settles still in flight: sent again later, with their ids (the process may flush them from another worker) */
     while (w->admit->calls != NULL) {
         struct aor_admit_call *c = w->admit->calls;
         call_unlink(c);
         aor_redis_cancel(c->cmd);
-        keep_usage(c);
+        c->cmd = NULL;
         if (c->ar != NULL) {
             /* a reservation still awaited: its request (gone with its connection by now) may be freed */
             c->ar->adm.call = NULL;
             if (c->ar->req == NULL)
                 c->cb(c->ar);
+            free(c);
+            continue;
         }
-        free(c);
+        keep_unsure(c);
+        if (!c->kept)
+            free(c);
     }
     while (w->admit->spare != NULL) {
         struct aor_admit_call *c = w->admit->spare;
@@ -877,10 +998,12 @@ void aor_admit_settle(struct aor_request *ar)
     c->ttl[1] = DAY_TTL_S;
     c->ttl[2] = MONTH_TTL_S;
     snprintf(c->deployment, sizeof(c->deployment), "%s", ar->deployment);
-    call_set_numkeys(c, reserved == AOR_ADMIT_REDIS ? 4 : 3);
+    call_set_numkeys(c, reserved == AOR_ADMIT_REDIS ? 5 : 4);
+    c->marker_arg = reserved == AOR_ADMIT_REDIS ? 7 : 6;
     if (add_usage_key(c, ar, "minute", a->win.minute) != 0 || add_usage_key(c, ar, "day", a->win.day) != 0 ||
         add_usage_key(c, ar, "month", a->win.month) != 0 ||
         (reserved == AOR_ADMIT_REDIS && CALL_CAT(c, prefix_of(ar->conf), "reserved:{", ar->tenant, "}:", a->win.minute) != 0) ||
+        CALL_CAT(c, prefix_of(ar->conf), "settled:{", ar->tenant, "}:", a->win.minute) != 0 ||
         settle_args(c, reserved == AOR_ADMIT_REDIS, a->estimate) != 0) {
         call_free(c);
         return;
