@@ -165,6 +165,9 @@ describe('exact accounting of streams', () => {
     const r = await s.done;
     assert.equal(r.status, 200, r.body);
     assert.ok(!/"usage"/.test(r.body), r.body);
+    // an unlimited tenant has no x-ratelimit-remaining-*; OpenAI's (29000 / 499) never reach the client
+    assert.equal(r.headers['x-ratelimit-remaining-tokens'], undefined, JSON.stringify(r.headers));
+    assert.equal(r.headers['x-ratelimit-remaining-requests'], undefined);
     const seen = oai.requests.at(-1).body;
     assert.equal(seen.model, 'gpt-4o-2024-11-20');
     assert.deepEqual(seen.stream_options, { include_usage: true });
