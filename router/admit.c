@@ -48,13 +48,24 @@
  *       separated: fewer arguments to format): estimate, fallback tpm rpm day month, retry-after
  *       of minute, day, month, buckets in today, buckets in this month, bucket TTL.
  * Returns {0 admitted | 1 over quota | 2 forbidden, limit or reason, retry-after,
- *          remaining tokens, remaining requests, the tenant hash as HGETALL gave it}. */
+ *          remaining tokens, remaining requests, the quota fields of the tenant hash present
+ *          (name, value cut to 2 KiB; flat)}. */
 static const char reserve_lua[] =
     "local n = {}\n"
     "for x in string.gmatch(ARGV[3], '%S+') do n[#n + 1] = tonumber(x) end\n"
-    "local h = redis.call('HGETALL', KEYS[1])\n"
-    "local f = {}\n"
-    "for i = 1, #h, 2 do f[h[i]] = h[i + 1] end\n"
+    /* only the six fields, each cut to 2 KiB in the reply (valid ones are shorter): an operator's
+     * 2 MB note in the hash must not make the reply too big for the connection (every tenant on it
+     * would lose its Redis), nor HGETALL of a huge hash stall Redis */
+    "local names = {'tpm', 'rpm', 'tokens_per_day', 'tokens_per_month', 'deployments', 'disabled'}\n"
+    "local v = redis.call('HMGET', KEYS[1], unpack(names))\n"
+    "local f, h = {}, {}\n"
+    "for i = 1, #names do\n"
+    "  if v[i] then\n"
+    "    f[names[i]] = v[i]\n"
+    "    h[#h + 1] = names[i]\n"
+    "    h[#h + 1] = string.sub(v[i], 1, 2048)\n"
+    "  end\n"
+    "end\n"
     "local function num(v, def)\n"
     "  if v ~= nil then\n"
     "    if v == '-1' then return -1 end\n"

@@ -28,7 +28,7 @@ import {
 import { startDurableRedis } from './lib/quota_redis.mjs';
 
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
-const TENANTS = ['hostile', 'hostile-usage', 'wrongtype', 'reset', 'leaver', 'burst', 'outage', 'stopped', 'cut', 'noscript', 'plain', 'midsettle'];
+const TENANTS = ['hostile', 'hostile-usage', 'wrongtype', 'reset', 'leaver', 'burst', 'outage', 'stopped', 'cut', 'noscript', 'plain', 'midsettle', 'bigfield'];
 const KEYS = Object.fromEntries(TENANTS.map((t) => [t, `aor_${crypto.randomBytes(24).toString('base64url')}`]));
 let seq = 0;
 const rid = (w) => `it-hq-${w}-${++seq}-${Date.now()}`;
@@ -128,6 +128,26 @@ describe('hostile values in Redis', () => {
     assert.equal(closed.json().error.code, 'quota_store_unavailable');
     await cli('DEL', dayKey('wrongtype'));
     assert.equal((await call(closedRouter, 'wrongtype')).status, 200);
+  });
+});
+
+describe('a tenant hash too big to carry', () => {
+  it('a 2 MB field (notes, deployments, tpm) in one tenant hash: that tenant is served (invalid values absent), closed does not 503, the connection is not dropped for the others', async () => {
+    const key = 'aoai:tenant:{bigfield}';
+    await cli('DEL', key);
+    await cli('EVAL', "redis.call('HSET', KEYS[1], 'x-notes', string.rep('n', 2000000), 'deployments', string.rep('gpt-4o,', 300000), 'tpm', string.rep('9', 2000000), 'rpm', '3')", '1', key);
+    const from = closedRouter.stderr().length;
+    const statuses = [];
+    for (let i = 0; i < 3; i++) {
+      const [big, other] = await Promise.all([call(closedRouter, 'bigfield'), call(closedRouter, 'plain')]);
+      statuses.push(big.status, other.status);
+    }
+    assert.deepEqual(statuses, [200, 200, 200, 200, 200, 200], closedRouter.stderr().slice(from, from + 2000));
+    // rpm 3 (a small field beside the big ones) still holds
+    const fourth = await call(closedRouter, 'bigfield');
+    assert.equal(fourth.status, 429, fourth.body);
+    assert.doesNotMatch(closedRouter.stderr().slice(from), /reply over|connection lost/);
+    await cli('DEL', key);
   });
 });
 
