@@ -23,12 +23,15 @@ import {
   httpRequest,
   run,
   pollUntil,
+  tempDir,
   SLOW,
 } from './lib/harness.mjs';
 import { startDurableRedis } from './lib/quota_redis.mjs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
-const TENANTS = ['hostile', 'hostile-usage', 'wrongtype', 'reset', 'leaver', 'burst', 'outage', 'stopped', 'cut', 'noscript', 'plain', 'midsettle', 'bigfield'];
+const TENANTS = ['hostile', 'hostile-usage', 'wrongtype', 'reset', 'leaver', 'burst', 'outage', 'stopped', 'cut', 'noscript', 'plain', 'midsettle', 'bigfield', 'edge'];
 const KEYS = Object.fromEntries(TENANTS.map((t) => [t, `aor_${crypto.randomBytes(24).toString('base64url')}`]));
 let seq = 0;
 const rid = (w) => `it-hq-${w}-${++seq}-${Date.now()}`;
@@ -148,6 +151,84 @@ describe('a tenant hash too big to carry', () => {
     assert.equal(fourth.status, 429, fourth.body);
     assert.doesNotMatch(closedRouter.stderr().slice(from), /reply over|connection lost/);
     await cli('DEL', key);
+  });
+});
+
+describe('a request across the UTC minute, day and month boundary', () => {
+  it('reserved 1.5 s before a month ends, settled after: charged to the old windows, its reservation released; the new month starts from 0; retry-after before the boundary is 1..2', async () => {
+    // the router's wall clock is shifted (LD_PRELOAD shim on clock_gettime CLOCK_REALTIME) to
+    // 4 s before the next UTC month begins; deadlines and timers run on the monotonic clock
+    const dir = tempDir('aor-it-clock-');
+    const so = path.join(dir, 'clockshift.so');
+    const src = path.join(path.dirname(fileURLToPath(import.meta.url)), 'lib', 'clockshift.c');
+    const cc = await run('cc', ['-shared', '-fPIC', '-O1', '-o', so, src, '-ldl']);
+    assert.equal(cc.code, 0, cc.stderr);
+    const now0 = new Date();
+    const boundary = Date.UTC(now0.getUTCFullYear(), now0.getUTCMonth() + 1, 1);
+    const offset = boundary - 4000 - Date.now();
+    const routerNow = () => Date.now() + offset;
+    const waitUntil = async (t) => {
+      const d = t - routerNow();
+      if (d > 0) await sleep(d);
+    };
+    const p2 = (n) => String(n).padStart(2, '0');
+    const win = (ms) => {
+      const d = new Date(ms);
+      const m = `${d.getUTCFullYear()}${p2(d.getUTCMonth() + 1)}`;
+      return { month: m, day: `${m}${p2(d.getUTCDate())}`, minute: `${m}${p2(d.getUTCDate())}${p2(d.getUTCHours())}${p2(d.getUTCMinutes())}` };
+    };
+    const old = win(boundary - 1000), neu = win(boundary + 1000);
+    await cli('DEL', 'aoai:tenant:{edge}');
+    await cli('HSET', 'aoai:tenant:{edge}', 'tokens_per_month', '40', 'tpm', '-1', 'rpm', '-1', 'tokens_per_day', '-1');
+    const router = await startRouter({
+      config: config(),
+      env: { LD_PRELOAD: so, AOR_TEST_REALTIME_OFFSET_MS: String(offset), ASAN_OPTIONS: `${process.env.ASAN_OPTIONS ?? 'detect_leaks=1'}:verify_asan_link_order=0` },
+    });
+    try {
+      assert.ok(routerNow() < boundary - 1600, `the router took too long to start (${boundary - routerNow()} ms left)`);
+      await east.setBehaviour({ chunk_interval_ms: 300 });
+      await waitUntil(boundary - 1500);
+      const id = rid('edge');
+      const body = chatBody({ max_tokens: 8, stream: true }); // estimate ~ 33 of the month's 40
+      const s = curlStream(router.url, CHAT_PATH, body, { headers: { 'api-key': KEYS.edge, 'x-request-id': id } });
+      assert.ok(await s.waitEvents(1), 'no first event');
+      await waitUntil(boundary - 1000);
+      const over = await call(router, 'edge');
+      assert.equal(over.status, 429, over.body);
+      assert.match(over.json().error.message, /tokens_per_month/);
+      const ra = Number(over.headers['retry-after']);
+      assert.ok(ra >= 1 && ra <= 2, `retry-after ${over.headers['retry-after']} with the month ending in about 1 s`);
+      await waitUntil(boundary + 300);
+      const fresh = await call(router, 'edge');
+      assert.equal(fresh.status, 200, `the new month starts from 0: ${fresh.body}`);
+      const r = await s.done;
+      assert.equal(r.status, 200);
+      const line = await accessLogLine(router, id, 10000 * SLOW);
+      assert.equal(line.usage, 'reported');
+      await sleep(300);
+      const h = async (k) => {
+        const kv = (await cli('HGETALL', k)).stdout.split('\n');
+        const o = {};
+        for (let i = 0; i + 1 < kv.length; i += 2) o[kv[i]] = Number(kv[i + 1]);
+        return o;
+      };
+      for (const [kind, w] of [['minute', old.minute], ['day', old.day], ['month', old.month]]) {
+        const u = await h(`aoai:usage:{edge}:${kind}:${w}`);
+        assert.equal(u.requests, 1, `${kind} ${w}: ${JSON.stringify(u)}`);
+        assert.equal(u.total_tokens, line.total_tokens, `${kind} ${w}: the stream, charged to the window it was admitted in`);
+      }
+      for (const [kind, w] of [['minute', neu.minute], ['day', neu.day], ['month', neu.month]]) {
+        const u = await h(`aoai:usage:{edge}:${kind}:${w}`);
+        assert.equal(u.requests, 1, `${kind} ${w}: only the request admitted after the boundary: ${JSON.stringify(u)}`);
+        assert.equal(u.total_tokens, fresh.json().usage.total_tokens);
+      }
+      const bucket = await h(`aoai:reserved:{edge}:${old.minute}`);
+      assert.equal(bucket.tokens ?? 0, 0, `old minute's reservation left: ${JSON.stringify(bucket)}`);
+      assert.equal(bucket.requests ?? 0, 0);
+    } finally {
+      await east.setBehaviour({});
+      await stopAll(router);
+    }
   });
 });
 
