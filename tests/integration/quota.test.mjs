@@ -161,6 +161,7 @@ describe('admission: 429 per limit', () => {
     assert.deepEqual(remaining.slice(0, 3), ['19', '12', '5']);
     const r = await asTenant(t);
     const ra = assertQuota429(r, 'tpm', 60);
+    assert.equal(metricSum(await fetchMetrics(router), 'aoai_router_quota_rejections_total', { tenant: t, limit: 'tpm' }), 3);
     assert.ok(ra <= 60 - Math.floor((Date.now() % 60000) / 1000) + 1, `retry-after ${ra} beyond the minute's end`);
     const u = await usageHash(t, 'minute');
     assert.equal(u.total_tokens, 7 * codes.filter((c) => c === 200).length, JSON.stringify(u));
@@ -173,6 +174,7 @@ describe('admission: 429 per limit', () => {
     await hset(t, 'tokens_per_day', '25'); // 21 reserved, 7 used; then 7 + 21 > 25
     assert.equal((await asTenant(t)).status, 200);
     const r = await asTenant(t);
+    assert.equal(metricSum(await fetchMetrics(router), 'aoai_router_quota_rejections_total', { tenant: t, limit: 'day' }), 1);
     const now = new Date();
     const toMidnight = Math.ceil((Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1) - now.getTime()) / 1000);
     const ra = assertQuota429(r, 'tokens_per_day', 86400);
@@ -184,6 +186,7 @@ describe('admission: 429 per limit', () => {
     await hset(t, 'tokens_per_month', '25');
     assert.equal((await asTenant(t)).status, 200);
     const r = await asTenant(t);
+    assert.equal(metricSum(await fetchMetrics(router), 'aoai_router_quota_rejections_total', { tenant: t, limit: 'month' }), 1);
     const now = new Date();
     const toEnd = Math.ceil((Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1) - now.getTime()) / 1000);
     const ra = assertQuota429(r, 'tokens_per_month', 31 * 86400);
