@@ -46,7 +46,8 @@
 /* KEYS: tenant hash, usage minute, usage day, usage month, reservation buckets (this minute first).
  * ARGV: deployment, fallback deployments ("*" = all), and the numbers (one argument, space
  *       separated: fewer arguments to format): estimate, fallback tpm rpm day month, retry-after
- *       of minute, day, month, buckets in today, buckets in this month, bucket TTL.
+ *       of minute, day, month, buckets in today, buckets in this month, bucket TTL; and the
+ *       reservation's id (its field r:<id> in the bucket marks the reservation to give back).
  * Returns {0 admitted | 1 over quota | 2 forbidden, limit or reason, retry-after,
  *          remaining tokens, remaining requests, the quota fields of the tenant hash present
  *          (name, value cut to 2 KiB; flat)}. */
@@ -108,6 +109,7 @@ static const char reserve_lua[] =
     "if rpm >= 0 and mr + 1 > rpm then return {1, 'rpm', n[6], -1, -1, h} end\n"
     "redis.call('HINCRBY', KEYS[5], 'tokens', est)\n"
     "redis.call('HINCRBY', KEYS[5], 'requests', 1)\n"
+    "redis.call('HSET', KEYS[5], 'r:' .. ARGV[4], est)\n"
     "redis.call('EXPIRE', KEYS[5], n[11])\n"
     "local rt, rr = -1, -1\n"
     "if tpm >= 0 then rt = tpm - mt - est end\n"
@@ -117,39 +119,37 @@ static const char reserve_lua[] =
 /* KEYS: usage keys, then the reservation bucket when it has one, then the settle markers.
  * ARGV: deployment ('' none), the numbers (space separated): has bucket (1/0), estimate,
  *       count usage (1/0), requests, prompt, completion, total, then the TTL of each usage key;
- *       and the settle's id. A settle whose reply was lost (a Redis stopped, dead or slow past
- *       the deadline) is sent again with the same id: the marker makes the one Redis ran first
- *       the only one that counts. Returns 1 (applied) or 0 (this id was applied before). */
-#define MARKER_TTL_S 900 /* how long a settle's id is remembered */
-#define STR_(x) #x
-#define STR(x) STR_(x)
-static const char settle_lua[] =
-    "local n = {}\n"
-    "for x in string.gmatch(ARGV[2], '%S+') do n[#n + 1] = x end\n"
-    "local m = KEYS[#KEYS]\n"
-    "if redis.call('HSETNX', m, ARGV[3], 1) == 0 then return 0 end\n"
-    "redis.call('EXPIRE', m, " STR(
-        MARKER_TTL_S) ")\n"
-                      "local k = #KEYS - 1\n"
-                      "if n[1] == '1' then\n"
-                      "  local b = KEYS[k]\n"
-                      "  k = k - 1\n"
-                      "  if redis.call('EXISTS', b) == 1 then\n"
-                      "    redis.call('HINCRBY', b, 'tokens', -tonumber(n[2]))\n"
-                      "    redis.call('HINCRBY', b, 'requests', -1)\n"
-                      "  end\n"
-                      "end\n"
-                      "if n[3] == '1' then\n"
-                      "  for i = 1, k do\n"
-                      "    redis.call('HINCRBY', KEYS[i], 'requests', n[4])\n"
-                      "    redis.call('HINCRBY', KEYS[i], 'prompt_tokens', n[5])\n"
-                      "    redis.call('HINCRBY', KEYS[i], 'completion_tokens', n[6])\n"
-                      "    redis.call('HINCRBY', KEYS[i], 'total_tokens', n[7])\n"
-                      "    if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[i], ARGV[1] .. ':total_tokens', n[7]) end\n"
-                      "    redis.call('EXPIRE', KEYS[i], n[7 + i])\n"
-                      "  end\n"
-                      "end\n"
-                      "return 1\n";
+ *       the settle's id, and the reservation's id (the bucket gives back only a reservation
+ *       whose field r:<id> it still has: made, and not given back
+ *       yet). A settle whose reply was lost (a Redis stopped, dead or slow past the deadline) is
+ *       sent again with the same id: the marker makes the one Redis ran first the only one that
+ *       counts. Returns 1 (applied) or 0 (this id was applied before). */
+/* the marker lives 900 s (15 min): how long a settle's id is remembered */
+static const char settle_lua[] = "local n = {}\n"
+                                 "for x in string.gmatch(ARGV[2], '%S+') do n[#n + 1] = x end\n"
+                                 "local m = KEYS[#KEYS]\n"
+                                 "if redis.call('HSETNX', m, ARGV[3], 1) == 0 then return 0 end\n"
+                                 "redis.call('EXPIRE', m, 900)\n"
+                                 "local k = #KEYS - 1\n"
+                                 "if n[1] == '1' then\n"
+                                 "  local b = KEYS[k]\n"
+                                 "  k = k - 1\n"
+                                 "  if redis.call('HDEL', b, 'r:' .. ARGV[4]) == 1 then\n"
+                                 "    redis.call('HINCRBY', b, 'tokens', -tonumber(n[2]))\n"
+                                 "    redis.call('HINCRBY', b, 'requests', -1)\n"
+                                 "  end\n"
+                                 "end\n"
+                                 "if n[3] == '1' then\n"
+                                 "  for i = 1, k do\n"
+                                 "    redis.call('HINCRBY', KEYS[i], 'requests', n[4])\n"
+                                 "    redis.call('HINCRBY', KEYS[i], 'prompt_tokens', n[5])\n"
+                                 "    redis.call('HINCRBY', KEYS[i], 'completion_tokens', n[6])\n"
+                                 "    redis.call('HINCRBY', KEYS[i], 'total_tokens', n[7])\n"
+                                 "    if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[i], ARGV[1] .. ':total_tokens', n[7]) end\n"
+                                 "    redis.call('EXPIRE', KEYS[i], n[7 + i])\n"
+                                 "  end\n"
+                                 "end\n"
+                                 "return 1\n";
 
 struct script {
     const char *body;
@@ -679,17 +679,24 @@ static size_t unsure_size(void)
 }
 
 /* a settle id unique across processes and restarts: a random process nonce and a counter */
-static int call_id(struct aor_admit_call *c)
+static size_t make_id(char *buf, size_t cap)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     static uint64_t counter;
-    char buf[48];
     uint64_t n = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
     int len;
 
     pthread_once(&once, init_nonce);
-    len = snprintf(buf, sizeof(buf), "%016llx.%llx", (unsigned long long)process_nonce, (unsigned long long)n);
-    return call_arg(c, buf, (size_t)len);
+    len = snprintf(buf, cap, "%016llx.%llx", (unsigned long long)process_nonce, (unsigned long long)n);
+    return len > 0 && (size_t)len < cap ? (size_t)len : 0;
+}
+
+static int call_id(struct aor_admit_call *c)
+{
+    char buf[40];
+    size_t len = make_id(buf, sizeof(buf));
+
+    return call_arg(c, buf, len);
 }
 
 static void on_settled(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
@@ -706,7 +713,7 @@ static void on_settled(struct aor_admit_call *c, const redisReply *reply, const 
 }
 
 /* adds the arguments after the keys to a settle call */
-static int settle_args(struct aor_admit_call *c, int has_bucket, int64_t estimate)
+static int settle_args(struct aor_admit_call *c, int has_bucket, int64_t estimate, const char *reservation_id)
 {
     int64_t n[7 + 3] = {has_bucket,          estimate,      c->count_usage, c->usage.requests, c->usage.prompt,
                         c->usage.completion, c->usage.total};
@@ -714,7 +721,8 @@ static int settle_args(struct aor_admit_call *c, int has_bucket, int64_t estimat
 
     for (i = 0; i != c->nusage; ++i)
         n[7 + i] = c->ttl[i];
-    if (call_arg(c, c->deployment, strlen(c->deployment)) != 0 || call_nums(c, n, 7 + (size_t)c->nusage) != 0 || call_id(c) != 0)
+    if (call_arg(c, c->deployment, strlen(c->deployment)) != 0 || call_nums(c, n, 7 + (size_t)c->nusage) != 0 || call_id(c) != 0 ||
+        call_arg(c, reservation_id, strlen(reservation_id)) != 0)
         return -1;
     return 0;
 }
@@ -742,7 +750,7 @@ static void flush_backlog(struct aor_worker *w)
             call_set_numkeys(c, 2);
             c->marker_arg = c->argc + 1;
             if (call_arg(c, batch[i].key, strlen(batch[i].key)) == 0 &&
-                call_arg(c, batch[i].marker, strlen(batch[i].marker)) == 0 && settle_args(c, 0, 0) == 0 && call_send(c) == 0)
+                call_arg(c, batch[i].marker, strlen(batch[i].marker)) == 0 && settle_args(c, 0, 0, "") == 0 && call_send(c) == 0)
                 continue;
             call_free(c);
         }
@@ -861,6 +869,9 @@ static void on_reserved(struct aor_admit_call *c, const redisReply *reply, const
     int64_t now = aor_now_ms();
 
     a->call = NULL;
+    /* sent, and no reply: Redis may run it yet (a stopped Redis resumed): the settle gives it back */
+    if (errstr == aor_redis_err_timeout || errstr == aor_redis_err_disconnected)
+        a->maybe_reserved = 1;
     if (errstr != NULL || reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 6 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER) {
         if (errstr == NULL)
@@ -940,8 +951,9 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
                          nmonth,
                          nb * 60 + 120};
         const char *deps = fallback.all_deployments ? "*" : fallback.deployments;
+        size_t idl = make_id(a->reservation_id, sizeof(a->reservation_id));
         if (call_arg(c, ar->deployment, strlen(ar->deployment)) != 0 || call_arg(c, deps, strlen(deps)) != 0 ||
-            call_nums(c, n, 11) != 0)
+            call_nums(c, n, 11) != 0 || call_arg(c, a->reservation_id, idl) != 0)
             goto fail;
     }
     if (call_send(c) != 0)
@@ -962,11 +974,14 @@ void aor_admit_settle(struct aor_request *ar)
     int reserved = a->reserved;
     struct aor_admit_call *c;
     struct usage_delta u = {0, 0, 0, 0};
-    int count = 0;
+    int count = 0, bucket;
 
-    if (reserved == AOR_ADMIT_NONE)
+    if (reserved == AOR_ADMIT_NONE && !a->maybe_reserved)
         return;
+    /* a reservation to give back in Redis: made there, or perhaps made (its reply was lost) */
+    bucket = reserved == AOR_ADMIT_REDIS || a->maybe_reserved;
     a->reserved = AOR_ADMIT_NONE;
+    a->maybe_reserved = 0;
     if (ar->usage.found) {
         count = 1;
     } else if (ar->sse.usage.found) {
@@ -997,7 +1012,7 @@ void aor_admit_settle(struct aor_request *ar)
             aor_quota_local_settle(&e->c, &a->win, a->estimate, count ? u.total : -1);
         pthread_mutex_unlock(&local_lock);
     }
-    if (ar->worker->redis == NULL || (reserved == AOR_ADMIT_LOCAL && !count))
+    if (ar->worker->redis == NULL || (!count && !bucket))
         return;
     if ((c = call_new(ar->worker, &settle_script)) == NULL)
         return;
@@ -1009,18 +1024,25 @@ void aor_admit_settle(struct aor_request *ar)
     c->ttl[1] = DAY_TTL_S;
     c->ttl[2] = MONTH_TTL_S;
     snprintf(c->deployment, sizeof(c->deployment), "%s", ar->deployment);
-    call_set_numkeys(c, reserved == AOR_ADMIT_REDIS ? 5 : 4);
-    c->marker_arg = reserved == AOR_ADMIT_REDIS ? 7 : 6;
+    call_set_numkeys(c, bucket ? 5 : 4);
+    c->marker_arg = bucket ? 7 : 6;
     if (add_usage_key(c, ar, "minute", a->win.minute) != 0 || add_usage_key(c, ar, "day", a->win.day) != 0 ||
         add_usage_key(c, ar, "month", a->win.month) != 0 ||
-        (reserved == AOR_ADMIT_REDIS && CALL_CAT(c, prefix_of(ar->conf), "reserved:{", ar->tenant, "}:", a->win.minute) != 0) ||
+        (bucket && CALL_CAT(c, prefix_of(ar->conf), "reserved:{", ar->tenant, "}:", a->win.minute) != 0) ||
         CALL_CAT(c, prefix_of(ar->conf), "settled:{", ar->tenant, "}:", a->win.minute) != 0 ||
-        settle_args(c, reserved == AOR_ADMIT_REDIS, a->estimate) != 0) {
+        settle_args(c, bucket, a->estimate, a->reservation_id) != 0) {
         call_free(c);
         return;
     }
     if (call_send(c) != 0) {
-        keep_usage(c); /* Redis is down: the usage waits for it */
-        call_free(c);
+        /* Redis is down: the usage waits for it; with a reservation to give back, the whole call */
+        if (bucket) {
+            keep_unsure(c);
+            if (!c->kept)
+                call_free(c);
+        } else {
+            keep_usage(c);
+            call_free(c);
+        }
     }
 }

@@ -33,6 +33,8 @@ struct aor_admission {
     int64_t remaining_tokens, remaining_requests; /* the tenant's minute window after this reservation; -1 unlimited/unknown */
     struct aor_quota_windows win;                 /* the windows the reservation (and the usage) belong to */
     int usage_estimated;                          /* the charge is an estimate (a stream cut short) */
+    int maybe_reserved;                           /* the reserve script's reply was lost: Redis may hold the reservation */
+    char reservation_id[40];                      /* the reservation's field in its bucket (r:<id>) */
 };
 
 typedef void (*aor_admit_cb)(struct aor_request *ar);

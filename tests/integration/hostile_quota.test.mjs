@@ -31,7 +31,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
-const TENANTS = ['hostile', 'hostile-usage', 'wrongtype', 'reset', 'leaver', 'burst', 'outage', 'stopped', 'cut', 'noscript', 'plain', 'midsettle', 'bigfield', 'edge'];
+const TENANTS = ['hostile', 'hostile-usage', 'wrongtype', 'reset', 'leaver', 'burst', 'outage', 'stopped', 'cut', 'noscript', 'plain', 'midsettle', 'bigfield', 'edge', 'phantom'];
 const KEYS = Object.fromEntries(TENANTS.map((t) => [t, `aor_${crypto.randomBytes(24).toString('base64url')}`]));
 let seq = 0;
 const rid = (w) => `it-hq-${w}-${++seq}-${Date.now()}`;
@@ -56,6 +56,12 @@ function call(router, tenant, { body = chatBody({ max_tokens: 2 }), id = rid(ten
     r.id = id;
     return r;
   });
+}
+
+/** Keeps a test's requests inside one UTC minute: waits out the last 15 s of a minute. */
+async function awayFromMinuteEdgeHq() {
+  const s = (Date.now() % 60000) / 1000;
+  if (s > 45) await sleep((60 - s) * 1000 + 300);
 }
 
 function dayKey(tenant) {
@@ -389,6 +395,33 @@ describe('Redis outage', () => {
       const h = (await cli('HGETALL', k)).stdout.split('\n');
       for (let i = 0; i + 1 < h.length; i += 2) if (/^(tokens|requests)$/.test(h[i])) assert.equal(Number(h[i + 1]), 0, `${k} ${h[i]}=${h[i + 1]}`);
     }
+  });
+
+  it('SIGSTOPped while a reserve is on its way (open: admitted locally), resumed: the reservation Redis then makes is released, no phantom tokens block the tenant', async () => {
+    await awayFromMinuteEdgeHq();
+    assert.equal((await call(routerA, 'phantom')).status, 200); // scripts cached
+    await cli('HSET', 'aoai:tenant:{phantom}', 'tpm', '1000', 'rpm', '-1');
+    const big = chatBody({ max_tokens: 600 }); // estimate ~ 630 of the tpm's 1000
+    redis.proc.kill('SIGSTOP');
+    let r;
+    try {
+      r = await call(routerA, 'phantom', { body: big, timeoutMs: 15000 });
+      assert.equal(r.status, 200, r.body); // open: admitted on the local counters after the 1 s deadline
+    } finally {
+      redis.proc.kill('SIGCONT');
+    }
+    // Redis runs the reserve it had in its socket buffer: a reservation nobody settles unless
+    // the router gives it back
+    const sum = async () => {
+      let t = 0;
+      for (const k of (await cli('--scan', '--pattern', 'aoai:reserved:{phantom}:*')).stdout.split('\n').filter(Boolean))
+        t += Number((await cli('HGET', k, 'tokens')).stdout.trim() || 0);
+      return t;
+    };
+    const drained = await pollUntil(async () => (await sum()) === 0, { timeoutMs: 5000 * SLOW, intervalMs: 200 });
+    assert.ok(drained, `reserved tokens left: ${await sum()}`);
+    const next = await call(routerA, 'phantom', { body: big });
+    assert.equal(next.status, 200, `a phantom reservation blocks the tenant: ${next.body}`);
   });
 
   it('SIGSTOPped: open answers, closed refuses, neither holds a request beyond the command deadline', async () => {
