@@ -83,7 +83,13 @@ static const char reserve_lua[] =
     "end\n"
     "local tpm, rpm = num(f['tpm'], n[2]), num(f['rpm'], n[3])\n"
     "local day, month = num(f['tokens_per_day'], n[4]), num(f['tokens_per_month'], n[5])\n"
-    "if f['disabled'] == '1' then return {2, 'disabled', 0, -1, -1, h} end\n"
+    /* a kill switch fails closed: only 0/false/no (any case) or empty leave the tenant on, as for
+     * a Redis key's tenant (auth/apikey.c aor_apikey_flag_set) */
+    "local dis = f['disabled']\n"
+    "if dis ~= nil then\n"
+    "  local l = string.lower(dis)\n"
+    "  if not (l == '' or l == '0' or l == 'false' or l == 'no') then return {2, 'disabled', 0, -1, -1, h} end\n"
+    "end\n"
     "if tpm == 0 or rpm == 0 or day == 0 or month == 0 then return {2, 'zero', 0, -1, -1, h} end\n"
     "local deps = ARGV[2]\n"
     "local d = f['deployments']\n"
@@ -540,7 +546,7 @@ static void remember_quota(struct aor_request *ar, const redisReply *h)
         if (bad != 0 && e->hash_fnv != sum)
             AOR_LOG(AOR_LOG_WARN, "admit",
                     "%s: tenant %s: quota hash has invalid values (mask %u: 1 tpm, 2 rpm, 4 tokens_per_day, 8 tokens_per_month, "
-                    "16 deployments, 32 disabled); they count as absent",
+                    "16 deployments, 32 disabled); they count as absent (an odd disabled counts as 1)",
                     ar->id, ar->tenant, bad);
         e->hash_fnv = sum;
         e->q = q;

@@ -31,7 +31,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
-const TENANTS = ['hostile', 'hostile-usage', 'wrongtype', 'reset', 'leaver', 'burst', 'outage', 'stopped', 'cut', 'noscript', 'plain', 'midsettle', 'bigfield', 'edge', 'phantom'];
+const TENANTS = ['hostile', 'hostile-usage', 'wrongtype', 'reset', 'leaver', 'burst', 'outage', 'stopped', 'cut', 'noscript', 'plain', 'midsettle', 'bigfield', 'edge', 'phantom', 'killswitch'];
 const KEYS = Object.fromEntries(TENANTS.map((t) => [t, `aor_${crypto.randomBytes(24).toString('base64url')}`]));
 let seq = 0;
 const rid = (w) => `it-hq-${w}-${++seq}-${Date.now()}`;
@@ -96,7 +96,7 @@ describe('hostile values in Redis', () => {
     const values = ['abc', '-5', '1000000000000000000000000000000', '', '1e3', ' 7'];
     for (const v of values) {
       await cli('DEL', 'aoai:tenant:{hostile}');
-      await cli('HSET', 'aoai:tenant:{hostile}', 'rpm', v, 'tpm', v, 'tokens_per_day', v, 'tokens_per_month', v, 'deployments', v === '' ? '' : ',,', 'disabled', v === '' ? '' : 'yes');
+      await cli('HSET', 'aoai:tenant:{hostile}', 'rpm', v, 'tpm', v, 'tokens_per_day', v, 'tokens_per_month', v, 'deployments', v === '' ? '' : ',,', 'disabled', v === '' ? '' : 'no');
       // tenants.hostile has rpm 2 in the config: with every Redis value ignored, that limit holds
       const minuteLeft = 60000 - (Date.now() % 60000);
       if (minuteLeft < 3000) await sleep(minuteLeft + 200);
@@ -110,6 +110,23 @@ describe('hostile values in Redis', () => {
     }
     assert.match(routerA.stderr(), /quota hash has invalid values/);
     assert.equal((await httpRequest(`${routerA.url}/healthz`)).status, 200);
+  });
+
+  it('disabled is a kill switch that fails closed (the rule a Redis key\'s tenant gets too): only 0/false/no (any case) or empty serve; 1/true/yes/on/off/" 1"/2/maybe → 403', async () => {
+    const key = 'aoai:tenant:{killswitch}';
+    const outcome = {};
+    for (const v of ['1', 'true', 'TRUE', 'yes', 'On', 'off', ' 1', '1 ', '2', 'maybe', '0', 'false', 'No', 'FALSE', '']) {
+      await cli('DEL', key);
+      await cli('HSET', key, 'disabled', v);
+      const r = await call(closedRouter, 'killswitch');
+      outcome[JSON.stringify(v)] = r.status;
+      if (r.status === 403) assert.equal(r.json().error.message, 'the tenant is disabled');
+    }
+    assert.deepEqual(outcome, {
+      '"1"': 403, '"true"': 403, '"TRUE"': 403, '"yes"': 403, '"On"': 403, '"off"': 403, '" 1"': 403, '"1 "': 403, '"2"': 403, '"maybe"': 403,
+      '"0"': 200, '"false"': 200, '"No"': 200, '"FALSE"': 200, '""': 200,
+    });
+    await cli('DEL', key);
   });
 
   it('usage and reservation hashes with garbage counters count as 0, never crash', async () => {
