@@ -110,7 +110,7 @@ before(async () => {
         jwt: [{ issuer: idp.issuer, openid_config: idp.openidConfig, audiences: ['api://aoai-router'], tenant_claims: ['tid'] }],
         keys: { static: [{ sha256: sha256(STATIC_KEY), tenant: STATIC_TENANT }] },
       },
-      tenants: { default: { tpm: 100000, rpm: 1000 } },
+      tenants: { default: { tpm: 100000, rpm: 1000 }, partial: { rpm: 5 } },
     },
   });
   const ok = await pollUntil(async () => (await asTenant('warmup')).status === 200, { timeoutMs: 20000 * SLOW, intervalMs: 200 });
@@ -219,6 +219,11 @@ describe('where a quota comes from', () => {
     const none = await asTenant(uniq('nohash'));
     assert.equal(none.headers['x-ratelimit-remaining-requests'], '999');
     assert.equal(none.headers['x-ratelimit-remaining-tokens'], String(100000 - 21));
+    // a tenants.<T> entry that names only rpm: its tpm is tenants.default's, not unlimited
+    await redisCli(redis, 'DEL', 'aoai:tenant:{partial}');
+    const partial = await asTenant('partial');
+    assert.equal(partial.headers['x-ratelimit-remaining-requests'], '4');
+    assert.equal(partial.headers['x-ratelimit-remaining-tokens'], String(100000 - 21));
   });
 
   it('a streamed answer carries the tenant\'s x-ratelimit-remaining-* too, not the backend\'s', async () => {
