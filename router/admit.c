@@ -202,7 +202,8 @@ struct aor_admit_call {
     struct aor_worker *w;
     struct aor_redis *redis;
     const struct script *script;
-    void (*done)(struct aor_admit_call *c, const redisReply *reply, const char *errstr);
+    /* 1 when it handed `c` on (to the unsure list: another worker may own it already), else 0 */
+    int (*done)(struct aor_admit_call *c, const redisReply *reply, const char *errstr);
     int retried;
     int argc;
     const char *argv[CALL_MAX_ARGS];
@@ -215,7 +216,6 @@ struct aor_admit_call {
     int count_usage;
     int nusage;     /* usage keys among the arguments (argv[3..3+nusage)) */
     int marker_arg; /* argv index of the settle markers' key */
-    int kept;       /* the call now waits in the unsure list: not freed after its callback */
     int ttl[3];
     char deployment[65];
     struct usage_delta usage;
@@ -386,8 +386,7 @@ static void on_call_reply(void *data, const struct redisReply *reply, const char
     call_unlink(c);
     if (errstr == aor_redis_err_reply)
         AOR_LOG(AOR_LOG_WARN, "admit", "quota script failed: %s", reply != NULL && reply->str != NULL ? reply->str : "-");
-    c->done(c, reply, errstr);
-    if (!c->kept)
+    if (!c->done(c, reply, errstr)) /* else `c` is no longer ours to touch */
         call_free(c);
 }
 
@@ -643,12 +642,12 @@ static pthread_mutex_t unsure_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct aor_admit_call *unsure_head;
 static size_t unsure_len;
 
-/* takes `c` into the unsure list (c->kept set), or puts its usage in the backlog when full */
-static void keep_unsure(struct aor_admit_call *c)
+/* takes `c` into the unsure list and returns 1 (`c` is no longer the caller's: another worker
+ * may send it at once); when full, puts its usage in the backlog and returns 0 */
+static int keep_unsure(struct aor_admit_call *c)
 {
     pthread_mutex_lock(&unsure_lock);
     if (unsure_len < UNSURE_MAX) {
-        c->kept = 1;
         c->prev = NULL;
         c->next = unsure_head;
         unsure_head = c;
@@ -656,8 +655,10 @@ static void keep_unsure(struct aor_admit_call *c)
         c = NULL;
     }
     pthread_mutex_unlock(&unsure_lock);
-    if (c != NULL)
-        keep_usage(c);
+    if (c == NULL)
+        return 1;
+    keep_usage(c);
+    return 0;
 }
 
 static struct aor_admit_call *unsure_take(void)
@@ -705,7 +706,7 @@ static int call_id(struct aor_admit_call *c)
     return call_arg(c, buf, len);
 }
 
-static void on_settled(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
+static int on_settled(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
 {
     (void)reply;
     if (errstr == aor_redis_err_reply) {
@@ -714,8 +715,9 @@ static void on_settled(struct aor_admit_call *c, const redisReply *reply, const 
         if (c->count_usage)
             AOR_LOG(AOR_LOG_ERROR, "admit", "usage for %s not recorded: Redis refused the write", c->argv[3]);
     } else if (errstr != NULL) {
-        keep_unsure(c); /* sent, no reply: Redis may have run it */
+        return keep_unsure(c); /* sent, no reply: Redis may have run it */
     }
+    return 0;
 }
 
 /* adds the arguments after the keys to a settle call */
@@ -771,12 +773,12 @@ static void flush_unsure(struct aor_worker *w)
     int n = 0;
 
     while (n++ != FLUSH_BATCH && (c = unsure_take()) != NULL) {
-        c->kept = 0;
         c->w = w;
         c->redis = w->redis;
         c->prev = c->next = NULL;
         if (call_send(c) != 0) {
-            keep_unsure(c);
+            if (!keep_unsure(c))
+                call_free(c);
             break;
         }
     }
@@ -830,8 +832,7 @@ void aor_admit_worker_stop(struct aor_worker *w)
             free(c);
             continue;
         }
-        keep_unsure(c);
-        if (!c->kept)
+        if (!keep_unsure(c))
             free(c);
     }
     while (w->admit->spare != NULL) {
@@ -868,7 +869,7 @@ static int num_buckets(const struct aor_config *conf)
 
 /* ---- the admit stage -------------------------------------------------------------------- */
 
-static void on_reserved(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
+static int on_reserved(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
 {
     struct aor_request *ar = c->ar;
     struct aor_admission *a = &ar->adm;
@@ -904,6 +905,7 @@ static void on_reserved(struct aor_admit_call *c, const redisReply *reply, const
     if (ar->req == NULL)
         aor_admit_settle(ar); /* the client left meanwhile: give the reservation back */
     c->cb(ar);
+    return 0;
 }
 
 int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
@@ -1043,8 +1045,7 @@ void aor_admit_settle(struct aor_request *ar)
     if (call_send(c) != 0) {
         /* Redis is down: the usage waits for it; with a reservation to give back, the whole call */
         if (bucket) {
-            keep_unsure(c);
-            if (!c->kept)
+            if (!keep_unsure(c))
                 call_free(c);
         } else {
             keep_usage(c);
