@@ -177,6 +177,33 @@ describe('exact accounting of streams', () => {
   });
 });
 
+describe('legacy completions (the other operation that takes stream_options)', () => {
+  for (const [label, extra] of [
+    ['JSON', {}],
+    ['streamed, no stream_options', { stream: true }],
+    ['streamed, stream_options {"include_usage":false}', { stream: true, stream_options: { include_usage: false } }],
+  ]) {
+    it(`completions ${label}: usage reported exactly (the mock's 4 completion tokens); a stream the client sees has no usage`, async () => {
+      const id = rid('cmpl');
+      const body = { model: 'gpt-4o', prompt: 'Say hi', max_tokens: 4, ...extra };
+      const r = extra.stream
+        ? await curlStream(oaiRouter.url, '/openai/v1/completions', body, { headers: { 'api-key': KEYS.optout, 'x-request-id': id } }).done
+        : await post(oaiRouter.url, '/openai/v1/completions', body, { headers: { 'api-key': KEYS.optout, 'x-request-id': id } });
+      assert.equal(r.status, 200, r.body);
+      const seen = oai.requests.at(-1);
+      assert.equal(seen.path, '/v1/completions');
+      if (extra.stream) {
+        assert.deepEqual(seen.body.stream_options, { include_usage: true });
+        assert.ok(!/"usage"/.test(r.body), r.body);
+        assert.ok(/"text":"word0"/.test(r.body), r.body);
+      }
+      const line = await accessLogLine(oaiRouter, id, 10000 * SLOW);
+      assert.equal(line.usage, 'reported', JSON.stringify(line));
+      assert.equal(line.completion_tokens, 4);
+    });
+  }
+});
+
 describe('one tpm across replicas and deployments', () => {
   it('a failover (east 429, then west answers) is counted once: one request, the usage west reported; reservation released', async () => {
     const day = `aoai:usage:{failover}:day:${new Date().toISOString().slice(0, 10).replaceAll('-', '')}`;
