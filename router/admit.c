@@ -22,6 +22,7 @@
 #include <string.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include "admit.h"
 #include "config.h"
 #include "errors.h"
@@ -45,17 +46,29 @@
 /* KEYS: tenant hash, usage minute, usage day, usage month, reservation buckets (this minute first).
  * ARGV: deployment, fallback deployments ("*" = all), and the numbers (one argument, space
  *       separated: fewer arguments to format): estimate, fallback tpm rpm day month, retry-after
- *       of minute, day, month, buckets in today, buckets in this month, bucket TTL.
+ *       of minute, day, month, buckets in today, buckets in this month, bucket TTL; and the
+ *       reservation's id (its field r:<id> in the bucket marks the reservation to give back).
  * Returns {0 admitted | 1 over quota | 2 forbidden, limit or reason, retry-after,
- *          remaining tokens, remaining requests, the tenant hash as HGETALL gave it,
+ *          remaining tokens, remaining requests, the quota fields of the tenant hash present
+ *          (name, value cut to 2 KiB; flat, as HGETALL gives them),
  *          usage {minute tokens, minute requests, day tokens, month tokens} with this request's
  *          reservation when admitted ({} when forbidden)}. */
 static const char reserve_lua[] =
     "local n = {}\n"
     "for x in string.gmatch(ARGV[3], '%S+') do n[#n + 1] = tonumber(x) end\n"
-    "local h = redis.call('HGETALL', KEYS[1])\n"
-    "local f = {}\n"
-    "for i = 1, #h, 2 do f[h[i]] = h[i + 1] end\n"
+    /* only the six fields, each cut to 2 KiB in the reply (valid ones are shorter): an operator's
+     * 2 MB note in the hash must not make the reply too big for the connection (every tenant on it
+     * would lose its Redis), nor HGETALL of a huge hash stall Redis */
+    "local names = {'tpm', 'rpm', 'tokens_per_day', 'tokens_per_month', 'deployments', 'disabled'}\n"
+    "local v = redis.call('HMGET', KEYS[1], unpack(names))\n"
+    "local f, h = {}, {}\n"
+    "for i = 1, #names do\n"
+    "  if v[i] then\n"
+    "    f[names[i]] = v[i]\n"
+    "    h[#h + 1] = names[i]\n"
+    "    h[#h + 1] = string.sub(v[i], 1, 2048)\n"
+    "  end\n"
+    "end\n"
     "local function num(v, def)\n"
     "  if v ~= nil then\n"
     "    if v == '-1' then return -1 end\n"
@@ -79,7 +92,13 @@ static const char reserve_lua[] =
     "end\n"
     "local tpm, rpm = num(f['tpm'], n[2]), num(f['rpm'], n[3])\n"
     "local day, month = num(f['tokens_per_day'], n[4]), num(f['tokens_per_month'], n[5])\n"
-    "if f['disabled'] == '1' then return {2, 'disabled', 0, -1, -1, h, {}} end\n"
+    /* a kill switch fails closed: only 0/false/no (any case) or empty leave the tenant on, as for
+     * a Redis key's tenant (auth/apikey.c aor_apikey_flag_set) */
+    "local dis = f['disabled']\n"
+    "if dis ~= nil then\n"
+    "  local l = string.lower(dis)\n"
+    "  if not (l == '' or l == '0' or l == 'false' or l == 'no') then return {2, 'disabled', 0, -1, -1, h, {}} end\n"
+    "end\n"
     "if tpm == 0 or rpm == 0 or day == 0 or month == 0 then return {2, 'zero', 0, -1, -1, h, {}} end\n"
     "local deps = ARGV[2]\n"
     "local d = f['deployments']\n"
@@ -109,23 +128,34 @@ static const char reserve_lua[] =
     "if rpm >= 0 and mr + 1 > rpm then return {1, 'rpm', n[6], -1, -1, h, u} end\n"
     "redis.call('HINCRBY', KEYS[5], 'tokens', est)\n"
     "redis.call('HINCRBY', KEYS[5], 'requests', 1)\n"
+    "redis.call('HSET', KEYS[5], 'r:' .. ARGV[4], est)\n"
     "redis.call('EXPIRE', KEYS[5], n[11])\n"
     "local rt, rr = -1, -1\n"
     "if tpm >= 0 then rt = tpm - mt - est end\n"
     "if rpm >= 0 then rr = rpm - mr - 1 end\n"
     "return {0, '', 0, rt, rr, h, {mt + est, mr + 1, dt + est, mo + est}}\n";
 
-/* KEYS: usage keys, then the reservation bucket when it has one.
- * ARGV: deployment ('' none), and the numbers (space separated): has bucket (1/0), estimate,
- *       count usage (1/0), requests, prompt, completion, total, then the TTL of each usage key. */
+/* KEYS: usage keys, then the reservation bucket when it has one, then the settle markers.
+ * ARGV: deployment ('' none), the numbers (space separated): has bucket (1/0), estimate,
+ *       count usage (1/0), requests, prompt, completion, total, then the TTL of each usage key;
+ *       the settle's id, and the reservation's id (the bucket gives back only a reservation
+ *       whose field r:<id> it still has: made, and not given back
+ *       yet). A settle whose reply was lost (a Redis stopped, dead or slow past the deadline) is
+ *       sent again with the same id: the marker makes the one Redis ran first the only one that
+ *       counts. Returns 1 (applied) or 0 (this id was applied before). */
+/* the marker lives 900 s (15 min): how long a settle's id is remembered */
 static const char settle_lua[] = "local n = {}\n"
                                  "for x in string.gmatch(ARGV[2], '%S+') do n[#n + 1] = x end\n"
-                                 "local k = #KEYS\n"
+                                 "local m = KEYS[#KEYS]\n"
+                                 "if redis.call('HSETNX', m, ARGV[3], 1) == 0 then return 0 end\n"
+                                 "redis.call('EXPIRE', m, 900)\n"
+                                 "local k = #KEYS - 1\n"
                                  "if n[1] == '1' then\n"
+                                 "  local b = KEYS[k]\n"
                                  "  k = k - 1\n"
-                                 "  if redis.call('EXISTS', KEYS[#KEYS]) == 1 then\n"
-                                 "    redis.call('HINCRBY', KEYS[#KEYS], 'tokens', -tonumber(n[2]))\n"
-                                 "    redis.call('HINCRBY', KEYS[#KEYS], 'requests', -1)\n"
+                                 "  if redis.call('HDEL', b, 'r:' .. ARGV[4]) == 1 then\n"
+                                 "    redis.call('HINCRBY', b, 'tokens', -tonumber(n[2]))\n"
+                                 "    redis.call('HINCRBY', b, 'requests', -1)\n"
                                  "  end\n"
                                  "end\n"
                                  "if n[3] == '1' then\n"
@@ -185,7 +215,8 @@ struct aor_admit_call {
     struct aor_worker *w;
     struct aor_redis *redis;
     const struct script *script;
-    void (*done)(struct aor_admit_call *c, const redisReply *reply, const char *errstr);
+    /* 1 when it handed `c` on (to the unsure list: another worker may own it already), else 0 */
+    int (*done)(struct aor_admit_call *c, const redisReply *reply, const char *errstr);
     int retried;
     int argc;
     const char *argv[CALL_MAX_ARGS];
@@ -196,7 +227,8 @@ struct aor_admit_call {
     aor_admit_cb cb;
     /* for a settle or a backlog flush: what to keep if the write fails */
     int count_usage;
-    int nusage; /* usage keys among the arguments (argv[3..3+nusage)) */
+    int nusage;     /* usage keys among the arguments (argv[3..3+nusage)) */
+    int marker_arg; /* argv index of the settle markers' key */
     int ttl[3];
     char deployment[65];
     struct usage_delta usage;
@@ -380,8 +412,8 @@ static void on_call_reply(void *data, const struct redisReply *reply, const char
     call_unlink(c);
     if (errstr == aor_redis_err_reply)
         AOR_LOG(AOR_LOG_WARN, "admit", "quota script failed: %s", reply != NULL && reply->str != NULL ? reply->str : "-");
-    c->done(c, reply, errstr);
-    call_free(c);
+    if (!c->done(c, reply, errstr)) /* else `c` is no longer ours to touch */
+        call_free(c);
 }
 
 /* ---- in-process counters and last-known quotas ---------------------------------------------- */
@@ -553,7 +585,7 @@ static int remember_quota(struct aor_request *ar, const redisReply *h, struct ao
         if (bad != 0 && e->hash_fnv != sum)
             AOR_LOG(AOR_LOG_WARN, "admit",
                     "%s: tenant %s: quota hash has invalid values (mask %u: 1 tpm, 2 rpm, 4 tokens_per_day, 8 tokens_per_month, "
-                    "16 deployments, 32 disabled); they count as absent",
+                    "16 deployments, 32 disabled); they count as absent (an odd disabled counts as 1)",
                     ar->id, ar->tenant, bad);
         e->hash_fnv = sum;
         e->q = q;
@@ -566,8 +598,17 @@ static int remember_quota(struct aor_request *ar, const redisReply *h, struct ao
 
 /* ---- the backlog: usage Redis did not take, aggregated per key ------------------------------ */
 
+static uint64_t process_nonce;
+
+static void init_nonce(void)
+{
+    if (RAND_bytes((unsigned char *)&process_nonce, sizeof(process_nonce)) != 1)
+        process_nonce = (uint64_t)aor_now_ms() * 0x9e3779b97f4a7c15ull; /* never: the DRBG is seeded at start */
+}
+
 struct backlog_entry {
     char key[KEY_MAX];
+    char marker[KEY_MAX]; /* the settle markers' key of the tenant (same Cluster slot) */
     char deployment[65];
     int ttl;
     struct usage_delta u;
@@ -578,7 +619,7 @@ static struct backlog_entry *backlog;
 static size_t backlog_len;
 static uint64_t backlog_dropped;
 
-static void backlog_add(const char *key, const char *deployment, int ttl, const struct usage_delta *u)
+static void backlog_add(const char *key, const char *marker, const char *deployment, int ttl, const struct usage_delta *u)
 {
     size_t i;
 
@@ -598,6 +639,7 @@ static void backlog_add(const char *key, const char *deployment, int ttl, const 
         }
         memset(&backlog[i], 0, sizeof(backlog[i]));
         snprintf(backlog[i].key, sizeof(backlog[i].key), "%s", key);
+        snprintf(backlog[i].marker, sizeof(backlog[i].marker), "%s", marker);
         snprintf(backlog[i].deployment, sizeof(backlog[i].deployment), "%s", deployment);
         backlog[i].ttl = ttl;
         ++backlog_len;
@@ -627,10 +669,86 @@ static void keep_usage(struct aor_admit_call *c)
     if (!c->count_usage)
         return;
     for (i = 0; i != c->nusage; ++i)
-        backlog_add(c->argv[3 + i], c->deployment, c->ttl[i], &c->usage);
+        backlog_add(c->argv[3 + i], c->argv[c->marker_arg], c->deployment, c->ttl[i], &c->usage);
 }
 
-static void on_settled(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
+/*
+ * Settles whose outcome is unknown: sent, and then the reply timed out or the connection
+ * dropped. Redis may have run one (a stopped Redis runs what waits in its socket buffer when it
+ * resumes) or not. Each is kept whole and sent again, with its id, once Redis is back: the
+ * marker its script sets makes the second run a no-op. Bounded; beyond it the usage goes to
+ * the backlog (at-least-once: may count twice).
+ */
+#define UNSURE_MAX 1024
+static pthread_mutex_t unsure_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct aor_admit_call *unsure_head;
+static size_t unsure_len;
+
+/* takes `c` into the unsure list and returns 1 (`c` is no longer the caller's: another worker
+ * may send it at once); when full, puts its usage in the backlog and returns 0 */
+static int keep_unsure(struct aor_admit_call *c)
+{
+    pthread_mutex_lock(&unsure_lock);
+    if (unsure_len < UNSURE_MAX) {
+        c->prev = NULL;
+        c->next = unsure_head;
+        unsure_head = c;
+        ++unsure_len;
+        c = NULL;
+    }
+    pthread_mutex_unlock(&unsure_lock);
+    if (c == NULL)
+        return 1;
+    keep_usage(c);
+    return 0;
+}
+
+static struct aor_admit_call *unsure_take(void)
+{
+    struct aor_admit_call *c;
+
+    pthread_mutex_lock(&unsure_lock);
+    if ((c = unsure_head) != NULL) {
+        unsure_head = c->next;
+        --unsure_len;
+        c->next = NULL;
+    }
+    pthread_mutex_unlock(&unsure_lock);
+    return c;
+}
+
+static size_t unsure_size(void)
+{
+    size_t n;
+
+    pthread_mutex_lock(&unsure_lock);
+    n = unsure_len;
+    pthread_mutex_unlock(&unsure_lock);
+    return n;
+}
+
+/* a settle id unique across processes and restarts: a random process nonce and a counter */
+static size_t make_id(char *buf, size_t cap)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    static uint64_t counter;
+    uint64_t n = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+    int len;
+
+    pthread_once(&once, init_nonce);
+    len = snprintf(buf, cap, "%016llx.%llx", (unsigned long long)process_nonce, (unsigned long long)n);
+    return len > 0 && (size_t)len < cap ? (size_t)len : 0;
+}
+
+static int call_id(struct aor_admit_call *c)
+{
+    char buf[40];
+    size_t len = make_id(buf, sizeof(buf));
+
+    return call_arg(c, buf, len);
+}
+
+static int on_settled(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
 {
     (void)reply;
     if (errstr == aor_redis_err_reply) {
@@ -639,12 +757,13 @@ static void on_settled(struct aor_admit_call *c, const redisReply *reply, const 
         if (c->count_usage)
             AOR_LOG(AOR_LOG_ERROR, "admit", "usage for %s not recorded: Redis refused the write", c->argv[3]);
     } else if (errstr != NULL) {
-        keep_usage(c);
+        return keep_unsure(c); /* sent, no reply: Redis may have run it */
     }
+    return 0;
 }
 
 /* adds the arguments after the keys to a settle call */
-static int settle_args(struct aor_admit_call *c, int has_bucket, int64_t estimate)
+static int settle_args(struct aor_admit_call *c, int has_bucket, int64_t estimate, const char *reservation_id)
 {
     int64_t n[7 + 3] = {has_bucket,          estimate,      c->count_usage, c->usage.requests, c->usage.prompt,
                         c->usage.completion, c->usage.total};
@@ -652,7 +771,8 @@ static int settle_args(struct aor_admit_call *c, int has_bucket, int64_t estimat
 
     for (i = 0; i != c->nusage; ++i)
         n[7 + i] = c->ttl[i];
-    if (call_arg(c, c->deployment, strlen(c->deployment)) != 0 || call_nums(c, n, 7 + (size_t)c->nusage) != 0)
+    if (call_arg(c, c->deployment, strlen(c->deployment)) != 0 || call_nums(c, n, 7 + (size_t)c->nusage) != 0 || call_id(c) != 0 ||
+        call_arg(c, reservation_id, strlen(reservation_id)) != 0)
         return -1;
     return 0;
 }
@@ -677,12 +797,32 @@ static void flush_backlog(struct aor_worker *w)
             c->ttl[0] = batch[i].ttl;
             c->usage = batch[i].u;
             snprintf(c->deployment, sizeof(c->deployment), "%s", batch[i].deployment);
-            call_set_numkeys(c, 1);
-            if (call_arg(c, batch[i].key, strlen(batch[i].key)) == 0 && settle_args(c, 0, 0) == 0 && call_send(c) == 0)
+            call_set_numkeys(c, 2);
+            c->marker_arg = c->argc + 1;
+            if (call_arg(c, batch[i].key, strlen(batch[i].key)) == 0 &&
+                call_arg(c, batch[i].marker, strlen(batch[i].marker)) == 0 && settle_args(c, 0, 0, "") == 0 && call_send(c) == 0)
                 continue;
             call_free(c);
         }
-        backlog_add(batch[i].key, batch[i].deployment, batch[i].ttl, &batch[i].u);
+        backlog_add(batch[i].key, batch[i].marker, batch[i].deployment, batch[i].ttl, &batch[i].u);
+    }
+}
+
+/* sends the settles of unknown outcome again, with their ids, on this worker's connection */
+static void flush_unsure(struct aor_worker *w)
+{
+    struct aor_admit_call *c;
+    int n = 0;
+
+    while (n++ != FLUSH_BATCH && (c = unsure_take()) != NULL) {
+        c->w = w;
+        c->redis = w->redis;
+        c->prev = c->next = NULL;
+        if (call_send(c) != 0) {
+            if (!keep_unsure(c))
+                call_free(c);
+            break;
+        }
     }
 }
 
@@ -690,7 +830,11 @@ static void on_flush_timer(uv_timer_t *t)
 {
     struct aor_worker *w = t->data;
 
-    if (aor_admit_backlog_size() != 0 && aor_redis_is_up(w->redis))
+    if (!aor_redis_is_up(w->redis))
+        return;
+    if (unsure_size() != 0)
+        flush_unsure(w);
+    if (aor_admit_backlog_size() != 0)
         flush_backlog(w);
 }
 
@@ -716,19 +860,22 @@ void aor_admit_worker_stop(struct aor_worker *w)
 {
     if (w->admit == NULL)
         return;
-    /* settles still in flight: their usage goes to the backlog (the process may flush it from another worker) */
+    /* settles still in flight: sent again later, with their ids (the process may flush them from another worker) */
     while (w->admit->calls != NULL) {
         struct aor_admit_call *c = w->admit->calls;
         call_unlink(c);
         aor_redis_cancel(c->cmd);
-        keep_usage(c);
+        c->cmd = NULL;
         if (c->ar != NULL) {
             /* a reservation still awaited: its request (gone with its connection by now) may be freed */
             c->ar->adm.call = NULL;
             if (c->ar->req == NULL)
                 c->cb(c->ar);
+            free(c);
+            continue;
         }
-        free(c);
+        if (!keep_unsure(c))
+            free(c);
     }
     while (w->admit->spare != NULL) {
         struct aor_admit_call *c = w->admit->spare;
@@ -764,13 +911,16 @@ static int num_buckets(const struct aor_config *conf)
 
 /* ---- the admit stage -------------------------------------------------------------------- */
 
-static void on_reserved(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
+static int on_reserved(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
 {
     struct aor_request *ar = c->ar;
     struct aor_admission *a = &ar->adm;
     int64_t now = aor_now_ms();
 
     a->call = NULL;
+    /* sent, and no reply: Redis may run it yet (a stopped Redis resumed): the settle gives it back */
+    if (errstr == aor_redis_err_timeout || errstr == aor_redis_err_disconnected)
+        a->maybe_reserved = 1;
     if (errstr != NULL || reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 7 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER) {
         if (errstr == NULL)
@@ -804,6 +954,7 @@ static void on_reserved(struct aor_admit_call *c, const redisReply *reply, const
     if (ar->req == NULL)
         aor_admit_settle(ar); /* the client left meanwhile: give the reservation back */
     c->cb(ar);
+    return 0;
 }
 
 int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
@@ -857,8 +1008,9 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
                          nmonth,
                          nb * 60 + 120};
         const char *deps = fallback.all_deployments ? "*" : fallback.deployments;
+        size_t idl = make_id(a->reservation_id, sizeof(a->reservation_id));
         if (call_arg(c, ar->deployment, strlen(ar->deployment)) != 0 || call_arg(c, deps, strlen(deps)) != 0 ||
-            call_nums(c, n, 11) != 0)
+            call_nums(c, n, 11) != 0 || call_arg(c, a->reservation_id, idl) != 0)
             goto fail;
     }
     if (call_send(c) != 0)
@@ -879,11 +1031,14 @@ void aor_admit_settle(struct aor_request *ar)
     int reserved = a->reserved;
     struct aor_admit_call *c;
     struct usage_delta u = {0, 0, 0, 0};
-    int count = 0;
+    int count = 0, bucket;
 
-    if (reserved == AOR_ADMIT_NONE)
+    if (reserved == AOR_ADMIT_NONE && !a->maybe_reserved)
         return;
+    /* a reservation to give back in Redis: made there, or perhaps made (its reply was lost) */
+    bucket = reserved == AOR_ADMIT_REDIS || a->maybe_reserved;
     a->reserved = AOR_ADMIT_NONE;
+    a->maybe_reserved = 0;
     if (ar->usage.found) {
         count = 1;
     } else if (ar->sse.usage.found) {
@@ -915,7 +1070,7 @@ void aor_admit_settle(struct aor_request *ar)
             aor_quota_local_settle(&e->c, &a->win, a->estimate, count ? u.total : -1);
         pthread_mutex_unlock(&local_lock);
     }
-    if (ar->worker->redis == NULL || (reserved == AOR_ADMIT_LOCAL && !count))
+    if (ar->worker->redis == NULL || (!count && !bucket))
         return;
     if ((c = call_new(ar->worker, &settle_script)) == NULL)
         return;
@@ -927,16 +1082,24 @@ void aor_admit_settle(struct aor_request *ar)
     c->ttl[1] = DAY_TTL_S;
     c->ttl[2] = MONTH_TTL_S;
     snprintf(c->deployment, sizeof(c->deployment), "%s", ar->deployment);
-    call_set_numkeys(c, reserved == AOR_ADMIT_REDIS ? 4 : 3);
+    call_set_numkeys(c, bucket ? 5 : 4);
+    c->marker_arg = bucket ? 7 : 6;
     if (add_usage_key(c, ar, "minute", a->win.minute) != 0 || add_usage_key(c, ar, "day", a->win.day) != 0 ||
         add_usage_key(c, ar, "month", a->win.month) != 0 ||
-        (reserved == AOR_ADMIT_REDIS && CALL_CAT(c, prefix_of(ar->conf), "reserved:{", ar->tenant, "}:", a->win.minute) != 0) ||
-        settle_args(c, reserved == AOR_ADMIT_REDIS, a->estimate) != 0) {
+        (bucket && CALL_CAT(c, prefix_of(ar->conf), "reserved:{", ar->tenant, "}:", a->win.minute) != 0) ||
+        CALL_CAT(c, prefix_of(ar->conf), "settled:{", ar->tenant, "}:", a->win.minute) != 0 ||
+        settle_args(c, bucket, a->estimate, a->reservation_id) != 0) {
         call_free(c);
         return;
     }
     if (call_send(c) != 0) {
-        keep_usage(c); /* Redis is down: the usage waits for it */
-        call_free(c);
+        /* Redis is down: the usage waits for it; with a reservation to give back, the whole call */
+        if (bucket) {
+            if (!keep_unsure(c))
+                call_free(c);
+        } else {
+            keep_usage(c);
+            call_free(c);
+        }
     }
 }

@@ -34,6 +34,8 @@ struct aor_admission {
     struct aor_quota_windows win;                 /* the windows the reservation (and the usage) belong to */
     int usage_estimated;                          /* the charge is an estimate (a stream cut short) */
     struct aor_metrics_tenant_ref *metrics;       /* the tenant's status record (metrics.h), NULL when none */
+    int maybe_reserved;                           /* the reserve script's reply was lost: Redis may hold the reservation */
+    char reservation_id[40];                      /* the reservation's field in its bucket (r:<id>) */
 };
 
 typedef void (*aor_admit_cb)(struct aor_request *ar);

@@ -1596,6 +1596,39 @@ static void parse_auth(struct ctx *c, yaml_node_t *top)
     }
 }
 
+/* a field a tenants.<T> entry leaves out is tenants.default's (issue 8: absent fields fall back to
+ * the default), so every reader of the config sees the effective values */
+static void inherit_default(struct ctx *c)
+{
+    struct aor_config *conf = c->conf;
+    const struct aor_tenant_conf *d = NULL;
+
+    for (size_t i = 0; i < conf->num_tenants; ++i)
+        if (strcmp(conf->tenants[i].name, "default") == 0)
+            d = &conf->tenants[i];
+    if (d == NULL)
+        return;
+    for (size_t i = 0; i < conf->num_tenants; ++i) {
+        struct aor_tenant_conf *t = &conf->tenants[i];
+        if (t == d)
+            continue;
+        if (!(t->set & 1))
+            t->tpm = d->tpm;
+        if (!(t->set & 2))
+            t->rpm = d->rpm;
+        if (!(t->set & 4))
+            t->tokens_per_day = d->tokens_per_day;
+        if (!(t->set & 8))
+            t->tokens_per_month = d->tokens_per_month;
+        if (t->deployments == NULL && d->deployments != NULL &&
+            (t->deployments = xcalloc(c, d->num_deployments, sizeof(*t->deployments))) != NULL) {
+            for (size_t j = 0; j < d->num_deployments; ++j)
+                t->deployments[j] = xstrdup(c, d->deployments[j]);
+            t->num_deployments = d->num_deployments;
+        }
+    }
+}
+
 static void parse_tenants(struct ctx *c, yaml_node_t *top)
 {
     struct aor_config *conf = c->conf;
@@ -1624,15 +1657,16 @@ static void parse_tenants(struct ctx *c, yaml_node_t *top)
             continue;
         check_known_keys(c, val, kp, tenant_keys, 0);
         if (get_int(c, val, kp, "tpm", -1, INT64_MAX, &v) == 1)
-            t->tpm = v;
+            t->tpm = v, t->set |= 1;
         if (get_int(c, val, kp, "rpm", -1, INT64_MAX, &v) == 1)
-            t->rpm = v;
+            t->rpm = v, t->set |= 2;
         if (get_int(c, val, kp, "tokens_per_day", -1, INT64_MAX, &v) == 1)
-            t->tokens_per_day = v;
+            t->tokens_per_day = v, t->set |= 4;
         if (get_int(c, val, kp, "tokens_per_month", -1, INT64_MAX, &v) == 1)
-            t->tokens_per_month = v;
+            t->tokens_per_month = v, t->set |= 8;
         get_str_list(c, val, kp, "deployments", check_deployment_name, &t->deployments, &t->num_deployments);
     }
+    inherit_default(c);
 }
 
 /* `tenant_id` / `client_id` / `token_file` of workload identity, each defaulting to what the AKS webhook injects */

@@ -131,6 +131,7 @@ struct aor_tenant_conf {
     int64_t tpm, rpm, tokens_per_day, tokens_per_month; /* -1 = unlimited (default) */
     char **deployments;                                 /* NULL = all; never an empty list */
     size_t num_deployments;
+    unsigned set; /* the limits the entry names (1 tpm, 2 rpm, 4 day, 8 month); the others are tenants.default's */
 };
 
 struct aor_config {

@@ -241,7 +241,9 @@ static int read_body(struct aor_request *ar, h2o_req_t *req, enum aor_error *err
     if (ar->body_len != 0 && is_json_body(req)) {
         if (aor_reqbody_scan(ar->body, ar->body_len, &ar->rb) != 0) {
             *err = AOR_ERR_INVALID_REQUEST;
-            *msg = "request body is not a well-formed JSON object (or names model or stream twice, or escapes a member name)";
+            *msg = "request body is not a well-formed JSON object (or names model, stream or stream_options twice, escapes a "
+                   "member name, or has a stream_options that is not null or an object with one plain include_usage of true, "
+                   "false or null)";
             return -1;
         }
         ar->body_is_json = 1;

@@ -985,7 +985,7 @@ static int wants_stream_usage(const struct aor_request *ar)
 {
     const struct aor_route *r = &ar->route;
 
-    if (!ar->stream || !ar->body_is_json || ar->rb.stream_options || r->kind == AOR_ROUTE_RAW || r->op == NULL)
+    if (!ar->stream || !ar->body_is_json || ar->rb.include_usage || r->kind == AOR_ROUTE_RAW || r->op == NULL)
         return 0;
     return (r->op_len == 16 && memcmp(r->op, "chat/completions", 16) == 0) ||
            (r->op_len == 11 && memcmp(r->op, "completions", 11) == 0);
@@ -993,15 +993,18 @@ static int wants_stream_usage(const struct aor_request *ar)
 
 /*
  * The body for this backend: the client's, or with `model` set to the backend's name for the
- * deployment, and for a stream whose client did not ask for usage, with
- * stream_options.include_usage added (the usage chunk is then dropped on the way back).
+ * deployment, and for a stream whose client did not ask for usage (no stream_options, null,
+ * or include_usage false/null/absent), asking for stream_options.include_usage (the usage
+ * chunk is then dropped on the way back).
  */
 static int attempt_body(struct aor_request *ar, const struct aor_backend_conf *b, const char *name, const char **body, size_t *len)
 {
-    size_t name_len = strlen(name), cap = ar->body_len + name_len + 16;
+    size_t name_len = strlen(name), cap;
     const char *src = ar->body;
     size_t src_len = ar->body_len;
-    char *tmp = NULL, *u;
+    const struct aor_reqbody *rb = &ar->rb;
+    struct aor_reqbody urb;
+    char *usage_body = NULL, *tmp;
     int n;
 
     free(ar->attempt_body);
@@ -1009,29 +1012,31 @@ static int attempt_body(struct aor_request *ar, const struct aor_backend_conf *b
     ar->strip_usage = wants_stream_usage(ar);
     ar->sse_dropping = 0;
     ar->carry.len = 0;
-    if (!(!ar->body_is_json || ar->deployment[0] == '\0' || ar->route.kind == AOR_ROUTE_RAW ||
-          (ar->route.kind != AOR_ROUTE_V1 && b->provider != AOR_PROVIDER_OPENAI))) {
-        if ((tmp = malloc(cap)) == NULL ||
-            (n = aor_reqbody_with_model(ar->body, ar->body_len, &ar->rb, name, name_len, tmp, cap)) < 0) {
-            free(tmp);
+    if (ar->strip_usage) {
+        cap = src_len + AOR_REQBODY_STREAM_USAGE_EXTRA;
+        if ((usage_body = malloc(cap)) == NULL ||
+            (n = aor_reqbody_with_stream_usage(src, src_len, rb, usage_body, cap, &urb)) < 0) {
+            free(usage_body);
             return -1;
         }
+        src = usage_body;
+        src_len = (size_t)n;
+        rb = &urb;
+    }
+    if (!(!ar->body_is_json || ar->deployment[0] == '\0' || ar->route.kind == AOR_ROUTE_RAW ||
+          (ar->route.kind != AOR_ROUTE_V1 && b->provider != AOR_PROVIDER_OPENAI))) {
+        cap = src_len + name_len + 16;
+        if ((tmp = malloc(cap)) == NULL || (n = aor_reqbody_with_model(src, src_len, rb, name, name_len, tmp, cap)) < 0) {
+            free(tmp);
+            free(usage_body);
+            return -1;
+        }
+        free(usage_body);
+        usage_body = tmp;
         src = tmp;
         src_len = (size_t)n;
     }
-    if (ar->strip_usage) {
-        if ((u = malloc(src_len + AOR_REQBODY_STREAM_USAGE_EXTRA)) == NULL ||
-            (n = aor_reqbody_with_stream_usage(src, src_len, u, src_len + AOR_REQBODY_STREAM_USAGE_EXTRA)) < 0) {
-            free(u);
-            free(tmp);
-            return -1;
-        }
-        free(tmp);
-        tmp = u;
-        src = u;
-        src_len = (size_t)n;
-    }
-    ar->attempt_body = tmp;
+    ar->attempt_body = usage_body;
     *body = src;
     *len = src_len;
     return 0;

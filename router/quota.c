@@ -79,6 +79,23 @@ static int set_list(struct aor_quota *q, const char *s, size_t len)
     return -1; /* nothing but commas: no name */
 }
 
+/* `s` is `word` (ASCII letters in any case) */
+static int is_word(const char *s, size_t len, const char *word)
+{
+    size_t i;
+
+    if (len != strlen(word))
+        return 0;
+    for (i = 0; i != len; ++i) {
+        char c = s[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        if (c != word[i])
+            return 0;
+    }
+    return 1;
+}
+
 unsigned aor_quota_resolve(const struct aor_config *conf, const char *tenant, const struct aor_quota_fields *f, struct aor_quota *q)
 {
     const struct aor_tenant_conf *t = config_tenant(conf, tenant);
@@ -126,10 +143,16 @@ unsigned aor_quota_resolve(const struct aor_config *conf, const char *tenant, co
         }
     }
     if (f->disabled != NULL) {
-        if (f->disabled_len == 1 && (f->disabled[0] == '1' || f->disabled[0] == '0'))
-            q->disabled = f->disabled[0] == '1';
-        else
-            bad |= 32;
+        /* a kill switch fails closed, the rule of aor_apikey_flag_set: anything but empty, 0, false, no disables */
+        if (is_word(f->disabled, f->disabled_len, "") || is_word(f->disabled, f->disabled_len, "0") ||
+            is_word(f->disabled, f->disabled_len, "false") || is_word(f->disabled, f->disabled_len, "no")) {
+            q->disabled = 0;
+        } else {
+            q->disabled = 1;
+            if (!is_word(f->disabled, f->disabled_len, "1") && !is_word(f->disabled, f->disabled_len, "true") &&
+                !is_word(f->disabled, f->disabled_len, "yes") && !is_word(f->disabled, f->disabled_len, "on"))
+                bad |= 32;
+        }
     }
     return bad;
 }

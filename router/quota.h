@@ -45,7 +45,8 @@ int aor_quota_parse_value(const char *s, size_t len, int64_t *out);
 
 /*
  * The quota of `tenant`: each field of `f` that is valid, else the config's entry for the
- * tenant, else its `default` entry, else unlimited. `disabled` is "1" → disabled; a
+ * tenant, else its `default` entry, else unlimited. `disabled` fails closed: empty, 0, false,
+ * no (any case) → on; 1, true, yes, on → disabled; anything else → disabled and reported; a
  * `deployments` list is kept without blanks (empty or over AOR_QUOTA_DEPLOYMENTS_MAX: invalid).
  * `f` may be NULL (no hash). Returns a bit mask of the fields that were present but invalid
  * (1 tpm, 2 rpm, 4 day, 8 month, 16 deployments, 32 disabled) so the caller can log them.

@@ -29,12 +29,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             memcmp(again.model, "deployment-x", 12) != 0)
             abort();
         free(buf);
-        if (!rb.stream_options) {
-            /* the include_usage rewrite keeps the body an object and makes the scan see it */
+        if (!rb.include_usage) {
+            /* the include_usage rewrite keeps the body an object, makes the scan see it, and
+             * keeps the model span where a second scan finds it */
+            struct aor_reqbody moved;
             cap = size + AOR_REQBODY_STREAM_USAGE_EXTRA;
             buf = malloc(cap);
-            n = aor_reqbody_with_stream_usage((const char *)data, size, buf, cap);
-            if (n < 0 || aor_reqbody_scan(buf, (size_t)n, &again) != 0 || !again.include_usage)
+            n = aor_reqbody_with_stream_usage((const char *)data, size, &rb, buf, cap, &moved);
+            if (n < 0 || aor_reqbody_scan(buf, (size_t)n, &again) != 0 || !again.include_usage ||
+                moved.model_value != again.model_value || moved.model_value_len != again.model_value_len)
                 abort();
             free(buf);
         }

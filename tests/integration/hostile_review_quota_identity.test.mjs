@@ -38,8 +38,7 @@ async function hash(key) {
 before(async () => {
   east = await startMock('eastus', { tpm: 100000000, rpm: 1000000 });
   west = await startMock('westus', { tpm: 100000000, rpm: 1000000 });
-  redis = await startDurableRedis();
-  await redis.start();
+  redis = await startDurableRedis(); // already started: a second start() orphaned the first redis-server and held the file open
   routerA = await startRouter({ config: config() });
   routerB = await startRouter({ config: config() });
   oai = await startOpenAiMock({ bearer: OPENAI_KEY });
@@ -59,25 +58,148 @@ after(async () => {
   await redis.kill();
 });
 
+// What the backend got for request `id` (the mocks record the last request; x-request-id is forwarded).
+async function backendSaw(id) {
+  for (const m of [east, west]) {
+    const lr = (await m.stats()).last_request;
+    if (lr?.headers?.['x-request-id'] === id) return JSON.parse(lr.body);
+  }
+  return undefined;
+}
+
+// A streamed request that completes: 200, the client's stream has no usage at all, the charge is
+// exact (the mock's numbers: 8 completion tokens), and the backend was asked for usage.
+async function streamExactly(body, label) {
+  const id = rid('optout');
+  const s = curlStream(routerA.url, CHAT_PATH, body, { headers: { 'api-key': KEYS.optout, 'x-request-id': id } });
+  const r = await s.done;
+  assert.equal(r.status, 200, `${label}: ${r.body}`);
+  assert.ok(!/"usage"/.test(r.body), `${label}: the client did not ask for usage: ${r.body}`);
+  assert.ok(/data: \[DONE\]/.test(r.body), `${label}: stream not complete`);
+  const line = await accessLogLine(routerA, id, 10000 * SLOW);
+  assert.ok(line, `${label}: no access-log line`);
+  assert.notEqual(line.usage, 'estimated', `${label}: charged as estimated: ${JSON.stringify(line)}`);
+  assert.equal(line.completion_tokens, 8, JSON.stringify(line));
+  const saw = await backendSaw(id);
+  assert.ok(saw, `${label}: no backend saw ${id}`);
+  assert.equal(saw.stream_options?.include_usage, true, `${label}: backend got ${JSON.stringify(saw.stream_options)}`);
+  return { saw, line };
+}
+
 describe('exact accounting of streams', () => {
   for (const [label, opts] of [
     ['{"include_usage":false}', { include_usage: false }],
     ['{}', {}],
     ['null', null],
+    ['{"include_usage":null}', { include_usage: null }],
   ]) {
-    // OPEN (review finding): the router only injects include_usage when the body has no
-    // stream_options member at all; any other value turns exact accounting into the estimate.
-    it(`stream_options ${label}: a stream that completes is charged exactly (usage asked upstream), not estimated`, { todo: 'open: stream_options present without include_usage:true is not rewritten' }, async () => {
-      const id = rid('optout');
-      const s = curlStream(routerA.url, CHAT_PATH, chatBody({ max_tokens: 8, stream: true, stream_options: opts }), {
-        headers: { 'api-key': KEYS.optout, 'x-request-id': id },
-      });
-      const r = await s.done;
-      assert.equal(r.status, 200);
-      assert.ok(!/"usage":\{/.test(r.body), 'the client did not ask for the usage chunk');
-      const line = await accessLogLine(routerA, id, 10000 * SLOW);
-      assert.ok(line, 'no access-log line');
-      assert.notEqual(line.usage, 'estimated', `charged as estimated: ${JSON.stringify(line)}`);
+    // Review finding (fixed): the router only injected include_usage when the body had no
+    // stream_options member at all; any other value turned exact accounting into the estimate.
+    it(`stream_options ${label}: rewritten in place to include_usage:true upstream; the client's stream has no usage; charged exactly`, async () => {
+      await streamExactly(chatBody({ max_tokens: 8, stream: true, stream_options: opts }), label);
+    });
+  }
+
+  it('stream_options with another member keeps it (include_usage added first); whitespace and member order kept', async () => {
+    const body = `{"stream_options" : { "include_obfuscation" : false } , "stream":true,"max_tokens":8,"messages":[{"role":"user","content":"hi"}]}`;
+    const { saw } = await streamExactly(body, 'include_obfuscation');
+    assert.deepEqual(saw.stream_options, { include_usage: true, include_obfuscation: false });
+  });
+
+  it('a 2 MB stream_options object (40000 members, include_usage:false last) is rewritten, not refused or truncated; charged exactly', async () => {
+    const members = Array.from({ length: 40000 }, (_, i) => `"k${i}":"${'x'.repeat(40)}"`).join(',');
+    const body = `{"stream":true,"max_tokens":8,"messages":[{"role":"user","content":"hi"}],"stream_options":{${members},"include_usage":false}}`;
+    assert.ok(body.length > 2e6);
+    const { saw } = await streamExactly(body, 'huge');
+    assert.equal(Object.keys(saw.stream_options).length, 40001);
+    assert.equal(saw.stream_options.k39999, 'x'.repeat(40));
+  });
+
+  it('the client asked for usage itself (include_usage:true): its usage chunk reaches it, charged exactly', async () => {
+    const id = rid('optin');
+    const s = curlStream(routerA.url, CHAT_PATH, chatBody({ max_tokens: 8, stream: true, stream_options: { include_usage: true } }), {
+      headers: { 'api-key': KEYS.optout, 'x-request-id': id },
+    });
+    const r = await s.done;
+    assert.equal(r.status, 200);
+    assert.ok(/"usage":\{"prompt_tokens":\d+,"completion_tokens":8,/.test(r.body), r.body);
+    const line = await accessLogLine(routerA, id, 10000 * SLOW);
+    assert.notEqual(line.usage, 'estimated');
+    assert.equal(line.completion_tokens, 8);
+  });
+
+  // Each value the router cannot read as the backend would gets 400 before anything goes upstream:
+  // a backend that took the other reading would send no usage chunk (charged an estimate) or one the
+  // client never asked for.
+  for (const [label, so] of [
+    ['a string', '"include_usage"'],
+    ['a number', '1'],
+    ['an array', '[{"include_usage":true}]'],
+    ['a boolean', 'true'],
+    ['include_usage twice (true, then false)', '{"include_usage":true,"include_usage":false}'],
+    ['include_usage twice (false, then true)', '{"include_usage":false,"include_usage":true}'],
+    ['an escaped member name (include_\\u0075sage)', '{"include_\\u0075sage":false}'],
+    ['an escaped name beside a plain one', '{"include_usage":true,"include_\\u0075sage":false}'],
+    ['include_usage "true" (a string)', '{"include_usage":"true"}'],
+    ['include_usage 1', '{"include_usage":1}'],
+  ]) {
+    it(`stream_options as ${label}: refused 400 invalid_request, nothing sent upstream`, async () => {
+      const before = (await east.stats()).requests + (await west.stats()).requests;
+      const body = `{"stream":true,"max_tokens":8,"messages":[{"role":"user","content":"hi"}],"stream_options":${so}}`;
+      const r = await post(routerA.url, CHAT_PATH, body, { headers: { 'api-key': KEYS.optout, 'x-request-id': rid('bad') } });
+      assert.equal(r.status, 400, r.body);
+      assert.equal(JSON.parse(r.body).error.code, 'invalid_request');
+      assert.equal((await east.stats()).requests + (await west.stats()).requests, before, 'reached a backend');
+    });
+  }
+  it('a stream_options member twice is refused 400 (the backend might read the other one)', async () => {
+    const body = `{"stream":true,"messages":[],"stream_options":{},"stream_options":{"include_usage":true}}`;
+    const r = await post(routerA.url, CHAT_PATH, body, { headers: { 'api-key': KEYS.optout } });
+    assert.equal(r.status, 400, r.body);
+  });
+
+  it('OpenAI backend (/v1, model rewritten) with stream_options {}: one body carries both rewrites; usage exact, client sees none', async () => {
+    const id = rid('oai');
+    const body = { model: 'gpt-4o', stream: true, max_tokens: 6, stream_options: {}, messages: [{ role: 'user', content: 'hi' }] };
+    const s = curlStream(oaiRouter.url, '/openai/v1/chat/completions', body, { headers: { 'api-key': KEYS.optout, 'x-request-id': id } });
+    const r = await s.done;
+    assert.equal(r.status, 200, r.body);
+    assert.ok(!/"usage"/.test(r.body), r.body);
+    // an unlimited tenant has no x-ratelimit-remaining-*; OpenAI's (29000 / 499) never reach the client
+    assert.equal(r.headers['x-ratelimit-remaining-tokens'], undefined, JSON.stringify(r.headers));
+    assert.equal(r.headers['x-ratelimit-remaining-requests'], undefined);
+    const seen = oai.requests.at(-1).body;
+    assert.equal(seen.model, 'gpt-4o-2024-11-20');
+    assert.deepEqual(seen.stream_options, { include_usage: true });
+    const line = await accessLogLine(oaiRouter, id, 10000 * SLOW);
+    assert.notEqual(line.usage, 'estimated', JSON.stringify(line));
+    assert.equal(line.completion_tokens, 6);
+  });
+});
+
+describe('legacy completions (the other operation that takes stream_options)', () => {
+  for (const [label, extra] of [
+    ['JSON', {}],
+    ['streamed, no stream_options', { stream: true }],
+    ['streamed, stream_options {"include_usage":false}', { stream: true, stream_options: { include_usage: false } }],
+  ]) {
+    it(`completions ${label}: usage reported exactly (the mock's 4 completion tokens); a stream the client sees has no usage`, async () => {
+      const id = rid('cmpl');
+      const body = { model: 'gpt-4o', prompt: 'Say hi', max_tokens: 4, ...extra };
+      const r = extra.stream
+        ? await curlStream(oaiRouter.url, '/openai/v1/completions', body, { headers: { 'api-key': KEYS.optout, 'x-request-id': id } }).done
+        : await post(oaiRouter.url, '/openai/v1/completions', body, { headers: { 'api-key': KEYS.optout, 'x-request-id': id } });
+      assert.equal(r.status, 200, r.body);
+      const seen = oai.requests.at(-1);
+      assert.equal(seen.path, '/v1/completions');
+      if (extra.stream) {
+        assert.deepEqual(seen.body.stream_options, { include_usage: true });
+        assert.ok(!/"usage"/.test(r.body), r.body);
+        assert.ok(/"text":"word0"/.test(r.body), r.body);
+      }
+      const line = await accessLogLine(oaiRouter, id, 10000 * SLOW);
+      assert.equal(line.usage, 'reported', JSON.stringify(line));
+      assert.equal(line.completion_tokens, 4);
     });
   }
 });
@@ -236,6 +358,7 @@ describe('a backend that lies about usage', () => {
       assert.equal((await post(router.url, CHAT_PATH, chatBody({ max_tokens: 2 }), { headers: { 'api-key': KEYS.optout } })).status, 200);
     } finally {
       await stopAll(router);
+      liar.server.closeAllConnections();
       await new Promise((r) => liar.server.close(r));
     }
   });

@@ -26,7 +26,10 @@ import {
   run,
   ROUTER_BIN,
   SLOW,
+  freePort,
+  tempDir,
 } from './lib/harness.mjs';
+import path from 'node:path';
 import { startOidc } from './lib/oidc.mjs';
 
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
@@ -107,7 +110,7 @@ before(async () => {
         jwt: [{ issuer: idp.issuer, openid_config: idp.openidConfig, audiences: ['api://aoai-router'], tenant_claims: ['tid'] }],
         keys: { static: [{ sha256: sha256(STATIC_KEY), tenant: STATIC_TENANT }] },
       },
-      tenants: { default: { tpm: 100000, rpm: 1000 } },
+      tenants: { default: { tpm: 100000, rpm: 1000 }, partial: { rpm: 5 } },
     },
   });
   const ok = await pollUntil(async () => (await asTenant('warmup')).status === 200, { timeoutMs: 20000 * SLOW, intervalMs: 200 });
@@ -146,15 +149,24 @@ describe('admission: 429 per limit', () => {
     // body 77 bytes → estimate 19 + max_tokens 2 = 21; the mock charges 5 + 2 = 7
     await hset(t, 'tpm', '40');
     const codes = [];
-    for (let i = 0; i < 5; ++i) codes.push((await asTenant(t)).status);
+    const remaining = [];
+    for (let i = 0; i < 5; ++i) {
+      const r = await asTenant(t);
+      codes.push(r.status);
+      remaining.push(r.headers['x-ratelimit-remaining-tokens']);
+    }
     // 0 + 21 ≤ 40, 7 + 21 ≤ 40, 14 + 21 ≤ 40, 21 + 21 > 40
     assert.deepEqual(codes, [200, 200, 200, 429, 429]);
+    // the tenant's own minute window after each reservation (40 - 21, 40 - 7 - 21, 40 - 14 - 21), never the mock's
+    assert.deepEqual(remaining.slice(0, 3), ['19', '12', '5']);
     const r = await asTenant(t);
-    assertQuota429(r, 'tpm', 60);
+    const ra = assertQuota429(r, 'tpm', 60);
+    assert.equal(metricSum(await fetchMetrics(router), 'aoai_router_quota_rejections_total', { tenant: t, limit: 'tpm' }), 3);
+    assert.ok(ra <= 60 - Math.floor((Date.now() % 60000) / 1000) + 1, `retry-after ${ra} beyond the minute's end`);
     const u = await usageHash(t, 'minute');
     assert.equal(u.total_tokens, 7 * codes.filter((c) => c === 200).length, JSON.stringify(u));
-    const remaining = await asTenant(uniq('tpm-fresh'));
-    assert.equal(remaining.status, 200);
+    const fresh = await asTenant(uniq('tpm-fresh'));
+    assert.equal(fresh.status, 200);
   });
 
   it('tokens_per_day: 429 day, retry-after until UTC midnight', async () => {
@@ -162,6 +174,7 @@ describe('admission: 429 per limit', () => {
     await hset(t, 'tokens_per_day', '25'); // 21 reserved, 7 used; then 7 + 21 > 25
     assert.equal((await asTenant(t)).status, 200);
     const r = await asTenant(t);
+    assert.equal(metricSum(await fetchMetrics(router), 'aoai_router_quota_rejections_total', { tenant: t, limit: 'day' }), 1);
     const now = new Date();
     const toMidnight = Math.ceil((Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1) - now.getTime()) / 1000);
     const ra = assertQuota429(r, 'tokens_per_day', 86400);
@@ -173,6 +186,7 @@ describe('admission: 429 per limit', () => {
     await hset(t, 'tokens_per_month', '25');
     assert.equal((await asTenant(t)).status, 200);
     const r = await asTenant(t);
+    assert.equal(metricSum(await fetchMetrics(router), 'aoai_router_quota_rejections_total', { tenant: t, limit: 'month' }), 1);
     const now = new Date();
     const toEnd = Math.ceil((Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1) - now.getTime()) / 1000);
     const ra = assertQuota429(r, 'tokens_per_month', 31 * 86400);
@@ -193,6 +207,38 @@ describe('admission: 429 per limit', () => {
   });
 });
 
+describe('where a quota comes from', () => {
+  it('a field absent from the hash falls back to tenants.default (config), field by field; no hash at all: tenants.default', async () => {
+    await awayFromMinuteEdge();
+    const t = uniq('fallback');
+    await hset(t, 'rpm', '5'); // tpm absent: the config's default 100000
+    const r = await asTenant(t);
+    assert.equal(r.status, 200, r.body);
+    assert.equal(r.headers['x-ratelimit-remaining-requests'], '4');
+    assert.equal(r.headers['x-ratelimit-remaining-tokens'], String(100000 - 21));
+    const none = await asTenant(uniq('nohash'));
+    assert.equal(none.headers['x-ratelimit-remaining-requests'], '999');
+    assert.equal(none.headers['x-ratelimit-remaining-tokens'], String(100000 - 21));
+    // a tenants.<T> entry that names only rpm: its tpm is tenants.default's, not unlimited
+    await redisCli(redis, 'DEL', 'aoai:tenant:{partial}');
+    const partial = await asTenant('partial');
+    assert.equal(partial.headers['x-ratelimit-remaining-requests'], '4');
+    assert.equal(partial.headers['x-ratelimit-remaining-tokens'], String(100000 - 21));
+  });
+
+  it('a streamed answer carries the tenant\'s x-ratelimit-remaining-* too, not the backend\'s', async () => {
+    await awayFromMinuteEdge();
+    const t = uniq('streamhdr');
+    await hset(t, 'rpm', '7', 'tpm', '5000');
+    const token = await idp.mint({ tid: t });
+    const body = chatBody({ max_tokens: 2, stream: true });
+    const s = await curlStream(router.url, CHAT_PATH, body, { headers: { authorization: `Bearer ${token}` } }).done;
+    assert.equal(s.status, 200);
+    assert.equal(s.headers['x-ratelimit-remaining-requests'], '6');
+    assert.equal(s.headers['x-ratelimit-remaining-tokens'], String(5000 - (Math.floor(JSON.stringify(body).length / 4) + 2)));
+  });
+});
+
 describe('admission: 403 for every credential', () => {
   const creds = [
     ['JWT', async (t) => ({ authorization: `Bearer ${await idp.mint({ tid: t })}` }), () => uniq('jwt403')],
@@ -209,7 +255,9 @@ describe('admission: 403 for every credential', () => {
       const cases = [
         ['deployments', 'emb,other'],
         ['tpm', '0'],
+        ['rpm', '0'],
         ['tokens_per_day', '0'],
+        ['tokens_per_month', '0'],
         ['disabled', '1'],
       ];
       for (const [field, value] of cases) {
@@ -227,6 +275,60 @@ describe('admission: 403 for every credential', () => {
       await redisCli(redis, 'DEL', `aoai:tenant:{${t}}`);
     });
   }
+});
+
+describe('admission: 403 for a client certificate', () => {
+  it('certificate (tenant cert:<CN>): deployment not allowed, tpm/rpm/day/month 0 and disabled 1 → 403 forbidden, nothing upstream', async () => {
+    const dir = tempDir('aor-it-quota-mtls-');
+    const ssl = async (...args) => {
+      const r = await run('openssl', args);
+      assert.equal(r.code, 0, r.stderr);
+    };
+    const f = (n) => path.join(dir, n);
+    await ssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=quota-it-ca', '-days', '2',
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign', '-keyout', f('ca.key'), '-out', f('ca.pem'));
+    await ssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=localhost', '-days', '2',
+      '-keyout', f('srv.key'), '-out', f('srv.pem'));
+    await ssl('req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=quota-cert-app', '-keyout', f('cl.key'), '-out', f('cl.csr'));
+    await run('sh', ['-c', `printf 'basicConstraints=critical,CA:FALSE\\nkeyUsage=critical,digitalSignature\\nextendedKeyUsage=clientAuth\\n' > ${f('cl.ext')}`]);
+    await ssl('x509', '-req', '-in', f('cl.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', f('cl.ext'), '-out', f('cl.pem'));
+    const port = await freePort();
+    const mtls = await startRouter({
+      config: {
+        listen: [{ address: '127.0.0.1', port, tls: { cert_file: f('srv.pem'), key_file: f('srv.key'), client_ca_file: f('ca.pem'), client_cert: 'optional' } }],
+        redis: { url: redis.url, on_failure: 'closed' },
+        backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o', emb: 'emb' } })],
+        tenants: { default: { tpm: 100000, rpm: 1000 } },
+      },
+    });
+    try {
+      const url = `https://127.0.0.1:${port}`;
+      const t = 'cert:quota-cert-app';
+      const call = async () => {
+        const id = rid('cert');
+        const r = await post(url, CHAT_PATH, chatBody({ max_tokens: 2 }), { headers: { 'x-request-id': id }, args: ['-k', '--cert', f('cl.pem'), '--key', f('cl.key')] });
+        r.id = id;
+        return r;
+      };
+      await redisCli(redis, 'DEL', `aoai:tenant:{${t}}`);
+      const ok = await call();
+      assert.equal(ok.status, 200, `${ok.status} ${ok.body} ${ok.stderr}`);
+      assert.equal((await accessLogLine(mtls, ok.id)).tenant, t);
+      for (const [field, value] of [['deployments', 'emb'], ['tpm', '0'], ['rpm', '0'], ['tokens_per_day', '0'], ['tokens_per_month', '0'], ['disabled', '1']]) {
+        await redisCli(redis, 'DEL', `aoai:tenant:{${t}}`);
+        await hset(t, field, value);
+        const upstreamBefore = (await east.stats()).requests;
+        const r = await call();
+        assert.equal(r.status, 403, `certificate ${field}=${value}: ${r.status} ${r.body}`);
+        assert.equal(r.json().error.code, 'forbidden');
+        assert.equal((await east.stats()).requests, upstreamBefore, `certificate ${field}=${value} reached the backend`);
+      }
+      await redisCli(redis, 'DEL', `aoai:tenant:{${t}}`);
+      assert.equal((await call()).status, 200, 'the hash deleted: allowed again');
+    } finally {
+      await stopAll(mtls);
+    }
+  });
 });
 
 describe('accounting: usage hashes equal what the backend reported', () => {

@@ -311,15 +311,17 @@ static void test_full_example(void)
     CHECK_EQ_INT(conf->tenants[0].tokens_per_month, -1);
     CHECK(conf->tenants[0].deployments == NULL);
     CHECK_EQ_STR(conf->tenants[1].name, "t1");
-    CHECK_EQ_INT(conf->tenants[1].tpm, -1);
-    CHECK_EQ_INT(conf->tenants[1].rpm, -1);
+    CHECK_EQ_INT(conf->tenants[1].tpm, -1); /* named: -1 (unlimited) */
+    CHECK_EQ_INT(conf->tenants[1].rpm, 60); /* left out: tenants.default's */
     CHECK_EQ_INT(conf->tenants[1].tokens_per_day, 0);
     CHECK_EQ_INT(conf->tenants[1].tokens_per_month, 5000000);
     CHECK_EQ_INT(conf->tenants[1].num_deployments, 2);
     CHECK_EQ_STR(conf->tenants[1].deployments[0], "gpt-4o");
     CHECK_EQ_STR(conf->tenants[1].deployments[1], "emb3");
     CHECK_EQ_STR(conf->tenants[2].name, "t2");
-    CHECK_EQ_INT(conf->tenants[2].tpm, -1);
+    CHECK_EQ_INT(conf->tenants[2].tpm, 10000); /* an empty entry is the default, not unlimited */
+    CHECK_EQ_INT(conf->tenants[2].rpm, 60);
+    CHECK_EQ_INT(conf->tenants[2].tokens_per_day, -1);
     CHECK(conf->tenants[2].deployments == NULL);
 
     CHECK_EQ_INT(conf->num_backends, 8);

@@ -1,4 +1,5 @@
 /* unit tests for router/jsonscan.c and router/reqbody.c */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "jsonscan.h"
@@ -128,32 +129,89 @@ static void test_values(void)
     CHECK(!aor_json_plain_string("12", 2, &s, &n));
 }
 
+/* the body rewritten to ask for usage, as a string (scanned first) */
+static const char *with_usage(const char *body, char *buf, size_t cap)
+{
+    struct aor_reqbody rb, out, again;
+    int n;
+
+    if (aor_reqbody_scan(body, strlen(body), &rb) != 0)
+        return "(scan refused)";
+    n = aor_reqbody_with_stream_usage(body, strlen(body), &rb, buf, cap, &out);
+    if (n < 0)
+        return "(too small)";
+    buf[n] = '\0';
+    CHECK(n <= (int)strlen(body) + AOR_REQBODY_STREAM_USAGE_EXTRA);
+    CHECK(aor_reqbody_scan(buf, (size_t)n, &again) == 0 && again.include_usage);
+    CHECK(out.include_usage);
+    /* the model span moved with the text */
+    CHECK((rb.model_value == NULL) == (out.model_value == NULL));
+    if (out.model_value != NULL)
+        CHECK(out.model_value_len == again.model_value_len &&
+              memcmp(out.model_value, again.model_value, out.model_value_len) == 0 &&
+              out.model_value - buf == again.model_value - buf);
+    return buf;
+}
+
 static void test_stream_usage(void)
 {
     struct aor_reqbody rb;
-    char buf[256];
+    char buf[512];
     const char *b1 = "{\"stream\":true,\"messages\":[]}";
     const char *b2 = "{\"stream\":true,\"stream_options\":{\"include_usage\":true}}";
     const char *b3 = "{\"stream\":true,\"stream_options\":{\"include_usage\":false}}";
     const char *b4 = "{\"stream_options\":{},\"stream_options\":{\"include_usage\":true}}";
-    int n;
 
     CHECK_EQ_INT(aor_reqbody_scan(b1, strlen(b1), &rb), 0);
     CHECK(!rb.stream_options && !rb.include_usage);
-    n = aor_reqbody_with_stream_usage(b1, strlen(b1), buf, sizeof(buf));
-    buf[n < 0 ? 0 : n] = '\0';
-    CHECK_EQ_STR(buf, "{\"stream_options\":{\"include_usage\":true},\"stream\":true,\"messages\":[]}");
-    CHECK(valid(buf));
-    CHECK(n <= (int)strlen(b1) + AOR_REQBODY_STREAM_USAGE_EXTRA);
-    n = aor_reqbody_with_stream_usage("{ }", 3, buf, sizeof(buf));
-    buf[n < 0 ? 0 : n] = '\0';
-    CHECK_EQ_STR(buf, "{\"stream_options\":{\"include_usage\":true} }");
-    CHECK_EQ_INT(aor_reqbody_with_stream_usage(b1, strlen(b1), buf, strlen(b1) + 10), -1);
+    CHECK_EQ_STR(with_usage(b1, buf, sizeof(buf)), "{\"stream_options\":{\"include_usage\":true},\"stream\":true,\"messages\":[]}");
+    CHECK_EQ_STR(with_usage("{ }", buf, sizeof(buf)), "{\"stream_options\":{\"include_usage\":true} }");
+    CHECK_EQ_INT(aor_reqbody_with_stream_usage(b1, strlen(b1), &rb, buf, strlen(b1) + 10, NULL), -1);
     CHECK_EQ_INT(aor_reqbody_scan(b2, strlen(b2), &rb), 0);
     CHECK(rb.stream_options && rb.include_usage);
     CHECK_EQ_INT(aor_reqbody_scan(b3, strlen(b3), &rb), 0);
     CHECK(rb.stream_options && !rb.include_usage);
     CHECK_EQ_INT(aor_reqbody_scan(b4, strlen(b4), &rb), -1); /* twice: the backend might read the other */
+
+    /* present without include_usage true: rewritten in place, other members kept */
+    CHECK_EQ_STR(with_usage(b3, buf, sizeof(buf)), "{\"stream\":true,\"stream_options\":{\"include_usage\":true}}");
+    CHECK_EQ_STR(with_usage("{\"model\":\"m\",\"stream_options\":{ \"include_usage\" : null },\"model2\":1}", buf, sizeof(buf)),
+                 "{\"model\":\"m\",\"stream_options\":{ \"include_usage\" : true },\"model2\":1}");
+    CHECK_EQ_STR(with_usage("{\"stream_options\":{},\"model\":\"m\"}", buf, sizeof(buf)),
+                 "{\"stream_options\":{\"include_usage\":true},\"model\":\"m\"}");
+    CHECK_EQ_STR(with_usage("{\"stream_options\":{ \n},\"model\":\"m\"}", buf, sizeof(buf)),
+                 "{\"stream_options\":{\"include_usage\":true \n},\"model\":\"m\"}");
+    CHECK_EQ_STR(with_usage("{\"stream_options\":null,\"model\":\"m\"}", buf, sizeof(buf)),
+                 "{\"stream_options\":{\"include_usage\":true},\"model\":\"m\"}");
+    CHECK_EQ_STR(with_usage("{\"model\":\"m\",\"stream_options\":{\"include_obfuscation\":false}}", buf, sizeof(buf)),
+                 "{\"model\":\"m\",\"stream_options\":{\"include_usage\":true,\"include_obfuscation\":false}}");
+    CHECK_EQ_STR(with_usage("{\"stream_options\":{\"x\":{\"include_usage\":false}}}", buf, sizeof(buf)),
+                 "{\"stream_options\":{\"include_usage\":true,\"x\":{\"include_usage\":false}}}");
+
+    /* what the router cannot read as the backend would: refused */
+    static const char *const refused[] = {
+        "{\"stream_options\":\"include_usage\"}",
+        "{\"stream_options\":1}",
+        "{\"stream_options\":[]}",
+        "{\"stream_options\":[{\"include_usage\":true}]}",
+        "{\"stream_options\":true}",
+        "{\"stream_options\":false}",
+        "{\"stream_options\":{\"include_usage\":true,\"include_usage\":false}}",
+        "{\"stream_options\":{\"include_usage\":false,\"include_usage\":true}}",
+        "{\"stream_options\":{\"include_\\u0075sage\":false}}",
+        "{\"stream_options\":{\"include_usage\":true,\"include_\\u0075sage\":false}}",
+        "{\"stream_options\":{\"x\\\"\":1}}",
+        "{\"stream_options\":{\"include_usage\":\"true\"}}",
+        "{\"stream_options\":{\"include_usage\":1}}",
+        "{\"stream_options\":{\"include_usage\":{}}}",
+        "{\"stream_options\":{\"include_usage\":[true]}}",
+    };
+    size_t i;
+    for (i = 0; i != sizeof(refused) / sizeof(refused[0]); ++i) {
+        CHECK_EQ_INT(aor_reqbody_scan(refused[i], strlen(refused[i]), &rb), -1);
+        if (aor_reqbody_scan(refused[i], strlen(refused[i]), &rb) != -1)
+            fprintf(stderr, "not refused: %s\n", refused[i]);
+    }
 }
 
 int main(void)

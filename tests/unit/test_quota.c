@@ -72,11 +72,27 @@ static void test_resolve(void)
     f.disabled = "1", f.disabled_len = 1;
     aor_quota_resolve(&conf, "other", &f, &q);
     CHECK_EQ_INT(aor_quota_forbidden(&q, "gpt-4o"), AOR_LIMIT_DEPLOYMENT);
-    f.disabled = "yes", f.disabled_len = 3;
+    f.disabled = "maybe", f.disabled_len = 5;
     f.deployments = ",,", f.deployments_len = 2;
     CHECK_EQ_INT(aor_quota_resolve(&conf, "other", &f, &q), 16 | 32);
     CHECK(q.all_deployments);
-    CHECK(!q.disabled);
+    CHECK(q.disabled); /* a kill switch fails closed */
+    f.deployments = NULL;
+    {
+        static const char *const on[] = {"1", "true", "TRUE", "yes", "On", "off", " 1", "2"};
+        static const char *const off[] = {"0", "false", "No", "FALSE", ""};
+        size_t i;
+        for (i = 0; i != sizeof(on) / sizeof(on[0]); ++i) {
+            f.disabled = on[i], f.disabled_len = strlen(on[i]);
+            aor_quota_resolve(&conf, "other", &f, &q);
+            CHECK(q.disabled);
+        }
+        for (i = 0; i != sizeof(off) / sizeof(off[0]); ++i) {
+            f.disabled = off[i], f.disabled_len = strlen(off[i]);
+            CHECK_EQ_INT(aor_quota_resolve(&conf, "other", &f, &q), 0);
+            CHECK(!q.disabled);
+        }
+    }
 }
 
 static void test_windows(void)

@@ -66,6 +66,20 @@ export async function startOpenAiMock({ bearer }) {
         res.writeHead(200, { 'content-type': 'application/json', ...rl });
         return res.end(JSON.stringify({ id: 'resp_1', object: 'response', model: body.model, status: 'completed', output: [{ type: 'message', role: 'assistant', content: [{ type: 'output_text', text: words(n).join(' ') }] }], usage: { input_tokens: pt, output_tokens: n, total_tokens: pt + n } }));
       }
+      if (u.pathname === '/v1/completions') {
+        // legacy completions: `prompt`, text choices; streamed, the usage chunk has choices []
+        const usage = { prompt_tokens: pt, completion_tokens: n, total_tokens: pt + n };
+        const base = { id: 'cmpl-1', object: 'text_completion', created: 1, model: body.model };
+        if (!body.stream) {
+          res.writeHead(200, { 'content-type': 'application/json', ...rl });
+          return res.end(JSON.stringify({ ...base, choices: [{ index: 0, text: words(n).join(' '), logprobs: null, finish_reason: 'length' }], usage }));
+        }
+        res.writeHead(200, { 'content-type': 'text/event-stream', ...rl });
+        const ev = (o) => res.write(`data: ${JSON.stringify(o)}\n\n`);
+        words(n).forEach((t, i) => ev({ ...base, choices: [{ index: 0, text: i ? ` ${t}` : t, logprobs: null, finish_reason: i === n - 1 ? 'length' : null }] }));
+        if (body.stream_options?.include_usage) ev({ ...base, choices: [], usage });
+        return res.end('data: [DONE]\n\n');
+      }
       if (u.pathname !== '/v1/chat/completions') return err(404, 'not_found', `no route ${u.pathname}`);
       const usage = { prompt_tokens: pt, completion_tokens: n, total_tokens: pt + n };
       if (!body.stream) {
