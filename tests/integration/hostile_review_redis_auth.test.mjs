@@ -5,14 +5,16 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { startMock, stopAll, sleep, pollUntil, run, tempDir, toYaml, ROUTER_BIN, SLOW, backendFor } from './lib/harness.mjs';
-import { keylessKit, OID, CLIENT_ID, STATIC_KEY, chat, sha256 } from './lib/keyless_redis.mjs';
+import http from 'node:http';
+import crypto from 'node:crypto';
+import { startMock, stopAll, sleep, pollUntil, run, tempDir, toYaml, ROUTER_BIN, SLOW, backendFor, h2load, bodyFile, chatBody, CHAT_PATH } from './lib/harness.mjs';
+import { keylessKit, OID, CLIENT_ID, STATIC_KEY, chat, sha256, newKey, redisTrouble } from './lib/keyless_redis.mjs';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 let east;
 const cleanup = [];
-const { keylessRedis, redisIdentity, config, router, routerClients, authStats } = keylessKit({ backend: () => east, cleanup });
+const { admin, keylessRedis, redisIdentity, config, router, routerClients, authStats } = keylessKit({ backend: () => east, cleanup });
 
 before(async () => {
   east = await startMock('eastus');
@@ -85,6 +87,56 @@ async function flappingRedis() {
   return fake;
 }
 
+/** a small RESP client (one connection, commands in order) for the mock IMDS: no redis-cli spawn per token */
+async function respClient(redis, ...auth) {
+  const sock = net.connect(redis.port, '127.0.0.1');
+  await new Promise((resolve, reject) => (sock.once('connect', resolve), sock.once('error', reject)));
+  const waiting = [];
+  let buf = '';
+  sock.on('data', (d) => {
+    buf += d.toString('latin1');
+    let e;
+    while ((e = buf.indexOf('\r\n')) >= 0) {
+      const line = buf.slice(0, e);
+      buf = buf.slice(e + 2);
+      waiting.shift()?.(line);
+    }
+  });
+  const cmd = (...args) =>
+    new Promise((resolve) => {
+      waiting.push(resolve);
+      sock.write(`*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join(''));
+    });
+  const c = { cmd, stop: async () => sock.destroy() };
+  if (auth.length) assert.equal(await cmd('AUTH', ...auth), '+OK');
+  cleanup.push(c);
+  return c;
+}
+
+/**
+ * A mock IMDS for Redis' resource: each token it hands out (`next()`, random by default) becomes the
+ * only password of the ACL user OID first (unless it is one Redis could not take), answered with
+ * expires_in `lifetimeS`. `calls`, `issued` for the test.
+ */
+async function imdsFor(redis, { lifetimeS = 3600, next = () => `tok_${crypto.randomBytes(24).toString('base64url')}`, acl = true } = {}) {
+  const resp = await respClient(redis, 'admin', 'adminpw');
+  const m = { calls: 0, issued: [], lifetimeS, next, acl };
+  const server = http.createServer(async (req, res) => {
+    ++m.calls;
+    const token = m.next();
+    m.issued.push(token);
+    if (m.acl) assert.equal(await resp.cmd('ACL', 'SETUSER', OID, 'reset', 'on', `>${token}`, '~*', '&*', '+@all'), '+OK');
+    const body = JSON.stringify({ access_token: token, expires_in: String(m.lifetimeS), resource: 'https://redis.azure.com', token_type: 'Bearer' });
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  m.url = `http://127.0.0.1:${server.address().port}/metadata/identity/oauth2/token`;
+  m.stop = () => new Promise((resolve) => (server.closeAllConnections(), server.close(resolve)));
+  cleanup.push(m);
+  return m;
+}
+
 describe('hostile review: keyless Redis', () => {
   for (const mode of ['loading', 'busy']) {
     it(`AUTH answered ${mode === 'loading' ? '-LOADING (Redis restarting)' : '-ERR max number of clients'}: the valid token is kept (no new token call), not logged as refused; connected when Redis answers`, async () => {
@@ -117,6 +169,34 @@ describe('hostile review: keyless Redis', () => {
       assert.match(r.stderr(), mode === 'loading' ? /LOADING Redis is loading/ : /max number of clients/);
     });
   }
+
+  it('a token living 3 s (re-AUTH every 1.5 s) under 16 concurrent HTTP/2 streams, 30000 requests: every request served, usage in Redis counts each exactly once, no reconnect', async () => {
+    const redis = await keylessRedis();
+    const imds = await imdsFor(redis, { lifetimeS: 3 });
+    const key = newKey();
+    const tenant = 'rot-t';
+    assert.equal((await admin(redis, 'HSET', `aoai:key:${sha256(key)}`, 'tenant', tenant, 'name', 'app')).stdout.trim(), '2');
+    const r = await router(config(redis, { imdsUrl: imds.url }, { onFailure: 'closed' }));
+    assert.ok(await pollUntil(async () => (await chat(r, key)).status === 200, { timeoutMs: 10000 * SLOW }), 'never served');
+    const clientsBefore = await routerClients(redis);
+    const callsBefore = imds.calls;
+    const load = await h2load(['-n', '30000', '-c', '4', '-m', '4', '-d', bodyFile(chatBody({ max_tokens: 2 })), '-H', 'content-type: application/json', '-H', `api-key: ${key}`, `${r.url}${CHAT_PATH}`]);
+    const ok = load.status['2xx'] ?? 0;
+    assert.ok(imds.calls - callsBefore >= 1, `tokens issued during the run: ${imds.calls - callsBefore}`);
+        assert.equal(ok, 30000, `not every request served while the token rotated:\n${load.output}\n${redisTrouble(r).join('\n')}`);
+    // usage: one request each, over the minute hashes the run touched (+1 for the first request)
+    let counted = 0;
+    await pollUntil(async () => {
+      const keys = (await admin(redis, '--scan', '--pattern', `aoai:usage:{${tenant}}:minute:*`)).stdout.trim().split('\n').filter(Boolean);
+      counted = 0;
+      for (const k of keys) counted += Number((await admin(redis, 'HGET', k, 'requests')).stdout.trim());
+      return counted === ok + 1;
+    }, { timeoutMs: 3000 * SLOW });
+    assert.equal(counted, ok + 1, 'requests counted in Redis');
+    assert.deepEqual(await routerClients(redis), clientsBefore, 'the same connections: re-AUTH, no reconnect');
+    assert.equal((await authStats(redis)).failed, 0, 'no AUTH refused');
+    assert.deepEqual(redisTrouble(r), []);
+  });
 
   it('Redis accepts the handshake (AUTH +OK, PONG) and drops at once, again and again: reconnects back off, not a tight loop', async () => {
     const redis = await keylessRedis();
