@@ -7,10 +7,13 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import http from 'node:http';
 import crypto from 'node:crypto';
-import { startMock, stopAll, sleep, pollUntil, run, tempDir, toYaml, ROUTER_BIN, SLOW, backendFor, h2load, bodyFile, chatBody, CHAT_PATH } from './lib/harness.mjs';
+import { startMock, stopAll, sleep, pollUntil, run, tempDir, toYaml, ROUTER_BIN, SLOW, h2load, bodyFile, chatBody, CHAT_PATH, fetchMetrics } from './lib/harness.mjs';
+import { startTokenBackend } from './lib/identity_mocks.mjs';
 import { keylessKit, OID, CLIENT_ID, STATIC_KEY, chat, sha256, newKey, redisTrouble } from './lib/keyless_redis.mjs';
-import { writeFileSync } from 'node:fs';
+import tls from 'node:tls';
 import path from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { makeCerts } from './lib/redis_tls.mjs';
 
 let east;
 const cleanup = [];
@@ -53,6 +56,29 @@ async function redisFront(redis) {
   front.url = `redis://127.0.0.1:${server.address().port}/0`;
   front.stop = async () => {
     for (const s of front.sockets) s.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  };
+  cleanup.push(front);
+  return front;
+}
+
+/** TLS in front of a plain redis-server (what Azure's port 6380 is), with a certificate of the test CA */
+async function tlsFront(redis, certs) {
+  const front = { sockets: new Set() };
+  const server = tls.createServer({ cert: readFileSync(certs.good.cert), key: readFileSync(certs.good.key) }, (s) => {
+    const up = net.connect(redis.port, '127.0.0.1');
+    for (const x of [s, up]) {
+      front.sockets.add(x);
+      x.on('close', () => (front.sockets.delete(x), s.destroy(), up.destroy()));
+      x.on('error', () => {});
+    }
+    s.pipe(up);
+    up.pipe(s);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  front.url = `rediss://localhost:${server.address().port}/0`;
+  front.stop = async () => {
+    for (const x of front.sockets) x.destroy();
     await new Promise((resolve) => server.close(resolve));
   };
   cleanup.push(front);
@@ -120,8 +146,18 @@ async function respClient(redis, ...auth) {
  */
 async function imdsFor(redis, { lifetimeS = 3600, next = () => `tok_${crypto.randomBytes(24).toString('base64url')}`, acl = true } = {}) {
   const resp = await respClient(redis, 'admin', 'adminpw');
-  const m = { calls: 0, issued: [], lifetimeS, next, acl };
+  const m = { calls: 0, issued: [], other: [], lifetimeS, next, acl };
   const server = http.createServer(async (req, res) => {
+    const resource = new URL(req.url, 'http://x').searchParams.get('resource');
+    if (resource !== 'https://redis.azure.com') {
+      // another resource (a backend's): a token of its own, never Redis' ACL password
+      const t = `other_${crypto.randomBytes(24).toString('base64url')}`;
+      m.other.push(t);
+      const body = JSON.stringify({ access_token: t, expires_in: '3600', resource, token_type: 'Bearer' });
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+      return;
+    }
     ++m.calls;
     const token = m.next();
     m.issued.push(token);
@@ -196,6 +232,149 @@ describe('hostile review: keyless Redis', () => {
     assert.deepEqual(await routerClients(redis), clientsBefore, 'the same connections: re-AUTH, no reconnect');
     assert.equal((await authStats(redis)).failed, 0, 'no AUTH refused');
     assert.deepEqual(redisTrouble(r), []);
+  });
+
+  it('rediss:// with redis.auth: AUTH goes inside TLS (CA verified), tokens rotate by re-AUTH over the same TLS connections', async () => {
+    const redis = await keylessRedis();
+    const imds = await imdsFor(redis, { lifetimeS: 3 });
+    const certs = makeCerts();
+    const front = await tlsFront(redis, certs);
+    const cfg = config(redis, { imdsUrl: imds.url }, { onFailure: 'closed' });
+    cfg.redis.url = front.url;
+    cfg.redis.ca_file = certs.ca;
+    const r = await router(cfg);
+    assert.ok(await pollUntil(async () => (await chat(r, STATIC_KEY)).status === 200, { timeoutMs: 10000 * SLOW }), `never served\n${r.stderr()}`);
+    assert.match(r.stderr(), /connected over TLS, certificate verified, Entra ID token accepted/);
+    const clients = await routerClients(redis);
+    assert.equal(clients.length, 2);
+    const calls = imds.calls;
+    const until = Date.now() + 3500;
+    while (Date.now() < until) {
+      const res = await chat(r, STATIC_KEY);
+      assert.equal(res.status, 200, res.body);
+      await sleep(100);
+    }
+    assert.ok(imds.calls - calls >= 2, `tokens during the run: ${imds.calls - calls}`);
+    assert.deepEqual(await routerClients(redis), clients, 're-AUTH on the same TLS connections');
+    assert.equal((await authStats(redis)).failed, 0);
+    assert.deepEqual(redisTrouble(r), []);
+  });
+
+  it('SIGHUP under load: redis.auth → password (ACL user admin) → redis.auth, on_failure open: every request served, each config its own AUTH user, the cached token reused', async () => {
+    const redis = await keylessRedis();
+    const imds = await imdsFor(redis);
+    const cfgAuth = config(redis, { imdsUrl: imds.url }, { onFailure: 'open' });
+    const cfgPw = { ...cfgAuth, redis: { url: redis.url.replace('redis://', 'redis://admin@'), on_failure: 'open', password_env: 'AOR_REVIEW_REDIS_PW' } };
+    const r = await router(cfgAuth, { AOR_REVIEW_REDIS_PW: 'adminpw' });
+    assert.ok(await pollUntil(async () => (await routerClients(redis)).length === 2, { timeoutMs: 10000 * SLOW }));
+    const users = async () => {
+      const list = (await admin(redis, 'CLIENT', 'LIST')).stdout.split('\n').filter((l) => / cmd=(?!client)/.test(l) && !/ cmd=(acl|auth)/.test(l));
+      return list.map((l) => / user=(\S+)/.exec(l)[1]);
+    };
+    const loadP = h2load(['-n', '40000', '-c', '2', '-m', '8', '-d', bodyFile(chatBody({ max_tokens: 2 })), '-H', 'content-type: application/json', '-H', `api-key: ${STATIC_KEY}`, `${r.url}${CHAT_PATH}`]);
+    for (const [cfg, user] of [[cfgPw, 'admin'], [cfgAuth, OID], [cfgPw, 'admin'], [cfgAuth, OID]]) {
+      const from = r.stderr().length;
+      r.writeConfig(cfg);
+      r.signal('SIGHUP');
+      assert.ok(await r.waitStderr(/settings changed by a reload/, 5000 * SLOW, from), 'no reload');
+      assert.ok(
+        await pollUntil(async () => {
+          const u = (await users()).filter((x) => x === user);
+          return u.length >= 2;
+        }, { timeoutMs: 5000 * SLOW, intervalMs: 50 }),
+        `no connection as ${user}: ${await users()}`,
+      );
+      await sleep(200);
+    }
+    const load = await loadP;
+    assert.equal(load.status['2xx'], 40000, load.output);
+    assert.equal(imds.calls, 1, 'the Redis token is fetched once: a reload back to redis.auth reuses it');
+    assert.equal((await authStats(redis)).failed, 0, 'no AUTH refused');
+    assert.ok(await pollUntil(async () => (await routerClients(redis)).length === 2, { timeoutMs: 3000 * SLOW }));
+  });
+
+  it('the same managed identity for a backend and for Redis: two tokens (one per resource); the backend never gets the Redis token, Redis never the backend one', async () => {
+    const redis = await keylessRedis();
+    const imds = await imdsFor(redis, { lifetimeS: 3 });
+    const be = await startTokenBackend('mi-be', null);
+    cleanup.push(be);
+    const cfg = config(redis, { imdsUrl: imds.url }, { onFailure: 'closed' });
+    cfg.backends = [{ name: be.name, url: be.url, priority: 1, weight: 1, auth: { type: 'managed_identity', client_id: CLIENT_ID, imds_endpoint: imds.url } }];
+    const r = await router(cfg);
+    assert.ok(await pollUntil(async () => (await chat(r, STATIC_KEY)).status === 200, { timeoutMs: 10000 * SLOW }), r.stderr());
+    const until = Date.now() + 2000; // the Redis token rotates meanwhile
+    while (Date.now() < until) {
+      assert.equal((await chat(r, STATIC_KEY)).status, 200);
+      await sleep(100);
+    }
+    assert.ok(imds.issued.length >= 2 && imds.other.length === 1, `redis tokens ${imds.issued.length}, backend tokens ${imds.other.length}`);
+    const bearers = new Set(be.bearers());
+    assert.deepEqual([...bearers], [imds.other[0]], 'the backend got only its own token');
+    for (const t of imds.issued) {
+      assert.ok(!JSON.stringify(be.seen).includes(t), 'a Redis token reached the backend');
+      assert.ok(!r.stderr().includes(t) && !r.stdout().includes(t), 'a Redis token in the log');
+    }
+    assert.equal((await authStats(redis)).failed, 0);
+    const m = await fetchMetrics(r);
+    for (const t of [...imds.issued, ...imds.other]) assert.ok(!m.includes(t), 'a token in /metrics');
+  });
+
+  for (const [what, token] of [
+    ['CR LF and a second command', 'tok\r\n*1\r\n$8\r\nFLUSHALL'],
+    ['a space (AUTH split)', 'tok en'],
+    ['17 KiB', 'x'.repeat(17 * 1024)],
+    ['64 KiB (answer over the 64 KiB bound)', 'x'.repeat(64 * 1024)],
+  ]) {
+    it(`a lying identity endpoint: a token with ${what} is refused before Redis sees it (no AUTH, closed 503, logged without the token)`, async () => {
+      const redis = await keylessRedis();
+      await admin(redis, 'SET', 'canary', '1');
+      const imds = await imdsFor(redis, { next: () => token, acl: false });
+      const r = await router(config(redis, { imdsUrl: imds.url }, { onFailure: 'closed' }));
+      assert.ok(await pollUntil(() => imds.calls >= 1, { timeoutMs: 5000 * SLOW, intervalMs: 20 }));
+      let res;
+      assert.ok(await pollUntil(async () => (res = await chat(r, STATIC_KEY)).status === 503, { timeoutMs: 5000 * SLOW }), 'served without a token');
+      assert.equal(res.json().error.code, 'quota_store_unavailable');
+      assert.ok(!res.body.includes(token.length > 40 ? token.slice(0, 1000) : token), 'the token in an error body');
+      assert.equal((await authStats(redis)).calls, 1, 'only the mock IMDS\'s own admin AUTH: none from the router');
+      assert.equal((await routerClients(redis)).length, 0);
+      assert.equal((await admin(redis, 'GET', 'canary')).stdout.trim(), '1');
+      assert.match(r.stderr(), /token call failed/);
+      assert.ok(!r.stderr().includes(token.length > 40 ? token.slice(0, 1000) : token), 'the token in the log');
+    });
+  }
+
+  it('a 16 KiB token (the bound) goes whole into AUTH and is accepted', async () => {
+    const redis = await keylessRedis();
+    const imds = await imdsFor(redis, { next: () => `big_${crypto.randomBytes(12288).toString('base64url')}`.slice(0, 16384) });
+    const r = await router(config(redis, { imdsUrl: imds.url }, { onFailure: 'closed' }));
+    assert.ok(await pollUntil(async () => (await chat(r, STATIC_KEY)).status === 200, { timeoutMs: 10000 * SLOW }), r.stderr());
+    assert.equal(imds.issued[0].length, 16384);
+    assert.equal((await routerClients(redis)).length, 2);
+    assert.equal((await authStats(redis)).failed, 0);
+  });
+
+  it('--check: operator typos in redis.auth.resource (the scope …/.default instead of the resource, a space, a control byte) are named at their line', async () => {
+    const dir = tempDir('aor-it-review-redisauth-');
+    const file = path.join(dir, 'backends.yaml');
+    const base = { listen: [{ address: '127.0.0.1', port: 8080 }], backends: [{ name: 'b', url: 'http://127.0.0.1:9' }] };
+    const check = async (resource) => {
+      writeFileSync(file, toYaml({ ...base, redis: { url: 'rediss://h:6380', auth: { type: 'managed_identity', object_id: OID, resource } } }));
+      return run(ROUTER_BIN, ['--check', '-c', file]);
+    };
+    for (const [resource, re] of [
+      ['https://redis.azure.com/.default', /redis\.auth\.resource: .*scope.*https:\/\/redis\.azure\.com/],
+      ['https://redis.azure.com/.default/', /redis\.auth\.resource: .*scope/],
+      ['https://redis.azure.com/x y', /redis\.auth\.resource: .*visible ASCII/],
+      ['https://redis.azure.com\t', /redis\.auth\.resource: .*visible ASCII/],
+    ]) {
+      const res = await check(resource);
+      assert.equal(res.code, 1, `${JSON.stringify(resource)} accepted: ${res.stdout}${res.stderr}`);
+      assert.match(res.stderr + res.stdout, re);
+    }
+    for (const resource of ['https://redis.azure.com', 'https://redis.azure.com/', 'api://contoso-redis']) {
+      const res = await check(resource);
+      assert.equal(res.code, 0, `${resource}: ${res.stderr}`);
+    }
   });
 
   it('Redis accepts the handshake (AUTH +OK, PONG) and drops at once, again and again: reconnects back off, not a tight loop', async () => {
