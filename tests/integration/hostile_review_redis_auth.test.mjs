@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import http from 'node:http';
 import crypto from 'node:crypto';
-import { startMock, stopAll, sleep, pollUntil, run, tempDir, toYaml, ROUTER_BIN, SLOW, h2load, bodyFile, chatBody, CHAT_PATH, fetchMetrics } from './lib/harness.mjs';
+import { startMock, stopAll, sleep, pollUntil, run, tempDir, toYaml, ROUTER_BIN, SLOW, h2load, bodyFile, chatBody, CHAT_PATH, fetchMetrics, get } from './lib/harness.mjs';
 import { startTokenBackend } from './lib/identity_mocks.mjs';
 import { keylessKit, OID, CLIENT_ID, STATIC_KEY, chat, sha256, newKey, redisTrouble } from './lib/keyless_redis.mjs';
 import tls from 'node:tls';
@@ -85,6 +85,26 @@ async function tlsFront(redis, certs) {
   return front;
 }
 
+/** a fake Redis that reads everything and answers nothing to AUTH (a server that hangs on it) */
+async function silentRedis() {
+  const fake = { conns: 0, sockets: new Set() };
+  const server = net.createServer((s) => {
+    ++fake.conns;
+    fake.sockets.add(s);
+    s.on('close', () => fake.sockets.delete(s));
+    s.on('error', () => {});
+    s.on('data', () => {});
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  fake.url = `redis://127.0.0.1:${server.address().port}/0`;
+  fake.stop = async () => {
+    for (const s of fake.sockets) s.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  };
+  cleanup.push(fake);
+  return fake;
+}
+
 /** a fake Redis that answers the handshake (AUTH +OK, PING +PONG) and then closes the connection */
 async function flappingRedis() {
   const fake = { conns: 0, auths: 0, sockets: new Set() };
@@ -146,7 +166,7 @@ async function respClient(redis, ...auth) {
  */
 async function imdsFor(redis, { lifetimeS = 3600, next = () => `tok_${crypto.randomBytes(24).toString('base64url')}`, acl = true } = {}) {
   const resp = await respClient(redis, 'admin', 'adminpw');
-  const m = { calls: 0, issued: [], other: [], lifetimeS, next, acl };
+  const m = { calls: 0, issued: [], other: [], lifetimeS, next, acl, delayMs: 0 };
   const server = http.createServer(async (req, res) => {
     const resource = new URL(req.url, 'http://x').searchParams.get('resource');
     if (resource !== 'https://redis.azure.com') {
@@ -159,6 +179,7 @@ async function imdsFor(redis, { lifetimeS = 3600, next = () => `tok_${crypto.ran
       return;
     }
     ++m.calls;
+    if (m.delayMs) await sleep(m.delayMs);
     const token = m.next();
     m.issued.push(token);
     if (m.acl) assert.equal(await resp.cmd('ACL', 'SETUSER', OID, 'reset', 'on', `>${token}`, '~*', '&*', '+@all'), '+OK');
@@ -375,6 +396,65 @@ describe('hostile review: keyless Redis', () => {
       const res = await check(resource);
       assert.equal(res.code, 0, `${resource}: ${res.stderr}`);
     }
+  });
+
+  for (const onFailure of ['closed', 'open']) {
+    it(`Redis never answers the AUTH (on_failure ${onFailure}): the first requests wait at most the 1 s connect deadline, the next ones not at all; /healthz meanwhile`, async () => {
+      const redis = await keylessRedis();
+      const imds = await imdsFor(redis);
+      const fake = await silentRedis();
+      const cfg = config(redis, { imdsUrl: imds.url }, { onFailure });
+      cfg.redis.url = fake.url;
+      const r = await router(cfg);
+      const want = onFailure === 'closed' ? 503 : 200;
+      const timed = async () => {
+        const t0 = Date.now();
+        const res = await chat(r, STATIC_KEY);
+        return { status: res.status, ms: Date.now() - t0, body: res.body };
+      };
+      const first = await Promise.all(Array.from({ length: 4 }, timed));
+      for (const x of first) {
+        assert.equal(x.status, want, x.body);
+        assert.ok(x.ms < 1600 * SLOW, `a request waited ${x.ms} ms`);
+      }
+      assert.ok(fake.conns >= 1 && imds.calls === 1);
+      for (let i = 0; i < 3; ++i) {
+        const x = await timed();
+        assert.equal(x.status, want, x.body);
+        assert.ok(x.ms < 500 * SLOW, `a request waited ${x.ms} ms on a Redis known to hang`);
+      }
+      const t0 = Date.now();
+      assert.equal((await get(r.url, '/healthz')).status, 200);
+      assert.ok(Date.now() - t0 < 500 * SLOW);
+      assert.match(r.stderr(), /not connected within 1000 ms/);
+    });
+  }
+
+  it('SIGHUP while the first Redis token is still on its way: redis.auth → password → redis.auth; each config connects as its user, no AUTH refused', async () => {
+    const redis = await keylessRedis();
+    const imds = await imdsFor(redis);
+    imds.delayMs = 1500;
+    const cfgAuth = config(redis, { imdsUrl: imds.url }, { onFailure: 'closed' });
+    const cfgPw = { ...cfgAuth, redis: { url: redis.url.replace('redis://', 'redis://admin@'), on_failure: 'closed', password_env: 'AOR_REVIEW_REDIS_PW' } };
+    const r = await router(cfgAuth, { AOR_REVIEW_REDIS_PW: 'adminpw' });
+    await sleep(300); // the handshakes wait for the token
+    let from = r.stderr().length;
+    r.writeConfig(cfgPw);
+    r.signal('SIGHUP');
+    assert.ok(await r.waitStderr(/settings changed by a reload/, 5000 * SLOW, from), 'no reload');
+    assert.ok(await pollUntil(async () => (await chat(r, STATIC_KEY)).status === 200, { timeoutMs: 3000 * SLOW }), 'not served with the password');
+    assert.equal((await routerClients(redis)).length, 0, 'no connection as the identity after the reload');
+    await sleep(1500); // the token comes meanwhile: nothing to do with it
+    assert.equal((await routerClients(redis)).length, 0);
+    from = r.stderr().length;
+    r.writeConfig(cfgAuth);
+    r.signal('SIGHUP');
+    assert.ok(await r.waitStderr(/settings changed by a reload/, 5000 * SLOW, from), 'no reload');
+    assert.ok(await pollUntil(async () => (await routerClients(redis)).length === 2, { timeoutMs: 5000 * SLOW }), 'not connected as the identity');
+    assert.equal((await chat(r, STATIC_KEY)).status, 200);
+    // the call in flight at the first reload is abandoned with the source no config names; the second reload asks again
+    assert.ok(imds.calls <= 2, `token calls: ${imds.calls}`);
+    assert.equal((await authStats(redis)).failed, 0);
   });
 
   it('Redis accepts the handshake (AUTH +OK, PONG) and drops at once, again and again: reconnects back off, not a tight loop', async () => {
