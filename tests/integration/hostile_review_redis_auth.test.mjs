@@ -457,6 +457,25 @@ describe('hostile review: keyless Redis', () => {
     assert.equal((await authStats(redis)).failed, 0);
   });
 
+  it('8 workers, a token every 1.5 s: one token call per rotation for the process (single flight), 8 connections re-AUTH in place, none refused', async () => {
+    const redis = await keylessRedis();
+    const imds = await imdsFor(redis, { lifetimeS: 3 });
+    const cfg = config(redis, { imdsUrl: imds.url }, { onFailure: 'closed' });
+    cfg.threads = 8;
+    const r = await router(cfg);
+    assert.ok(await pollUntil(async () => (await routerClients(redis)).length === 8, { timeoutMs: 10000 * SLOW }), 'not 8 connections');
+    const t0 = Date.now();
+    const clients = await routerClients(redis);
+    const load = await h2load(['-n', '8000', '-c', '8', '-m', '4', '-d', bodyFile(chatBody({ max_tokens: 2 })), '-H', 'content-type: application/json', '-H', `api-key: ${STATIC_KEY}`, `${r.url}${CHAT_PATH}`]);
+    await sleep(Math.max(0, 3500 - (Date.now() - t0)));
+    const elapsed = Date.now() - t0;
+    assert.equal(load.status['2xx'], 8000, load.output);
+    assert.ok(imds.calls >= 2 && imds.calls <= Math.ceil(elapsed / 1400) + 2, `token calls ${imds.calls} in ${elapsed} ms`);
+    assert.deepEqual(await routerClients(redis), clients, 'the same 8 connections');
+    assert.equal((await authStats(redis)).failed, 0);
+    assert.deepEqual(redisTrouble(r), []);
+  });
+
   it('Redis accepts the handshake (AUTH +OK, PONG) and drops at once, again and again: reconnects back off, not a tight loop', async () => {
     const redis = await keylessRedis();
     const id = await redisIdentity(redis);
