@@ -125,6 +125,8 @@ struct aor_redis {
     uint64_t reauth_serial;        /* the token of a re-AUTH in flight, 0 = none */
     uint64_t refused_serial;       /* the last token Redis refused (reported to the cache once) */
     int token_wait;                /* down for want of a token: the next one that comes connects at once */
+    const char *retiring;          /* non-NULL: the live connection takes no new command and goes, for this reason,
+                                      once the replies of the commands already on it came (see conn_retire) */
     int token_logged;              /* "no token" was logged since the last connection */
 };
 
@@ -472,6 +474,7 @@ static void conn_lost(struct aor_redis *r, const char *err, const char *detail)
         return;
     r->state = ST_DOWN;
     r->conn = NULL;
+    r->retiring = NULL;
     r->auth_serial = r->reauth_serial = r->handshake_serial = 0;
     aor_cred_wait_cancel(&r->waiter);
     count_error();
@@ -520,6 +523,23 @@ static void conn_lost(struct aor_redis *r, const char *err, const char *detail)
         delay = delay * 3 / 4 + next_random(r) % (delay / 2 + 1); /* ±25% so that workers do not reconnect in step */
     }
     uv_timer_start(&r->retry_timer, on_retry, delay, 0);
+}
+
+/*
+ * The live connection must go though Redis is still serving it (a re-AUTH refused: Redis keeps
+ * the old identity on the connection and runs the commands pipelined behind the AUTH; the
+ * token's send margin passed): it takes no new command, and goes once the replies of those
+ * already sent came (their deadlines bound the wait). Failing them as "disconnected" instead
+ * would have their callers redo work Redis did (usage written twice).
+ */
+static void conn_retire(struct aor_redis *r, const char *why)
+{
+    if (r->state != ST_UP || r->retiring != NULL)
+        return;
+    r->retiring = why;
+    if (!r->in_dispatch && r->head == NULL)
+        conn_lost(r, aor_redis_err_disconnected, why);
+    /* else dispatch_replies ends it when the FIFO is empty */
 }
 
 static void arm_deadline(struct aor_redis *r)
@@ -827,8 +847,9 @@ static void check_token(struct aor_redis *r)
         start_connect(r);
     } else if (r->state == ST_UP && st != AOR_CRED_OK) {
         r->token_wait = 1;
-        conn_lost(r, aor_redis_err_disconnected, "the Entra ID token is no longer valid and no new one came");
-    } else if (r->state == ST_UP && tok.serial != r->auth_serial && tok.serial != r->reauth_serial && r->reauth_serial == 0) {
+        conn_retire(r, "the Entra ID token is no longer valid and no new one came");
+    } else if (r->state == ST_UP && r->retiring == NULL && tok.serial != r->auth_serial && tok.serial != r->reauth_serial &&
+               r->reauth_serial == 0) {
         send_reauth(r, &tok);
     }
     aor_cred_header_release(&tok);
@@ -906,7 +927,8 @@ static void handshake_reply(struct aor_redis *r, const struct aor_redis_cmd *cmd
             return;
         }
         token_refused(r, cmd->serial, reply->type == REDIS_REPLY_ERROR ? reply->str : "not OK");
-        conn_lost(r, aor_redis_err_disconnected, "re-authentication with a new Entra ID token refused");
+        r->reauth_serial = 0;
+        conn_retire(r, "re-authentication with a new Entra ID token refused");
         return;
     }
     if (reply->type == REDIS_REPLY_ERROR) {
@@ -985,6 +1007,8 @@ static void dispatch_replies(struct conn *c)
         free(cmd);
         freeReplyObject(reply_);
     }
+    if (c->r != NULL && r->retiring != NULL && r->head == NULL)
+        conn_lost(r, aor_redis_err_disconnected, r->retiring); /* in dispatch: the socket closes, `c` is freed below */
     r->in_dispatch = 0;
     if (c->r == NULL) {
         conn_free(c);
@@ -1437,12 +1461,13 @@ int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *pass
 
 int aor_redis_is_up(const struct aor_redis *r)
 {
-    return r != NULL && r->state == ST_UP;
+    return r != NULL && r->state == ST_UP && r->retiring == NULL;
 }
 
 static int accepting(const struct aor_redis *r)
 {
-    return r != NULL && r->conn != NULL && (r->state == ST_UP || (r->state == ST_CONNECTING && r->failures == 0));
+    return r != NULL && r->conn != NULL &&
+           ((r->state == ST_UP && r->retiring == NULL) || (r->state == ST_CONNECTING && r->failures == 0));
 }
 
 struct aor_redis_cmd *aor_redis_command(struct aor_redis *r, aor_redis_cb cb, void *data, const char *fmt, ...)

@@ -476,6 +476,35 @@ describe('hostile review: keyless Redis', () => {
     assert.deepEqual(redisTrouble(r), []);
   });
 
+  it('a re-AUTH Redis refuses under load (on_failure open): every request served, and once Redis takes the token again each request is counted exactly once', async () => {
+    const redis = await keylessRedis();
+    const imds = await imdsFor(redis, { lifetimeS: 3 });
+    const key = newKey();
+    const tenant = 'refused-t';
+    assert.equal((await admin(redis, 'HSET', `aoai:key:${sha256(key)}`, 'tenant', tenant, 'name', 'app')).stdout.trim(), '2');
+    const r = await router(config(redis, { imdsUrl: imds.url }, { onFailure: 'open' }));
+    assert.ok(await pollUntil(async () => (await chat(r, key)).status === 200, { timeoutMs: 10000 * SLOW }), 'never served');
+    imds.acl = false; // the next token is not in the ACL: its re-AUTH is refused (Redis keeps the old identity on that connection)
+    const load = await h2load(['-n', '30000', '-c', '8', '-m', '32', '-d', bodyFile(chatBody({ max_tokens: 2 })), '-H', 'content-type: application/json', '-H', `api-key: ${key}`, `${r.url}${CHAT_PATH}`]);
+    assert.equal(load.status['2xx'], 30000, load.output);
+    assert.ok((await authStats(redis)).failed >= 1, 'no re-AUTH was refused during the run');
+    // the ACL takes the current token again: Redis comes back, the buffered usage is written
+    imds.acl = true;
+    assert.equal(await (await respClient(redis, 'admin', 'adminpw')).cmd('ACL', 'SETUSER', OID, 'reset', 'on', `>${imds.issued.at(-1)}`, '~*', '&*', '+@all'), '+OK');
+    let counted = 0;
+    await pollUntil(async () => {
+      const keys = (await admin(redis, '--scan', '--pattern', `aoai:usage:{${tenant}}:minute:*`)).stdout.trim().split('\n').filter(Boolean);
+      counted = 0;
+      for (const k of keys) counted += Number((await admin(redis, 'HGET', k, 'requests')).stdout.trim());
+      return counted >= 30001;
+    }, { timeoutMs: 8000 * SLOW, intervalMs: 200 });
+    await sleep(500);
+    let final = 0;
+    for (const k of (await admin(redis, '--scan', '--pattern', `aoai:usage:{${tenant}}:minute:*`)).stdout.trim().split('\n').filter(Boolean))
+      final += Number((await admin(redis, 'HGET', k, 'requests')).stdout.trim());
+    assert.equal(final, 30001, 'requests counted in Redis');
+  });
+
   it('Redis accepts the handshake (AUTH +OK, PONG) and drops at once, again and again: reconnects back off, not a tight loop', async () => {
     const redis = await keylessRedis();
     const id = await redisIdentity(redis);
