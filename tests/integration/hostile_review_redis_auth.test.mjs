@@ -8,7 +8,7 @@ import net from 'node:net';
 import http from 'node:http';
 import crypto from 'node:crypto';
 import { startMock, stopAll, sleep, pollUntil, run, tempDir, toYaml, ROUTER_BIN, SLOW, h2load, bodyFile, chatBody, CHAT_PATH, fetchMetrics, get } from './lib/harness.mjs';
-import { startTokenBackend } from './lib/identity_mocks.mjs';
+import { startTokenBackend, startIdentity } from './lib/identity_mocks.mjs';
 import { keylessKit, OID, CLIENT_ID, STATIC_KEY, chat, sha256, newKey, redisTrouble } from './lib/keyless_redis.mjs';
 import tls from 'node:tls';
 import path from 'node:path';
@@ -503,6 +503,49 @@ describe('hostile review: keyless Redis', () => {
     for (const k of (await admin(redis, '--scan', '--pattern', `aoai:usage:{${tenant}}:minute:*`)).stdout.trim().split('\n').filter(Boolean))
       final += Number((await admin(redis, 'HGET', k, 'requests')).stdout.trim());
     assert.equal(final, 30001, 'requests counted in Redis');
+  });
+
+  it('SIGHUP under load changes the identity type (managed_identity → client_secret → managed_identity): every request served, reconnects AUTH with the new source\'s token, none refused', async () => {
+    const redis = await keylessRedis();
+    const id = await startIdentity({
+      resources: ['https://redis.azure.com'],
+      clientIds: [CLIENT_ID],
+      tenant: 'tnt-redis',
+      entraClients: { 'sp-redis': { secret: 'sp-secret' } },
+      onIssue: async (token) => {
+        // each token is added (both identities' tokens are valid, as on Azure with two access policies)
+        const res = await admin(redis, 'ACL', 'SETUSER', OID, 'on', `>${token}`, '~*', '&*', '+@all');
+        if (res.stdout.trim() !== 'OK') throw new Error(`ACL SETUSER: ${res.stdout} ${res.stderr}`);
+      },
+    });
+    cleanup.push(id);
+    const cfgMi = config(redis, id, { onFailure: 'open' });
+    const cfgSp = { ...cfgMi, redis: { ...cfgMi.redis, auth: { type: 'client_secret', tenant_id: 'tnt-redis', client_id: 'sp-redis', secret_env: 'AOR_REVIEW_SP', authority_host: id.authority, object_id: OID } } };
+    const r = await router(cfgMi, { AOR_REVIEW_SP: 'sp-secret' });
+    assert.ok(await pollUntil(async () => (await routerClients(redis)).length === 2, { timeoutMs: 10000 * SLOW }));
+    const loadP = h2load(['-n', '30000', '-c', '2', '-m', '8', '-d', bodyFile(chatBody({ max_tokens: 2 })), '-H', 'content-type: application/json', '-H', `api-key: ${STATIC_KEY}`, `${r.url}${CHAT_PATH}`]);
+    for (const [cfg, ep] of [[cfgSp, 'entra'], [cfgMi, 'imds']]) {
+      const from = r.stderr().length;
+      const before = id[ep].calls;
+      const clients = await routerClients(redis);
+      r.writeConfig(cfg);
+      r.signal('SIGHUP');
+      assert.ok(await r.waitStderr(/settings changed by a reload/, 5000 * SLOW, from), 'no reload');
+      assert.ok(
+        await pollUntil(async () => {
+          const now = await routerClients(redis);
+          return now.length === 2 && now.every((c) => !clients.includes(c));
+        }, { timeoutMs: 5000 * SLOW, intervalMs: 50 }),
+        'not reconnected with the new identity',
+      );
+      assert.ok(id[ep].calls - before <= 1, `${ep} token calls: ${id[ep].calls - before}`);
+    }
+    const load = await loadP;
+    assert.equal(load.status['2xx'], 30000, load.output);
+    assert.equal((await authStats(redis)).failed, 0, 'no AUTH refused');
+    assert.equal(id.entra.calls, 1);
+    assert.equal(id.entra.requests[0].form.scope, 'https://redis.azure.com/.default');
+    for (const t of id.allIssued()) assert.ok(!r.stderr().includes(t) && !r.stderr().includes('sp-secret'));
   });
 
   it('Redis accepts the handshake (AUTH +OK, PONG) and drops at once, again and again: reconnects back off, not a tight loop', async () => {
