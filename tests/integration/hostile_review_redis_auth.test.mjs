@@ -548,6 +548,26 @@ describe('hostile review: keyless Redis', () => {
     for (const t of id.allIssued()) assert.ok(!r.stderr().includes(t) && !r.stderr().includes('sp-secret'));
   });
 
+  // Open (not fixed here): the shared token schedule (auth/cred_token.c) never refreshes sooner than
+  // AOR_CRED_MIN_REFRESH_MS (1 s) after a token came, but a 1 s token is only sendable for 833 ms
+  // (its send margin is a sixth): every cycle leaves ~170 ms + the token call without a valid
+  // token, and Redis' connections are retired then (closed: 503s; measured 8 % of sequential requests, up to half under load).
+  // Entra ID never issues tokens under 10 min; an identity endpoint that does is broken or hostile.
+  it('a token living 1 s (an identity endpoint that lies about lifetimes), on_failure closed: every request served', { todo: 'refresh floor (1 s) beyond a 1 s token\'s send window: auth/cred_token.c, shared with the backends' }, async () => {
+    const redis = await keylessRedis();
+    const imds = await imdsFor(redis, { lifetimeS: 1 });
+    const r = await router(config(redis, { imdsUrl: imds.url }, { onFailure: 'closed' }));
+    assert.ok(await pollUntil(async () => (await chat(r, STATIC_KEY)).status === 200, { timeoutMs: 10000 * SLOW }), 'never served');
+    const statuses = [];
+    const until = Date.now() + 2500;
+    while (Date.now() < until) {
+      statuses.push((await chat(r, STATIC_KEY)).status);
+      await sleep(20);
+    }
+    const bad = statuses.filter((x) => x !== 200).length;
+    assert.equal(bad, 0, `${bad} of ${statuses.length} requests failed`);
+  });
+
   it('Redis accepts the handshake (AUTH +OK, PONG) and drops at once, again and again: reconnects back off, not a tight loop', async () => {
     const redis = await keylessRedis();
     const id = await redisIdentity(redis);
