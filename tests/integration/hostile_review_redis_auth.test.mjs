@@ -85,6 +85,42 @@ async function tlsFront(redis, certs) {
   return front;
 }
 
+/**
+ * A TCP front for a real redis-server that stalls Redis' answers for `stallMs` once a live
+ * connection sends its second AUTH (the re-AUTH of a new token): a Redis slow to answer AUTH.
+ */
+async function stallOnReauthFront(redis, stallMs) {
+  const front = { sockets: new Set(), stalls: 0 };
+  const server = net.createServer((s) => {
+    const up = net.connect(redis.port, '127.0.0.1');
+    let auths = 0;
+    for (const x of [s, up]) {
+      front.sockets.add(x);
+      x.on('close', () => (front.sockets.delete(x), s.destroy(), up.destroy()));
+      x.on('error', () => {});
+    }
+    s.on('data', (d) => {
+      auths += (d.toString('latin1').match(/\$4\r\nAUTH\r\n/gi) ?? []).length;
+      if (auths === 2 && !s.stalled) {
+        s.stalled = true;
+        ++front.stalls;
+        up.unpipe(s);
+        setTimeout(() => !s.destroyed && up.pipe(s), stallMs);
+      }
+      up.write(d);
+    });
+    up.pipe(s);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  front.url = `redis://127.0.0.1:${server.address().port}/0`;
+  front.stop = async () => {
+    for (const x of front.sockets) x.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  };
+  cleanup.push(front);
+  return front;
+}
+
 /** a fake Redis that reads everything and answers nothing to AUTH (a server that hangs on it) */
 async function silentRedis() {
   const fake = { conns: 0, sockets: new Set() };
@@ -164,7 +200,7 @@ async function respClient(redis, ...auth) {
  * only password of the ACL user OID first (unless it is one Redis could not take), answered with
  * expires_in `lifetimeS`. `calls`, `issued` for the test.
  */
-async function imdsFor(redis, { lifetimeS = 3600, next = () => `tok_${crypto.randomBytes(24).toString('base64url')}`, acl = true } = {}) {
+async function imdsFor(redis, { lifetimeS = 3600, next = () => `tok_${crypto.randomBytes(24).toString('base64url')}`, acl = true, keepOld = false } = {}) {
   const resp = await respClient(redis, 'admin', 'adminpw');
   const m = { calls: 0, issued: [], other: [], lifetimeS, next, acl, delayMs: 0 };
   const server = http.createServer(async (req, res) => {
@@ -182,7 +218,7 @@ async function imdsFor(redis, { lifetimeS = 3600, next = () => `tok_${crypto.ran
     if (m.delayMs) await sleep(m.delayMs);
     const token = m.next();
     m.issued.push(token);
-    if (m.acl) assert.equal(await resp.cmd('ACL', 'SETUSER', OID, 'reset', 'on', `>${token}`, '~*', '&*', '+@all'), '+OK');
+    if (m.acl) assert.equal(await resp.cmd('ACL', 'SETUSER', OID, ...(keepOld ? [] : ['reset']), 'on', `>${token}`, '~*', '&*', '+@all'), '+OK');
     const body = JSON.stringify({ access_token: token, expires_in: String(m.lifetimeS), resource: 'https://redis.azure.com', token_type: 'Bearer' });
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
     res.end(body);
@@ -566,6 +602,36 @@ describe('hostile review: keyless Redis', () => {
     }
     const bad = statuses.filter((x) => x !== 200).length;
     assert.equal(bad, 0, `${bad} of ${statuses.length} requests failed`);
+  });
+
+  it('Redis answers a re-AUTH 3 s late (on_failure closed): no request waits more than the 1 s deadline, the stuck connection is replaced, then all served', async () => {
+    const redis = await keylessRedis();
+    // the ACL keeps every token: a late re-AUTH must not turn into a refusal
+    const imds = await imdsFor(redis, { lifetimeS: 3, keepOld: true });
+    const front = await stallOnReauthFront(redis, 3000);
+    const cfg = config(redis, { imdsUrl: imds.url }, { onFailure: 'closed' });
+    cfg.redis.url = front.url;
+    const r = await router(cfg);
+    assert.ok(await pollUntil(async () => (await chat(r, STATIC_KEY)).status === 200, { timeoutMs: 10000 * SLOW }), 'never served');
+    const results = [];
+    const until = Date.now() + 4500;
+    await Promise.all(
+      Array.from({ length: 4 }, async () => {
+        while (Date.now() < until) {
+          const t0 = Date.now();
+          const res = await chat(r, STATIC_KEY);
+          results.push({ status: res.status, ms: Date.now() - t0, code: res.status === 200 ? null : res.json()?.error?.code });
+        }
+      }),
+    );
+    assert.ok(front.stalls >= 1, 'no re-AUTH was stalled');
+    const slow = results.filter((x) => x.ms > 1400 * SLOW);
+    assert.deepEqual(slow, [], 'a request waited past the deadline');
+    assert.deepEqual([...new Set(results.filter((x) => x.status !== 200).map((x) => `${x.status} ${x.code}`))].filter((x) => x !== '503 quota_store_unavailable'), []);
+    assert.match(r.stderr(), /no reply within 1000 ms/);
+    // afterwards: served again (a new connection's first AUTH is not stalled)
+    assert.ok(await pollUntil(async () => (await chat(r, STATIC_KEY)).status === 200, { timeoutMs: 5000 * SLOW }), 'never recovered');
+    assert.equal((await authStats(redis)).failed, 0);
   });
 
   it('Redis accepts the handshake (AUTH +OK, PONG) and drops at once, again and again: reconnects back off, not a tight loop', async () => {
