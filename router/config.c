@@ -1795,6 +1795,28 @@ static const char *check_object_id(const char *s, size_t len)
 }
 
 /*
+ * redis.auth.resource: what IMDS gets as resource= and Entra's v2.0 endpoint as <resource>/.default.
+ * The scope itself (…/.default, copied from Azure's docs) would be asked as …/.default/.default and
+ * fail only at run time; a space or control byte is a typo. Named here, never cut or cleaned.
+ */
+static const char *check_token_resource(const char *s, size_t len)
+{
+    size_t n = len;
+
+    if (len == 0 || len > 256)
+        return "must be 1 to 256 characters (e.g. https://redis.azure.com)";
+    for (size_t i = 0; i < len; ++i)
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+            return "must be visible ASCII without spaces (e.g. https://redis.azure.com)";
+    if (n > 0 && s[n - 1] == '/')
+        --n;
+    if (n >= 9 && memcmp(s + n - 9, "/.default", 9) == 0)
+        return "is a scope (.../.default), not a resource: give the resource, e.g. https://redis.azure.com (the router asks for "
+               "<resource>/.default itself)";
+    return NULL;
+}
+
+/*
  * redis.auth: keyless Entra ID auth to Azure Cache for Redis / Azure Managed Redis. The same credential
  * types and fields as a backend's (managed_identity, workload_identity, client_secret), for the resource
  * https://redis.azure.com, plus object_id: the router sends AUTH <object_id> <access token>.
@@ -1828,7 +1850,7 @@ static void parse_redis_auth(struct ctx *c, yaml_node_t *auth)
         parse_client_secret(c, auth, kp, cred);
         break;
     }
-    if (get_str(c, auth, kp, "resource", &cred->resource) == 0)
+    if (get_checked_str(c, auth, kp, "resource", check_token_resource, &cred->resource) == 0)
         cred->resource = xstrdup(c, DEFAULT_REDIS_RESOURCE);
 }
 

@@ -38,6 +38,7 @@
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+#define FLAP_WINDOW_MS 2000 /* a connection lost sooner than this after its handshake counts as a flap: reconnects back off */
 #define TOKEN_CHECK_MS 1000 /* redis.auth: how often a live connection looks for a new token (besides the cache's wake-ups) */
 
 const char aor_redis_err_timeout[] = "redis command timed out";
@@ -101,6 +102,8 @@ struct aor_redis {
     struct aor_redis_cmd *head, *tail; /* pending on `conn`, oldest first */
     uint64_t connect_deadline;         /* uv_now() ms: TCP + TLS + handshake of the current attempt */
     unsigned failures;                 /* consecutive failed attempts; 0 = the last connection was healthy */
+    unsigned flaps;                    /* consecutive connections lost within FLAP_WINDOW_MS of their handshake */
+    uint64_t up_since;                 /* uv_now() ms: when the live connection's handshake ended */
     int ever_up;
     int in_dispatch;           /* replies being handed out: conn_kill must not free the reader */
     uv_timer_t deadline_timer; /* armed for the oldest command's deadline (lazily) */
@@ -122,6 +125,8 @@ struct aor_redis {
     uint64_t reauth_serial;        /* the token of a re-AUTH in flight, 0 = none */
     uint64_t refused_serial;       /* the last token Redis refused (reported to the cache once) */
     int token_wait;                /* down for want of a token: the next one that comes connects at once */
+    const char *retiring;          /* non-NULL: the live connection takes no new command and goes, for this reason,
+                                      once the replies of the commands already on it came (see conn_retire) */
     int token_logged;              /* "no token" was logged since the last connection */
 };
 
@@ -471,25 +476,35 @@ static void conn_lost(struct aor_redis *r, const char *err, const char *detail)
     uint64_t delay = 0;
     int was_up = r->state == ST_UP;
     struct conn *c = r->conn;
+    unsigned n;
 
     if (r->state == ST_DOWN)
         return;
     r->state = ST_DOWN;
     r->conn = NULL;
+    r->retiring = NULL;
     r->auth_serial = r->reauth_serial = r->handshake_serial = 0;
     aor_cred_wait_cancel(&r->waiter);
     count_error();
     /* a working connection that dropped is rebuilt at once (commands queue meanwhile); a stuck
-     * one or a failed attempt waits, and commands are refused until Redis answers again */
-    if (was_up && err != aor_redis_err_timeout)
+     * one or a failed attempt waits, and commands are refused until Redis answers again. A server
+     * that completes the handshake and then drops the connection at once (again and again) is
+     * not a working connection: those reconnects back off too, or they would be a tight loop */
+    if (was_up && err != aor_redis_err_timeout) {
         r->failures = 0;
-    else
+        if (uv_now(r->loop) - r->up_since < FLAP_WINDOW_MS)
+            ++r->flaps;
+        else
+            r->flaps = 0;
+    } else {
         ++r->failures;
-    if (r->failures <= 1)
+    }
+    n = r->failures != 0 ? r->failures : r->flaps;
+    if (n <= 1)
         AOR_LOG(AOR_LOG_WARN, "redis", "%s:%u: %s%s%s", r->url.host, (unsigned)r->url.port,
                 was_up ? "connection lost" : "connection failed", detail != NULL ? ": " : "", detail != NULL ? detail : "");
     else
-        AOR_LOG(AOR_LOG_DEBUG, "redis", "%s:%u: attempt %u failed%s%s", r->url.host, (unsigned)r->url.port, r->failures,
+        AOR_LOG(AOR_LOG_DEBUG, "redis", "%s:%u: attempt %u failed%s%s", r->url.host, (unsigned)r->url.port, n,
                 detail != NULL ? ": " : "", detail != NULL ? detail : "");
     if (c != NULL) {
         c->r = NULL;
@@ -508,14 +523,31 @@ static void conn_lost(struct aor_redis *r, const char *err, const char *detail)
     fail_pending(r, err);
     if (r->destroyed)
         return;
-    if (r->failures != 0) {
-        unsigned shift = r->failures - 1 < 8 ? r->failures - 1 : 8;
+    if (n != 0) {
+        unsigned shift = n - 1 < 8 ? n - 1 : 8;
         delay = (uint64_t)BACKOFF_MIN_MS << shift;
         if (delay > BACKOFF_MAX_MS)
             delay = BACKOFF_MAX_MS;
         delay = delay * 3 / 4 + next_random(r) % (delay / 2 + 1); /* ±25% so that workers do not reconnect in step */
     }
     uv_timer_start(&r->retry_timer, on_retry, delay, 0);
+}
+
+/*
+ * The live connection must go though Redis is still serving it (a re-AUTH refused: Redis keeps
+ * the old identity on the connection and runs the commands pipelined behind the AUTH; the
+ * token's send margin passed): it takes no new command, and goes once the replies of those
+ * already sent came (their deadlines bound the wait). Failing them as "disconnected" instead
+ * would have their callers redo work Redis did (usage written twice).
+ */
+static void conn_retire(struct aor_redis *r, const char *why)
+{
+    if (r->state != ST_UP || r->retiring != NULL)
+        return;
+    r->retiring = why;
+    if (!r->in_dispatch && r->head == NULL)
+        conn_lost(r, aor_redis_err_disconnected, why);
+    /* else dispatch_replies ends it when the FIFO is empty */
 }
 
 static void arm_deadline(struct aor_redis *r)
@@ -759,10 +791,21 @@ static void begin_handshake(struct aor_redis *r)
                                      : "no Entra ID token for Redis (the token endpoint fails)");
 }
 
+/*
+ * An AUTH error that says the credential was refused: WRONGPASS (Redis 6+, Azure), or the older
+ * "ERR invalid password" / "ERR invalid username-password pair". Any other error (LOADING while a
+ * restarted Redis loads its data, "ERR max number of clients reached", BUSY) is not about the token.
+ */
+static int auth_refusal(const char *words)
+{
+    return words != NULL && (strncmp(words, "WRONGPASS", 9) == 0 || strncasecmp(words, "ERR invalid password", 20) == 0 ||
+                             strncasecmp(words, "ERR invalid username-password", 29) == 0);
+}
+
 /* Redis refused the token `serial` (WRONGPASS): said once per token, and the cache asked for a fresh one once */
 static void token_refused(struct aor_redis *r, uint64_t serial, const char *words)
 {
-    if (serial == 0 || serial == r->refused_serial)
+    if (serial == 0 || serial == r->refused_serial || !auth_refusal(words))
         return;
     r->refused_serial = serial;
     AOR_LOG(AOR_LOG_WARN, "redis", "%s:%u: Redis refused the Entra ID token of object_id %s: %.200s; asking for a new token",
@@ -812,8 +855,9 @@ static void check_token(struct aor_redis *r)
         start_connect(r);
     } else if (r->state == ST_UP && st != AOR_CRED_OK) {
         r->token_wait = 1;
-        conn_lost(r, aor_redis_err_disconnected, "the Entra ID token is no longer valid and no new one came");
-    } else if (r->state == ST_UP && tok.serial != r->auth_serial && tok.serial != r->reauth_serial && r->reauth_serial == 0) {
+        conn_retire(r, "the Entra ID token is no longer valid and no new one came");
+    } else if (r->state == ST_UP && r->retiring == NULL && tok.serial != r->auth_serial && tok.serial != r->reauth_serial &&
+               r->reauth_serial == 0) {
         send_reauth(r, &tok);
     }
     aor_cred_header_release(&tok);
@@ -891,7 +935,8 @@ static void handshake_reply(struct aor_redis *r, const struct aor_redis_cmd *cmd
             return;
         }
         token_refused(r, cmd->serial, reply->type == REDIS_REPLY_ERROR ? reply->str : "not OK");
-        conn_lost(r, aor_redis_err_disconnected, "re-authentication with a new Entra ID token refused");
+        r->reauth_serial = 0;
+        conn_retire(r, "re-authentication with a new Entra ID token refused");
         return;
     }
     if (reply->type == REDIS_REPLY_ERROR) {
@@ -912,6 +957,7 @@ static void handshake_reply(struct aor_redis *r, const struct aor_redis_cmd *cmd
                     r->url.tls ? " over TLS, certificate verified" : "", has_entra(r) ? ", Entra ID token accepted" : "",
                     r->url.db);
         r->state = ST_UP;
+        r->up_since = uv_now(r->loop);
         r->failures = 0;
         r->ever_up = 1;
         r->token_logged = 0;
@@ -969,6 +1015,8 @@ static void dispatch_replies(struct conn *c)
         free(cmd);
         freeReplyObject(reply_);
     }
+    if (c->r != NULL && r->retiring != NULL && r->head == NULL)
+        conn_lost(r, aor_redis_err_disconnected, r->retiring); /* in dispatch: the socket closes, `c` is freed below */
     r->in_dispatch = 0;
     if (c->r == NULL) {
         conn_free(c);
@@ -1413,7 +1461,7 @@ int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *pass
     case ST_DOWN:
         break;
     }
-    r->failures = 0;
+    r->failures = r->flaps = 0;
     r->ever_up = 0; /* the first connection with the new settings is logged */
     uv_timer_start(&r->retry_timer, on_retry, 0, 0);
     return 0;
@@ -1421,12 +1469,13 @@ int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *pass
 
 int aor_redis_is_up(const struct aor_redis *r)
 {
-    return r != NULL && r->state == ST_UP;
+    return r != NULL && r->state == ST_UP && r->retiring == NULL;
 }
 
 static int accepting(const struct aor_redis *r)
 {
-    return r != NULL && r->conn != NULL && (r->state == ST_UP || (r->state == ST_CONNECTING && r->failures == 0));
+    return r != NULL && r->conn != NULL &&
+           ((r->state == ST_UP && r->retiring == NULL) || (r->state == ST_CONNECTING && r->failures == 0));
 }
 
 struct aor_redis_cmd *aor_redis_command(struct aor_redis *r, aor_redis_cb cb, void *data, const char *fmt, ...)
