@@ -93,46 +93,23 @@ fuzz() {
   log "fuzzing (${secs}s per driver)"
   CC=clang cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DAOR_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
   cmake --build build-fuzz -j"$(nproc)" --target fuzz_json fuzz_jwt fuzz_h1resp fuzz_cred_token
-  local work
-  # the scratch directory first: libFuzzer writes new inputs into its first corpus directory
-  work=$(mktemp -d)
-  build-fuzz/fuzz_json -max_total_time="$secs" -max_len=8192 "$work" tests/fuzz/corpus/json 2>&1 | tail -1
-  rm -rf "$work"; work=$(mktemp -d)
-  build-fuzz/fuzz_jwt -max_total_time="$secs" -max_len=12000 "$work" tests/fuzz/corpus/jwt 2>&1 | tail -1
-  rm -rf "$work"; work=$(mktemp -d)
-  build-fuzz/fuzz_h1resp -max_total_time="$secs" -max_len=70000 "$work" tests/fuzz/corpus/h1resp 2>&1 | tail -1
-  rm -rf "$work"; work=$(mktemp -d)
-  build-fuzz/fuzz_cred_token -max_total_time="$secs" -max_len=70000 "$work" tests/fuzz/corpus/cred_token 2>&1 | tail -1
-  rm -rf "$work"
-}
-
-# Redis for run and stack: one already answering on the port is used and left alone; otherwise one
-# is started, and redis_stop stops that one (only)
-redis_start() {
-  local rport=$1
-  DEV_REDIS_STARTED=0
-  if redis-cli -p "$rport" ping >/dev/null 2>&1; then
-    log "a Redis already answers on 127.0.0.1:$rport: using it (this script did not start it and will not stop it)"
-  else
-    log "starting redis-server on 127.0.0.1:$rport (stopped again when this script exits)"
-    rm -f "$RUN_DIR/redis.pid"
-    redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-      --logfile "$RUN_DIR/redis.log" --pidfile "$RUN_DIR/redis.pid"
-    DEV_REDIS_STARTED=1
-  fi
-}
-
-redis_stop() {
-  if [ "${DEV_REDIS_STARTED:-0}" = 1 ]; then
-    local pid=""
-    for _ in 1 2 3 4 5 6 7 8 9 10; do [ -s "$RUN_DIR/redis.pid" ] && break; sleep 0.1; done
-    pid=$(cat "$RUN_DIR/redis.pid" 2>/dev/null || true)
-    if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      log "stopped the redis-server this script started (pid $pid)"
+  # the scratch directory first: libFuzzer writes new inputs into its first corpus directory;
+  # a failing driver shows its report and leaves the input in tests/fuzz/crashes/
+  local d len out work rc=0
+  mkdir -p tests/fuzz/crashes
+  for d in json:8192 jwt:12000 h1resp:70000 cred_token:70000; do
+    len=${d#*:} d=${d%%:*}
+    work=$(mktemp -d) out=$(mktemp)
+    if build-fuzz/fuzz_$d -max_total_time="$secs" -max_len="$len" -artifact_prefix=tests/fuzz/crashes/ "$work" "tests/fuzz/corpus/$d" >"$out" 2>&1; then
+      echo "fuzz_$d: $(tail -1 "$out")"
+    else
+      echo "fuzz_$d FAILED:" >&2
+      grep -v '^INFO\|^#[0-9]' "$out" | tail -40 >&2
+      rc=1
     fi
-    DEV_REDIS_STARTED=0
-  fi
+    rm -rf "$work" "$out"
+  done
+  return $rc
 }
 
 run() {
