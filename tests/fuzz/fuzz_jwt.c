@@ -67,7 +67,8 @@ static void check_result(int rc, const struct aor_jwt_result *r)
         abort();
     /* a refused token names nobody, except a missing_claim refusal (403): the token is authentic,
      * so its identity is known and kept for the access log (auth/jwt.h) */
-    if (rc != 0 && rc != AOR_JWT_E_MISSING_CLAIM && (r->tenant[0] || r->sub[0] || r->oid[0] || r->client_id[0] || r->kid[0] || r->exp != 0))
+    if (rc != 0 && rc != AOR_JWT_E_MISSING_CLAIM &&
+        (r->tenant[0] || r->sub[0] || r->oid[0] || r->client_id[0] || r->kid[0] || r->exp != 0))
         abort();
     if (strnlen(r->tenant, sizeof(r->tenant)) == sizeof(r->tenant) || strnlen(r->kid, sizeof(r->kid)) == sizeof(r->kid))
         abort();
