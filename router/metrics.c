@@ -241,7 +241,7 @@ struct shard {
     size_t cap, num;
     struct label_cache tenants, deployments; /* the owner's only, no lock */
     struct shard *next;
-};
+} __attribute__((aligned(64))); /* one cache line or more of its own: no false sharing of the mutexes */
 
 static pthread_mutex_t shards_lock = PTHREAD_MUTEX_INITIALIZER; /* the list; taken before a shard's mu */
 static struct shard *shards;
@@ -257,8 +257,9 @@ static struct shard *get_shard(void)
 
     if (my_shard != NULL && my_generation == g)
         return my_shard;
-    if ((sh = calloc(1, sizeof(*sh))) == NULL)
+    if ((sh = aligned_alloc(64, sizeof(*sh))) == NULL)
         return NULL;
+    memset(sh, 0, sizeof(*sh));
     pthread_mutex_init(&sh->mu, NULL);
     pthread_mutex_lock(&shards_lock);
     sh->next = shards;
