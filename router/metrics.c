@@ -1,7 +1,9 @@
-/* metrics.c — see metrics.h. An open-addressing hash table of series keyed by
- * (metric, label values); rendering copies the series under the lock and formats the copy
- * after it (label strings are never freed before exit), so a scrape holds the lock only for
- * a memcpy per series. Series come out grouped by metric, unsorted. */
+/* metrics.c — see metrics.h. Each thread updates a shard of its own (per series: counts, sum,
+ * buckets), found by a hash of the raw label values in the thread's own table; a series' identity
+ * (its key, with the rendered labels) is made once per process under a lock the first time any
+ * thread meets it, which is where the series bound is kept. Rendering sums the shards per key,
+ * each shard's mutex held for its sum only, and formats after. Series come out grouped by
+ * metric, in the order they were first seen. */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -94,19 +96,23 @@ static const struct {
                       NB(genai_ttft_buckets)},
 };
 
-struct series {
+/* a series' identity: one per distinct (metric, label values) in the process, made under
+ * `keys_lock` the first time any thread updates it (the bound AOR_METRICS_MAX_SERIES counts
+ * these); lives until aor_metrics_free() */
+struct key {
     enum metric metric;
-    char *labels; /* rendered: tenant="t",code="200" */
-    uint64_t hash;
-    double sum;
-    uint64_t count;               /* counter value, or histogram count */
-    uint64_t bucket[MAX_BUCKETS]; /* histograms only (non-cumulative) */
+    uint32_t id;   /* index in `keys`: creation order, the order of the output */
+    uint64_t hash; /* of the metric and the raw values */
+    char *labels;  /* rendered: tenant="t",code="200" */
+    char raw[];    /* the values, each NUL-terminated, one after the other */
 };
 
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static struct series **table;
-static size_t table_cap, num_series;
-static uint64_t dropped;
+static pthread_mutex_t keys_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct key **key_table; /* open addressing by hash */
+static size_t key_table_cap;
+static struct key **keys; /* by id */
+static size_t num_keys, keys_cap;
+static uint64_t dropped;                /* relaxed atomic */
 extern uint64_t aor_redis_errors_total; /* router/redis.c counts every failed or timed-out command and dropped connection */
 static int64_t inflight;
 
@@ -115,9 +121,9 @@ static int64_t inflight;
  * ones only: the caller passes NULL for a refused request) and deployment names served by a
  * backend without a deployments map. The first `max` distinct values keep their name for the
  * life of the process; later ones are "other". Entries live until exit. A tenant's entry also
- * holds what the status page and the quota gauges show of it: the counters under the set's lock
- * (taken anyway for the label lookup), the quota and windows in relaxed atomics (a settle
- * updates them through the record's pointer, without the lock).
+ * holds what the status page and the quota gauges show of it, all in relaxed atomics: the
+ * counters, the quota and windows (a request reaches its entry through its thread's cache, a
+ * settle through the record's pointer, without the set's lock).
  */
 struct tenant_rec {
     int have_quota;
@@ -192,17 +198,6 @@ static struct label_entry *bound_entry(struct label_set *set, const char *value)
     return e;
 }
 
-/* `value` itself (interned) if it is in the set or the set has room, else "other" */
-static const char *bound_label(struct label_set *set, const char *value)
-{
-    struct label_entry *e;
-
-    pthread_mutex_lock(&set->lock);
-    e = bound_entry(set, value);
-    pthread_mutex_unlock(&set->lock);
-    return e != NULL ? e->name : AOR_METRICS_OTHER;
-}
-
 static void free_label_set(struct label_set *set)
 {
     size_t j;
@@ -216,18 +211,131 @@ static void free_label_set(struct label_set *set)
     pthread_mutex_unlock(&set->lock);
 }
 
+#define RLOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define RSTORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+
+/*
+ * Per-thread shards (issue 11): every thread that updates a series gets a shard of its own,
+ * registered once in `shards`. A shard holds one cell per series the thread has updated (the
+ * counts, sum and buckets it added) and caches of the label entries it has seen, so a request
+ * takes no process-wide lock: the shard's own mutex, uncontended except while a scrape copies
+ * the cells, and no global lookup once a thread has met a series or a tenant. A scrape sums the
+ * cells of every shard per series. Shards stay until aor_metrics_free(); `generation` moves
+ * there, so a thread's pointer to a freed shard is never used again.
+ */
+struct cell {
+    const struct key *key; /* NULL: an empty slot */
+    uint64_t count;        /* counter value, or histogram count */
+    double sum;
+    uint64_t bucket[MAX_BUCKETS]; /* histograms only (non-cumulative) */
+};
+
+struct label_cache { /* the owner thread's copy of entries of a label_set: hits only ("other" is not cached) */
+    struct label_entry **slots;
+    size_t cap, num;
+};
+
+struct shard {
+    pthread_mutex_t mu; /* held to change `cells` or a cell (by the owner) and to read them (by a scrape) */
+    struct cell *cells; /* open addressing by key->hash; only the owner changes the table */
+    size_t cap, num;
+    struct label_cache tenants, deployments; /* the owner's only, no lock */
+    struct shard *next;
+} __attribute__((aligned(64))); /* one cache line or more of its own: no false sharing of the mutexes */
+
+static pthread_mutex_t shards_lock = PTHREAD_MUTEX_INITIALIZER; /* the list; taken before a shard's mu */
+static struct shard *shards;
+static unsigned generation; /* relaxed atomic: moves in aor_metrics_free */
+static __thread struct shard *my_shard;
+static __thread unsigned my_generation;
+
+/* the calling thread's shard (registered on first use); NULL on ENOMEM */
+static struct shard *get_shard(void)
+{
+    unsigned g = RLOAD(&generation);
+    struct shard *sh;
+
+    if (my_shard != NULL && my_generation == g)
+        return my_shard;
+    if ((sh = aligned_alloc(64, sizeof(*sh))) == NULL)
+        return NULL;
+    memset(sh, 0, sizeof(*sh));
+    pthread_mutex_init(&sh->mu, NULL);
+    pthread_mutex_lock(&shards_lock);
+    sh->next = shards;
+    shards = sh;
+    pthread_mutex_unlock(&shards_lock);
+    my_shard = sh;
+    my_generation = g;
+    return sh;
+}
+
+/* the entry of `value` in `set` (NULL: "other"), through the thread's cache when it has one */
+static struct label_entry *cached_entry(struct label_set *set, struct label_cache *c, const char *value)
+{
+    uint64_t h = hash_str(value);
+    struct label_entry *e;
+    size_t j;
+
+    if (c != NULL && c->cap != 0)
+        for (j = h & (c->cap - 1); c->slots[j] != NULL; j = (j + 1) & (c->cap - 1))
+            if (strcmp(c->slots[j]->name, value) == 0)
+                return c->slots[j];
+    pthread_mutex_lock(&set->lock);
+    e = bound_entry(set, value);
+    pthread_mutex_unlock(&set->lock);
+    if (e == NULL || c == NULL)
+        return e;
+    if ((c->num + 1) * 2 > c->cap) { /* grow: at most half full */
+        size_t cap = c->cap == 0 ? 16 : c->cap * 2, i;
+        struct label_entry **slots = calloc(cap, sizeof(*slots));
+        if (slots == NULL)
+            return e; /* not cached */
+        for (i = 0; i != c->cap; ++i)
+            if (c->slots[i] != NULL) {
+                for (j = hash_str(c->slots[i]->name) & (cap - 1); slots[j] != NULL; j = (j + 1) & (cap - 1))
+                    ;
+                slots[j] = c->slots[i];
+            }
+        free(c->slots);
+        c->slots = slots;
+        c->cap = cap;
+    }
+    for (j = h & (c->cap - 1); c->slots[j] != NULL; j = (j + 1) & (c->cap - 1))
+        ;
+    c->slots[j] = e;
+    ++c->num;
+    return e;
+}
+
+static struct label_entry *tenant_entry(const char *tenant)
+{
+    struct shard *sh = get_shard();
+    return cached_entry(&tenants, sh != NULL ? &sh->tenants : NULL, tenant);
+}
+
+/* `value` itself (interned) if it is in the set or the set has room, else "other" */
+static const char *bound_label(struct label_set *set, struct label_cache *c, const char *value)
+{
+    struct label_entry *e = cached_entry(set, c, value);
+    return e != NULL ? e->name : AOR_METRICS_OTHER;
+}
+
 void aor_metrics_set_max_tenants(size_t max)
 {
     pthread_mutex_lock(&tenants.lock);
-    tenants.max = max; /* the table grows on the next lookup */
+    tenants.max = max; /* the table grows on the next lookup; the threads' caches hold names seen, which keep theirs */
     pthread_mutex_unlock(&tenants.lock);
 }
 
 const char *aor_metrics_tenant_label(const char *tenant)
 {
+    struct label_entry *e;
+
     if (tenant == NULL || *tenant == '\0')
         return "";
-    return bound_label(&tenants, tenant);
+    e = tenant_entry(tenant);
+    return e != NULL ? e->name : AOR_METRICS_OTHER;
 }
 
 /* the tenant's label, adding `tokens` and a rejection (index into rec.rejections, -1 none) to its entry */
@@ -237,18 +345,14 @@ static const char *tenant_count(const char *tenant, uint64_t tokens, int rejecti
 
     if (tenant == NULL || *tenant == '\0')
         return "";
-    pthread_mutex_lock(&tenants.lock);
-    if ((e = bound_entry(&tenants, tenant)) != NULL) {
-        e->rec.tokens += tokens;
-        if (rejection >= 0)
-            ++e->rec.rejections[rejection];
-    }
-    pthread_mutex_unlock(&tenants.lock);
-    return e != NULL ? e->name : AOR_METRICS_OTHER;
+    if ((e = tenant_entry(tenant)) == NULL)
+        return AOR_METRICS_OTHER;
+    if (tokens != 0)
+        __atomic_add_fetch(&e->rec.tokens, tokens, __ATOMIC_RELAXED);
+    if (rejection >= 0)
+        __atomic_add_fetch(&e->rec.rejections[rejection], 1, __ATOMIC_RELAXED);
+    return e->name;
 }
-
-#define RLOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
-#define RSTORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 
 struct aor_metrics_tenant_ref *aor_metrics_tenant_quota(const char *tenant, const int64_t limit[4], const int64_t used[4],
                                                         const struct aor_quota_windows *w)
@@ -258,8 +362,7 @@ struct aor_metrics_tenant_ref *aor_metrics_tenant_quota(const char *tenant, cons
 
     if (tenant == NULL || *tenant == '\0')
         return NULL;
-    pthread_mutex_lock(&tenants.lock);
-    if ((e = bound_entry(&tenants, tenant)) != NULL) {
+    if ((e = tenant_entry(tenant)) != NULL) {
         /* stored atomically: a settle adds to them without the lock */
         for (i = 0; i != 4; ++i) {
             RSTORE(&e->rec.limit[i], limit[i]);
@@ -270,7 +373,6 @@ struct aor_metrics_tenant_ref *aor_metrics_tenant_quota(const char *tenant, cons
         RSTORE(&e->rec.month_id, w->month_id);
         RSTORE(&e->rec.have_quota, 1);
     }
-    pthread_mutex_unlock(&tenants.lock);
     return (struct aor_metrics_tenant_ref *)e;
 }
 
@@ -330,8 +432,9 @@ struct aor_metrics_tenant *aor_metrics_tenants(int64_t now_ms, size_t *n)
             t->used[1] = RLOAD(&e->rec.minute_id) == w.minute_id ? RLOAD(&e->rec.used[1]) : 0;
             t->used[2] = RLOAD(&e->rec.day_id) == w.day_id ? RLOAD(&e->rec.used[2]) : 0;
             t->used[3] = RLOAD(&e->rec.month_id) == w.month_id ? RLOAD(&e->rec.used[3]) : 0;
-            t->tokens = e->rec.tokens;
-            memcpy(t->rejections, e->rec.rejections, sizeof(t->rejections));
+            t->tokens = RLOAD(&e->rec.tokens);
+            for (j = 0; j != 5; ++j)
+                t->rejections[j] = RLOAD(&e->rec.rejections[j]);
             ++k;
         }
     }
@@ -355,35 +458,73 @@ const char *aor_metrics_deployment_label(const struct aor_config *conf, const ch
      * authenticated client can have asked; the names such clients use are a bounded set */
     if (!authenticated_and_served || len > 64)
         return "";
-    return bound_label(&dyn_deployments, logical);
+    {
+        struct shard *sh = get_shard();
+        return bound_label(&dyn_deployments, sh != NULL ? &sh->deployments : NULL, logical);
+    }
 }
 
-static uint64_t hash_bytes(uint64_t h, const char *s, size_t len)
+static size_t num_labels(enum metric m)
 {
+    size_t n = 0;
+    while (n != 4 && metric_defs[m].labels[n] != NULL)
+        ++n;
+    return n;
+}
+
+/* of the metric and the raw values (NULL as ""), each value ended by a 0xff byte (never in a name) */
+static uint64_t hash_values(enum metric m, const char *const *values, size_t n)
+{
+    uint64_t h = 14695981039346656037ull ^ (uint64_t)m;
     size_t i;
-    for (i = 0; i != len; ++i)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+
+    for (i = 0; i != n; ++i) {
+        const unsigned char *v = (const unsigned char *)(values[i] != NULL ? values[i] : "");
+        for (; *v != '\0'; ++v)
+            h = (h ^ *v) * 1099511628211ull;
+        h = (h ^ 0xff) * 1099511628211ull;
+    }
     return h;
 }
 
-/* label values are escaped per the text format: backslash, quote, newline */
-static size_t render_labels(enum metric m, const char *const *values, char *buf, size_t cap)
+static int key_matches(const struct key *k, enum metric m, uint64_t h, const char *const *values, size_t n)
 {
-    size_t n = 0, i;
+    const char *p = k->raw;
+    size_t i;
 
-    /* on every request path (several series per request): no printf */
-    for (i = 0; i != 4 && metric_defs[m].labels[i] != NULL; ++i) {
+    if (k->hash != h || k->metric != m)
+        return 0;
+    for (i = 0; i != n; ++i) {
+        const char *v = values[i] != NULL ? values[i] : "";
+        while (*v != '\0' && *p == *v)
+            ++p, ++v;
+        if (*p != *v)
+            return 0;
+        ++p;
+    }
+    return 1;
+}
+
+/* label values are escaped per the text format: backslash, quote, newline. A malloc'd string, NULL on ENOMEM */
+static char *render_labels(enum metric m, const char *const *values, size_t num)
+{
+    size_t cap = 1, n = 0, i;
+    char *buf;
+
+    for (i = 0; i != num; ++i)
+        cap += strlen(metric_defs[m].labels[i]) + 4 + 2 * strlen(values[i] != NULL ? values[i] : "");
+    if ((buf = malloc(cap)) == NULL)
+        return NULL;
+    for (i = 0; i != num; ++i) {
         const char *v = values[i] != NULL ? values[i] : "", *name = metric_defs[m].labels[i];
         size_t name_len = strlen(name);
-        if (n + name_len + 3 >= cap)
-            break;
         if (i != 0)
             buf[n++] = ',';
         memcpy(buf + n, name, name_len);
         n += name_len;
         buf[n++] = '=';
         buf[n++] = '"';
-        for (; *v != '\0' && n + 4 < cap; ++v) {
+        for (; *v != '\0'; ++v) {
             if (*v == '\\' || *v == '"')
                 buf[n++] = '\\', buf[n++] = *v;
             else if (*v == '\n')
@@ -391,91 +532,169 @@ static size_t render_labels(enum metric m, const char *const *values, char *buf,
             else
                 buf[n++] = *v;
         }
-        if (n + 1 < cap)
-            buf[n++] = '"';
+        buf[n++] = '"';
     }
-    if (n >= cap)
-        n = cap - 1;
     buf[n] = '\0';
-    return n;
+    return buf;
 }
 
-static int grow(void)
+/* moves the keys into a table of `cap` slots (a power of 2); -1 on ENOMEM. Call with keys_lock */
+static int grow_keys(size_t cap)
 {
-    size_t cap = table_cap == 0 ? 256 : table_cap * 2, i;
-    struct series **t = calloc(cap, sizeof(*t));
+    struct key **t = calloc(cap, sizeof(*t));
+    size_t i, j;
 
     if (t == NULL)
         return -1;
-    for (i = 0; i != table_cap; ++i) {
-        if (table[i] != NULL) {
-            size_t j = table[i]->hash & (cap - 1);
-            while (t[j] != NULL)
-                j = (j + 1) & (cap - 1);
-            t[j] = table[i];
+    for (i = 0; i != key_table_cap; ++i)
+        if (key_table[i] != NULL) {
+            for (j = key_table[i]->hash & (cap - 1); t[j] != NULL; j = (j + 1) & (cap - 1))
+                ;
+            t[j] = key_table[i];
         }
-    }
-    free(table);
-    table = t;
-    table_cap = cap;
+    free(key_table);
+    key_table = t;
+    key_table_cap = cap;
     return 0;
 }
 
-/* the series for (m, labels), created when new; NULL when the bound is reached. Call locked. */
-static struct series *lookup(enum metric m, const char *labels, size_t len)
+/* the key of (m, values), created when new; NULL when the series bound is reached (or ENOMEM).
+ * Taken the first time a thread meets a series: the process-wide lock is not on the per-request path */
+static const struct key *find_key(enum metric m, const char *const *values, size_t num, uint64_t h)
 {
-    uint64_t h = hash_bytes(14695981039346656037ull ^ (uint64_t)m, labels, len);
-    size_t j;
-    struct series *s;
+    struct key *k = NULL;
+    size_t j, i, raw_len = 0;
 
-    if (table_cap == 0 && grow() != 0)
-        return NULL;
-    for (j = h & (table_cap - 1); table[j] != NULL; j = (j + 1) & (table_cap - 1))
-        if (table[j]->hash == h && table[j]->metric == m && strcmp(table[j]->labels, labels) == 0)
-            return table[j];
-    if (num_series >= AOR_METRICS_MAX_SERIES)
-        return NULL;
-    if ((s = calloc(1, sizeof(*s))) == NULL || (s->labels = strdup(labels)) == NULL) {
-        free(s);
-        return NULL;
+    pthread_mutex_lock(&keys_lock);
+    if (key_table_cap == 0 && grow_keys(256) != 0)
+        goto exit;
+    for (j = h & (key_table_cap - 1); key_table[j] != NULL; j = (j + 1) & (key_table_cap - 1))
+        if (key_matches(key_table[j], m, h, values, num)) {
+            k = key_table[j];
+            goto exit;
+        }
+    if (num_keys >= AOR_METRICS_MAX_SERIES)
+        goto exit;
+    if (num_keys == keys_cap) {
+        size_t cap = keys_cap == 0 ? 256 : keys_cap * 2;
+        struct key **ks = realloc(keys, cap * sizeof(*ks));
+        if (ks == NULL)
+            goto exit;
+        keys = ks;
+        keys_cap = cap;
     }
-    s->metric = m;
-    s->hash = h;
-    table[j] = s;
-    if (++num_series * 2 > table_cap)
-        grow();
-    return s;
+    for (i = 0; i != num; ++i)
+        raw_len += strlen(values[i] != NULL ? values[i] : "") + 1;
+    if ((k = calloc(1, sizeof(*k) + raw_len)) == NULL)
+        goto exit;
+    if ((k->labels = render_labels(m, values, num)) == NULL) {
+        free(k);
+        k = NULL;
+        goto exit;
+    }
+    for (i = 0, raw_len = 0; i != num; ++i) {
+        const char *v = values[i] != NULL ? values[i] : "";
+        size_t len = strlen(v) + 1;
+        memcpy(k->raw + raw_len, v, len);
+        raw_len += len;
+    }
+    k->metric = m;
+    k->hash = h;
+    k->id = (uint32_t)num_keys;
+    keys[num_keys++] = k;
+    key_table[j] = k;
+    if (num_keys * 2 > key_table_cap)
+        grow_keys(key_table_cap * 2); /* on ENOMEM the table stays as it is, still with a free slot */
+exit:
+    pthread_mutex_unlock(&keys_lock);
+    return k;
+}
+
+/* the shard's cell for `k` (a new one when the thread never updated it); NULL on ENOMEM. Call with sh->mu */
+static struct cell *insert_cell(struct shard *sh, const struct key *k)
+{
+    size_t j;
+
+    if ((sh->num + 1) * 2 > sh->cap) {
+        size_t cap = sh->cap == 0 ? 64 : sh->cap * 2, i;
+        struct cell *cells = calloc(cap, sizeof(*cells));
+        if (cells == NULL)
+            return NULL;
+        for (i = 0; i != sh->cap; ++i)
+            if (sh->cells[i].key != NULL) {
+                for (j = sh->cells[i].key->hash & (cap - 1); cells[j].key != NULL; j = (j + 1) & (cap - 1))
+                    ;
+                cells[j] = sh->cells[i];
+            }
+        free(sh->cells);
+        sh->cells = cells;
+        sh->cap = cap;
+    }
+    for (j = k->hash & (sh->cap - 1); sh->cells[j].key != NULL; j = (j + 1) & (sh->cap - 1))
+        ;
+    sh->cells[j].key = k;
+    ++sh->num;
+    return &sh->cells[j];
 }
 
 static void add(enum metric m, const char *const *values, uint64_t delta, int observe, double value)
 {
-    char labels[1024];
-    size_t len = render_labels(m, values, labels, sizeof(labels));
-    struct series *s;
-    size_t b;
+    size_t num = num_labels(m), j, b;
+    uint64_t h = hash_values(m, values, num);
+    struct shard *sh = get_shard();
+    struct cell *c = NULL;
+    const struct key *k;
 
-    pthread_mutex_lock(&lock);
-    if ((s = lookup(m, labels, len)) == NULL) {
-        ++dropped;
-    } else if (!observe) {
-        s->count += delta;
+    if (sh == NULL) {
+        __atomic_add_fetch(&dropped, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    /* only this thread changes its table: it looks up without the mutex */
+    if (sh->cap != 0)
+        for (j = h & (sh->cap - 1); sh->cells[j].key != NULL; j = (j + 1) & (sh->cap - 1))
+            if (key_matches(sh->cells[j].key, m, h, values, num)) {
+                c = &sh->cells[j];
+                break;
+            }
+    pthread_mutex_lock(&sh->mu);
+    if (c == NULL && ((k = find_key(m, values, num, h)) == NULL || (c = insert_cell(sh, k)) == NULL)) {
+        pthread_mutex_unlock(&sh->mu);
+        __atomic_add_fetch(&dropped, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    if (!observe) {
+        c->count += delta;
     } else {
-        ++s->count;
-        s->sum += value;
+        ++c->count;
+        c->sum += value;
         for (b = 0; b != metric_defs[m].num_bounds; ++b)
             if (value <= metric_defs[m].bounds[b]) {
-                ++s->bucket[b];
+                ++c->bucket[b];
                 break;
             }
     }
-    pthread_mutex_unlock(&lock);
+    pthread_mutex_unlock(&sh->mu);
+}
+
+/* `code` in decimal, written from the end of `buf`: no printf on the request path */
+static const char *code_str(int code, char buf[12])
+{
+    char *p = buf + 11;
+    unsigned u = code < 0 ? 0u - (unsigned)code : (unsigned)code;
+
+    *p = '\0';
+    do
+        *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (code < 0)
+        *--p = '-';
+    return p;
 }
 
 void aor_metrics_request(const char *tenant, const char *deployment, const char *backend, int code)
 {
     char c[12];
-    const char *v[4] = {aor_metrics_tenant_label(tenant), deployment, backend, c};
-    snprintf(c, sizeof(c), "%d", code);
+    const char *v[4] = {aor_metrics_tenant_label(tenant), deployment, backend, code_str(code, c)};
     add(M_REQUESTS, v, 1, 0, 0);
 }
 
@@ -739,37 +958,66 @@ static void emit_tenant_gauges(struct out *o, int64_t now_ms)
     free(t);
 }
 
+/* the sum over the shards of every series, indexed by key id (*n set: the keys as of the call;
+ * a cell with no key is a series no shard has counted yet); NULL on ENOMEM */
+static struct cell *merge_shards(size_t *n, uint64_t *dropped_now)
+{
+    struct cell *acc;
+    struct shard *sh;
+    size_t i, b;
+
+    pthread_mutex_lock(&keys_lock);
+    *n = num_keys; /* keys made later are left to the next scrape (their ids are >= n) */
+    pthread_mutex_unlock(&keys_lock);
+    *dropped_now = RLOAD(&dropped);
+    if ((acc = calloc(*n != 0 ? *n : 1, sizeof(*acc))) == NULL)
+        return NULL;
+    /* each shard's mutex is held while its cells are added up, one shard at a time */
+    pthread_mutex_lock(&shards_lock);
+    for (sh = shards; sh != NULL; sh = sh->next) {
+        pthread_mutex_lock(&sh->mu);
+        for (i = 0; i != sh->cap; ++i) {
+            const struct cell *c = &sh->cells[i];
+            struct cell *a;
+            if (c->key == NULL || c->key->id >= *n)
+                continue;
+            a = &acc[c->key->id];
+            a->key = c->key;
+            a->count += c->count;
+            a->sum += c->sum;
+            for (b = 0; b != MAX_BUCKETS; ++b)
+                a->bucket[b] += c->bucket[b];
+        }
+        pthread_mutex_unlock(&sh->mu);
+    }
+    pthread_mutex_unlock(&shards_lock);
+    return acc;
+}
+
 char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *len)
 {
     struct out o = {malloc(65536), 0, 65536, 0};
-    struct series *snap = NULL;
+    struct cell *snap;
     size_t i, m, b, n = 0;
     uint64_t dropped_now;
 
     if (o.buf == NULL)
         return NULL;
-    /* the lock is held for a copy of the series only; formatting happens after it */
-    pthread_mutex_lock(&lock);
-    if (num_series != 0 && (snap = malloc(num_series * sizeof(*snap))) == NULL) {
-        pthread_mutex_unlock(&lock);
+    /* the shards' locks are held for the sums only; formatting happens after (key labels are never freed before exit) */
+    if ((snap = merge_shards(&n, &dropped_now)) == NULL) {
         free(o.buf);
         return NULL;
     }
-    for (i = 0; i != table_cap; ++i)
-        if (table[i] != NULL)
-            snap[n++] = *table[i];
-    dropped_now = dropped;
-    pthread_mutex_unlock(&lock);
 
     for (m = 0; m != M_NUM; ++m) {
         emit(&o, "# HELP %s %s\n# TYPE %s %s\n", metric_defs[m].name, metric_defs[m].help, metric_defs[m].name,
              metric_defs[m].type);
         for (i = 0; i != n; ++i) {
-            struct series *s = &snap[i];
-            if (s->metric != m)
+            struct cell *s = &snap[i];
+            if (s->key == NULL || s->key->metric != m)
                 continue;
-            if (s->metric < M_REQUEST_DURATION) {
-                emit(&o, "%s{%s} %llu\n", metric_defs[m].name, s->labels, (unsigned long long)s->count);
+            if (m < M_REQUEST_DURATION) {
+                emit(&o, "%s{%s} %llu\n", metric_defs[m].name, s->key->labels, (unsigned long long)s->count);
             } else {
                 uint64_t cum = 0;
                 for (b = 0; b != metric_defs[m].num_bounds; ++b) {
@@ -777,11 +1025,11 @@ char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *
                     cum += s->bucket[b];
                     /* %g keeps 6 digits: whole bounds (16777216) are printed whole */
                     emit(&o, le >= 1e6 ? "%s_bucket{%s,le=\"%.0f\"} %llu\n" : "%s_bucket{%s,le=\"%g\"} %llu\n", metric_defs[m].name,
-                         s->labels, le, (unsigned long long)cum);
+                         s->key->labels, le, (unsigned long long)cum);
                 }
-                emit(&o, "%s_bucket{%s,le=\"+Inf\"} %llu\n%s_sum{%s} %.6f\n%s_count{%s} %llu\n", metric_defs[m].name, s->labels,
-                     (unsigned long long)s->count, metric_defs[m].name, s->labels, s->sum, metric_defs[m].name, s->labels,
-                     (unsigned long long)s->count);
+                emit(&o, "%s_bucket{%s,le=\"+Inf\"} %llu\n%s_sum{%s} %.6f\n%s_count{%s} %llu\n", metric_defs[m].name,
+                     s->key->labels, (unsigned long long)s->count, metric_defs[m].name, s->key->labels, s->sum, metric_defs[m].name,
+                     s->key->labels, (unsigned long long)s->count);
             }
         }
     }
@@ -836,19 +1084,32 @@ char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *
 
 void aor_metrics_free(void)
 {
+    struct shard *sh, *next;
     size_t i;
 
-    pthread_mutex_lock(&lock);
-    for (i = 0; i != table_cap; ++i) {
-        if (table[i] != NULL) {
-            free(table[i]->labels);
-            free(table[i]);
-        }
+    /* at exit, once the threads that update metrics are done; a thread that updates after it gets a new shard */
+    pthread_mutex_lock(&shards_lock);
+    for (sh = shards; sh != NULL; sh = next) {
+        next = sh->next;
+        free(sh->cells);
+        free(sh->tenants.slots);
+        free(sh->deployments.slots);
+        pthread_mutex_destroy(&sh->mu);
+        free(sh);
     }
-    free(table);
-    table = NULL;
-    table_cap = num_series = 0;
-    pthread_mutex_unlock(&lock);
+    shards = NULL;
+    __atomic_add_fetch(&generation, 1, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&shards_lock);
+    pthread_mutex_lock(&keys_lock);
+    for (i = 0; i != num_keys; ++i) {
+        free(keys[i]->labels);
+        free(keys[i]);
+    }
+    free(keys);
+    free(key_table);
+    keys = key_table = NULL;
+    num_keys = keys_cap = key_table_cap = 0;
+    pthread_mutex_unlock(&keys_lock);
     free_label_set(&tenants);
     free_label_set(&dyn_deployments);
 }

@@ -1,8 +1,10 @@
 /*
- * metrics — the Prometheus series of SPEC §7, kept in one process-wide registry and
- * served as text at /metrics. Updates take one uncontended-in-practice mutex; the
- * number of series is bounded (AOR_METRICS_MAX_SERIES) so a flood of tenant names
- * cannot grow memory without limit (excess updates are counted, not stored).
+ * metrics — the Prometheus series of SPEC §7, served as text at /metrics. Each thread
+ * counts into a shard of its own (its own mutex, uncontended except while a scrape reads
+ * it; no process-wide lock or table on the request path once the thread has met the series);
+ * a scrape sums the shards. The number of distinct series is bounded process-wide
+ * (AOR_METRICS_MAX_SERIES) so a flood of tenant names cannot grow memory without limit
+ * (excess updates are counted, not stored).
  */
 #ifndef AOR_METRICS_H
 #define AOR_METRICS_H
@@ -103,12 +105,13 @@ void aor_metrics_overloaded(void);
  * Renders every series, plus the gauges of `conf`'s backends as of `now_ms` (per backend
  * deployment: cooldown, remaining tokens; per backend: circuit) and of the tenants with a label of
  * their own (aoai_router_tenant_quota_limit / _used), in Prometheus text format
- * 0.0.4. The registry's lock is held only while the series are copied. Returns a malloc'd
+ * 0.0.4. Each thread's shard is locked only while its series are added up. Returns a malloc'd
  * string (*len set), or NULL on ENOMEM; the caller frees it.
  */
 char *aor_metrics_render(const struct aor_config *conf, int64_t now_ms, size_t *len);
 
-/* frees the registry (at exit) */
+/* frees the registry and every thread's shard (at exit, after the threads that update metrics
+ * are done; a thread that updates later starts a new shard) */
 void aor_metrics_free(void);
 
 #endif

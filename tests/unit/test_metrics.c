@@ -1,4 +1,5 @@
 /* unit tests for router/metrics.c: label values only from configuration or bounded sets (issue 6 item 4) */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,184 @@ static size_t count(const char *text, const char *needle)
     for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
         ++n;
     return n;
+}
+
+/* the value of the sample line that starts with `prefix` (whole line up to the value), -1 when absent */
+static double sample(const char *text, const char *prefix)
+{
+    const char *p = text;
+    size_t len = strlen(prefix);
+
+    while ((p = strstr(p, prefix)) != NULL) {
+        if ((p == text || p[-1] == '\n') && p[len] == ' ')
+            return strtod(p + len + 1, NULL);
+        p += len;
+    }
+    return -1;
+}
+
+/* issue 11: per-thread shards. NT threads update the same series (and the same tenants) while
+ * another thread scrapes; the scrape after they end must hold the exact sums */
+#define NT 4
+#define NU 20000
+#define DUR_COUNT "aoai_router_request_duration_seconds_count{deployment=\"gpt-4o\",backend=\"east\"}"
+#define DUR_INF "aoai_router_request_duration_seconds_bucket{deployment=\"gpt-4o\",backend=\"east\",le=\"+Inf\"}"
+
+static const struct aor_config *shard_conf;
+static int updaters_done, scrape_bad, scrapes;
+
+static void *updater(void *arg)
+{
+    int idx = *(const int *)arg, i;
+    char tenant[16], backend[16];
+
+    snprintf(backend, sizeof(backend), "own-%d", idx);
+    for (i = 0; i != NU; ++i) {
+        snprintf(tenant, sizeof(tenant), "ct-%d", i % 3);
+        aor_metrics_request(tenant, "gpt-4o", "east", i % 2 ? 200 : 429);
+        aor_metrics_request_duration("gpt-4o", "east", 0.5); /* exact in binary: the sum is exact */
+        aor_metrics_tokens(tenant, "gpt-4o", "east", 3, 2);
+        aor_metrics_failover(backend, "status"); /* a series of this thread only */
+    }
+    return NULL;
+}
+
+/* scrapes while the updaters run: every histogram it sees is whole (its count is its +Inf bucket) */
+static void *scraper(void *arg)
+{
+    (void)arg;
+    while (!__atomic_load_n(&updaters_done, __ATOMIC_ACQUIRE)) {
+        size_t len;
+        char *text = aor_metrics_render(shard_conf, 1700000000000, &len);
+        double c, inf;
+        if (text == NULL) {
+            ++scrape_bad;
+            break;
+        }
+        c = sample(text, DUR_COUNT);
+        inf = sample(text, DUR_INF);
+        if (c != inf || c > (double)NT * NU)
+            ++scrape_bad;
+        free(text);
+        ++scrapes;
+    }
+    return NULL;
+}
+
+static void test_shards(const struct aor_config *conf)
+{
+    pthread_t th[NT], sc;
+    int idx[NT], i, k;
+    char *text, line[256];
+    size_t len, n;
+    struct aor_metrics_tenant *t;
+
+    aor_metrics_set_max_tenants(10);
+    shard_conf = conf;
+    CHECK_EQ_INT(pthread_create(&sc, NULL, scraper, NULL), 0);
+    for (i = 0; i != NT; ++i) {
+        idx[i] = i;
+        CHECK_EQ_INT(pthread_create(&th[i], NULL, updater, &idx[i]), 0);
+    }
+    for (i = 0; i != NT; ++i)
+        pthread_join(th[i], NULL);
+    __atomic_store_n(&updaters_done, 1, __ATOMIC_RELEASE);
+    pthread_join(sc, NULL);
+    CHECK_EQ_INT(scrape_bad, 0);
+    CHECK(scrapes >= 1);
+
+    if ((text = aor_metrics_render(conf, 1700000000000, &len)) == NULL) {
+        CHECK(0);
+        return;
+    }
+    for (k = 0; k != 3; ++k) {
+        /* i in [0, NU) with i % 3 == k, and of those the odd (200) and even (429) ones */
+        long long all = 0, odd = 0;
+        for (i = k; i < NU; i += 3)
+            ++all, odd += i % 2;
+        snprintf(line, sizeof(line),
+                 "aoai_router_requests_total{tenant=\"ct-%d\",deployment=\"gpt-4o\",backend=\"east\",code=\"200\"}", k);
+        CHECK_EQ_INT(sample(text, line), NT * odd);
+        snprintf(line, sizeof(line),
+                 "aoai_router_requests_total{tenant=\"ct-%d\",deployment=\"gpt-4o\",backend=\"east\",code=\"429\"}", k);
+        CHECK_EQ_INT(sample(text, line), NT * (all - odd));
+        snprintf(line, sizeof(line),
+                 "aoai_router_tokens_total{tenant=\"ct-%d\",deployment=\"gpt-4o\",backend=\"east\",type=\"prompt\"}", k);
+        CHECK_EQ_INT(sample(text, line), NT * all * 3);
+        snprintf(line, sizeof(line),
+                 "aoai_router_tokens_total{tenant=\"ct-%d\",deployment=\"gpt-4o\",backend=\"east\",type=\"completion\"}", k);
+        CHECK_EQ_INT(sample(text, line), NT * all * 2);
+    }
+    /* one line per series, whatever the number of threads that counted it */
+    CHECK_EQ_INT(count(text, "aoai_router_requests_total{"), 6);
+    CHECK_EQ_INT(count(text, "aoai_router_tokens_total{"), 6);
+    CHECK_EQ_INT(count(text, "aoai_router_request_duration_seconds_count{"), 1);
+    CHECK_EQ_INT(sample(text, DUR_COUNT), NT * NU);
+    CHECK_EQ_INT(sample(text, DUR_INF), NT * NU);
+    CHECK(strstr(text, "aoai_router_request_duration_seconds_sum{deployment=\"gpt-4o\",backend=\"east\"} 40000.000000\n") != NULL);
+    CHECK_EQ_INT(sample(text, "aoai_router_request_duration_seconds_bucket{deployment=\"gpt-4o\",backend=\"east\",le=\"0.5\"}"),
+                 NT * NU);
+    CHECK_EQ_INT(sample(text, "aoai_router_request_duration_seconds_bucket{deployment=\"gpt-4o\",backend=\"east\",le=\"0.25\"}"),
+                 0);
+    for (i = 0; i != NT; ++i) {
+        snprintf(line, sizeof(line), "aoai_router_failovers_total{backend=\"own-%d\",reason=\"status\"}", i);
+        CHECK_EQ_INT(sample(text, line), NU);
+    }
+    CHECK_EQ_INT(sample(text, "aoai_router_metrics_dropped_total"), 0);
+    free(text);
+    /* the tenants' token counters (status page), summed by every thread */
+    t = aor_metrics_tenants(1700000000000, &n);
+    CHECK_EQ_INT(n, 3);
+    for (i = 0; i != (int)n; ++i) {
+        long long all = 0;
+        for (k = t[i].name[3] - '0'; k < NU; k += 3)
+            ++all;
+        CHECK_EQ_INT(t[i].tokens, NT * all * 5);
+    }
+    free(t);
+    aor_metrics_free();
+}
+
+/* AOR_METRICS_MAX_SERIES bounds distinct series process-wide: two threads meeting the same series
+ * count it once; the series past the bound are refused and counted as dropped */
+#define HALF (AOR_METRICS_MAX_SERIES * 3 / 4)
+static void *same_series(void *arg)
+{
+    char b[32];
+    int i;
+
+    (void)arg;
+    for (i = 0; i != HALF; ++i) {
+        snprintf(b, sizeof(b), "b%d", i);
+        aor_metrics_failover(b, "x");
+    }
+    return NULL;
+}
+
+static void test_global_bound(const struct aor_config *conf)
+{
+    pthread_t th[2];
+    char *text, b[32];
+    size_t len;
+    int i;
+
+    for (i = 0; i != 2; ++i)
+        CHECK_EQ_INT(pthread_create(&th[i], NULL, same_series, NULL), 0);
+    for (i = 0; i != 2; ++i)
+        pthread_join(th[i], NULL);
+    for (i = 0; i != AOR_METRICS_MAX_SERIES / 2; ++i) { /* HALF + this = 1.25 x the bound */
+        snprintf(b, sizeof(b), "c%d", i);
+        aor_metrics_failover(b, "x");
+    }
+    if ((text = aor_metrics_render(conf, 1700000000000, &len)) == NULL) {
+        CHECK(0);
+        return;
+    }
+    CHECK_EQ_INT(count(text, "aoai_router_failovers_total{"), AOR_METRICS_MAX_SERIES);
+    CHECK(strstr(text, "aoai_router_failovers_total{backend=\"b0\",reason=\"x\"} 2\n") != NULL);
+    CHECK_EQ_INT(sample(text, "aoai_router_metrics_dropped_total"), HALF + AOR_METRICS_MAX_SERIES / 2 - AOR_METRICS_MAX_SERIES);
+    free(text);
+    aor_metrics_free();
 }
 
 int main(void)
@@ -217,6 +396,9 @@ int main(void)
         CHECK_EQ_STR(aor_metrics_tenant_label("a"), AOR_METRICS_OTHER);
         aor_metrics_free();
     }
+
+    test_shards(conf);
+    test_global_bound(conf);
 
     aor_config_release(conf);
     aor_backend_table_free();
