@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <curl/curl.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -43,6 +44,7 @@
 
 #define LABEL_MAX 200
 #define DETAIL_MAX 512
+#define FILE_NOT_REGULAR (-1) /* f.file_err: the token file is a FIFO, a directory, a device */
 
 struct aor_cred_token {
     atomic_uint refcnt;
@@ -754,6 +756,7 @@ static void read_file_work(uv_work_t *w)
 {
     struct aor_token_source *s = w->data;
     char *buf = malloc(AOR_CRED_MAX_FILE + 1);
+    struct stat st;
     ssize_t n;
     size_t len = 0;
     int fd;
@@ -763,8 +766,19 @@ static void read_file_work(uv_work_t *w)
         s->f.file_err = ENOMEM;
         return;
     }
-    if ((fd = open(s->token_file, O_RDONLY | O_CLOEXEC | O_NOCTTY)) < 0) {
+    /* O_NONBLOCK and regular files only: a FIFO (or a device) put there would block this
+     * thread-pool thread forever, and with it the source's single flight and the exit */
+    if ((fd = open(s->token_file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0) {
         s->f.file_err = errno;
+        free(buf);
+        return;
+    }
+    if (fstat(fd, &st) != 0)
+        s->f.file_err = errno;
+    else if (!S_ISREG(st.st_mode))
+        s->f.file_err = S_ISDIR(st.st_mode) ? EISDIR : FILE_NOT_REGULAR;
+    if (s->f.file_err != 0) {
+        close(fd);
         free(buf);
         return;
     }
@@ -807,9 +821,10 @@ static void read_file_done(uv_work_t *w, int status)
     }
     if (s->f.file_err != 0 || s->f.file_buf == NULL) {
         snprintf(detail, sizeof(detail), "%s",
-                 s->f.file_err == EFBIG    ? "larger than 16 KiB"
-                 : s->f.file_err == EINVAL ? "empty or not a token"
-                                           : strerror(s->f.file_err));
+                 s->f.file_err == EFBIG              ? "larger than 16 KiB"
+                 : s->f.file_err == EINVAL           ? "empty or not a token"
+                 : s->f.file_err == FILE_NOT_REGULAR ? "not a regular file"
+                                                     : strerror(s->f.file_err));
         s->f.stage = STAGE_TOKEN;
         fetch_failed(s, "token_file unreadable", detail);
         return;

@@ -879,26 +879,45 @@ static void report_read_error(struct ctx *c, yaml_node_t *at, const char *where,
         problem(c, at, "%s: cannot read \"%s\": %s", where, path, errstr(rc, ebuf, sizeof(ebuf)));
 }
 
-static int check_readable(struct ctx *c, yaml_node_t *at, const char *where, const char *path)
+/* `warn_only`: a file read again later (a workload identity token file) is only warned about: it may appear or be fixed */
+static int check_readable_as(struct ctx *c, yaml_node_t *at, const char *where, const char *path, int warn_only)
 {
     struct stat st;
     char ebuf[128];
+    const char *es;
     int fd, rc = -1;
 
     if (skip_secrets(c, where))
         return 0;
     if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0) {
-        problem(c, at, "%s: cannot read \"%s\": %s", where, path, errstr(errno, ebuf, sizeof(ebuf)));
+        es = errstr(errno, ebuf, sizeof(ebuf));
+        if (warn_only)
+            warning(c, at, "%s: cannot read \"%s\": %s", where, path, es);
+        else
+            problem(c, at, "%s: cannot read \"%s\": %s", where, path, es);
         return -1;
     }
-    if (fstat(fd, &st) != 0)
-        problem(c, at, "%s: cannot read \"%s\": %s", where, path, errstr(errno, ebuf, sizeof(ebuf)));
-    else if (!S_ISREG(st.st_mode))
-        problem(c, at, "%s: \"%s\" is not a regular file", where, path);
-    else
+    if (fstat(fd, &st) != 0) {
+        es = errstr(errno, ebuf, sizeof(ebuf));
+        if (warn_only)
+            warning(c, at, "%s: cannot read \"%s\": %s", where, path, es);
+        else
+            problem(c, at, "%s: cannot read \"%s\": %s", where, path, es);
+    } else if (!S_ISREG(st.st_mode)) {
+        if (warn_only)
+            warning(c, at, "%s: \"%s\" is not a regular file", where, path);
+        else
+            problem(c, at, "%s: \"%s\" is not a regular file", where, path);
+    } else {
         rc = 0;
+    }
     close(fd);
     return rc;
+}
+
+static int check_readable(struct ctx *c, yaml_node_t *at, const char *where, const char *path)
+{
+    return check_readable_as(c, at, where, path, 0);
 }
 
 /* a path to a file that must be readable now */
@@ -1699,7 +1718,8 @@ static void parse_workload_identity(struct ctx *c, yaml_node_t *map, const char 
         yaml_node_t *at = lookup(c, map, "token_file");
         char where[KP_MAX + 40];
         snprintf(where, sizeof(where), "%s%s", kp_join(buf, kp, "token_file"), at != NULL ? "" : " (AZURE_FEDERATED_TOKEN_FILE)");
-        check_readable(c, at != NULL ? at : map, where, cred->token_file);
+        /* read again at every refresh (and retried): unreadable now is a warning, as the issue asks */
+        check_readable_as(c, at != NULL ? at : map, where, cred->token_file, 1);
     }
     parse_authority(c, map, kp, cred);
 }
