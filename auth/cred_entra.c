@@ -378,18 +378,37 @@ void aor_cred_wait_cancel(struct aor_cred_waiter *w)
 /* ---- logging without secrets --------------------------------------------------------------- */
 
 /*
- * An endpoint's error text may echo what we sent (a hostile or buggy IdP): whatever in `text`
- * starts like one of our secrets (its first 12 bytes, or all of a shorter one) is cut from there.
+ * An endpoint's error text may echo what we sent (a hostile or buggy IdP), whole or in part — a
+ * JWT without its header (which anyone can re-make) is the whole credential. Whatever in `text`
+ * holds a piece of one of our secrets is cut from where the echo starts: the secret is looked
+ * for in PROBE-byte pieces at every multiple of PROBE (and its last PROBE bytes), so every echo
+ * of 2 * PROBE - 1 bytes or more is found, and from a found piece the match is followed back.
+ * A secret shorter than PROBE is looked for whole (at least 4 bytes).
  */
+#define PROBE 12
+
 static void redact(char *text, size_t cap, const char *secret, size_t len)
 {
-    size_t probe = len < 12 ? len : 12;
-    char *at;
+    size_t probe = len < PROBE ? len : PROBE, tlen, k, back;
+    char *at, *cut = NULL;
 
     if (secret == NULL || probe < 4)
         return;
-    if ((at = memmem(text, strlen(text), secret, probe)) != NULL)
-        snprintf(at, cap - (size_t)(at - text), "[redacted]");
+    tlen = strlen(text);
+    for (k = 0;; k += probe) {
+        if (k + probe > len)
+            k = len - probe; /* the last piece overlaps the one before */
+        if ((at = memmem(text, tlen, secret + k, probe)) != NULL) {
+            for (back = 0; back < k && at - back > text && at[-(ptrdiff_t)back - 1] == secret[k - back - 1]; ++back)
+                ;
+            if (cut == NULL || at - back < cut)
+                cut = at - back;
+        }
+        if (k + probe >= len)
+            break;
+    }
+    if (cut != NULL)
+        snprintf(cut, cap - (size_t)(cut - text), "[redacted]");
 }
 
 static struct aor_token_source *registry_head(void);

@@ -91,3 +91,40 @@ test('token_file a FIFO at load: a warning, the router starts and skips the back
   assert.equal(id.entra.calls, 0);
   await router.stop({ timeoutMs: 10000 * SLOW });
 });
+
+// ---- secrets echoed by a hostile endpoint --------------------------------------------------
+
+test('an endpoint echoing the assertion without its (guessable) JWT header, or a secret minus its first bytes: still cut from the log', async () => {
+  const headless = SA_TOKEN.slice(SA_TOKEN.indexOf('.') + 1); // payload.signature: with the header re-made, the whole credential
+  const cases = [
+    {
+      auth: (id, tokenFile) => wif(id, tokenFile),
+      fail: (id) => (id.entra.failNext = [{ status: 400, body: { error: 'invalid_client', error_description: `AADSTS50027: JWT is invalid: ${headless}` } }]),
+      logged: /AADSTS50027: JWT is invalid: \[redacted\]/,
+      frags: [headless.slice(0, 30), headless.slice(-30)],
+    },
+    {
+      auth: (id) => ({ type: 'client_secret', tenant_id: TENANT, client_id: SP, secret_env: 'SP_SECRET', authority_host: id.authority }),
+      fail: (id) => (id.entra.failNext = [{ status: 401, body: { error: 'invalid_client', error_description: `AADSTS7000215: Invalid client secret: x${SP_SECRET.slice(3)}` } }]),
+      logged: /AADSTS7000215: Invalid client secret: x\[redacted\]/,
+      frags: [SP_SECRET.slice(3)],
+    },
+    {
+      auth: (id) => ({ type: 'oidc_federation', token_url: id.auth0Url, client_id: AUTH0_ID, client_secret_env: 'AUTH0_SECRET', tenant_id: TENANT, azure_client_id: FED_APP, authority_host: id.authority }),
+      fail: (id) => (id.auth0.failNext = [{ status: 401, body: { error: 'access_denied', error_description: `client_secret=${AUTH0_SECRET.slice(5, 40)} is wrong` } }]),
+      logged: /client_secret=\[redacted\]/,
+      frags: [AUTH0_SECRET.slice(5, 30), AUTH0_SECRET.slice(-12)],
+    },
+  ];
+  for (const c of cases) {
+    const { id, be, tokenFile } = await mocks();
+    c.fail(id);
+    const router = await startRouter({ config: { backends: [{ name: 'rid', url: be.url, auth: c.auth(id, tokenFile) }] }, env: { SP_SECRET, AUTH0_SECRET } });
+    cleanup.push(router);
+    assert.ok(await router.waitStderr(c.logged), router.stderr().slice(-2000));
+    assert.ok(await pollUntil(async () => (await chat(router)).status === 200, { timeoutMs: 5000 * SLOW }), 'recovers at the retry');
+    const log = router.stderr() + router.stdout();
+    for (const frag of c.frags) assert.ok(!log.includes(frag), `leaked: ${frag.slice(0, 8)}…`);
+    await router.stop();
+  }
+});
