@@ -1724,10 +1724,13 @@ static void parse_workload_identity(struct ctx *c, yaml_node_t *map, const char 
     parse_authority(c, map, kp, cred);
 }
 
+/* backends[].auth.type, in the order of enum aor_cred_type from AOR_CRED_API_KEY */
+static const char *const cred_type_names[] = {
+    "api_key", "managed_identity", "workload_identity", "client_secret", "oidc_federation", "openai_wif", NULL};
+
 static void parse_cred(struct ctx *c, yaml_node_t *map, const char *kp, struct aor_cred_conf *cred)
 {
-    static const char *const types[] = {
-        "api_key", "managed_identity", "workload_identity", "client_secret", "oidc_federation", "openai_wif", NULL};
+    static const char *const *const types = cred_type_names;
     static const char *const subject_types[] = {"managed_identity", "workload_identity", "file", NULL};
     char skp[KP_MAX];
     yaml_node_t *subject;
@@ -1888,9 +1891,25 @@ static void parse_backend(struct ctx *c, yaml_node_t *map, const char *kp, struc
     if (get_map(c, map, kp, "deployments", &sub) == 1)
         parse_deployments(c, sub, kp_join(akp, kp, "deployments"), b);
     if (get_map(c, map, kp, "auth", &sub) == 1) {
+        unsigned problems_before = c->problems;
         kp_join(akp, kp, "auth");
         parse_cred(c, sub, akp, &b->cred);
         scan_inline_secrets(c, sub, akp, 0);
+        /* an Entra token is never sent to OpenAI, nor OpenAI's to Azure: such a backend gets no token
+         * source. Said about a credential that is otherwise well-formed */
+        enum aor_cred_type t = b->cred.type;
+        if (c->problems == problems_before &&
+            (t == AOR_CRED_MANAGED_IDENTITY || t == AOR_CRED_WORKLOAD_IDENTITY || t == AOR_CRED_CLIENT_SECRET ||
+             t == AOR_CRED_OIDC_FEDERATION || t == AOR_CRED_OPENAI_WIF)) {
+            int openai_type = t == AOR_CRED_OPENAI_WIF;
+            char tkp[KP_MAX];
+            if (openai_type != (b->provider == AOR_PROVIDER_OPENAI))
+                warning(c, lookup(c, sub, "type"),
+                        "%s: %s on a backend with provider %s never gets a token: the backend is always skipped (use %s)",
+                        kp_join(tkp, akp, "type"), cred_type_names[t - AOR_CRED_API_KEY], openai_type ? "azure" : "openai",
+                        openai_type ? "an Entra ID type or api_key, or provider: openai"
+                                    : "openai_wif or api_key, or provider: azure");
+        }
     }
 }
 

@@ -4,8 +4,9 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync, rmSync, renameSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
+import http from 'node:http';
 import path from 'node:path';
-import { startRouter, httpRequest, fetchMetrics, metricSum, pollUntil, sleep, tempDir, stopAll, run, h2load, bodyFile, chatBody, ROUTER_BIN, SLOW, CHAT_PATH } from './lib/harness.mjs';
+import { startRouter, httpRequest, fetchMetrics, metricSum, pollUntil, sleep, tempDir, stopAll, run, h2load, bodyFile, chatBody, freePort, ROUTER_BIN, SLOW, CHAT_PATH } from './lib/harness.mjs';
 import { startIdentity, startTokenBackend } from './lib/identity_mocks.mjs';
 
 const TENANT = 'contoso.onmicrosoft.com';
@@ -127,4 +128,176 @@ test('an endpoint echoing the assertion without its (guessable) JWT header, or a
     for (const frag of c.frags) assert.ok(!log.includes(frag), `leaked: ${frag.slice(0, 8)}…`);
     await router.stop();
   }
+});
+
+// ---- lying identity endpoints (a raw IMDS stand-in of our own) ----------------------------
+
+async function rawImds(handler) {
+  const port = await freePort();
+  const srv = { calls: 0, port, url: `http://127.0.0.1:${port}/metadata/identity/oauth2/token` };
+  const server = http.createServer((req, res) => {
+    srv.calls++;
+    handler(req, res, srv.calls);
+  });
+  srv.close = () => new Promise((r) => { server.closeAllConnections?.(); server.close(() => r()); });
+  srv.stop = srv.close;
+  await new Promise((r) => server.listen(port, '127.0.0.1', r));
+  cleanup.push(srv);
+  return srv;
+}
+
+function json(res, status, obj, headers = {}) {
+  const body = typeof obj === 'string' ? obj : JSON.stringify(obj);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers });
+  res.end(body);
+}
+
+const nowS = () => Math.floor(Date.now() / 1000);
+
+test('odd token answers: expires_on in the past, token_type odd, access_token not a string are refused; expires_in beats a past expires_on; floats and BEARER are fine', async () => {
+  const T = 'tok-' + 'A1b2C3d4E5f6G7h8';
+  const cases = [
+    { body: { access_token: T, expires_on: String(nowS() - 60), token_type: 'Bearer' }, ok: false, log: /no usable expires_in\/expires_on/ },
+    { body: { access_token: T, expires_on: nowS() + 1, token_type: 'Bearer' }, ok: false, log: /no usable expires_in\/expires_on/ }, // under 1 s left, or close
+    { body: { access_token: T, expires_in: 3600, token_type: 'pop' }, ok: false, log: /token_type is not Bearer/ },
+    { body: { access_token: T, expires_in: 3600, token_type: '' }, ok: false, log: /token_type is not Bearer/ },
+    { body: { access_token: 12345, expires_in: 3600 }, ok: false, log: /no usable access_token/ },
+    { body: { access_token: 'tok-\u00e9t\u00e9-AAAAAAAA', expires_in: 3600 }, ok: false, log: /no usable access_token/ },
+    { body: `{"access_token":"${T}","expires_in":3600} {"access_token":"other","expires_in":3600}`, ok: false, log: /not a JSON object/ },
+    { body: { access_token: T, expires_in: '3600', expires_on: '1', token_type: 'BEARER', refresh_in: 'soon' }, ok: true, left: [3500, 3600] },
+    { body: { access_token: T, expires_in: 3600.75, refresh_in: -5 }, ok: true, left: [3500, 3601] },
+    { body: { access_token: T, expires_in: '99999999999999999999999999' }, ok: true, left: [86000, 86400] },
+  ];
+  for (const c of cases) {
+    const imds = await rawImds((req, res) => json(res, 200, c.body));
+    const be = await startTokenBackend('odd');
+    cleanup.push(be);
+    const router = await startRouter({ config: { backends: [{ name: 'odd', url: be.url, auth: { type: 'managed_identity', imds_endpoint: imds.url } }] } });
+    cleanup.push(router);
+    const r = await chat(router);
+    const what = JSON.stringify(c.body).slice(0, 120);
+    if (c.ok) {
+      assert.equal(r.status, 200, what);
+      assert.equal(be.seen.at(-1).authorization, `Bearer ${T}`);
+      const left = metricSum(await fetchMetrics(router), 'aoai_router_credential_expiry_seconds', { backend: 'odd' });
+      assert.ok(left >= c.left[0] && left <= c.left[1], `${what}: expiry ${left}`);
+    } else {
+      assert.equal(r.status, 502, what);
+      assert.equal(be.seen.length, 0, what);
+      assert.ok(await router.waitStderr(c.log), `${what}: ${router.stderr().slice(-500)}`);
+    }
+    await router.stop();
+  }
+});
+
+test('an identity endpoint that resets the connection mid-body, then one that redirects elsewhere: nothing reaches the other host, no token sent; recovers', async () => {
+  let elsewhere = 0;
+  const other = await rawImds((req, res) => {
+    elsewhere++;
+    json(res, 200, { access_token: 'evil-' + 'Zz9Yy8Xx7Ww6', expires_in: 3600 });
+  });
+  const T = 'good-' + 'Qq1Ww2Ee3Rr4';
+  const imds = await rawImds((req, res, n) => {
+    if (n === 1) {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': 200 });
+      res.write('{"access_token":"' + T);
+      setTimeout(() => res.socket.destroy(), 50);
+    } else if (n === 2) {
+      json(res, 301, { access_token: 'redir-' + 'Aa1Ss2Dd3Ff4', expires_in: 3600 }, { location: other.url + '?steal=1' });
+    } else {
+      json(res, 200, { access_token: T, expires_in: '3600', token_type: 'Bearer' });
+    }
+  });
+  const be = await startTokenBackend('reset');
+  cleanup.push(be);
+  const router = await startRouter({ config: { backends: [{ name: 'reset', url: be.url, auth: { type: 'managed_identity', imds_endpoint: imds.url } }] } });
+  cleanup.push(router);
+  assert.ok(await router.waitStderr(/token call failed: transport error/));
+  assert.ok(await router.waitStderr(/token call failed: refused: HTTP 301/, 5000 * SLOW));
+  assert.ok(await pollUntil(async () => (await chat(router)).status === 200, { timeoutMs: 8000 * SLOW, intervalMs: 200 }));
+  assert.equal(elsewhere, 0, 'the redirect was not followed');
+  assert.deepEqual([...new Set(be.seen.map((s) => s.authorization))], [`Bearer ${T}`]);
+  assert.equal(imds.calls, 3);
+});
+
+// ---- many workers, shared identities, 401 patterns ---------------------------------------
+
+test('4 workers, 400 requests on 16 connections at a cold start: exactly one IMDS call, every request 200 with that token', async () => {
+  const { id } = await mocks();
+  id.imds.delayMs = 400;
+  const be = await startTokenBackend('cold', id);
+  cleanup.push(be);
+  const router = await startRouter({ config: { threads: 4, backends: [{ name: 'cold', url: be.url, auth: { type: 'managed_identity', imds_endpoint: id.imdsUrl } }] } });
+  cleanup.push(router);
+  const r = await h2load(['-n', '400', '-c', '16', '-m', '25', '-d', bodyFile(chatBody()), '-H', 'content-type: application/json', `${router.url}${CHAT_PATH}`]);
+  assert.equal(r.status['2xx'], 400, r.output);
+  assert.equal(id.imds.calls, 1);
+  assert.deepEqual([...new Set(be.seen.map((s) => s.authorization))], [`Bearer ${id.imds.issued[0]}`]);
+});
+
+test('two backends share one identity; one answers 401 to every other request: no client request fails, token calls stay bounded, the other backend keeps its bearer', async () => {
+  const { id } = await mocks();
+  const flaky = await startTokenBackend('flaky', id);
+  const good = await startTokenBackend('good', id);
+  cleanup.push(flaky, good);
+  const auth = { type: 'managed_identity', imds_endpoint: id.imdsUrl };
+  const router = await startRouter({
+    config: { limits: { max_attempts: 3 }, backends: [{ name: 'flaky', url: flaky.url, priority: 1, auth }, { name: 'good', url: good.url, priority: 2, auth }] },
+  });
+  cleanup.push(router);
+  const statuses = [];
+  for (let i = 0; i < 40; i++) {
+    if (i % 2 === 0) flaky.fail401 = 1;
+    statuses.push((await chat(router)).status);
+  }
+  assert.deepEqual([...new Set(statuses)], [200]);
+  assert.ok(id.imds.calls <= 3, `IMDS calls ${id.imds.calls} for 20 401s within a few seconds`);
+  assert.equal(flaky.expired + good.expired + flaky.unknown + good.unknown, 0);
+  assert.ok(good.seen.length >= 1);
+});
+
+test('oidc_federation: the Auth0 secret goes only to the IdP, the Auth0 token only to Entra (as the assertion), the Entra token only to the backend', async () => {
+  const { id, be } = await mocks();
+  const router = await startRouter({
+    config: {
+      backends: [
+        {
+          name: 'rid',
+          url: be.url,
+          auth: { type: 'oidc_federation', token_url: id.auth0Url, client_id: AUTH0_ID, client_secret_env: 'AUTH0_SECRET', tenant_id: TENANT, azure_client_id: FED_APP, authority_host: id.authority },
+        },
+      ],
+    },
+    env: { AUTH0_SECRET },
+  });
+  cleanup.push(router);
+  assert.equal((await chat(router)).status, 200);
+  assert.equal(id.auth0.calls, 1);
+  assert.equal(id.entra.calls, 1);
+  const entraReq = JSON.stringify(id.entra.requests);
+  const auth0Req = JSON.stringify(id.auth0.requests);
+  assert.ok(!entraReq.includes(AUTH0_SECRET), 'the Auth0 secret never reaches Entra');
+  assert.equal(id.entra.requests[0].form.client_assertion, id.auth0.issued[0]);
+  assert.ok(!auth0Req.includes(id.entra.issued[0].split('.')[2]), 'the Entra token never reaches the IdP');
+  assert.equal(id.auth0.requests[0].headers.authorization, undefined);
+  assert.equal(id.entra.requests[0].headers.authorization, undefined);
+  assert.equal(be.seen[0].authorization, `Bearer ${id.entra.issued[0]}`);
+  assert.ok(!JSON.stringify(be.seen).includes(id.auth0.issued[0].split('.')[2]), 'the Auth0 token never reaches the backend');
+});
+
+// ---- operator typos ----------------------------------------------------------------------
+
+test('an Entra identity on provider openai, or openai_wif on an Azure backend: --check says the backend can never get a token', async () => {
+  const dir = tempDir('aor-rid-mix-');
+  const cfg = path.join(dir, 'backends.yaml');
+  writeFileSync(
+    cfg,
+    'listen: [{ address: 127.0.0.1, port: 18080 }]\nbackends:\n' +
+      '  - name: oai\n    provider: openai\n    auth: { type: managed_identity, imds_endpoint: "http://127.0.0.1:9/t" }\n' +
+      '  - name: az\n    url: http://127.0.0.1:9\n    auth: { type: openai_wif, identity_provider_id: p, service_account_id: s, subject: { type: file, path: /tmp/x } }\n',
+  );
+  const r = await run(ROUTER_BIN, ['--check', '-c', cfg]);
+  assert.equal(r.code, 0, 'documented behaviour kept: such a backend is skipped; now said at load');
+  assert.match(r.stderr, /:5: warning: backends\[0\]\.auth\.type: managed_identity .*provider openai/);
+  assert.match(r.stderr, /backends\[1\]\.auth\.type: openai_wif .*provider azure/);
 });
