@@ -301,3 +301,46 @@ test('an Entra identity on provider openai, or openai_wif on an Azure backend: -
   assert.match(r.stderr, /:5: warning: backends\[0\]\.auth\.type: managed_identity .*provider openai/);
   assert.match(r.stderr, /backends\[1\]\.auth\.type: openai_wif .*provider azure/);
 });
+
+// ---- shutdown and reload while requests wait for a first token -------------------------------
+
+test('SIGTERM while 60 requests on 2 workers wait for a first token from a silent IMDS: the drain ends with their bounded wait (502), exit 0', async () => {
+  const { id } = await mocks();
+  id.imds.hang = true;
+  const be = await startTokenBackend('term', id);
+  cleanup.push(be);
+  const router = await startRouter({ config: { limits: { connect_timeout_ms: 1500 }, backends: [{ name: 'term', url: be.url, auth: { type: 'managed_identity', imds_endpoint: id.imdsUrl } }] } });
+  cleanup.push(router);
+  const waiting = Array.from({ length: 60 }, () => chat(router).then((r) => r.status, () => 'closed'));
+  await sleep(300);
+  const t0 = Date.now();
+  await router.stop({ timeoutMs: 10000 * SLOW });
+  assert.ok(Date.now() - t0 < 4000 * SLOW, `exit took ${Date.now() - t0} ms`);
+  const got = await Promise.all(waiting);
+  assert.equal(be.seen.length, 0);
+  assert.deepEqual([...new Set(got)], [502]);
+  assert.equal(id.imds.calls, 1);
+});
+
+test('a reload that drops the identity while requests wait for its first token: the waiters end (bounded), the new config serves', async () => {
+  const { id } = await mocks();
+  id.imds.hang = true;
+  const be = await startTokenBackend('rl', id);
+  const keyBe = await startTokenBackend('rlkey');
+  cleanup.push(be, keyBe);
+  const conf = { limits: { connect_timeout_ms: 2000 }, backends: [{ name: 'rl', url: be.url, auth: { type: 'managed_identity', imds_endpoint: id.imdsUrl } }] };
+  const router = await startRouter({ config: conf, env: { RL_KEY: 'rl-key-' + 'Mn8Bv6Cx4Zl2' } });
+  cleanup.push(router);
+  const t0 = Date.now();
+  const waiting = Array.from({ length: 20 }, () => chat(router));
+  await sleep(200);
+  router.writeConfig({ ...conf, backends: [{ name: 'rlkey', url: keyBe.url, auth: { type: 'api_key', key_env: 'RL_KEY' } }] });
+  router.signal('SIGHUP');
+  assert.ok(await router.waitStderr(/reloaded/));
+  const got = await Promise.all(waiting);
+  assert.ok(Date.now() - t0 < 4000 * SLOW, `waiters ended after ${Date.now() - t0} ms`);
+  for (const r of got) assert.ok(r.status === 502 || r.status === 200, String(r.status));
+  assert.equal((await chat(router)).status, 200);
+  assert.equal(keyBe.seen.at(-1).apiKey, 'rl-key-Mn8Bv6Cx4Zl2');
+  assert.equal(be.seen.length, 0);
+});
