@@ -982,6 +982,11 @@ static int get_secret(struct ctx *c, yaml_node_t *map, const char *kp, const cha
         if ((value = xstrdup(c, v)) == NULL)
             goto out;
         len = strlen(value);
+        if (kind == SECRET_BYTES && (value[len - 1] == '\n' || value[len - 1] == '\r'))
+            warning(c, lookup(c, map, env_key),
+                    "%s: the value of %s ends with a line break, sent as is (a secret_file is trimmed, an environment "
+                    "variable is not)",
+                    where, env);
     } else {
         int err = read_file(path, MAX_SECRET_BYTES, &value, &len);
         where = kp_join(buf, kp, file_key);
@@ -1628,8 +1633,14 @@ static int str_or_env(struct ctx *c, yaml_node_t *map, const char *kp, const cha
 
     if (rc != 0)
         return rc;
-    if ((v = getenv(env)) != NULL && *v != '\0')
+    if ((v = getenv(env)) != NULL && *v != '\0') {
+        for (const char *p = v; *p != '\0'; ++p)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f) { /* `export X=$(cat f)` keeps none, a Secret from a file may */
+                problem(c, map, "%s: %s has a control character (a trailing newline?)", kp_join(buf, kp, key), env);
+                return -1;
+            }
         return (*out = xstrdup(c, v)) != NULL ? 1 : -1;
+    }
     if (skip_secrets(c, kp)) /* a default the platform injects at run time */
         return (*out = xstrdup(c, strcmp(key, "tenant_id") == 0 ? "00000000-0000-0000-0000-000000000000" : shape_placeholder)) !=
                        NULL

@@ -344,3 +344,24 @@ test('a reload that drops the identity while requests wait for its first token: 
   assert.equal(keyBe.seen.at(-1).apiKey, 'rl-key-Mn8Bv6Cx4Zl2');
   assert.equal(be.seen.length, 0);
 });
+
+test('env typos: AZURE_CLIENT_ID with a trailing newline is refused at load; a client secret env value ending in a newline is warned about; neither value printed', async () => {
+  const dir = tempDir('aor-rid-env-');
+  const tokenFile = path.join(dir, 'token');
+  writeFileSync(tokenFile, SA_TOKEN + '\n');
+  const cfg = path.join(dir, 'backends.yaml');
+  writeFileSync(
+    cfg,
+    'listen: [{ address: 127.0.0.1, port: 18080 }]\nbackends:\n' +
+      '  - name: sp\n    url: http://127.0.0.1:9\n    auth: { type: client_secret, tenant_id: t1, client_id: c1, secret_env: RID_SP_SECRET }\n' +
+      `  - name: wi\n    url: http://127.0.0.1:9\n    auth: { type: workload_identity, token_file: ${tokenFile} }\n`,
+  );
+  const env = { RID_SP_SECRET: SP_SECRET + '\n', AZURE_TENANT_ID: 't1', AZURE_CLIENT_ID: 'wi-client-id\n' };
+  const bad = await run(ROUTER_BIN, ['--check', '-c', cfg], { env });
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /:8: backends\[1\]\.auth\.client_id: AZURE_CLIENT_ID has a control character/);
+  assert.match(bad.stderr, /:5: warning: backends\[0\]\.auth\.secret_env: the value of RID_SP_SECRET ends with a line break/);
+  const ok = await run(ROUTER_BIN, ['--check', '-c', cfg], { env: { ...env, AZURE_CLIENT_ID: 'wi-client-id' } });
+  assert.equal(ok.code, 0, ok.stderr);
+  for (const out of [bad.stderr + bad.stdout, ok.stderr + ok.stdout]) assert.ok(!out.includes(SP_SECRET.slice(-12)));
+});
