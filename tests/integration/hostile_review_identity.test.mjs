@@ -365,3 +365,27 @@ test('env typos: AZURE_CLIENT_ID with a trailing newline is refused at load; a c
   assert.equal(ok.code, 0, ok.stderr);
   for (const out of [bad.stderr + bad.stdout, ok.stderr + ok.stdout]) assert.ok(!out.includes(SP_SECRET.slice(-12)));
 });
+
+test('slowloris IMDS (headers, then a byte every 400 ms): waiting requests end at connect_timeout_ms, the call at its 10 s bound; a hostile client_id stays one query value', async () => {
+  const CID = 'uami&resource=https://evil.example&x=';
+  const seen = [];
+  const imds = await rawImds((req, res) => {
+    seen.push(new URL(req.url, 'http://x').searchParams);
+    res.writeHead(200, { 'content-type': 'application/json' });
+    const t = setInterval(() => (res.destroyed ? clearInterval(t) : res.write(' ')), 400);
+    res.on('close', () => clearInterval(t));
+  });
+  const be = await startTokenBackend('slow');
+  cleanup.push(be);
+  const router = await startRouter({ config: { limits: { connect_timeout_ms: 1000 }, backends: [{ name: 'slow', url: be.url, auth: { type: 'managed_identity', client_id: CID, imds_endpoint: imds.url } }] } });
+  cleanup.push(router);
+  const t0 = Date.now();
+  const got = await Promise.all(Array.from({ length: 10 }, () => chat(router)));
+  assert.ok(Date.now() - t0 < 2500 * SLOW, `waited ${Date.now() - t0} ms`);
+  assert.deepEqual([...new Set(got.map((r) => r.status))], [502]);
+  assert.ok(await router.waitStderr(/token call failed: transport error: .*(timed out|[Tt]imeout)/, 13000 * SLOW));
+  assert.equal(imds.calls, 1);
+  assert.equal(seen[0].get('client_id'), CID);
+  assert.deepEqual(seen[0].getAll('resource'), ['https://cognitiveservices.azure.com']);
+  assert.equal(be.seen.length, 0);
+});
