@@ -1711,6 +1711,10 @@ static void parse_managed_identity(struct ctx *c, yaml_node_t *map, const char *
                         kp_join(buf, kp, "imds_endpoint"));
                 return;
             }
+        /* X-IDENTITY-HEADER goes there: in the clear only to loopback or link-local (where Azure puts it) */
+        char where[KP_MAX + 40];
+        snprintf(where, sizeof(where), "%s (IDENTITY_ENDPOINT)", kp_join(buf, kp, "imds_endpoint"));
+        warn_plain_http(c, map, where, ep, 1);
         cred->identity_endpoint = xstrdup(c, ep);
         cred->identity_header = xstrdup(c, hdr);
     }

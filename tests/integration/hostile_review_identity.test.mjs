@@ -389,3 +389,19 @@ test('slowloris IMDS (headers, then a byte every 400 ms): waiting requests end a
   assert.deepEqual(seen[0].getAll('resource'), ['https://cognitiveservices.azure.com']);
   assert.equal(be.seen.length, 0);
 });
+
+test('IDENTITY_ENDPOINT on plain http:// off loopback / link-local (X-IDENTITY-HEADER would cross the network in the clear): warned at load, the header never printed', async () => {
+  const dir = tempDir('aor-rid-as-');
+  const cfg = path.join(dir, 'backends.yaml');
+  writeFileSync(cfg, 'listen: [{ address: 127.0.0.1, port: 18080 }]\nbackends:\n  - name: a\n    url: http://127.0.0.1:9\n    auth: { type: managed_identity }\n');
+  const hdr = 'appsvc-hdr-' + 'Review77Zx';
+  const remote = await run(ROUTER_BIN, ['--check', '-c', cfg], { env: { IDENTITY_ENDPOINT: 'http://10.1.2.3:8081/msi/token', IDENTITY_HEADER: hdr } });
+  assert.equal(remote.code, 0);
+  assert.match(remote.stderr, /:5: warning: backends\[0\]\.auth\.imds_endpoint \(IDENTITY_ENDPOINT\): plain http:\/\/ to a host that is not loopback/);
+  for (const ep of ['http://127.0.0.1:41123/msi/token', 'http://169.254.129.5:8081/msi/token', 'http://localhost:42356/msi/token']) {
+    const local = await run(ROUTER_BIN, ['--check', '-c', cfg], { env: { IDENTITY_ENDPOINT: ep, IDENTITY_HEADER: hdr } });
+    assert.equal(local.code, 0);
+    assert.ok(!/warning/.test(local.stderr), `${ep}: ${local.stderr}`);
+  }
+  assert.ok(!remote.stderr.includes(hdr) && !remote.stdout.includes(hdr));
+});
