@@ -1664,6 +1664,10 @@ static void parse_authority(struct ctx *c, yaml_node_t *map, const char *kp, str
         } else if ((bad = url_problem(env)) != NULL) {
             problem(c, map, "%s: AZURE_AUTHORITY_HOST %s", kp_join(buf, kp, "authority_host"), bad);
             return;
+        } else {
+            char where[KP_MAX + 40]; /* the secret or the assertion goes there, like to a configured authority_host */
+            snprintf(where, sizeof(where), "%s (AZURE_AUTHORITY_HOST)", kp_join(buf, kp, "authority_host"));
+            warn_plain_http(c, map, where, env, 0);
         }
         if ((cred->authority_host = xstrdup(c, env)) == NULL)
             return;
