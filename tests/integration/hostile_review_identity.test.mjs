@@ -6,7 +6,7 @@ import { writeFileSync, rmSync, renameSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import http from 'node:http';
 import path from 'node:path';
-import { startRouter, httpRequest, fetchMetrics, metricSum, pollUntil, sleep, tempDir, stopAll, run, h2load, bodyFile, chatBody, freePort, ROUTER_BIN, SLOW, CHAT_PATH } from './lib/harness.mjs';
+import { startRouter, httpRequest, fetchMetrics, metricSum, pollUntil, sleep, tempDir, stopAll, run, h2load, bodyFile, chatBody, freePort, post, ROUTER_BIN, SLOW, CHAT_PATH } from './lib/harness.mjs';
 import { startIdentity, startTokenBackend } from './lib/identity_mocks.mjs';
 
 const TENANT = 'contoso.onmicrosoft.com';
@@ -413,4 +413,22 @@ test('IDENTITY_ENDPOINT (or AZURE_AUTHORITY_HOST) on plain http:// off loopback 
   const auth = await run(ROUTER_BIN, ['--check', '-c', cfg], { env: { RID_S: SP_SECRET, AZURE_AUTHORITY_HOST: 'http://login.example.net/' } });
   assert.equal(auth.code, 0, auth.stderr);
   assert.match(auth.stderr, /:5: warning: backends\[0\]\.auth\.authority_host \(AZURE_AUTHORITY_HOST\): plain http:\/\/ to a host that is not loopback/);
+});
+
+test('30 clients that leave while waiting for a first token: nothing is sent for them, the token still comes once, the next request is served (clean under ASan)', async () => {
+  const { id } = await mocks();
+  id.imds.delayMs = 800;
+  const be = await startTokenBackend('gone', id);
+  cleanup.push(be);
+  const router = await startRouter({ config: { limits: { connect_timeout_ms: 3000 }, backends: [{ name: 'gone', url: be.url, auth: { type: 'managed_identity', imds_endpoint: id.imdsUrl } }] } });
+  cleanup.push(router);
+  // h2c: the client's leaving is a RST_STREAM the router sees (an HTTP/1.1 client that closes is seen only when written to)
+  const left = await Promise.all(Array.from({ length: 30 }, () => post(router.url, CHAT_PATH, chatBody(), { proto: 'h2c', args: ['--max-time', '0.25'] })));
+  for (const r of left) assert.ok(r.exitCode !== 0 && r.status !== 200, JSON.stringify(r).slice(0, 300));
+  assert.ok(await pollUntil(async () => (await httpRequest(`${router.url}/readyz`)).status === 200, { timeoutMs: 5000 * SLOW }));
+  await sleep(100);
+  assert.equal(be.seen.length, 0, 'no attempt for a client that left');
+  assert.equal((await chat(router)).status, 200);
+  assert.equal(id.imds.calls, 1);
+  await router.stop();
 });
