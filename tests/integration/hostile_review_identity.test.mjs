@@ -432,3 +432,32 @@ test('30 clients that leave while waiting for a first token: nothing is sent for
   assert.equal(id.imds.calls, 1);
   await router.stop();
 });
+
+test("a client's own Authorization, api-key and a second Authorization never reach a keyless backend: only the router's bearer does", async () => {
+  const { id } = await mocks();
+  const raw = [];
+  const port = await freePort();
+  const server = http.createServer((req, res) => {
+    raw.push(req.rawHeaders);
+    req.resume();
+    req.on('end', () =>
+      json(res, 200, { id: 'c', object: 'chat.completion', model: 'gpt-4o', choices: [{ index: 0, message: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }], usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 } }),
+    );
+  });
+  await new Promise((r) => server.listen(port, '127.0.0.1', r));
+  cleanup.push({ stop: () => new Promise((r) => { server.closeAllConnections?.(); server.close(() => r()); }) });
+  const router = await startRouter({ config: { backends: [{ name: 'own', url: `http://127.0.0.1:${port}`, auth: { type: 'managed_identity', imds_endpoint: id.imdsUrl } }] } });
+  cleanup.push(router);
+  const r = await post(router.url, CHAT_PATH, chatBody(), {
+    proto: 'h2c',
+    headers: { authorization: 'Bearer client-own-token-Aa11', 'api-key': 'client-own-key-Bb22', 'Ocp-Apim-Subscription-Key': 'client-sub-Cc33' },
+    args: ['-H', 'Authorization: Basic Y2xpZW50OnNlY29uZA=='],
+  });
+  assert.equal(r.status, 200, r.body);
+  assert.equal(raw.length, 1);
+  const pairs = [];
+  for (let i = 0; i < raw[0].length; i += 2) pairs.push([raw[0][i].toLowerCase(), raw[0][i + 1]]);
+  assert.deepEqual(pairs.filter(([k]) => k === 'authorization').map(([, v]) => v), [`Bearer ${id.imds.issued[0]}`]);
+  assert.deepEqual(pairs.filter(([k]) => k === 'api-key' || k === 'ocp-apim-subscription-key'), []);
+  assert.ok(!JSON.stringify(raw).includes('client-own') && !JSON.stringify(raw).includes('Y2xpZW50'));
+});
