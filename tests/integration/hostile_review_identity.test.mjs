@@ -461,3 +461,37 @@ test("a client's own Authorization, api-key and a second Authorization never rea
   assert.deepEqual(pairs.filter(([k]) => k === 'api-key' || k === 'ocp-apim-subscription-key'), []);
   assert.ok(!JSON.stringify(raw).includes('client-own') && !JSON.stringify(raw).includes('Y2xpZW50'));
 });
+
+test('an https Entra authority whose certificate the system CA bundle does not trust (self-signed; a private CA): the handshake fails, the client secret is never sent, the failure is logged', async () => {
+  const { makeCerts } = await import('./lib/redis_tls.mjs');
+  const https = await import('node:https');
+  const { readFileSync } = await import('node:fs');
+  const certs = makeCerts();
+  for (const which of ['selfSigned', 'wrongHost']) {
+    const port = await freePort();
+    const got = [];
+    const server = https.createServer({ cert: readFileSync(certs[which].cert), key: readFileSync(certs[which].key) }, (req, res) => {
+      let body = '';
+      req.on('data', (d) => (body += d));
+      req.on('end', () => {
+        got.push(body);
+        json(res, 200, { access_token: 'tls-' + 'Ab12Cd34Ef56', expires_in: 3600, token_type: 'Bearer' });
+      });
+    });
+    await new Promise((r) => server.listen(port, '127.0.0.1', r));
+    cleanup.push({ stop: () => new Promise((r) => { server.closeAllConnections?.(); server.close(() => r()); }) });
+    const be = await startTokenBackend('tls');
+    cleanup.push(be);
+    const router = await startRouter({
+      config: { backends: [{ name: 'tls', url: be.url, auth: { type: 'client_secret', tenant_id: TENANT, client_id: SP, secret_env: 'SP_SECRET', authority_host: `https://127.0.0.1:${port}/` } }] },
+      env: { SP_SECRET },
+    });
+    cleanup.push(router);
+    assert.ok(await router.waitStderr(/token call failed: transport error: .*(SSL|certificate)/i), `${which}: ${router.stderr().slice(-800)}`);
+    assert.equal((await chat(router)).status, 502);
+    assert.deepEqual(got, [], `${which}: nothing reached the endpoint`);
+    assert.equal(be.seen.length, 0);
+    assert.ok(!router.stderr().includes(SP_SECRET));
+    await router.stop();
+  }
+});
