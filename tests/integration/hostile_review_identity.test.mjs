@@ -495,3 +495,16 @@ test('an https Entra authority whose certificate the system CA bundle does not t
     await router.stop();
   }
 });
+
+test('refresh_in "1" on a 1 h token does not turn the router into a 1-per-second poller of IMDS (refresh_in is honoured, no sooner than 30 s)', async () => {
+  const T = 'tok-' + 'Rf1Rf2Rf3Rf4';
+  const imds = await rawImds((req, res) => json(res, 200, { access_token: T, expires_in: '3600', refresh_in: '1', token_type: 'Bearer' }));
+  const be = await startTokenBackend('ri');
+  cleanup.push(be);
+  const router = await startRouter({ config: { backends: [{ name: 'ri', url: be.url, auth: { type: 'managed_identity', imds_endpoint: imds.url } }] } });
+  cleanup.push(router);
+  assert.equal((await chat(router)).status, 200);
+  await sleep(3500);
+  assert.equal(imds.calls, 1, `IMDS calls in 3.5 s: ${imds.calls}`);
+  assert.equal((await chat(router)).status, 200);
+});
