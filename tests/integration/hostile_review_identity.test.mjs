@@ -252,7 +252,7 @@ test('two backends share one identity; one answers 401 to every other request: n
     const r = await chat(router);
     statuses.push(r.status === 200 ? 200 : `${r.status} ${r.body.slice(0, 200)}`);
   }
-  assert.deepEqual([...new Set(statuses)], [200]);
+  assert.deepEqual([...new Set(statuses)], [200], router.stderr().slice(-3000));
   // one token drop per source per 10 s: the first token, plus one per started 10 s
   const bound = 2 + Math.floor((Date.now() - t0) / 10000);
   assert.ok(id.imds.calls <= bound, `IMDS calls ${id.imds.calls} for 20 401s in ${Date.now() - t0} ms (bound ${bound})`);
@@ -507,4 +507,23 @@ test('refresh_in "1" on a 1 h token does not turn the router into a 1-per-second
   await sleep(3500);
   assert.equal(imds.calls, 1, `IMDS calls in 3.5 s: ${imds.calls}`);
   assert.equal((await chat(router)).status, 200);
+});
+
+test('cold start + a 401 from the first backend (its role missing) with a healthy second backend on the same identity: the request that waited for the first token may wait for the next one — 200, not 502', async () => {
+  const { id } = await mocks();
+  id.imds.delayMs = 400; // the first requests wait for the first token
+  const flaky = await startTokenBackend('norole', id);
+  const good = await startTokenBackend('hasrole', id);
+  cleanup.push(flaky, good);
+  flaky.fail401 = 1e9;
+  const auth = { type: 'managed_identity', imds_endpoint: id.imdsUrl };
+  const router = await startRouter({
+    config: { limits: { connect_timeout_ms: 3000 }, backends: [{ name: 'norole', url: flaky.url, priority: 1, auth }, { name: 'hasrole', url: good.url, priority: 2, auth }] },
+  });
+  cleanup.push(router);
+  const got = await Promise.all(Array.from({ length: 5 }, () => chat(router)));
+  assert.deepEqual(got.map((r) => r.status), [200, 200, 200, 200, 200], got.map((r) => r.body).join('\n'));
+  assert.ok(flaky.seen.length >= 1 && good.seen.length === 5);
+  assert.equal(id.imds.calls, 2, 'the first token, and one after the 401 dropped it');
+  assert.equal(good.expired + good.unknown, 0);
 });
