@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <curl/curl.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -43,6 +44,7 @@
 
 #define LABEL_MAX 200
 #define DETAIL_MAX 512
+#define FILE_NOT_REGULAR (-1) /* f.file_err: the token file is a FIFO, a directory, a device */
 
 struct aor_cred_token {
     atomic_uint refcnt;
@@ -392,18 +394,37 @@ void aor_cred_wait_cancel(struct aor_cred_waiter *w)
 /* ---- logging without secrets --------------------------------------------------------------- */
 
 /*
- * An endpoint's error text may echo what we sent (a hostile or buggy IdP): whatever in `text`
- * starts like one of our secrets (its first 12 bytes, or all of a shorter one) is cut from there.
+ * An endpoint's error text may echo what we sent (a hostile or buggy IdP), whole or in part — a
+ * JWT without its header (which anyone can re-make) is the whole credential. Whatever in `text`
+ * holds a piece of one of our secrets is cut from where the echo starts: the secret is looked
+ * for in PROBE-byte pieces at every multiple of PROBE (and its last PROBE bytes), so every echo
+ * of 2 * PROBE - 1 bytes or more is found, and from a found piece the match is followed back.
+ * A secret shorter than PROBE is looked for whole (at least 4 bytes).
  */
+#define PROBE 12
+
 static void redact(char *text, size_t cap, const char *secret, size_t len)
 {
-    size_t probe = len < 12 ? len : 12;
-    char *at;
+    size_t probe = len < PROBE ? len : PROBE, tlen, k, back;
+    char *at, *cut = NULL;
 
     if (secret == NULL || probe < 4)
         return;
-    if ((at = memmem(text, strlen(text), secret, probe)) != NULL)
-        snprintf(at, cap - (size_t)(at - text), "[redacted]");
+    tlen = strlen(text);
+    for (k = 0;; k += probe) {
+        if (k + probe > len)
+            k = len - probe; /* the last piece overlaps the one before */
+        if ((at = memmem(text, tlen, secret + k, probe)) != NULL) {
+            for (back = 0; back < k && at - back > text && at[-(ptrdiff_t)back - 1] == secret[k - back - 1]; ++back)
+                ;
+            if (cut == NULL || at - back < cut)
+                cut = at - back;
+        }
+        if (k + probe >= len)
+            break;
+    }
+    if (cut != NULL)
+        snprintf(cut, cap - (size_t)(cut - text), "[redacted]");
 }
 
 static struct aor_token_source *registry_head(void);
@@ -770,6 +791,7 @@ static void read_file_work(uv_work_t *w)
 {
     struct aor_token_source *s = w->data;
     char *buf = malloc(AOR_CRED_MAX_FILE + 1);
+    struct stat st;
     ssize_t n;
     size_t len = 0;
     int fd;
@@ -779,8 +801,19 @@ static void read_file_work(uv_work_t *w)
         s->f.file_err = ENOMEM;
         return;
     }
-    if ((fd = open(s->token_file, O_RDONLY | O_CLOEXEC | O_NOCTTY)) < 0) {
+    /* O_NONBLOCK and regular files only: a FIFO (or a device) put there would block this
+     * thread-pool thread forever, and with it the source's single flight and the exit */
+    if ((fd = open(s->token_file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0) {
         s->f.file_err = errno;
+        free(buf);
+        return;
+    }
+    if (fstat(fd, &st) != 0)
+        s->f.file_err = errno;
+    else if (!S_ISREG(st.st_mode))
+        s->f.file_err = S_ISDIR(st.st_mode) ? EISDIR : FILE_NOT_REGULAR;
+    if (s->f.file_err != 0) {
+        close(fd);
         free(buf);
         return;
     }
@@ -823,9 +856,10 @@ static void read_file_done(uv_work_t *w, int status)
     }
     if (s->f.file_err != 0 || s->f.file_buf == NULL) {
         snprintf(detail, sizeof(detail), "%s",
-                 s->f.file_err == EFBIG    ? "larger than 16 KiB"
-                 : s->f.file_err == EINVAL ? "empty or not a token"
-                                           : strerror(s->f.file_err));
+                 s->f.file_err == EFBIG              ? "larger than 16 KiB"
+                 : s->f.file_err == EINVAL           ? "empty or not a token"
+                 : s->f.file_err == FILE_NOT_REGULAR ? "not a regular file"
+                                                     : strerror(s->f.file_err));
         s->f.stage = STAGE_TOKEN;
         fetch_failed(s, "token_file unreadable", detail);
         return;

@@ -166,8 +166,10 @@ int64_t aor_cred_refresh_after_ms(int64_t lifetime_ms, int64_t refresh_in_ms)
     if (five > ahead)
         ahead = five;
     delay = lifetime_ms - ahead;
-    if (refresh_in_ms > 0 && refresh_in_ms < delay)
-        delay = refresh_in_ms;
+    if (refresh_in_ms > 0 && refresh_in_ms < delay) {
+        int64_t floor = delay < AOR_CRED_REFRESH_IN_FLOOR_MS ? delay : AOR_CRED_REFRESH_IN_FLOOR_MS;
+        delay = refresh_in_ms > floor ? refresh_in_ms : floor;
+    }
     return delay < AOR_CRED_MIN_REFRESH_MS ? AOR_CRED_MIN_REFRESH_MS : delay;
 }
 

@@ -15,7 +15,9 @@
 #define AOR_CRED_MIN_LIFETIME_MS 1000     /* a token that lives less than this is refused */
 #define AOR_CRED_MAX_LIFETIME_MS 86400000 /* a longer expires_in/expires_on is cut to this (24 h: MI's longest) */
 #define AOR_CRED_MIN_REFRESH_MS 1000      /* a token is never refreshed sooner than this after it came */
-#define AOR_CRED_BACKOFF_MIN_MS 1000      /* first retry after a failed call (jittered), doubling up to MAX */
+#define AOR_CRED_REFRESH_IN_FLOOR_MS                                                                                               \
+    30000                            /* an endpoint's refresh_in brings a refresh no sooner than this (nor than the lifetime's) */
+#define AOR_CRED_BACKOFF_MIN_MS 1000 /* first retry after a failed call (jittered), doubling up to MAX */
 #define AOR_CRED_BACKOFF_MAX_MS 30000
 #define AOR_CRED_MAX_ERROR 64              /* characters of an OAuth `error` kept for the log */
 #define AOR_CRED_MAX_ERROR_DESCRIPTION 300 /* characters of an `error_description` (or App Service `message`) kept */
@@ -52,7 +54,9 @@ const char *aor_cred_parse_error(int code);
 /**
  * How long after a token arrived it is refreshed: when a third of its lifetime remains, or
  * 5 minutes if that is earlier and at most half of the lifetime; sooner if the endpoint said
- * refresh_in; never sooner than AOR_CRED_MIN_REFRESH_MS.
+ * refresh_in, but not sooner than AOR_CRED_REFRESH_IN_FLOOR_MS (or the lifetime's point, if that is
+ * sooner: a hostile refresh_in of 1 s must not make a poller of the router); never sooner than
+ * AOR_CRED_MIN_REFRESH_MS.
  */
 int64_t aor_cred_refresh_after_ms(int64_t lifetime_ms, int64_t refresh_in_ms);
 

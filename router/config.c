@@ -994,6 +994,11 @@ static int get_secret(struct ctx *c, yaml_node_t *map, const char *kp, const cha
         if ((value = xstrdup(c, v)) == NULL)
             goto out;
         len = strlen(value);
+        if (kind == SECRET_BYTES && (value[len - 1] == '\n' || value[len - 1] == '\r'))
+            warning(c, lookup(c, map, env_key),
+                    "%s: the value of %s ends with a line break, sent as is (a secret_file is trimmed, an environment "
+                    "variable is not)",
+                    where, env);
     } else {
         int err = read_file(path, MAX_SECRET_BYTES, &value, &len);
         where = kp_join(buf, kp, file_key);
@@ -1678,8 +1683,14 @@ static int str_or_env(struct ctx *c, yaml_node_t *map, const char *kp, const cha
 
     if (rc != 0)
         return rc;
-    if ((v = getenv(env)) != NULL && *v != '\0')
+    if ((v = getenv(env)) != NULL && *v != '\0') {
+        for (const char *p = v; *p != '\0'; ++p)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f) { /* `export X=$(cat f)` keeps none, a Secret from a file may */
+                problem(c, map, "%s: %s has a control character (a trailing newline?)", kp_join(buf, kp, key), env);
+                return -1;
+            }
         return (*out = xstrdup(c, v)) != NULL ? 1 : -1;
+    }
     if (skip_secrets(c, kp)) /* a default the platform injects at run time */
         return (*out = xstrdup(c, strcmp(key, "tenant_id") == 0 ? "00000000-0000-0000-0000-000000000000" : shape_placeholder)) !=
                        NULL
@@ -1703,6 +1714,10 @@ static void parse_authority(struct ctx *c, yaml_node_t *map, const char *kp, str
         } else if ((bad = url_problem(env)) != NULL) {
             problem(c, map, "%s: AZURE_AUTHORITY_HOST %s", kp_join(buf, kp, "authority_host"), bad);
             return;
+        } else {
+            char where[KP_MAX + 40]; /* the secret or the assertion goes there, like to a configured authority_host */
+            snprintf(where, sizeof(where), "%s (AZURE_AUTHORITY_HOST)", kp_join(buf, kp, "authority_host"));
+            warn_plain_http(c, map, where, env, 0);
         }
         if ((cred->authority_host = xstrdup(c, env)) == NULL)
             return;
@@ -1750,6 +1765,10 @@ static void parse_managed_identity(struct ctx *c, yaml_node_t *map, const char *
                         kp_join(buf, kp, "imds_endpoint"));
                 return;
             }
+        /* X-IDENTITY-HEADER goes there: in the clear only to loopback or link-local (where Azure puts it) */
+        char where[KP_MAX + 40];
+        snprintf(where, sizeof(where), "%s (IDENTITY_ENDPOINT)", kp_join(buf, kp, "imds_endpoint"));
+        warn_plain_http(c, map, where, ep, 1);
         cred->identity_endpoint = xstrdup(c, ep);
         cred->identity_header = xstrdup(c, hdr);
     }
@@ -1854,10 +1873,13 @@ static void parse_redis_auth(struct ctx *c, yaml_node_t *auth)
         cred->resource = xstrdup(c, DEFAULT_REDIS_RESOURCE);
 }
 
+/* backends[].auth.type, in the order of enum aor_cred_type from AOR_CRED_API_KEY */
+static const char *const cred_type_names[] = {
+    "api_key", "managed_identity", "workload_identity", "client_secret", "oidc_federation", "openai_wif", NULL};
+
 static void parse_cred(struct ctx *c, yaml_node_t *map, const char *kp, struct aor_cred_conf *cred)
 {
-    static const char *const types[] = {
-        "api_key", "managed_identity", "workload_identity", "client_secret", "oidc_federation", "openai_wif", NULL};
+    static const char *const *const types = cred_type_names;
     static const char *const subject_types[] = {"managed_identity", "workload_identity", "file", NULL};
     char skp[KP_MAX];
     yaml_node_t *subject;
@@ -2013,9 +2035,25 @@ static void parse_backend(struct ctx *c, yaml_node_t *map, const char *kp, struc
     if (get_map(c, map, kp, "deployments", &sub) == 1)
         parse_deployments(c, sub, kp_join(akp, kp, "deployments"), b);
     if (get_map(c, map, kp, "auth", &sub) == 1) {
+        unsigned problems_before = c->problems;
         kp_join(akp, kp, "auth");
         parse_cred(c, sub, akp, &b->cred);
         scan_inline_secrets(c, sub, akp, 0);
+        /* an Entra token is never sent to OpenAI, nor OpenAI's to Azure: such a backend gets no token
+         * source. Said about a credential that is otherwise well-formed */
+        enum aor_cred_type t = b->cred.type;
+        if (c->problems == problems_before &&
+            (t == AOR_CRED_MANAGED_IDENTITY || t == AOR_CRED_WORKLOAD_IDENTITY || t == AOR_CRED_CLIENT_SECRET ||
+             t == AOR_CRED_OIDC_FEDERATION || t == AOR_CRED_OPENAI_WIF)) {
+            int openai_type = t == AOR_CRED_OPENAI_WIF;
+            char tkp[KP_MAX];
+            if (openai_type != (b->provider == AOR_PROVIDER_OPENAI))
+                warning(c, lookup(c, sub, "type"),
+                        "%s: %s on a backend with provider %s never gets a token: the backend is always skipped (use %s)",
+                        kp_join(tkp, akp, "type"), cred_type_names[t - AOR_CRED_API_KEY], openai_type ? "azure" : "openai",
+                        openai_type ? "an Entra ID type or api_key, or provider: openai"
+                                    : "openai_wif or api_key, or provider: azure");
+        }
     }
 }
 

@@ -365,8 +365,12 @@ static void attempt_refused(struct aor_request *ar)
         /* the router's key or token for this backend is refused: an operator's problem, loudly */
         AOR_LOG(AOR_LOG_WARN, "proxy", "%s: backend %s refused the router's credential (%d); check its key or identity", ar->id,
                 b->name, ar->status);
-        if (ar->status == 401) /* a token the backend no longer takes: drop it, fetch another (once per token) */
+        if (ar->status == 401) { /* a token the backend no longer takes: drop it, fetch another (once per token) */
             aor_cred_refused(&b->cred, ar->cred_serial);
+            /* the token this request waited for is gone: it may wait once more, for the next one
+             * (another backend on the same identity) — at most once per 401, so per attempt */
+            ar->cred_waited = 0;
+        }
         aor_balancer_record(current_cand(ar), &pol, AOR_OUTCOME_FAILURE, 0, now);
         ++ar->failed;
         ar->last_error = "credential";

@@ -89,7 +89,7 @@ struct aor_request {
     size_t cred_len;
     uint64_t cred_serial;             /* the token sent (aor_cred_refused on a 401), 0 for a key */
     struct aor_cred_waiter cred_wait; /* queued while the first token of a backend is fetched */
-    int cred_waited;                  /* a request waits once */
+    int cred_waited;                  /* a request waits once (again after a backend's 401) */
     unsigned cred_skipped;            /* candidates skipped for want of a token */
     size_t discarded;                 /* body bytes of a 429/5xx reply read and dropped */
     int64_t cooldown_ms;              /* a 429's retry-after, as a cooldown */

@@ -1396,6 +1396,13 @@ static void test_warnings(void)
               "    auth: { type: managed_identity, imds_endpoint: \"http://169.254.169.254/metadata/identity/oauth2/token\" }\n"
               "  - name: mi2\n    url: \"http://10.0.0.2:9000\"\n    auth: { type: managed_identity }\n"));
     aor_config_release(conf);
+    /* an Entra type on provider openai, openai_wif on an Azure backend: well-formed, but never a token (review: identity) */
+    conf = parse(LISTEN "backends:\n  - name: oai\n    provider: openai\n    auth: { type: managed_identity }\n");
+    CHECK(conf != NULL);
+    CHECK_EQ_STR(errs, "t.yaml:6: warning: backends[0].auth.type: managed_identity on a backend with provider openai never gets "
+                       "a token: the backend is always skipped (use openai_wif or api_key, or provider: azure)\n");
+    aor_config_release(conf);
+
     /* warnings and problems together: both printed, the config refused */
     EXPECT_PROBLEM(parse(JWT_HEAD "    - { issuer: i, jwks_uri: \"http://idp.example/keys\", audiences: [a], clock_skew_s: -1 }\n"),
                    "t.yaml:8: auth.jwt[0].clock_skew_s: expected an integer");

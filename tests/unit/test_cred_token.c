@@ -115,7 +115,11 @@ static void test_schedule(void)
     CHECK_EQ_INT(aor_cred_refresh_after_ms(3600000, 3000000), 2400000);
     /* never sooner than a second after it came */
     CHECK_EQ_INT(aor_cred_refresh_after_ms(1000, -1), AOR_CRED_MIN_REFRESH_MS);
-    CHECK_EQ_INT(aor_cred_refresh_after_ms(3600000, 1), AOR_CRED_MIN_REFRESH_MS);
+    /* a refresh_in of 1 ms or 1 s: no sooner than 30 s (review: identity), nor than the lifetime's point when that is sooner */
+    CHECK_EQ_INT(aor_cred_refresh_after_ms(3600000, 1), AOR_CRED_REFRESH_IN_FLOOR_MS);
+    CHECK_EQ_INT(aor_cred_refresh_after_ms(3600000, 1000), AOR_CRED_REFRESH_IN_FLOOR_MS);
+    CHECK_EQ_INT(aor_cred_refresh_after_ms(3600000, 45000), 45000);
+    CHECK_EQ_INT(aor_cred_refresh_after_ms(6000, 1000), 3000);
     /* backoff: doubling with equal jitter, capped */
     for (unsigned f = 1; f != 40; ++f) {
         int64_t lo = aor_cred_backoff_ms(f, 0), hi = aor_cred_backoff_ms(f, 0xffffffffu), cap = AOR_CRED_BACKOFF_MIN_MS;
