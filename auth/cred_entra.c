@@ -1056,7 +1056,8 @@ void aor_token_source_refused(struct aor_token_source *s, uint64_t serial)
     }
     pthread_mutex_unlock(&s->lock);
     if (old != NULL) {
-        AOR_LOG(AOR_LOG_WARN, "cred", "%s: the token was refused (a backend's 401, or Redis' WRONGPASS); dropped, fetching a new one", s->label);
+        AOR_LOG(AOR_LOG_WARN, "cred",
+                "%s: the token was refused (a backend's 401, or Redis' WRONGPASS); dropped, fetching a new one", s->label);
         __atomic_store_n(&s->stats.expires_at_ms, 0, __ATOMIC_RELAXED);
         aor_token_release(old);
     }
