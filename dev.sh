@@ -112,6 +112,35 @@ fuzz() {
   return $rc
 }
 
+# Redis for run and stack: one already answering on the port is used and left alone; otherwise one
+# is started, and redis_stop stops that one (only)
+redis_start() {
+  local rport=$1
+  DEV_REDIS_STARTED=0
+  if redis-cli -p "$rport" ping >/dev/null 2>&1; then
+    log "a Redis already answers on 127.0.0.1:$rport: using it (this script did not start it and will not stop it)"
+  else
+    log "starting redis-server on 127.0.0.1:$rport (stopped again when this script exits)"
+    rm -f "$RUN_DIR/redis.pid"
+    redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+      --logfile "$RUN_DIR/redis.log" --pidfile "$RUN_DIR/redis.pid"
+    DEV_REDIS_STARTED=1
+  fi
+}
+
+redis_stop() {
+  if [ "${DEV_REDIS_STARTED:-0}" = 1 ]; then
+    local pid=""
+    for _ in 1 2 3 4 5 6 7 8 9 10; do [ -s "$RUN_DIR/redis.pid" ] && break; sleep 0.1; done
+    pid=$(cat "$RUN_DIR/redis.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      log "stopped the redis-server this script started (pid $pid)"
+    fi
+    DEV_REDIS_STARTED=0
+  fi
+}
+
 run() {
   if [ "${AOR_DEV_SKIP_BUILD:-}" != 1 ]; then deps; build; fi
   # ports and the state directory can be moved (tests/integration/ops_devsh.test.mjs runs this
