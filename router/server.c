@@ -480,7 +480,9 @@ static int accept_one(uv_stream_t *listener, size_t index)
 {
     struct aor_worker *w = worker_of_listener(listener);
     h2o_accept_ctx_t *actx = listener->data;
-    int counted = index < w->conf->num_listeners; /* the metrics listener is never held back */
+    /* the metrics listener (the last one, when opened at start) is never held back; w->conf may be a
+     * reload's, whose listen list is not what was opened */
+    int metrics = metrics_port != 0 && index + 1 == w->num_listeners, counted = !metrics;
     struct aor_client_conn *c;
     h2o_socket_t *sock;
 
@@ -502,6 +504,7 @@ static int accept_one(uv_stream_t *listener, size_t index)
     }
     c->worker = w;
     c->counted = counted;
+    c->metrics = metrics;
     if (counted)
         __atomic_fetch_add(&client_conns, 1, __ATOMIC_RELAXED);
     h2o_linklist_insert(&w->conns, &c->link);

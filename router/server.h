@@ -36,6 +36,7 @@ struct aor_client_conn {
     h2o_socket_t *sock;
     h2o_linklist_t link;        /* worker->conns */
     int counted;                /* counts against limits.max_connections (not the metrics listener) */
+    int metrics;                /* accepted on the `metrics:` listener opened at start (/status, /metrics) */
     int closing;                /* shut down by us: refuse whatever else arrives on it */
     unsigned resets;            /* requests that ended before their answer was sent */
     unsigned completed;         /* data-plane requests whose answer was sent */
