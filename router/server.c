@@ -177,7 +177,8 @@ static SSL_CTX *make_ssl_ctx(const struct aor_listen_conf *lc)
 /* ---- client connections ------------------------------------------------------------ */
 
 uint64_t aor_inflight_body_bytes;
-static unsigned client_conns; /* counted connections of every worker (atomic) */
+static unsigned client_conns;  /* counted connections of every worker (atomic) */
+static unsigned metrics_conns; /* connections on the metrics listener, every worker (atomic) */
 
 /* h2o 2.2.5's libuv socket (lib/common/socket/uv-binding.c.h) starts with these members; the
  * accept callback checks the layout on every socket before relying on it */
@@ -201,6 +202,8 @@ static void on_conn_closed(uv_handle_t *h)
 
     if (c->counted)
         __atomic_fetch_sub(&client_conns, 1, __ATOMIC_RELAXED);
+    else if (c->metrics)
+        __atomic_fetch_sub(&metrics_conns, 1, __ATOMIC_RELAXED);
     h2o_linklist_unlink(&c->link);
     if (h2o_linklist_is_linked(&c->goaway_link))
         h2o_linklist_unlink(&c->goaway_link);
@@ -480,13 +483,15 @@ static int accept_one(uv_stream_t *listener, size_t index)
 {
     struct aor_worker *w = worker_of_listener(listener);
     h2o_accept_ctx_t *actx = listener->data;
-    /* the metrics listener (the last one, when opened at start) is never held back; w->conf may be a
-     * reload's, whose listen list is not what was opened */
+    /* the metrics listener is the last one, when opened at start (w->conf may be a reload's, whose
+     * listen list is not what was opened) */
     int metrics = metrics_port != 0 && index + 1 == w->num_listeners, counted = !metrics;
     struct aor_client_conn *c;
     h2o_socket_t *sock;
 
-    if (counted && conn_cap_reached(w)) {
+    /* the metrics listener has a cap of its own: never held back by the data plane's, and its
+     * connections (reachable from anywhere on its network) cannot take the process's descriptors */
+    if (metrics ? __atomic_load_n(&metrics_conns, __ATOMIC_RELAXED) >= AOR_METRICS_MAX_CONNECTIONS : conn_cap_reached(w)) {
         /* not calling uv_accept makes libuv keep this one and stop polling the listener; the
          * rest wait in the kernel's accept queue */
         w->paused[index] = 1;
@@ -507,6 +512,8 @@ static int accept_one(uv_stream_t *listener, size_t index)
     c->metrics = metrics;
     if (counted)
         __atomic_fetch_add(&client_conns, 1, __ATOMIC_RELAXED);
+    else
+        __atomic_fetch_add(&metrics_conns, 1, __ATOMIC_RELAXED);
     h2o_linklist_insert(&w->conns, &c->link);
     uv_tcp_nodelay(&c->tcp, 1);
     sock = h2o_uv_socket_create((uv_stream_t *)&c->tcp, on_conn_closed);

@@ -99,6 +99,10 @@ struct aor_worker {
     h2o_linklist_t goaways;
 };
 
+/* connections the metrics listener holds at once (scrapers, status pages); more wait in the accept
+ * queue, apart from limits.max_connections */
+#define AOR_METRICS_MAX_CONNECTIONS 64
+
 /* ceiling on the requests a client connection may abandon (reset, cancel, disconnect before the
  * answer) beyond the ones it completed; past it the connection is shut down (Rapid Reset) */
 #define AOR_CONN_RESET_BUDGET 100

@@ -5,6 +5,25 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { startMock, startRouter, backendFor, get, stopAll, freePort, sleep, SLOW } from './lib/harness.mjs';
 
+// opens `n` HTTP/1.1 connections to host:port, each asking GET /healthz (keep-alive); resolves after
+// `ms` to {answered, sockets}: how many got a response line, and the open sockets (caller destroys)
+async function h1Flood(host, port, n, ms) {
+  const sockets = [];
+  let answered = 0;
+  for (let i = 0; i < n; ++i) {
+    const s = net.connect(port, host);
+    s.on('error', () => {});
+    let seen = false;
+    s.on('data', (d) => {
+      if (!seen && d.toString('latin1').startsWith('HTTP/1.1 ')) (seen = true), ++answered;
+    });
+    s.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
+    sockets.push(s);
+  }
+  await sleep(ms);
+  return { answered, sockets };
+}
+
 const status = async (base, p, proto = 'h1') => String((await get(base, p, { proto })).status);
 
 describe('hostile review: operators view', () => {
@@ -31,5 +50,51 @@ describe('hostile review: operators view', () => {
     for (const p of ['/status', '/status.json', '/metrics'])
       for (const proto of ['h1', 'h2c']) assert.equal(await status(data, p, proto), '404', `${proto} ${p} on the data plane`);
     for (const p of ['/status', '/status.json', '/metrics']) assert.equal(await status(mon, p), '200', `${p} on the metrics listener`);
+  });
+
+  it('the metrics listener holds at most 64 connections: a flood of idle ones cannot take the data plane\'s descriptors', async () => {
+    const mport = await freePort();
+    const router = await startRouter({
+      config: { metrics: { address: '127.0.0.1', port: mport }, limits: { max_connections: 1000 }, backends: [backendFor(east)] },
+    });
+    after(async () => stopAll(router));
+    const flood = await h1Flood('127.0.0.1', mport, 100, 1000 * SLOW);
+    try {
+      assert.ok(flood.answered >= 1 && flood.answered <= 64, `metrics connections served at once: ${flood.answered}`);
+      assert.equal(await status(router.url, '/healthz'), '200', 'the data plane during the flood');
+    } finally {
+      for (const s of flood.sockets) s.destroy();
+    }
+    // the held ones leave the accept queue as the room comes back
+    assert.equal(await status(`http://127.0.0.1:${mport}`, '/metrics'), '200');
+  });
+
+  it('a reload that drops listen[1] leaves its connections counted against limits.max_connections', async () => {
+    const [p0, p1, mport] = [await freePort(), await freePort(), await freePort()];
+    const listen = [
+      { address: '127.0.0.1', port: p0 },
+      { address: '127.0.0.1', port: p1 },
+    ];
+    const base = { metrics: { address: '127.0.0.1', port: mport }, backends: [backendFor(east)] };
+    const router = await startRouter({ config: { ...base, listen, limits: { max_connections: 3 } } });
+    after(async () => stopAll(router));
+    const from = router.stderr().length;
+    router.writeConfig({ ...base, listen: listen.slice(0, 1), limits: { max_connections: 3 } });
+    router.signal('SIGHUP');
+    assert.ok(await router.waitStderr(/take effect only after a restart/, 5000 * SLOW, from), router.stderr());
+    // listen[1] still runs (listeners move with a restart): 10 connections there, 3 served
+    const flood = await h1Flood('127.0.0.1', p1, 10, 1000 * SLOW);
+    try {
+      assert.equal(flood.answered, 3, 'connections served on the dropped listener over max_connections 3');
+    } finally {
+      for (const s of flood.sockets) s.destroy();
+    }
+    // the metrics listener is not counted: it answers while the data plane is at its cap
+    const held = await h1Flood('127.0.0.1', p0, 3, 300 * SLOW);
+    try {
+      assert.equal(await status(`http://127.0.0.1:${mport}`, '/metrics'), '200');
+    } finally {
+      for (const s of held.sockets) s.destroy();
+    }
   });
 });
