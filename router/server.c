@@ -11,6 +11,7 @@
  * limits.drain_timeout_ms has passed.
  */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <openssl/evp.h>
 #include <openssl/err.h>
@@ -177,8 +179,9 @@ static SSL_CTX *make_ssl_ctx(const struct aor_listen_conf *lc)
 /* ---- client connections ------------------------------------------------------------ */
 
 uint64_t aor_inflight_body_bytes;
-static unsigned client_conns;  /* counted connections of every worker (atomic) */
-static unsigned metrics_conns; /* connections on the metrics listener, every worker (atomic) */
+static unsigned client_conns;           /* counted connections of every worker (atomic) */
+static unsigned metrics_conns;          /* connections on the metrics listener, every worker (atomic) */
+static unsigned fd_conn_cap = UINT_MAX; /* client connections RLIMIT_NOFILE leaves room for (fit_descriptors) */
 
 /* h2o 2.2.5's libuv socket (lib/common/socket/uv-binding.c.h) starts with these members; the
  * accept callback checks the layout on every socket before relying on it */
@@ -473,9 +476,40 @@ static void hblock_on_read(h2o_socket_t *sock, const char *err)
 
 static void on_accept_timer(uv_timer_t *t);
 
+/*
+ * Descriptors: the soft RLIMIT_NOFILE is raised to the hard one; then client connections are held
+ * back (like limits.max_connections) where the rest would be needed by the fixed descriptors and
+ * one upstream connection each. Running out makes accept() fail with EMFILE, which libuv 1.44
+ * retries without returning to its loop once its reserve descriptor went to another thread: the
+ * workers spin, serve nothing and never stop, even after the clients left.
+ */
+static void fit_descriptors(const struct aor_config *conf, size_t n_listens, size_t n_workers)
+{
+    struct rlimit rl;
+    rlim_t fixed, cap;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit up = {rl.rlim_max < (rlim_t)1 << 20 ? rl.rlim_max : (rlim_t)1 << 20, rl.rlim_max};
+        if (up.rlim_cur > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl.rlim_cur = up.rlim_cur;
+    }
+    fixed = 64 + (rlim_t)n_workers * (16 + n_listens) + (conf->metrics.enabled ? AOR_METRICS_MAX_CONNECTIONS : 0);
+    cap = rl.rlim_cur > fixed + 2 ? (rl.rlim_cur - fixed) / 2 : 1;
+    if (cap >= conf->limits.max_connections)
+        return;
+    fd_conn_cap = (unsigned)cap;
+    AOR_LOG(AOR_LOG_WARN, "server",
+            "limits.max_connections %u needs more descriptors than RLIMIT_NOFILE %llu gives: at most %u client connections "
+            "at once (raise it: LimitNOFILE= in the unit, ulimit -n)",
+            conf->limits.max_connections, (unsigned long long)rl.rlim_cur, fd_conn_cap);
+}
+
 static int conn_cap_reached(struct aor_worker *w)
 {
-    return __atomic_load_n(&client_conns, __ATOMIC_RELAXED) >= w->conf->limits.max_connections;
+    unsigned cap = w->conf->limits.max_connections < fd_conn_cap ? w->conf->limits.max_connections : fd_conn_cap;
+    return __atomic_load_n(&client_conns, __ATOMIC_RELAXED) >= cap;
 }
 
 /* accepts the connection libuv holds for `listener`; 0, or -1 to hold it (at the cap) */
@@ -898,6 +932,7 @@ int aor_server_run(struct aor_config *conf)
     }
     ssl_ctxs = calloc(num_listens, sizeof(*ssl_ctxs));
     num_workers = conf->threads != 0 ? conf->threads : 1;
+    fit_descriptors(conf, num_listens, num_workers);
     workers = calloc(num_workers, sizeof(*workers));
     fds = malloc(sizeof(*fds) * num_listens * num_workers);
     if (ssl_ctxs == NULL || workers == NULL || fds == NULL)

@@ -3,7 +3,10 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { startMock, startRouter, backendFor, get, stopAll, freePort, sleep, SLOW } from './lib/harness.mjs';
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { startMock, startRouter, backendFor, get, stopAll, freePort, sleep, SLOW, ROUTER_BIN, tempDir, toYaml, track, waitExit, pollUntil, checkSanitizers } from './lib/harness.mjs';
 
 // opens `n` HTTP/1.1 connections to host:port, each asking GET /healthz (keep-alive); resolves after
 // `ms` to {answered, sockets}: how many got a response line, and the open sockets (caller destroys)
@@ -96,5 +99,34 @@ describe('hostile review: operators view', () => {
     } finally {
       for (const s of held.sockets) s.destroy();
     }
+  });
+
+  it('more idle client connections than RLIMIT_NOFILE allows: held in the accept queue, no accept() spin; SIGTERM still exits', async () => {
+    // an operator's shell or unit with a low `ulimit -n` and the default max_connections (10000)
+    const port = await freePort();
+    const dir = tempDir('aor-it-nofile-');
+    const configPath = path.join(dir, 'backends.yaml');
+    writeFileSync(configPath, toYaml({ threads: 2, listen: [{ address: '127.0.0.1', port }], backends: [backendFor(east)] }));
+    const proc = track(spawn('prlimit', ['--nofile=256:256', ROUTER_BIN, '-c', configPath], { stdio: ['ignore', 'ignore', 'pipe'] }));
+    let stderr = '';
+    proc.stderr.setEncoding('utf8');
+    proc.stderr.on('data', (d) => (stderr += d));
+    const exited = waitExit(proc);
+    after(async () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      await exited;
+    });
+    assert.ok(await pollUntil(async () => (await get(`http://127.0.0.1:${port}`, '/healthz')).status === 200, { timeoutMs: 10000 * SLOW }), stderr);
+    const flood = await h1Flood('127.0.0.1', port, 400, 1500 * SLOW);
+    for (const s of flood.sockets) s.destroy();
+    assert.ok(flood.answered >= 20 && flood.answered < 200, `connections served at once under nofile 256: ${flood.answered}`);
+    // the workers are back to serving once the flood is gone, and SIGTERM ends the process
+    assert.ok(await pollUntil(async () => (await get(`http://127.0.0.1:${port}`, '/healthz', { timeoutMs: 2000 })).status === 200, { timeoutMs: 5000 * SLOW }), 'the data plane after the flood');
+    proc.kill('SIGTERM');
+    const res = await Promise.race([exited, sleep(10000 * SLOW).then(() => 'timeout')]);
+    assert.notEqual(res, 'timeout', 'aoai-router did not exit after SIGTERM');
+    assert.equal(res.code, 0, stderr);
+    checkSanitizers(stderr);
+    assert.match(stderr, /max_connections/, 'the start names the clamp');
   });
 });
