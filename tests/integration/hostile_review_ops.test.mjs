@@ -6,7 +6,7 @@ import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { startMock, startRouter, backendFor, get, stopAll, freePort, sleep, SLOW, ROUTER_BIN, tempDir, toYaml, track, waitExit, pollUntil, checkSanitizers } from './lib/harness.mjs';
+import { startMock, startRouter, backendFor, get, stopAll, freePort, sleep, SLOW, ROUTER_BIN, tempDir, toYaml, track, waitExit, pollUntil, checkSanitizers, h2load, httpRequest, startRedis, bodyFile, chatBody, CHAT_PATH } from './lib/harness.mjs';
 
 // opens `n` HTTP/1.1 connections to host:port, each asking GET /healthz (keep-alive); resolves after
 // `ms` to {answered, sockets}: how many got a response line, and the open sockets (caller destroys)
@@ -128,5 +128,50 @@ describe('hostile review: operators view', () => {
     assert.equal(res.code, 0, stderr);
     checkSanitizers(stderr);
     assert.match(stderr, /max_connections/, 'the start names the clamp');
+  });
+
+  it('scrapes of /status, /status.json and /metrics during load and SIGHUP reloads that add and drop backends: every answer whole', async () => {
+    const west = await startMock('westus');
+    after(async () => stopAll(west));
+    const mport = await freePort();
+    const mk = (n) => ({
+      metrics: { address: '127.0.0.1', port: mport, max_tenants: 3 },
+      backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o' } }), ...(n ? [backendFor(west, { name: `west${n}`, deployments: { 'gpt-4o': 'gpt-4o', [`m${n}`]: 'x' } })] : [])],
+    });
+    const router = await startRouter({ config: mk(0) });
+    after(async () => stopAll(router));
+    const mon = `http://127.0.0.1:${mport}`;
+    let stop = false;
+    const seen = { status: 0, json: 0, metrics: 0, reloads: 0 };
+    const scrape = async () => {
+      while (!stop) {
+        const [h, j, m] = await Promise.all(['/status', '/status.json', '/metrics'].map((p) => httpRequest(`${mon}${p}`)));
+        assert.equal(h.status, 200);
+        assert.match(h.body, /<\/html>\n$/, 'the page whole');
+        assert.equal(j.status, 200);
+        const doc = JSON.parse(j.body);
+        assert.ok(doc.backends.length >= 1 && doc.backends[0].name === 'eastus', j.body.slice(0, 200));
+        assert.equal(m.status, 200);
+        assert.match(m.body, /aoai_router_build_info/);
+        seen.status++, seen.json++, seen.metrics++;
+      }
+    };
+    const reload = async () => {
+      for (let i = 1; !stop; ++i) {
+        router.writeConfig(mk(i % 3));
+        router.signal('SIGHUP');
+        seen.reloads++;
+        await sleep(60);
+      }
+    };
+    const scrapers = [scrape(), scrape(), reload()];
+    const load = await h2load(['-D', '4', '-c', '4', '-m', '8', '-d', bodyFile(chatBody()), '-H', 'content-type: application/json', `${router.url}${CHAT_PATH}`], { timeoutMs: 25000 * SLOW });
+    stop = true;
+    await Promise.all(scrapers);
+    assert.ok(load.requests.succeeded >= 100, load.output);
+    assert.equal(load.requests.failed + load.requests.errored, 0, load.output);
+    assert.equal(load.status['2xx'], load.requests.done, load.output);
+    assert.ok(seen.status >= 5 && seen.reloads >= 5, JSON.stringify(seen));
+    await router.stop(); // exits 0, no sanitizer report
   });
 });
