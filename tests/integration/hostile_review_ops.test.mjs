@@ -6,7 +6,7 @@ import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { startMock, startRouter, backendFor, get, stopAll, freePort, sleep, SLOW, ROUTER_BIN, tempDir, toYaml, track, waitExit, pollUntil, checkSanitizers, h2load, httpRequest, startRedis, bodyFile, chatBody, CHAT_PATH } from './lib/harness.mjs';
+import { startMock, startRouter, backendFor, get, stopAll, freePort, sleep, SLOW, ROUTER_BIN, tempDir, toYaml, track, waitExit, pollUntil, checkSanitizers, ROOT, h2load, httpRequest, startRedis, bodyFile, chatBody, CHAT_PATH } from './lib/harness.mjs';
 
 // opens `n` HTTP/1.1 connections to host:port, each asking GET /healthz (keep-alive); resolves after
 // `ms` to {answered, sockets}: how many got a response line, and the open sockets (caller destroys)
@@ -107,7 +107,12 @@ describe('hostile review: operators view', () => {
     const dir = tempDir('aor-it-nofile-');
     const configPath = path.join(dir, 'backends.yaml');
     writeFileSync(configPath, toYaml({ threads: 2, listen: [{ address: '127.0.0.1', port }], backends: [backendFor(east)] }));
-    const proc = track(spawn('prlimit', ['--nofile=256:256', ROUTER_BIN, '-c', configPath], { stdio: ['ignore', 'ignore', 'pipe'] }));
+    const env = {
+      ...process.env,
+      ASAN_OPTIONS: process.env.ASAN_OPTIONS ?? 'detect_leaks=1',
+      LSAN_OPTIONS: process.env.LSAN_OPTIONS ?? `suppressions=${path.join(ROOT, 'tests/lsan.supp')}`, // as startRouter
+    };
+    const proc = track(spawn('prlimit', ['--nofile=256:256', ROUTER_BIN, '-c', configPath], { env, stdio: ['ignore', 'ignore', 'pipe'] }));
     let stderr = '';
     proc.stderr.setEncoding('utf8');
     proc.stderr.on('data', (d) => (stderr += d));
