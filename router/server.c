@@ -478,10 +478,10 @@ static void on_accept_timer(uv_timer_t *t);
 
 /*
  * Descriptors: the soft RLIMIT_NOFILE is raised to the hard one; then client connections are held
- * back (like limits.max_connections) where the rest would be needed by the fixed descriptors and
- * one upstream connection each. Running out makes accept() fail with EMFILE, which libuv 1.44
- * retries without returning to its loop once its reserve descriptor went to another thread: the
- * workers spin, serve nothing and never stop, even after the clients left.
+ * back (like limits.max_connections) where the rest would be needed by the fixed descriptors and a
+ * margin for upstream and Redis connections. Running out makes accept() fail with EMFILE, which
+ * libuv 1.44 retries without returning to its loop once its reserve descriptor went to another
+ * thread: the workers spin, serve nothing and never stop, even after the clients left.
  */
 static void fit_descriptors(const struct aor_config *conf, size_t n_listens, size_t n_workers)
 {
@@ -495,8 +495,8 @@ static void fit_descriptors(const struct aor_config *conf, size_t n_listens, siz
         if (up.rlim_cur > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &up) == 0)
             rl.rlim_cur = up.rlim_cur;
     }
-    fixed = 64 + (rlim_t)n_workers * (16 + n_listens) + (conf->metrics.enabled ? AOR_METRICS_MAX_CONNECTIONS : 0);
-    cap = rl.rlim_cur > fixed + 2 ? (rl.rlim_cur - fixed) / 2 : 1;
+    fixed = AOR_FD_MARGIN + (rlim_t)n_workers * (16 + n_listens) + (conf->metrics.enabled ? AOR_METRICS_MAX_CONNECTIONS : 0);
+    cap = rl.rlim_cur > fixed + 16 ? rl.rlim_cur - fixed : 16;
     if (cap >= conf->limits.max_connections)
         return;
     fd_conn_cap = (unsigned)cap;

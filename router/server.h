@@ -103,6 +103,9 @@ struct aor_worker {
  * queue, apart from limits.max_connections */
 #define AOR_METRICS_MAX_CONNECTIONS 64
 
+/* descriptors RLIMIT_NOFILE must leave beyond the client connections: upstream, Redis, log files */
+#define AOR_FD_MARGIN 256
+
 /* ceiling on the requests a client connection may abandon (reset, cancel, disconnect before the
  * answer) beyond the ones it completed; past it the connection is shut down (Rapid Reset) */
 #define AOR_CONN_RESET_BUDGET 100
