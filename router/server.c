@@ -524,8 +524,11 @@ static int accept_one(uv_stream_t *listener, size_t index)
     h2o_socket_t *sock;
 
     /* the metrics listener has a cap of its own: never held back by the data plane's, and its
-     * connections (reachable from anywhere on its network) cannot take the process's descriptors */
-    if (metrics ? __atomic_load_n(&metrics_conns, __ATOMIC_RELAXED) >= AOR_METRICS_MAX_CONNECTIONS : conn_cap_reached(w)) {
+     * connections (reachable from anywhere on its network) cannot take the process's descriptors.
+     * Its slot is taken before the check (two workers never both take the last one) */
+    if (metrics ? __atomic_add_fetch(&metrics_conns, 1, __ATOMIC_RELAXED) > AOR_METRICS_MAX_CONNECTIONS : conn_cap_reached(w)) {
+        if (metrics)
+            __atomic_fetch_sub(&metrics_conns, 1, __ATOMIC_RELAXED);
         /* not calling uv_accept makes libuv keep this one and stop polling the listener; the
          * rest wait in the kernel's accept queue */
         w->paused[index] = 1;
@@ -538,6 +541,8 @@ static int accept_one(uv_stream_t *listener, size_t index)
     memset(c, 0, sizeof(*c));
     uv_tcp_init(listener->loop, &c->tcp);
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+        if (metrics)
+            __atomic_fetch_sub(&metrics_conns, 1, __ATOMIC_RELAXED);
         uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
         return 0;
     }
@@ -546,8 +551,6 @@ static int accept_one(uv_stream_t *listener, size_t index)
     c->metrics = metrics;
     if (counted)
         __atomic_fetch_add(&client_conns, 1, __ATOMIC_RELAXED);
-    else
-        __atomic_fetch_add(&metrics_conns, 1, __ATOMIC_RELAXED);
     h2o_linklist_insert(&w->conns, &c->link);
     uv_tcp_nodelay(&c->tcp, 1);
     sock = h2o_uv_socket_create((uv_stream_t *)&c->tcp, on_conn_closed);
