@@ -751,22 +751,13 @@ void aor_pipeline_finish(struct aor_request *ar)
     aor_accesslog_write(ar->worker->accesslog, ar);
 }
 
-/* 1 when `req` came in on the `metrics:` listener (0 when there is none). The listener opened at
- * start counts, whatever a reload's file says (listeners move only with a restart) */
+/* 1 when `req` came in on the `metrics:` listener (0 when there is none): the socket it was
+ * accepted on, not its port (a data-plane listener may share the port at another address) */
 static int on_metrics_listener(h2o_req_t *req)
 {
-    struct sockaddr_storage ss;
-    socklen_t sslen;
-    uint16_t port = 0, mport = aor_server_metrics_port();
+    const struct aor_client_conn *c = aor_server_conn_of(req->conn);
 
-    if (mport == 0)
-        return 0;
-    sslen = req->conn->callbacks->get_sockname(req->conn, (struct sockaddr *)&ss);
-    if (sslen != 0 && ss.ss_family == AF_INET)
-        port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    else if (sslen != 0 && ss.ss_family == AF_INET6)
-        port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    return port == mport;
+    return c != NULL && c->metrics;
 }
 
 static void send_owned(h2o_req_t *req, char *body, size_t len, const char *content_type)

@@ -11,6 +11,7 @@
  * limits.drain_timeout_ms has passed.
  */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <openssl/evp.h>
 #include <openssl/err.h>
@@ -177,7 +179,9 @@ static SSL_CTX *make_ssl_ctx(const struct aor_listen_conf *lc)
 /* ---- client connections ------------------------------------------------------------ */
 
 uint64_t aor_inflight_body_bytes;
-static unsigned client_conns; /* counted connections of every worker (atomic) */
+static unsigned client_conns;           /* counted connections of every worker (atomic) */
+static unsigned metrics_conns;          /* connections on the metrics listener, every worker (atomic) */
+static unsigned fd_conn_cap = UINT_MAX; /* client connections RLIMIT_NOFILE leaves room for (fit_descriptors) */
 
 /* h2o 2.2.5's libuv socket (lib/common/socket/uv-binding.c.h) starts with these members; the
  * accept callback checks the layout on every socket before relying on it */
@@ -201,6 +205,8 @@ static void on_conn_closed(uv_handle_t *h)
 
     if (c->counted)
         __atomic_fetch_sub(&client_conns, 1, __ATOMIC_RELAXED);
+    else if (c->metrics)
+        __atomic_fetch_sub(&metrics_conns, 1, __ATOMIC_RELAXED);
     h2o_linklist_unlink(&c->link);
     if (h2o_linklist_is_linked(&c->goaway_link))
         h2o_linklist_unlink(&c->goaway_link);
@@ -470,9 +476,40 @@ static void hblock_on_read(h2o_socket_t *sock, const char *err)
 
 static void on_accept_timer(uv_timer_t *t);
 
+/*
+ * Descriptors: the soft RLIMIT_NOFILE is raised to the hard one; then client connections are held
+ * back (like limits.max_connections) where the rest would be needed by the fixed descriptors and a
+ * margin for upstream and Redis connections. Running out makes accept() fail with EMFILE, which
+ * libuv 1.44 retries without returning to its loop once its reserve descriptor went to another
+ * thread: the workers spin, serve nothing and never stop, even after the clients left.
+ */
+static void fit_descriptors(const struct aor_config *conf, size_t n_listens, size_t n_workers)
+{
+    struct rlimit rl;
+    rlim_t fixed, cap;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit up = {rl.rlim_max < (rlim_t)1 << 20 ? rl.rlim_max : (rlim_t)1 << 20, rl.rlim_max};
+        if (up.rlim_cur > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl.rlim_cur = up.rlim_cur;
+    }
+    fixed = AOR_FD_MARGIN + (rlim_t)n_workers * (16 + n_listens) + (conf->metrics.enabled ? AOR_METRICS_MAX_CONNECTIONS : 0);
+    cap = rl.rlim_cur > fixed + 16 ? rl.rlim_cur - fixed : 16;
+    if (cap >= conf->limits.max_connections)
+        return;
+    fd_conn_cap = (unsigned)cap;
+    AOR_LOG(AOR_LOG_WARN, "server",
+            "limits.max_connections %u needs more descriptors than RLIMIT_NOFILE %llu gives: at most %u client connections "
+            "at once (raise it: LimitNOFILE= in the unit, ulimit -n)",
+            conf->limits.max_connections, (unsigned long long)rl.rlim_cur, fd_conn_cap);
+}
+
 static int conn_cap_reached(struct aor_worker *w)
 {
-    return __atomic_load_n(&client_conns, __ATOMIC_RELAXED) >= w->conf->limits.max_connections;
+    unsigned cap = w->conf->limits.max_connections < fd_conn_cap ? w->conf->limits.max_connections : fd_conn_cap;
+    return __atomic_load_n(&client_conns, __ATOMIC_RELAXED) >= cap;
 }
 
 /* accepts the connection libuv holds for `listener`; 0, or -1 to hold it (at the cap) */
@@ -480,11 +517,18 @@ static int accept_one(uv_stream_t *listener, size_t index)
 {
     struct aor_worker *w = worker_of_listener(listener);
     h2o_accept_ctx_t *actx = listener->data;
-    int counted = index < w->conf->num_listeners; /* the metrics listener is never held back */
+    /* the metrics listener is the last one, when opened at start (w->conf may be a reload's, whose
+     * listen list is not what was opened) */
+    int metrics = metrics_port != 0 && index + 1 == w->num_listeners, counted = !metrics;
     struct aor_client_conn *c;
     h2o_socket_t *sock;
 
-    if (counted && conn_cap_reached(w)) {
+    /* the metrics listener has a cap of its own: never held back by the data plane's, and its
+     * connections (reachable from anywhere on its network) cannot take the process's descriptors.
+     * Its slot is taken before the check (two workers never both take the last one) */
+    if (metrics ? __atomic_add_fetch(&metrics_conns, 1, __ATOMIC_RELAXED) > AOR_METRICS_MAX_CONNECTIONS : conn_cap_reached(w)) {
+        if (metrics)
+            __atomic_fetch_sub(&metrics_conns, 1, __ATOMIC_RELAXED);
         /* not calling uv_accept makes libuv keep this one and stop polling the listener; the
          * rest wait in the kernel's accept queue */
         w->paused[index] = 1;
@@ -497,11 +541,14 @@ static int accept_one(uv_stream_t *listener, size_t index)
     memset(c, 0, sizeof(*c));
     uv_tcp_init(listener->loop, &c->tcp);
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+        if (metrics)
+            __atomic_fetch_sub(&metrics_conns, 1, __ATOMIC_RELAXED);
         uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
         return 0;
     }
     c->worker = w;
     c->counted = counted;
+    c->metrics = metrics;
     if (counted)
         __atomic_fetch_add(&client_conns, 1, __ATOMIC_RELAXED);
     h2o_linklist_insert(&w->conns, &c->link);
@@ -888,6 +935,7 @@ int aor_server_run(struct aor_config *conf)
     }
     ssl_ctxs = calloc(num_listens, sizeof(*ssl_ctxs));
     num_workers = conf->threads != 0 ? conf->threads : 1;
+    fit_descriptors(conf, num_listens, num_workers);
     workers = calloc(num_workers, sizeof(*workers));
     fds = malloc(sizeof(*fds) * num_listens * num_workers);
     if (ssl_ctxs == NULL || workers == NULL || fds == NULL)

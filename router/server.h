@@ -36,6 +36,7 @@ struct aor_client_conn {
     h2o_socket_t *sock;
     h2o_linklist_t link;        /* worker->conns */
     int counted;                /* counts against limits.max_connections (not the metrics listener) */
+    int metrics;                /* accepted on the `metrics:` listener opened at start (/status, /metrics) */
     int closing;                /* shut down by us: refuse whatever else arrives on it */
     unsigned resets;            /* requests that ended before their answer was sent */
     unsigned completed;         /* data-plane requests whose answer was sent */
@@ -97,6 +98,13 @@ struct aor_worker {
     uv_timer_t goaway_timer;  /* closes the connections queued in `goaways` */
     h2o_linklist_t goaways;
 };
+
+/* connections the metrics listener holds at once (scrapers, status pages); more wait in the accept
+ * queue, apart from limits.max_connections */
+#define AOR_METRICS_MAX_CONNECTIONS 64
+
+/* descriptors RLIMIT_NOFILE must leave beyond the client connections: upstream, Redis, log files */
+#define AOR_FD_MARGIN 256
 
 /* ceiling on the requests a client connection may abandon (reset, cancel, disconnect before the
  * answer) beyond the ones it completed; past it the connection is shut down (Rapid Reset) */
