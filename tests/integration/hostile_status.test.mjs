@@ -134,7 +134,7 @@ describe('hostile status config', () => {
     const cases = [
       [{ ...base, tenants: { '<script>': { tpm: 1 } } }, /tenants/],
       [{ ...base, metrics: { max_tenants: -1 } }, /max_tenants/],
-      [{ ...base, metrics: { max_tenants: 100001 } }, /max_tenants/],
+      [{ ...base, metrics: { max_tenants: 10001 } }, /max_tenants/],
       [{ ...base, metrics: { max_tenant: 5 } }, /max_tenants/], // a typo: the nearest known name suggested
     ];
     for (const [conf, want] of cases) {
