@@ -936,7 +936,8 @@ static void emit_credential_series(struct out *o, const struct aor_config *conf,
  * one has no limit sample) and the usage of the current windows as the router last knew it */
 static void emit_tenant_gauges(struct out *o, int64_t now_ms)
 {
-    static const char *const names[4] = {"tpm", "rpm", "tokens_per_day", "tokens_per_month"};
+    /* the `limit` values of aoai_router_quota_rejections_total (SPEC §7), so the two join */
+    static const char *const names[4] = {"tpm", "rpm", "day", "month"};
     size_t n, i, k;
     struct aor_metrics_tenant *t = aor_metrics_tenants(now_ms, &n);
     char tenant[300];

@@ -63,6 +63,7 @@ struct aor_redis_cmd {
     struct aor_redis_cmd *next;
     enum cmd_kind kind;
     uint64_t serial; /* an Entra ID AUTH: the token's serial; 0 otherwise */
+    int evalsha;     /* NOSCRIPT is its expected answer, not an error (only EVALSHA's) */
 };
 
 /* one transport attempt; freed when it is given up (the h2o socket closes on its own) */
@@ -632,6 +633,7 @@ static struct aor_redis_cmd *new_cmd(struct aor_redis *r, enum cmd_kind kind, ao
     cmd->deadline = uv_now(r->loop) + r->timeout_ms;
     cmd->next = NULL;
     cmd->serial = 0;
+    cmd->evalsha = 0;
     return cmd;
 }
 
@@ -1008,7 +1010,7 @@ static void dispatch_replies(struct conn *c)
             cmd->cb = NULL;
             /* NOSCRIPT is the expected answer to the first EVALSHA after a start or SCRIPT FLUSH
              * (the caller loads the script and goes on): not a failure an operator should see */
-            if (err != NULL && !(reply->len >= 8 && memcmp(reply->str, "NOSCRIPT", 8) == 0))
+            if (err != NULL && !(cmd->evalsha && reply->len >= 8 && memcmp(reply->str, "NOSCRIPT", 8) == 0))
                 count_error();
             cb(cmd->data, reply, err);
         }
@@ -1553,6 +1555,7 @@ struct aor_redis_cmd *aor_redis_command_argv(struct aor_redis *r, aor_redis_cb c
     if (forbidden_name(argv[0], argvlen != NULL ? argvlen[0] : strlen(argv[0])) || out_reserve(c, len) != 0 ||
         (cmd = new_cmd(r, CMD_USER, cb, data)) == NULL)
         goto fail;
+    cmd->evalsha = (argvlen != NULL ? argvlen[0] : strlen(argv[0])) == 7 && strncasecmp(argv[0], "evalsha", 7) == 0;
     p = put_count(c->out + c->out_len, '*', (size_t)argc);
     for (int i = 0; i != argc; ++i) {
         size_t l = argvlen != NULL ? argvlen[i] : strlen(argv[i]);

@@ -35,12 +35,12 @@ async function quotaShapeExporter() {
     '# TYPE aoai_router_tenant_quota_limit gauge',
     'aoai_router_tenant_quota_limit{tenant="acme",limit="tpm"} 100000',
     'aoai_router_tenant_quota_limit{tenant="acme",limit="rpm"} 100',
-    'aoai_router_tenant_quota_limit{tenant="acme",limit="tokens_per_day"} -1',
+    'aoai_router_tenant_quota_limit{tenant="acme",limit="day"} -1',
     'aoai_router_tenant_quota_limit{tenant="blocked",limit="tpm"} 0',
     '# TYPE aoai_router_tenant_quota_used gauge',
     'aoai_router_tenant_quota_used{tenant="acme",limit="tpm"} 95000',
     'aoai_router_tenant_quota_used{tenant="acme",limit="rpm"} 10',
-    'aoai_router_tenant_quota_used{tenant="acme",limit="tokens_per_day"} 400000',
+    'aoai_router_tenant_quota_used{tenant="acme",limit="day"} 400000',
     'aoai_router_tenant_quota_used{tenant="blocked",limit="tpm"} 0',
     '',
   ].join('\n');
@@ -200,13 +200,13 @@ describe('dashboards on a real Prometheus', () => {
       assert.ok(res.some((s) => !Number.isNaN(Number(s.value[1]))), `"${t.panel}" ${t.refId}: nothing on the agreed gauges\n    ${t.expr}`);
       values[`${t.panel} ${t.refId}`] = Object.fromEntries(res.map((s) => [`${s.metric.tenant ?? ''}/${s.metric.limit ?? ''}`, Number(s.value[1])]));
     }
-    // acme: tpm 95 % used, rpm 10 %, tokens_per_day unlimited (-1); blocked: tpm 0 (blocked)
+    // acme: tpm 95 % used, rpm 10 %, day unlimited (-1); blocked: tpm 0 (blocked)
     assert.deepEqual(values['Tenants above 90 % of a quota A'], { '/': 1 });
     assert.deepEqual(values['Usage of each quota window (% of the limit) A'], { 'acme/tpm': 95, 'acme/rpm': 10 });
     assert.deepEqual(values['Remaining tokens per tenant (minute, day, month) A'], { 'acme/tpm': 5000 });
     assert.deepEqual(values['Top 10 tenants closest to a quota A'], { 'acme/': 95 });
     assert.equal(values['Quota and usage per tenant A']['blocked/tpm'], 0);
-    assert.equal(values['Quota and usage per tenant A']['acme/tokens_per_day'], -1);
+    assert.equal(values['Quota and usage per tenant A']['acme/day'], -1);
   });
 
   it('pending: the tenants dashboard\'s quota panels (aoai_router_tenant_quota_limit/_used not in this build)', (t) => {

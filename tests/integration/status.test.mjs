@@ -187,12 +187,12 @@ describe('status page: in-process quotas, five tenants, metrics.max_tenants 3', 
     const m = await metricsText(mport);
     const g = (name, limit, tenant = 'alpha') => metricSum(m, name, { tenant, limit });
     assert.deepEqual(
-      ['tpm', 'rpm', 'tokens_per_day'].map((l) => g('aoai_router_tenant_quota_limit', l)),
+      ['tpm', 'rpm', 'day'].map((l) => g('aoai_router_tenant_quota_limit', l)),
       [1000, 10, 5000],
     );
-    assert.ok(!/aoai_router_tenant_quota_limit\{tenant="alpha",limit="tokens_per_month"\}/.test(m), 'unlimited has no limit sample');
+    assert.ok(!/aoai_router_tenant_quota_limit\{tenant="alpha",limit="month"\}/.test(m), 'unlimited has no limit sample');
     assert.deepEqual(
-      ['tpm', 'rpm', 'tokens_per_day', 'tokens_per_month'].map((l) => g('aoai_router_tenant_quota_used', l)),
+      ['tpm', 'rpm', 'day', 'month'].map((l) => g('aoai_router_tenant_quota_used', l)),
       [2 * CHARGED, 2, 2 * CHARGED, 2 * CHARGED],
     );
     assert.equal(g('aoai_router_tenant_quota_limit', 'tpm', 'bravo'), 25);
@@ -290,7 +290,7 @@ describe('status page: Redis quotas (the reserve script reports the windows)', (
     // the gauges say the same; Redis holds what the mock reported
     const m = await metricsText(mport);
     assert.equal(metricSum(m, 'aoai_router_tenant_quota_used', { tenant: TENANT, limit: 'rpm' }), 3);
-    assert.equal(metricSum(m, 'aoai_router_tenant_quota_limit', { tenant: TENANT, limit: 'tokens_per_month' }), 900);
+    assert.equal(metricSum(m, 'aoai_router_tenant_quota_limit', { tenant: TENANT, limit: 'month' }), 900);
   });
 
   it("another replica's cooldown (read from Redis) shows as cooling, reason 429_shared, until its exact end", async () => {

@@ -386,8 +386,8 @@ int main(void)
         if ((text = aor_metrics_render(conf, now, &len)) == NULL)
             return 1;
         CHECK(strstr(text, "aoai_router_tenant_quota_limit{tenant=\"a\",limit=\"tpm\"} 1000\n") != NULL);
-        CHECK(strstr(text, "aoai_router_tenant_quota_limit{tenant=\"a\",limit=\"tokens_per_month\"} 0\n") != NULL);
-        CHECK(strstr(text, "aoai_router_tenant_quota_limit{tenant=\"a\",limit=\"tokens_per_day\"}") == NULL); /* unlimited */
+        CHECK(strstr(text, "aoai_router_tenant_quota_limit{tenant=\"a\",limit=\"month\"} 0\n") != NULL);
+        CHECK(strstr(text, "aoai_router_tenant_quota_limit{tenant=\"a\",limit=\"day\"}") == NULL); /* unlimited */
         CHECK(strstr(text, "aoai_router_tenant_quota_used{tenant=\"a\",limit=\"rpm\"} 0\n") != NULL);
         CHECK_EQ_INT(count(text, "aoai_router_tenant_quota_used{"), 4); /* only "a" has a quota known */
         free(text);
