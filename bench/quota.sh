@@ -8,6 +8,9 @@
 # price of the shared quota, paid on another machine in production).
 #   h1   wrk, HTTP/1.1, 64 connections, non-streaming chat completion
 #   sse  wrk, HTTP/1.1, 64 connections, streamed chat completion without include_usage
+#   h1-rate  h2load --h1, 64 connections, the h1 request at a fixed total rate (RATE, default
+#        6400/s) that every proxy sustains: CPU per request at equal work (at full speed the
+#        slower proxy also pays for more loop wakeups per request; no latency percentiles here)
 #        (the router adds it upstream and drops the usage chunk)
 # Target (issue 8): on ≤ 1.3 × off in router CPU per request.
 # Usage: [PERF=1] bench/quota.sh [seconds per run, default 10]  (PERF=1: perf record of router-on, h1)   (results in bench/results/quota-*.tsv)
@@ -90,6 +93,26 @@ run() { # scenario proxy port lua pids...
     "$(awk -v d=$((ra - rb)) -v r="$reqs" -v hz=$CLK_TCK 'BEGIN { printf "%.1f", (r > 0 ? d * 1e6 / hz / r : 0) }')" | tee -a $results
 }
 
+# the same load for all three: a fixed rate every proxy sustains (h2load --rps), so a slower
+# proxy is not charged for the loop wakeups a lower request rate costs (fewer requests per
+# epoll_wait): CPU per request at equal work
+RATE=${RATE:-6400}
+run_rate() { # proxy port pids...
+  local px=$1 port=$2; shift 2
+  local before after rb ra reqs
+  before=$(cpu_ticks "$@"); rb=$(cpu_ticks $REDIS_PID)
+  h2load --h1 -c 64 --rps=$((RATE / 64)) -D $DUR -d $TMP/body.json -H 'content-type: application/json' \
+    "http://127.0.0.1:$port$PATHQ" >$TMP/h2load.out
+  after=$(cpu_ticks "$@"); ra=$(cpu_ticks $REDIS_PID)
+  reqs=$(awk '/^requests:/ {print $8}' $TMP/h2load.out)
+  grep -q "^requests: .* 0 failed, 0 errored" $TMP/h2load.out || grep '^requests:' $TMP/h2load.out >&2
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "h1-rate" "$px" "$(awk -v r="$reqs" -v d=$DUR 'BEGIN { printf "%.2f", r / d }')" \
+    "-" "-" \
+    "$(awk -v d=$((after - before)) -v r="$reqs" -v hz=$CLK_TCK 'BEGIN { printf "%.1f", (r > 0 ? d * 1e6 / hz / r : 0) }')" \
+    "$(awk -v d=$((ra - rb)) -v r="$reqs" -v hz=$CLK_TCK 'BEGIN { printf "%.1f", (r > 0 ? d * 1e6 / hz / r : 0) }')" | tee -a $results
+}
+printf '%s' "$BODY" >$TMP/body.json
+
 echo "== $DUR s per run" >&2
 for sc in h1 sse; do
   lua=$TMP/chat.lua
@@ -101,9 +124,12 @@ for sc in h1 sse; do
   run $sc router-on $ON_PORT $lua $PID_28081
   run $sc nginx $NGINX_PORT $lua $NGINX_PIDS
 done
+run_rate router-off $OFF_PORT $PID_28080
+run_rate router-on $ON_PORT $PID_28081
+run_rate nginx $NGINX_PORT $NGINX_PIDS
 awk -F'\t' 'NR > 1 { c[$1 "/" $2] = $6; p[$1 "/" $2] = $5 }
-  END { split("h1 sse", s, " "); for (i = 1; i <= 2; i++) if (c[s[i] "/router-off"] > 0)
-    printf "%-4s quotas on/off router CPU per request: %.2fx (%s vs %s µs; nginx %s); p99 %s vs %s ms\n", s[i],
+  END { split("h1 sse h1-rate", s, " "); for (i = 1; i <= 3; i++) if (c[s[i] "/router-off"] > 0)
+    printf "%-7s quotas on/off router CPU per request: %.2fx (%s vs %s µs; nginx %s); p99 %s vs %s ms\n", s[i],
       c[s[i] "/router-on"] / c[s[i] "/router-off"], c[s[i] "/router-on"], c[s[i] "/router-off"], c[s[i] "/nginx"],
       p[s[i] "/router-on"], p[s[i] "/router-off"] }' $results | tee $OUT/quota-latest-summary.txt
 redis-cli -p $REDIS_PORT --raw HGET "aoai:usage:{default}:day:$(date -u +%Y%m%d)" requests | sed 's/^/requests recorded in Redis: /' >&2

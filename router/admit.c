@@ -45,14 +45,17 @@
 
 /* KEYS: tenant hash, usage minute, usage day, usage month, reservation buckets (this minute first).
  * ARGV: deployment, fallback deployments ("*" = all), and the numbers (one argument, space
- *       separated: fewer arguments to format): estimate, fallback tpm rpm day month, retry-after
- *       of minute, day, month, buckets in today, buckets in this month, bucket TTL; and the
- *       reservation's id (its field r:<id> in the bucket marks the reservation to give back).
- * Returns {0 admitted | 1 over quota | 2 forbidden, limit or reason, retry-after,
- *          remaining tokens, remaining requests, the quota fields of the tenant hash present
- *          (name, value cut to 2 KiB; flat, as HGETALL gives them),
- *          usage {minute tokens, minute requests, day tokens, month tokens} with this request's
- *          reservation when admitted ({} when forbidden)}. */
+ *       separated: fewer arguments to format): estimate, fallback tpm rpm day month, buckets in
+ *       today, buckets in this month, bucket TTL; and the reservation's id (its field r:<id> in
+ *       the bucket marks the reservation to give back).
+ * Returns one string (one reply object to read, not a dozen):
+ *   "<code> <what> <remaining tokens> <remaining requests> <minute tokens> <minute requests>
+ *    <day tokens> <month tokens> <len1> ... <len6>\n<values>"
+ * code 0 admitted (what "-"), 1 over quota (what: the limit), 2 forbidden (what: the reason);
+ * the four usage numbers are the windows as this reply leaves them (with this request's
+ * reservation when admitted; -1 when forbidden); len1..len6 are the lengths of the tenant
+ * hash's six quota fields (tpm, rpm, tokens_per_day, tokens_per_month, deployments, disabled),
+ * each cut to 2 KiB, -1 when absent, and <values> the present ones end to end. */
 static const char reserve_lua[] =
     "local n = {}\n"
     "for x in string.gmatch(ARGV[3], '%S+') do n[#n + 1] = tonumber(x) end\n"
@@ -61,13 +64,19 @@ static const char reserve_lua[] =
      * would lose its Redis), nor HGETALL of a huge hash stall Redis */
     "local names = {'tpm', 'rpm', 'tokens_per_day', 'tokens_per_month', 'deployments', 'disabled'}\n"
     "local v = redis.call('HMGET', KEYS[1], unpack(names))\n"
-    "local f, h = {}, {}\n"
+    "local f, len, val = {}, {}, {}\n"
     "for i = 1, #names do\n"
     "  if v[i] then\n"
     "    f[names[i]] = v[i]\n"
-    "    h[#h + 1] = names[i]\n"
-    "    h[#h + 1] = string.sub(v[i], 1, 2048)\n"
+    "    val[#val + 1] = string.sub(v[i], 1, 2048)\n"
+    "    len[i] = #val[#val]\n"
+    "  else\n"
+    "    len[i] = -1\n"
     "  end\n"
+    "end\n"
+    "local hv = table.concat(len, ' ') .. '\\n' .. table.concat(val)\n"
+    "local function reply(code, what, rt, rr, u1, u2, u3, u4)\n"
+    "  return string.format('%d %s %d %d %d %d %d %d ', code, what, rt, rr, u1, u2, u3, u4) .. hv\n"
     "end\n"
     "local function num(v, def)\n"
     "  if v ~= nil then\n"
@@ -97,9 +106,9 @@ static const char reserve_lua[] =
     "local dis = f['disabled']\n"
     "if dis ~= nil then\n"
     "  local l = string.lower(dis)\n"
-    "  if not (l == '' or l == '0' or l == 'false' or l == 'no') then return {2, 'disabled', 0, -1, -1, h, {}} end\n"
+    "  if not (l == '' or l == '0' or l == 'false' or l == 'no') then return reply(2, 'disabled', -1, -1, -1, -1, -1, -1) end\n"
     "end\n"
-    "if tpm == 0 or rpm == 0 or day == 0 or month == 0 then return {2, 'zero', 0, -1, -1, h, {}} end\n"
+    "if tpm == 0 or rpm == 0 or day == 0 or month == 0 then return reply(2, 'zero', -1, -1, -1, -1, -1, -1) end\n"
     "local deps = ARGV[2]\n"
     "local d = f['deployments']\n"
     "if d ~= nil then\n"
@@ -107,9 +116,9 @@ static const char reserve_lua[] =
     "  if #d < 1024 and string.find(d, '[^,]') and not string.find(d, '[%z\\1-\\32\\127]') then deps = d end\n"
     "end\n"
     "if ARGV[1] ~= '' and deps ~= '*' and not string.find(',' .. deps .. ',', ',' .. ARGV[1] .. ',', 1, true) then\n"
-    "  return {2, 'deployment', 0, -1, -1, h, {}}\n"
+    "  return reply(2, 'deployment', -1, -1, -1, -1, -1, -1)\n"
     "end\n"
-    "local est, nday, nmonth = n[1], n[9], n[10]\n"
+    "local est, nday, nmonth = n[1], n[6], n[7]\n"
     "local rday, rmonth = 0, 0\n"
     "for i = 5, #KEYS do\n"
     "  local t = get(KEYS[i], 'tokens')\n"
@@ -120,20 +129,18 @@ static const char reserve_lua[] =
     "local mr = get(KEYS[2], 'requests') + get(KEYS[5], 'requests')\n"
     "local dt = (day >= 0 and get or peek)(KEYS[3], 'total_tokens') + rday\n"
     "local mo = (month >= 0 and get or peek)(KEYS[4], 'total_tokens') + rmonth\n"
-    /* the windows' usage as this reply leaves it (the status page and the quota gauges) */
-    "local u = {mt, mr, dt, mo}\n"
-    "if month >= 0 and mo + est > month then return {1, 'month', n[8], -1, -1, h, u} end\n"
-    "if day >= 0 and dt + est > day then return {1, 'day', n[7], -1, -1, h, u} end\n"
-    "if tpm >= 0 and mt + est > tpm then return {1, 'tpm', n[6], -1, -1, h, u} end\n"
-    "if rpm >= 0 and mr + 1 > rpm then return {1, 'rpm', n[6], -1, -1, h, u} end\n"
+    "if month >= 0 and mo + est > month then return reply(1, 'month', -1, -1, mt, mr, dt, mo) end\n"
+    "if day >= 0 and dt + est > day then return reply(1, 'day', -1, -1, mt, mr, dt, mo) end\n"
+    "if tpm >= 0 and mt + est > tpm then return reply(1, 'tpm', -1, -1, mt, mr, dt, mo) end\n"
+    "if rpm >= 0 and mr + 1 > rpm then return reply(1, 'rpm', -1, -1, mt, mr, dt, mo) end\n"
     "redis.call('HINCRBY', KEYS[5], 'tokens', est)\n"
     "redis.call('HINCRBY', KEYS[5], 'requests', 1)\n"
     "redis.call('HSET', KEYS[5], 'r:' .. ARGV[4], est)\n"
-    "redis.call('EXPIRE', KEYS[5], n[11])\n"
+    "redis.call('EXPIRE', KEYS[5], n[8])\n"
     "local rt, rr = -1, -1\n"
     "if tpm >= 0 then rt = tpm - mt - est end\n"
     "if rpm >= 0 then rr = rpm - mr - 1 end\n"
-    "return {0, '', 0, rt, rr, h, {mt + est, mr + 1, dt + est, mo + est}}\n";
+    "return reply(0, '-', rt, rr, mt + est, mr + 1, dt + est, mo + est)\n";
 
 /* KEYS: usage keys, then the reservation bucket when it has one, then the settle markers.
  * ARGV: deployment ('' none), the numbers (space separated): has bucket (1/0), estimate,
@@ -173,9 +180,14 @@ static const char settle_lua[] = "local n = {}\n"
 struct script {
     const char *body;
     char sha[41];
+    /* the bulk strings EVALSHA and EVAL send: "$40\r\n<sha>\r\n", "$<len>\r\n<body>\r\n" */
+    char sha_bulk[48];
+    size_t sha_bulk_len;
+    char *body_bulk; /* NULL: out of memory at start (every call fails: Redis counts as unavailable) */
+    size_t body_bulk_len;
 };
 
-static struct script reserve_script = {reserve_lua, ""}, settle_script = {settle_lua, ""};
+static struct script reserve_script = {.body = reserve_lua}, settle_script = {.body = settle_lua};
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
 
 static void sha1_hex(struct script *s)
@@ -193,10 +205,31 @@ static void sha1_hex(struct script *s)
     s->sha[40] = '\0';
 }
 
+static void make_bulks(struct script *s)
+{
+    size_t len = strlen(s->body);
+    char *p;
+
+    if (s->sha[0] != '\0') {
+        p = aor_redis_put_count(s->sha_bulk, '$', 40);
+        memcpy(p, s->sha, 40);
+        memcpy(p + 40, "\r\n", 2);
+        s->sha_bulk_len = (size_t)(p + 42 - s->sha_bulk);
+    }
+    if ((s->body_bulk = malloc(len + 32)) == NULL)
+        return;
+    p = aor_redis_put_count(s->body_bulk, '$', len);
+    memcpy(p, s->body, len);
+    memcpy(p + len, "\r\n", 2);
+    s->body_bulk_len = (size_t)(p + len + 2 - s->body_bulk);
+}
+
 static void init_shas(void)
 {
     sha1_hex(&reserve_script);
     sha1_hex(&settle_script);
+    make_bulks(&reserve_script);
+    make_bulks(&settle_script);
 }
 
 /* ---- one script call: EVALSHA, once more as EVAL on NOSCRIPT -------------------------------- */
@@ -218,17 +251,21 @@ struct aor_admit_call {
     /* 1 when it handed `c` on (to the unsure list: another worker may own it already), else 0 */
     int (*done)(struct aor_admit_call *c, const redisReply *reply, const char *errstr);
     int retried;
-    int argc;
-    const char *argv[CALL_MAX_ARGS];
-    size_t argvlen[CALL_MAX_ARGS];
+    int numkeys;
+    /* the arguments after the number of keys, in the arena as RESP bulk strings, end to end:
+     * what goes on the wire after EVALSHA <sha> <numkeys> (or EVAL <body> <numkeys>) */
+    int nargs;
+    struct {
+        uint32_t off, len; /* an argument's bytes in the arena */
+    } arg[CALL_MAX_ARGS];
     size_t used;
     /* for the reserve */
     struct aor_request *ar;
     aor_admit_cb cb;
     /* for a settle or a backlog flush: what to keep if the write fails */
     int count_usage;
-    int nusage;     /* usage keys among the arguments (argv[3..3+nusage)) */
-    int marker_arg; /* argv index of the settle markers' key */
+    int nusage;     /* usage keys: arguments 0..nusage-1 */
+    int marker_arg; /* the argument that is the settle markers' key */
     int ttl[3];
     char deployment[65];
     struct usage_delta usage;
@@ -258,17 +295,49 @@ static void call_free(struct aor_admit_call *c)
     free(c);
 }
 
+/* room for an argument of `len` bytes: its head, its bytes and CRLF */
+static char *call_room(struct aor_admit_call *c, size_t len)
+{
+    char *p;
+
+    if (c->nargs == CALL_MAX_ARGS || len > sizeof(c->arena) || c->used + len + 26 > sizeof(c->arena))
+        return NULL;
+    p = aor_redis_put_count(c->arena + c->used, '$', len);
+    c->arg[c->nargs].off = (uint32_t)(p - c->arena);
+    c->arg[c->nargs].len = (uint32_t)len;
+    return p;
+}
+
+/* the argument whose bytes end at `p` is complete */
+static void call_commit(struct aor_admit_call *c, char *p)
+{
+    *p++ = '\r';
+    *p++ = '\n';
+    c->used = (size_t)(p - c->arena);
+    ++c->nargs;
+}
+
 static int call_arg(struct aor_admit_call *c, const char *s, size_t len)
 {
-    if (c->argc == CALL_MAX_ARGS || c->used + len + 1 > sizeof(c->arena))
+    char *p = call_room(c, len);
+
+    if (p == NULL)
         return -1;
-    memcpy(c->arena + c->used, s, len);
-    c->arena[c->used + len] = '\0';
-    c->argv[c->argc] = c->arena + c->used;
-    c->argvlen[c->argc] = len;
-    ++c->argc;
-    c->used += len + 1;
+    memcpy(p, s, len);
+    call_commit(c, p + len);
     return 0;
+}
+
+/* argument `i` as a C string in `buf` (KEY_MAX bytes); cut if longer */
+static const char *call_arg_str(const struct aor_admit_call *c, int i, char *buf)
+{
+    size_t len = i < c->nargs ? c->arg[i].len : 0;
+
+    if (len >= KEY_MAX)
+        len = KEY_MAX - 1;
+    memcpy(buf, c->arena + c->arg[i < c->nargs ? i : 0].off, len);
+    buf[len] = '\0';
+    return buf;
 }
 
 /* one argument holding `n` decimal integers separated by spaces */
@@ -306,30 +375,37 @@ static int call_nums(struct aor_admit_call *c, const int64_t *v, size_t n)
     return call_arg(c, buf, (size_t)(p - buf));
 }
 
-/* an argument made of the NULL-terminated list of strings given */
-static int call_cat(struct aor_admit_call *c, const char *const *parts)
-{
-    size_t n = 0, l;
-    char *dst = c->arena + c->used;
+/* what every key of one tenant starts with: `<prefix><type>{<tenant>}` */
+struct key_parts {
+    const char *prefix, *tenant;
+    size_t prefix_len, tenant_len;
+};
 
-    if (c->argc == CALL_MAX_ARGS)
+/* an argument `<prefix><type>{<tenant>}<tail><window>`, e.g. type "usage:", tail ":minute:" */
+static int call_key(struct aor_admit_call *c, const struct key_parts *k, const char *type, size_t type_len, const char *tail,
+                    size_t tail_len, const char *window)
+{
+    size_t wlen = strlen(window), n = k->prefix_len + type_len + 1 + k->tenant_len + 1 + tail_len + wlen;
+    char *p;
+
+    if (n >= KEY_MAX || (p = call_room(c, n)) == NULL)
         return -1;
-    for (; *parts != NULL; ++parts) {
-        l = strlen(*parts);
-        if (n + l >= KEY_MAX || c->used + n + l + 1 > sizeof(c->arena))
-            return -1;
-        memcpy(dst + n, *parts, l);
-        n += l;
-    }
-    dst[n] = '\0';
-    c->argv[c->argc] = dst;
-    c->argvlen[c->argc] = n;
-    ++c->argc;
-    c->used += n + 1;
+    memcpy(p, k->prefix, k->prefix_len);
+    p += k->prefix_len;
+    memcpy(p, type, type_len);
+    p += type_len;
+    *p++ = '{';
+    memcpy(p, k->tenant, k->tenant_len);
+    p += k->tenant_len;
+    *p++ = '}';
+    memcpy(p, tail, tail_len);
+    p += tail_len;
+    memcpy(p, window, wlen);
+    call_commit(c, p + wlen);
     return 0;
 }
 
-#define CALL_CAT(c, ...) call_cat((c), (const char *const[]){__VA_ARGS__, NULL})
+#define CALL_KEY(c, k, type, tail, window) call_key((c), (k), (type), sizeof(type) - 1, (tail), sizeof(tail) - 1, (window))
 
 static struct aor_admit_call *call_new(struct aor_worker *w, const struct script *s)
 {
@@ -347,31 +423,41 @@ static struct aor_admit_call *call_new(struct aor_worker *w, const struct script
     c->w = w;
     c->redis = w->redis;
     c->script = s;
-    /* argv[0] and [1] are EVALSHA <sha> (or EVAL <body>), argv[2] the number of keys */
-    call_arg(c, "EVALSHA", 7);
-    call_arg(c, s->sha, strlen(s->sha));
-    call_arg(c, "0", 1);
     return c;
 }
 
 static void call_set_numkeys(struct aor_admit_call *c, int n)
 {
-    static const char *const digits[] = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15"};
-    c->argv[2] = digits[n];
-    c->argvlen[2] = strlen(digits[n]);
+    c->numkeys = n;
 }
 
 static void on_call_reply(void *data, const struct redisReply *reply, const char *errstr);
 
 static int call_send(struct aor_admit_call *c)
 {
-    if (c->script->sha[0] == '\0' || c->retried) {
-        c->argv[0] = "EVAL";
-        c->argvlen[0] = 4;
-        c->argv[1] = c->script->body;
-        c->argvlen[1] = strlen(c->script->body);
-    }
-    if ((c->cmd = aor_redis_command_argv(c->redis, on_call_reply, c, c->argc, c->argv, c->argvlen)) == NULL)
+    int eval = c->script->sha[0] == '\0' || c->retried;
+    char nk[8], *p = nk;
+    struct iovec rest[3];
+
+    if (c->script->body_bulk == NULL || c->numkeys < 0 || c->numkeys > 99)
+        return -1;
+    *p++ = '$';
+    *p++ = c->numkeys < 10 ? '1' : '2';
+    *p++ = '\r';
+    *p++ = '\n';
+    if (c->numkeys >= 10)
+        *p++ = (char)('0' + c->numkeys / 10);
+    *p++ = (char)('0' + c->numkeys % 10);
+    *p++ = '\r';
+    *p++ = '\n';
+    rest[0].iov_base = eval ? c->script->body_bulk : (char *)c->script->sha_bulk;
+    rest[0].iov_len = eval ? c->script->body_bulk_len : c->script->sha_bulk_len;
+    rest[1].iov_base = nk;
+    rest[1].iov_len = (size_t)(p - nk);
+    rest[2].iov_base = c->arena;
+    rest[2].iov_len = c->used;
+    if ((c->cmd = aor_redis_command_resp(c->redis, on_call_reply, c, 3 + c->nargs, eval ? "EVAL" : "EVALSHA", eval ? 4 : 7, rest,
+                                         3)) == NULL)
         return -1;
     if (c->prev == NULL && c->w->admit != NULL && c->w->admit->calls != c) {
         c->next = c->w->admit->calls;
@@ -422,7 +508,8 @@ struct local_entry {
     char tenant[AOR_TENANT_NAME_MAX + 1]; /* "" = free slot */
     int have_quota;                       /* `q` is what Redis last said */
     struct aor_quota q;
-    uint64_t hash_fnv; /* of the tenant hash last seen, to log bad values once per change */
+    uint64_t hash_fnv;        /* of the tenant hash last seen (log bad values once per change; `q` holds while it is the same) */
+    uint64_t conf_generation; /* of the config `q` was resolved with */
     struct aor_quota_counters c;
 };
 
@@ -545,56 +632,8 @@ static void store_unavailable(struct aor_request *ar, int64_t now)
     local_admit(ar, now);
 }
 
-/* remembers the tenant hash a reserve script saw: the last-known quota for outages; logs bad values once per change.
- * 1 with *out set to the quota it resolves to, 0 when `h` is not a hash */
-static int remember_quota(struct aor_request *ar, const redisReply *h, struct aor_quota *out)
-{
-    struct aor_quota_fields f;
-    struct aor_quota q;
-    struct local_entry *e;
-    uint64_t sum = 0xcbf29ce484222325ull;
-    unsigned bad;
-    size_t i;
-
-    if (h == NULL || h->type != REDIS_REPLY_ARRAY)
-        return 0;
-    memset(&f, 0, sizeof(f));
-    for (i = 0; i + 1 < h->elements; i += 2) {
-        const redisReply *k = h->element[i], *v = h->element[i + 1];
-        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
-            continue;
-        sum = fnv(k->str, k->len, sum);
-        sum = fnv(v->str, v->len, sum);
-#define F(name, field)                                                                                                             \
-    if (k->len == sizeof(name) - 1 && memcmp(k->str, name, sizeof(name) - 1) == 0) {                                               \
-        f.field = v->str;                                                                                                          \
-        f.field##_len = v->len;                                                                                                    \
-    }
-        F("tpm", tpm)
-        F("rpm", rpm)
-        F("tokens_per_day", day)
-        F("tokens_per_month", month)
-        F("deployments", deployments)
-        F("disabled", disabled)
-#undef F
-    }
-    bad = aor_quota_resolve(ar->conf, ar->tenant, &f, &q);
-    pthread_mutex_lock(&local_lock);
-    /* the shared overflow entry keeps counters only: one tenant's quota is not another's */
-    if ((e = local_find(ar->tenant)) != NULL && e != &local_table[AOR_ADMIT_LOCAL_TENANTS]) {
-        if (bad != 0 && e->hash_fnv != sum)
-            AOR_LOG(AOR_LOG_WARN, "admit",
-                    "%s: tenant %s: quota hash has invalid values (mask %u: 1 tpm, 2 rpm, 4 tokens_per_day, 8 tokens_per_month, "
-                    "16 deployments, 32 disabled); they count as absent (an odd disabled counts as 1)",
-                    ar->id, ar->tenant, bad);
-        e->hash_fnv = sum;
-        e->q = q;
-        e->have_quota = 1;
-    }
-    pthread_mutex_unlock(&local_lock);
-    *out = q;
-    return 1;
-}
+struct reserve_reply;
+static int remember_quota(struct aor_request *ar, const struct reserve_reply *rr, struct aor_quota *out);
 
 /* ---- the backlog: usage Redis did not take, aggregated per key ------------------------------ */
 
@@ -668,8 +707,10 @@ static void keep_usage(struct aor_admit_call *c)
 
     if (!c->count_usage)
         return;
+    char key[KEY_MAX], marker[KEY_MAX];
+
     for (i = 0; i != c->nusage; ++i)
-        backlog_add(c->argv[3 + i], c->argv[c->marker_arg], c->deployment, c->ttl[i], &c->usage);
+        backlog_add(call_arg_str(c, i, key), call_arg_str(c, c->marker_arg, marker), c->deployment, c->ttl[i], &c->usage);
 }
 
 /*
@@ -768,8 +809,9 @@ static int on_settled(struct aor_admit_call *c, const redisReply *reply, const c
     if (errstr == aor_redis_err_reply) {
         /* Redis refused the script (a key of the wrong type, say): trying again would fail again
          * (router/redis.c counts the error in aoai_router_redis_errors_total) */
+        char key[KEY_MAX];
         if (c->count_usage)
-            AOR_LOG(AOR_LOG_ERROR, "admit", "usage for %s not recorded: Redis refused the write", c->argv[3]);
+            AOR_LOG(AOR_LOG_ERROR, "admit", "usage for %s not recorded: Redis refused the write", call_arg_str(c, 0, key));
     } else if (errstr != NULL) {
         return keep_unsure(c); /* sent, no reply: Redis may have run it */
     }
@@ -812,7 +854,7 @@ static void flush_backlog(struct aor_worker *w)
             c->usage = batch[i].u;
             snprintf(c->deployment, sizeof(c->deployment), "%s", batch[i].deployment);
             call_set_numkeys(c, 2);
-            c->marker_arg = c->argc + 1;
+            c->marker_arg = 1;
             if (call_arg(c, batch[i].key, strlen(batch[i].key)) == 0 &&
                 call_arg(c, batch[i].marker, strlen(batch[i].marker)) == 0 && settle_args(c, 0, 0, "") == 0 && call_send(c) == 0)
                 continue;
@@ -909,10 +951,21 @@ static const char *prefix_of(const struct aor_config *conf)
     return conf->redis.prefix != NULL ? conf->redis.prefix : "aoai:";
 }
 
-/* the usage key of one window, `kind` minute/day/month */
-static int add_usage_key(struct aor_admit_call *c, const struct aor_request *ar, const char *kind, const char *window)
+static void key_parts_of(const struct aor_request *ar, struct key_parts *k)
 {
-    return CALL_CAT(c, prefix_of(ar->conf), "usage:{", ar->tenant, "}:", kind, ":", window);
+    k->prefix = prefix_of(ar->conf);
+    k->prefix_len = strlen(k->prefix);
+    k->tenant = ar->tenant;
+    k->tenant_len = strlen(ar->tenant);
+}
+
+/* the usage keys of the three windows */
+static int add_usage_keys(struct aor_admit_call *c, const struct key_parts *k, const struct aor_quota_windows *win)
+{
+    return CALL_KEY(c, k, "usage:", ":minute:", win->minute) != 0 || CALL_KEY(c, k, "usage:", ":day:", win->day) != 0 ||
+                   CALL_KEY(c, k, "usage:", ":month:", win->month) != 0
+               ? -1
+               : 0;
 }
 
 /* reservation buckets looked back at: enough to cover the longest request */
@@ -925,44 +978,169 @@ static int num_buckets(const struct aor_config *conf)
 
 /* ---- the admit stage -------------------------------------------------------------------- */
 
+/* the reserve script's answer, read from its one string (see reserve_lua) */
+struct reserve_reply {
+    int64_t code, remaining_tokens, remaining_requests, used[4];
+    const char *what;
+    size_t what_len;
+    const char *quota; /* "<len1> ... <len6>\n<values>": the tenant hash as the script saw it */
+    size_t quota_len;
+    struct aor_quota_fields f;
+};
+
+/* a decimal integer (optional '-') ending at a blank or a newline; advances *p past the separator */
+static int read_int(const char **p, const char *end, char sep, int64_t *out)
+{
+    const char *s = *p;
+    int neg = 0;
+    uint64_t v = 0;
+
+    if (s != end && *s == '-') {
+        neg = 1;
+        ++s;
+    }
+    if (s == end || *s < '0' || *s > '9')
+        return -1;
+    for (; s != end && *s >= '0' && *s <= '9'; ++s) {
+        if (v > 99999999999999999ull) /* 18 digits: the script's numbers are far smaller */
+            return -1;
+        v = v * 10 + (uint64_t)(*s - '0');
+    }
+    if (s == end || *s != sep)
+        return -1;
+    *p = s + 1;
+    *out = neg ? -(int64_t)v : (int64_t)v;
+    return 0;
+}
+
+/* 0, or -1 when `s` is not what the script answers */
+static int parse_reserve_reply(const char *s, size_t len, struct reserve_reply *r)
+{
+    const char *p = s, *end = s + len, *v;
+    int64_t flen[6];
+    size_t total = 0;
+    int i;
+
+    if (read_int(&p, end, ' ', &r->code) != 0)
+        return -1;
+    r->what = p;
+    while (p != end && *p != ' ')
+        ++p;
+    if (p == end || (r->what_len = (size_t)(p - r->what)) == 0)
+        return -1;
+    ++p;
+    if (read_int(&p, end, ' ', &r->remaining_tokens) != 0 || read_int(&p, end, ' ', &r->remaining_requests) != 0)
+        return -1;
+    for (i = 0; i != 4; ++i)
+        if (read_int(&p, end, ' ', &r->used[i]) != 0)
+            return -1;
+    r->quota = p;
+    for (i = 0; i != 6; ++i) {
+        if (read_int(&p, end, i == 5 ? '\n' : ' ', &flen[i]) != 0 || flen[i] < -1 || flen[i] > 2048)
+            return -1;
+        total += flen[i] < 0 ? 0 : (size_t)flen[i];
+    }
+    if ((size_t)(end - p) != total)
+        return -1;
+    r->quota_len = (size_t)(end - r->quota);
+    memset(&r->f, 0, sizeof(r->f));
+    v = p;
+#define F(i, field)                                                                                                                \
+    if (flen[i] >= 0) {                                                                                                            \
+        r->f.field = v;                                                                                                            \
+        r->f.field##_len = (size_t)flen[i];                                                                                        \
+        v += flen[i];                                                                                                              \
+    }
+    F(0, tpm)
+    F(1, rpm)
+    F(2, day)
+    F(3, month)
+    F(4, deployments)
+    F(5, disabled)
+#undef F
+    return 0;
+}
+
+/*
+ * The quota the tenant hash in a reserve reply resolves to. Each replica remembers it as the
+ * tenant's last-known quota for outages, with a checksum of the hash: while the hash and the
+ * config stay the same (nearly always), the fields are not parsed again. Logs bad values once
+ * per change of the hash.
+ */
+static int remember_quota(struct aor_request *ar, const struct reserve_reply *rr, struct aor_quota *out)
+{
+    uint64_t sum = fnv(rr->quota, rr->quota_len, 0xcbf29ce484222325ull), gen = ar->conf->generation;
+    struct local_entry *e;
+    struct aor_quota q;
+    unsigned bad;
+
+    pthread_mutex_lock(&local_lock);
+    /* the shared overflow entry keeps counters only: one tenant's quota is not another's */
+    if ((e = local_find(ar->tenant)) != NULL && e != &local_table[AOR_ADMIT_LOCAL_TENANTS] && e->have_quota &&
+        e->hash_fnv == sum && e->conf_generation == gen) {
+        *out = e->q;
+        pthread_mutex_unlock(&local_lock);
+        return 1;
+    }
+    pthread_mutex_unlock(&local_lock);
+    bad = aor_quota_resolve(ar->conf, ar->tenant, &rr->f, &q);
+    pthread_mutex_lock(&local_lock);
+    if ((e = local_find(ar->tenant)) != NULL && e != &local_table[AOR_ADMIT_LOCAL_TENANTS]) {
+        if (bad != 0 && e->hash_fnv != sum)
+            AOR_LOG(AOR_LOG_WARN, "admit",
+                    "%s: tenant %s: quota hash has invalid values (mask %u: 1 tpm, 2 rpm, 4 tokens_per_day, 8 tokens_per_month, "
+                    "16 deployments, 32 disabled); they count as absent (an odd disabled counts as 1)",
+                    ar->id, ar->tenant, bad);
+        e->hash_fnv = sum;
+        e->conf_generation = gen;
+        e->q = q;
+        e->have_quota = 1;
+    }
+    pthread_mutex_unlock(&local_lock);
+    *out = q;
+    return 1;
+}
+
+static int what_is(const struct reserve_reply *r, const char *word)
+{
+    return r->what_len == strlen(word) && memcmp(r->what, word, r->what_len) == 0;
+}
+
 static int on_reserved(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
 {
     struct aor_request *ar = c->ar;
     struct aor_admission *a = &ar->adm;
     int64_t now = aor_now_ms();
+    struct reserve_reply rr;
 
     a->call = NULL;
     /* sent, and no reply: Redis may run it yet (a stopped Redis resumed): the settle gives it back */
     if (errstr == aor_redis_err_timeout || errstr == aor_redis_err_disconnected)
         a->maybe_reserved = 1;
-    if (errstr != NULL || reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 7 ||
-        reply->element[0]->type != REDIS_REPLY_INTEGER) {
+    if (errstr != NULL || reply == NULL || reply->type != REDIS_REPLY_STRING ||
+        parse_reserve_reply(reply->str, reply->len, &rr) != 0 || rr.code < 0 || rr.code > 2) {
         if (errstr == NULL)
             AOR_LOG(AOR_LOG_WARN, "admit", "%s: unexpected reply from the reserve script", ar->id);
         if (ar->req != NULL)
             store_unavailable(ar, now);
     } else {
-        const redisReply *code = reply->element[0], *limit = reply->element[1], *retry = reply->element[2], *u = reply->element[6];
         struct aor_quota q;
-        if (remember_quota(ar, reply->element[5], &q) && u->type == REDIS_REPLY_ARRAY && u->elements == 4) {
-            int64_t used[4];
-            size_t i;
-            for (i = 0; i != 4; ++i)
-                used[i] = u->element[i]->type == REDIS_REPLY_INTEGER ? u->element[i]->integer : 0;
-            publish_usage(ar, &q, used);
-        }
-        if (code->integer == 0) {
+        remember_quota(ar, &rr, &q);
+        if (rr.code != 2)
+            publish_usage(ar, &q, rr.used);
+        if (rr.code == 0) {
             a->reserved = AOR_ADMIT_REDIS;
-            a->remaining_tokens = reply->element[3]->type == REDIS_REPLY_INTEGER ? reply->element[3]->integer : -1;
-            a->remaining_requests = reply->element[4]->type == REDIS_REPLY_INTEGER ? reply->element[4]->integer : -1;
-        } else if (code->integer == 1 && limit->type == REDIS_REPLY_STRING) {
-            enum aor_quota_limit l = strcmp(limit->str, "tpm") == 0   ? AOR_LIMIT_TPM
-                                     : strcmp(limit->str, "rpm") == 0 ? AOR_LIMIT_RPM
-                                     : strcmp(limit->str, "day") == 0 ? AOR_LIMIT_DAY
-                                                                      : AOR_LIMIT_MONTH;
-            refuse_quota(ar, l, retry->type == REDIS_REPLY_INTEGER ? retry->integer : 1);
+            a->remaining_tokens = rr.remaining_tokens;
+            a->remaining_requests = rr.remaining_requests;
+        } else if (rr.code == 1) {
+            enum aor_quota_limit l = what_is(&rr, "tpm")   ? AOR_LIMIT_TPM
+                                     : what_is(&rr, "rpm") ? AOR_LIMIT_RPM
+                                     : what_is(&rr, "day") ? AOR_LIMIT_DAY
+                                                           : AOR_LIMIT_MONTH;
+            int64_t end = l == AOR_LIMIT_DAY ? a->win.day_end_ms : l == AOR_LIMIT_MONTH ? a->win.month_end_ms : a->win.minute_end_ms;
+            refuse_quota(ar, l, aor_quota_retry_after(now, end));
         } else {
-            refuse_forbidden(ar, limit->type == REDIS_REPLY_STRING ? limit->str : "deployment");
+            refuse_forbidden(ar, what_is(&rr, "disabled") ? "disabled" : what_is(&rr, "zero") ? "zero" : "deployment");
         }
     }
     if (ar->req == NULL)
@@ -979,6 +1157,7 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
     struct aor_quota fallback;
     struct aor_admit_call *c;
     struct aor_quota_windows past;
+    struct key_parts k;
     int nb = num_buckets(ar->conf), nday = 0, nmonth = 0, i;
 
     a->remaining_tokens = a->remaining_requests = -1;
@@ -999,32 +1178,22 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
     c->cb = cb;
     aor_quota_resolve(ar->conf, ar->tenant, NULL, &fallback);
     call_set_numkeys(c, 4 + nb);
-    if (CALL_CAT(c, prefix_of(ar->conf), "tenant:{", ar->tenant, "}") != 0 || add_usage_key(c, ar, "minute", a->win.minute) ||
-        add_usage_key(c, ar, "day", a->win.day) || add_usage_key(c, ar, "month", a->win.month))
+    key_parts_of(ar, &k);
+    if (CALL_KEY(c, &k, "tenant:", "", "") != 0 || add_usage_keys(c, &k, &a->win) != 0)
         goto fail;
     for (i = 0; i != nb; ++i) {
         aor_quota_windows(now - (int64_t)i * 60000, &past);
-        if (CALL_CAT(c, prefix_of(ar->conf), "reserved:{", ar->tenant, "}:", past.minute) != 0)
+        if (CALL_KEY(c, &k, "reserved:", ":", past.minute) != 0)
             goto fail;
         nday += past.day_id == a->win.day_id;
         nmonth += past.month_id == a->win.month_id;
     }
     {
-        int64_t n[11] = {a->estimate,
-                         fallback.tpm,
-                         fallback.rpm,
-                         fallback.day,
-                         fallback.month,
-                         aor_quota_retry_after(now, a->win.minute_end_ms),
-                         aor_quota_retry_after(now, a->win.day_end_ms),
-                         aor_quota_retry_after(now, a->win.month_end_ms),
-                         nday,
-                         nmonth,
-                         nb * 60 + 120};
+        int64_t n[8] = {a->estimate, fallback.tpm, fallback.rpm, fallback.day, fallback.month, nday, nmonth, nb * 60 + 120};
         const char *deps = fallback.all_deployments ? "*" : fallback.deployments;
         size_t idl = make_id(a->reservation_id, sizeof(a->reservation_id));
         if (call_arg(c, ar->deployment, strlen(ar->deployment)) != 0 || call_arg(c, deps, strlen(deps)) != 0 ||
-            call_nums(c, n, 11) != 0 || call_arg(c, a->reservation_id, idl) != 0)
+            call_nums(c, n, 8) != 0 || call_arg(c, a->reservation_id, idl) != 0)
             goto fail;
     }
     if (call_send(c) != 0)
@@ -1045,6 +1214,7 @@ void aor_admit_settle(struct aor_request *ar)
     int reserved = a->reserved;
     struct aor_admit_call *c;
     struct usage_delta u = {0, 0, 0, 0};
+    struct key_parts k;
     int count = 0, bucket;
 
     if (reserved == AOR_ADMIT_NONE && !a->maybe_reserved)
@@ -1101,11 +1271,10 @@ void aor_admit_settle(struct aor_request *ar)
         c->deployment[l] = '\0';
     }
     call_set_numkeys(c, bucket ? 5 : 4);
-    c->marker_arg = bucket ? 7 : 6;
-    if (add_usage_key(c, ar, "minute", a->win.minute) != 0 || add_usage_key(c, ar, "day", a->win.day) != 0 ||
-        add_usage_key(c, ar, "month", a->win.month) != 0 ||
-        (bucket && CALL_CAT(c, prefix_of(ar->conf), "reserved:{", ar->tenant, "}:", a->win.minute) != 0) ||
-        CALL_CAT(c, prefix_of(ar->conf), "settled:{", ar->tenant, "}:", a->win.minute) != 0 ||
+    c->marker_arg = bucket ? 4 : 3;
+    key_parts_of(ar, &k);
+    if (add_usage_keys(c, &k, &a->win) != 0 || (bucket && CALL_KEY(c, &k, "reserved:", ":", a->win.minute) != 0) ||
+        CALL_KEY(c, &k, "settled:", ":", a->win.minute) != 0 ||
         settle_args(c, bucket, a->estimate, a->reservation_id) != 0) {
         call_free(c);
         return;

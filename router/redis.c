@@ -39,6 +39,7 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
 #define FLAP_WINDOW_MS 2000 /* a connection lost sooner than this after its handshake counts as a flap: reconnects back off */
+#define SPARE_CMDS 64
 #define TOKEN_CHECK_MS 1000 /* redis.auth: how often a live connection looks for a new token (besides the cache's wake-ups) */
 
 const char aor_redis_err_timeout[] = "redis command timed out";
@@ -82,8 +83,9 @@ struct conn {
     redisReader *reader;
     char *out; /* command bytes not yet handed to the socket */
     size_t out_len, out_cap;
-    char *wire; /* bytes handed to h2o_socket_write, until its callback */
-    size_t wire_len;
+    char *wire; /* bytes handed to h2o_socket_write, until its callback; then the next `out` */
+    size_t wire_len, wire_cap;
+    int out_secret, wire_secret; /* the buffer holds an AUTH: zeroed before it is reused or freed */
     int ready;         /* TCP (and TLS) established */
     int handshake_set; /* AUTH/SELECT/PING are ahead of everything in `out`: it may be written */
     int open;          /* the handshake succeeded: user commands may go (before, only `gate` bytes may) */
@@ -114,6 +116,13 @@ struct aor_redis {
     int reconnect_after_gai; /* reconfigured while resolving the old host: start over when it ends */
     int open_handles;
     int destroyed;
+    /* the commands of one loop iteration leave in one write: the output is handed to the socket
+     * once, after the I/O callbacks (uv_check) or before the loop waits (uv_prepare) */
+    uv_check_t flush_check;
+    uv_prepare_t flush_prepare;
+    int flush_armed;
+    struct aor_redis_cmd *spare_cmds; /* freed commands kept for reuse (at most SPARE_CMDS) */
+    unsigned num_spare_cmds;
     uint64_t rng;
     /* keyless Entra ID auth (redis.auth); cred.type AOR_CRED_NONE = none */
     struct aor_cred_conf cred;     /* type and source only: sources live until exit, configs do not */
@@ -372,6 +381,35 @@ static SSL_CTX *tls_acquire(const char *ca_file)
 
 static void conn_flush(struct conn *c);
 
+static void flush_due(struct aor_redis *r)
+{
+    r->flush_armed = 0;
+    uv_check_stop(&r->flush_check);
+    uv_prepare_stop(&r->flush_prepare);
+    if (r->conn != NULL)
+        conn_flush(r->conn);
+}
+
+static void on_flush_check(uv_check_t *h)
+{
+    flush_due(h->data);
+}
+
+static void on_flush_prepare(uv_prepare_t *h)
+{
+    flush_due(h->data);
+}
+
+/* a user command joined the output: it leaves with the others of this loop iteration */
+static void flush_later(struct aor_redis *r)
+{
+    if (r->flush_armed)
+        return;
+    r->flush_armed = 1;
+    uv_check_start(&r->flush_check, on_flush_check);
+    uv_prepare_start(&r->flush_prepare, on_flush_prepare);
+}
+
 /* appends `len` bytes to the output (at `at`: 0 = the front); 0, or -1 when over the bound or ENOMEM */
 /* room for `len` more bytes of output, within the bound */
 static int out_reserve(struct conn *c, size_t len)
@@ -425,6 +463,28 @@ static void tcp_attempt_closed(uv_handle_t *h)
     free(h); /* the tcp_attempt: tcp is its first member */
 }
 
+/* a command's memory back to the connection's spares */
+static void cmd_release(struct aor_redis *r, struct aor_redis_cmd *cmd)
+{
+    if (r->num_spare_cmds < SPARE_CMDS) {
+        cmd->next = r->spare_cmds;
+        r->spare_cmds = cmd;
+        ++r->num_spare_cmds;
+        return;
+    }
+    free(cmd);
+}
+
+static void redis_free(struct aor_redis *r)
+{
+    while (r->spare_cmds != NULL) {
+        struct aor_redis_cmd *cmd = r->spare_cmds;
+        r->spare_cmds = cmd->next;
+        free(cmd);
+    }
+    free(r);
+}
+
 static void conn_free(struct conn *c)
 {
     if (c->tcp != NULL) {
@@ -463,7 +523,7 @@ static void fail_pending(struct aor_redis *r, const char *err)
             count_error();
             cb(cmd->data, NULL, err);
         }
-        free(cmd);
+        cmd_release(r, cmd);
     }
 }
 
@@ -622,10 +682,14 @@ static int forbidden_command(const char *buf, size_t len)
 
 static struct aor_redis_cmd *new_cmd(struct aor_redis *r, enum cmd_kind kind, aor_redis_cb cb, void *data)
 {
-    struct aor_redis_cmd *cmd = malloc(sizeof(*cmd));
+    struct aor_redis_cmd *cmd = r->spare_cmds;
 
-    if (cmd == NULL)
+    if (cmd != NULL) {
+        r->spare_cmds = cmd->next;
+        --r->num_spare_cmds;
+    } else if ((cmd = malloc(sizeof(*cmd))) == NULL) {
         return NULL;
+    }
     cmd->r = r;
     cmd->cb = cb;
     cmd->data = data;
@@ -645,11 +709,16 @@ static struct aor_redis_cmd *send_formatted(struct aor_redis *r, enum cmd_kind k
     if (r->conn == NULL || forbidden_command(buf, len) || (cmd = new_cmd(r, kind, cb, data)) == NULL)
         return NULL;
     if (out_insert(r->conn, r->conn->out_len, buf, len) != 0) {
-        free(cmd);
+        cmd_release(r, cmd);
         return NULL;
     }
     fifo_push(r, cmd);
-    conn_flush(r->conn);
+    if (kind == CMD_USER) {
+        flush_later(r);
+    } else {
+        r->conn->out_secret = 1; /* a re-AUTH */
+        conn_flush(r->conn);
+    }
     return cmd;
 }
 
@@ -696,10 +765,11 @@ static int queue_handshake(struct aor_redis *r, const char *user, const char *pa
             redisFreeCommand(buf);
         }
         if (!ok) {
-            free(cmd);
+            if (cmd != NULL)
+                cmd_release(r, cmd);
             while (first != NULL) {
                 struct aor_redis_cmd *next = first->next;
-                free(first);
+                cmd_release(r, first);
                 first = next;
             }
             return -1;
@@ -718,6 +788,7 @@ static int queue_handshake(struct aor_redis *r, const char *user, const char *pa
         r->tail = last;
     r->head = first;
     c->handshake_set = 1;
+    c->out_secret |= password != NULL;
     c->gate = at; /* the user commands behind it wait for its answers */
     arm_deadline(r);
     conn_flush(c);
@@ -881,10 +952,18 @@ static void on_written(h2o_socket_t *sock, const char *err)
 
     if (c == NULL)
         return;
-    explicit_bzero(c->wire, c->wire_len); /* may hold an AUTH */
-    free(c->wire);
+    if (c->wire_secret)
+        explicit_bzero(c->wire, c->wire_len);
+    if (c->out == NULL) { /* the written buffer takes the next commands: no malloc per write */
+        c->out = c->wire;
+        c->out_cap = c->wire_cap;
+        c->out_len = 0;
+    } else {
+        free(c->wire);
+    }
     c->wire = NULL;
-    c->wire_len = 0;
+    c->wire_len = c->wire_cap = 0;
+    c->wire_secret = 0;
     if (err != NULL) {
         conn_lost(c->r, aor_redis_err_disconnected, err);
         return;
@@ -905,7 +984,8 @@ static void conn_flush(struct conn *c)
             conn_lost(c->r, aor_redis_err_disconnected, "out of memory");
             return;
         }
-        c->wire_len = c->gate;
+        c->wire_len = c->wire_cap = c->gate;
+        c->wire_secret = 1;
         memcpy(c->wire, c->out, c->gate);
         explicit_bzero(c->out, c->gate);
         memmove(c->out, c->out + c->gate, c->out_len - c->gate);
@@ -916,8 +996,11 @@ static void conn_flush(struct conn *c)
             c->gate -= c->out_len;
         c->wire = c->out;
         c->wire_len = c->out_len;
+        c->wire_cap = c->out_cap;
+        c->wire_secret = c->out_secret;
         c->out = NULL;
         c->out_len = c->out_cap = 0;
+        c->out_secret = 0;
     }
     buf = h2o_iovec_init(c->wire, c->wire_len);
     h2o_socket_write(c->sock, &buf, 1, on_written);
@@ -1014,7 +1097,7 @@ static void dispatch_replies(struct conn *c)
                 count_error();
             cb(cmd->data, reply, err);
         }
-        free(cmd);
+        cmd_release(r, cmd);
         freeReplyObject(reply_);
     }
     if (c->r != NULL && r->retiring != NULL && r->head == NULL)
@@ -1200,7 +1283,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     if (r->destroyed) {
         uv_freeaddrinfo(res);
         if (r->open_handles == 0)
-            free(r);
+            redis_free(r);
         return;
     }
     if (status == 0) {
@@ -1281,7 +1364,7 @@ static void on_handle_closed(uv_handle_t *h)
     struct aor_redis *r = h->data;
 
     if (--r->open_handles == 0 && !r->gai_active)
-        free(r);
+        redis_free(r);
 }
 
 static void free_secret(char *s)
@@ -1368,7 +1451,13 @@ struct aor_redis *aor_redis_create(uv_loop_t *loop, const char *url, const char 
     r->deadline_timer.data = r;
     r->retry_timer.data = r;
     r->token_timer.data = r;
-    r->open_handles = 3;
+    uv_check_init(loop, &r->flush_check);
+    uv_prepare_init(loop, &r->flush_prepare);
+    r->flush_check.data = r;
+    r->flush_prepare.data = r;
+    uv_unref((uv_handle_t *)&r->flush_check);
+    uv_unref((uv_handle_t *)&r->flush_prepare);
+    r->open_handles = 5;
     if (has_entra(r))
         uv_timer_start(&r->token_timer, on_token_timer, TOKEN_CHECK_MS, TOKEN_CHECK_MS);
     start_connect(r);
@@ -1413,6 +1502,10 @@ void aor_redis_destroy(struct aor_redis *r)
     uv_close((uv_handle_t *)&r->deadline_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->retry_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->token_timer, on_handle_closed);
+    uv_check_stop(&r->flush_check);
+    uv_prepare_stop(&r->flush_prepare);
+    uv_close((uv_handle_t *)&r->flush_check, on_handle_closed);
+    uv_close((uv_handle_t *)&r->flush_prepare, on_handle_closed);
 }
 
 static int same_str(const char *a, const char *b)
@@ -1502,8 +1595,7 @@ struct aor_redis_cmd *aor_redis_command(struct aor_redis *r, aor_redis_cb cb, vo
     return cmd;
 }
 
-/* writes `prefix`, the decimal `n` and CRLF at `p`; returns the end */
-static char *put_count(char *p, char prefix, size_t n)
+char *aor_redis_put_count(char *p, char prefix, size_t n)
 {
     char tmp[24], *q = tmp + sizeof(tmp);
 
@@ -1556,10 +1648,10 @@ struct aor_redis_cmd *aor_redis_command_argv(struct aor_redis *r, aor_redis_cb c
         (cmd = new_cmd(r, CMD_USER, cb, data)) == NULL)
         goto fail;
     cmd->evalsha = (argvlen != NULL ? argvlen[0] : strlen(argv[0])) == 7 && strncasecmp(argv[0], "evalsha", 7) == 0;
-    p = put_count(c->out + c->out_len, '*', (size_t)argc);
+    p = aor_redis_put_count(c->out + c->out_len, '*', (size_t)argc);
     for (int i = 0; i != argc; ++i) {
         size_t l = argvlen != NULL ? argvlen[i] : strlen(argv[i]);
-        p = put_count(p, '$', l);
+        p = aor_redis_put_count(p, '$', l);
         memcpy(p, argv[i], l);
         p += l;
         *p++ = '\r';
@@ -1567,7 +1659,44 @@ struct aor_redis_cmd *aor_redis_command_argv(struct aor_redis *r, aor_redis_cb c
     }
     c->out_len = (size_t)(p - c->out);
     fifo_push(r, cmd);
-    conn_flush(c);
+    flush_later(r);
+    return cmd;
+fail:
+    count_error();
+    return NULL;
+}
+
+struct aor_redis_cmd *aor_redis_command_resp(struct aor_redis *r, aor_redis_cb cb, void *data, int argc, const char *name,
+                                             size_t name_len, const struct iovec *rest, size_t nrest)
+{
+    struct aor_redis_cmd *cmd;
+    struct conn *c;
+    size_t len = 2 * 24 + name_len + 2;
+    char *p;
+
+    if (!accepting(r) || argc < 1 || (c = r->conn) == NULL || name_len > 64)
+        goto fail;
+    for (size_t i = 0; i != nrest; ++i) {
+        if (rest[i].iov_len > AOR_REDIS_MAX_OUTPUT_BYTES || len > AOR_REDIS_MAX_OUTPUT_BYTES)
+            goto fail;
+        len += rest[i].iov_len;
+    }
+    if (forbidden_name(name, name_len) || out_reserve(c, len) != 0 || (cmd = new_cmd(r, CMD_USER, cb, data)) == NULL)
+        goto fail;
+    cmd->evalsha = name_len == 7 && strncasecmp(name, "evalsha", 7) == 0;
+    p = aor_redis_put_count(c->out + c->out_len, '*', (size_t)argc);
+    p = aor_redis_put_count(p, '$', name_len);
+    memcpy(p, name, name_len);
+    p += name_len;
+    *p++ = '\r';
+    *p++ = '\n';
+    for (size_t i = 0; i != nrest; ++i) {
+        memcpy(p, rest[i].iov_base, rest[i].iov_len);
+        p += rest[i].iov_len;
+    }
+    c->out_len = (size_t)(p - c->out);
+    fifo_push(r, cmd);
+    flush_later(r);
     return cmd;
 fail:
     count_error();

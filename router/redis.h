@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 #include <uv.h>
 
 struct redisReply;
@@ -145,6 +146,18 @@ struct aor_redis_cmd *aor_redis_command(struct aor_redis *r, aor_redis_cb cb, vo
 /* same with arguments as (pointer, length) pairs; `argvlen` NULL means strlen() of each */
 struct aor_redis_cmd *aor_redis_command_argv(struct aor_redis *r, aor_redis_cb cb, void *data, int argc, const char **argv,
                                              const size_t *argvlen);
+
+/*
+ * Same, for a caller that keeps its arguments in RESP form already: `name` is the command, and
+ * the pieces of `rest` (concatenated) are its other argc - 1 arguments, each a bulk string
+ * "$<len>\r\n<bytes>\r\n" (aor_redis_put_count writes the head). The caller vouches for their
+ * form: they go to Redis as they are.
+ */
+struct aor_redis_cmd *aor_redis_command_resp(struct aor_redis *r, aor_redis_cb cb, void *data, int argc, const char *name,
+                                             size_t name_len, const struct iovec *rest, size_t nrest);
+
+/* writes `prefix` ('*' or '$'), the decimal `n` and CRLF at `p` (at most 23 bytes); returns the end */
+char *aor_redis_put_count(char *p, char prefix, size_t n);
 
 /**
  * Cancels a pending command: its callback will not be called and `cmd` becomes invalid. The
