@@ -1076,8 +1076,8 @@ static int remember_quota(struct aor_request *ar, const struct reserve_reply *rr
 
     pthread_mutex_lock(&local_lock);
     /* the shared overflow entry keeps counters only: one tenant's quota is not another's */
-    if ((e = local_find(ar->tenant)) != NULL && e != &local_table[AOR_ADMIT_LOCAL_TENANTS] && e->have_quota &&
-        e->hash_fnv == sum && e->conf_generation == gen) {
+    if ((e = local_find(ar->tenant)) != NULL && e != &local_table[AOR_ADMIT_LOCAL_TENANTS] && e->have_quota && e->hash_fnv == sum &&
+        e->conf_generation == gen) {
         *out = e->q;
         pthread_mutex_unlock(&local_lock);
         return 1;
@@ -1137,7 +1137,9 @@ static int on_reserved(struct aor_admit_call *c, const redisReply *reply, const 
                                      : what_is(&rr, "rpm") ? AOR_LIMIT_RPM
                                      : what_is(&rr, "day") ? AOR_LIMIT_DAY
                                                            : AOR_LIMIT_MONTH;
-            int64_t end = l == AOR_LIMIT_DAY ? a->win.day_end_ms : l == AOR_LIMIT_MONTH ? a->win.month_end_ms : a->win.minute_end_ms;
+            int64_t end = l == AOR_LIMIT_DAY     ? a->win.day_end_ms
+                          : l == AOR_LIMIT_MONTH ? a->win.month_end_ms
+                                                 : a->win.minute_end_ms;
             refuse_quota(ar, l, aor_quota_retry_after(now, end));
         } else {
             refuse_forbidden(ar, what_is(&rr, "disabled") ? "disabled" : what_is(&rr, "zero") ? "zero" : "deployment");
@@ -1274,8 +1276,7 @@ void aor_admit_settle(struct aor_request *ar)
     c->marker_arg = bucket ? 4 : 3;
     key_parts_of(ar, &k);
     if (add_usage_keys(c, &k, &a->win) != 0 || (bucket && CALL_KEY(c, &k, "reserved:", ":", a->win.minute) != 0) ||
-        CALL_KEY(c, &k, "settled:", ":", a->win.minute) != 0 ||
-        settle_args(c, bucket, a->estimate, a->reservation_id) != 0) {
+        CALL_KEY(c, &k, "settled:", ":", a->win.minute) != 0 || settle_args(c, bucket, a->estimate, a->reservation_id) != 0) {
         call_free(c);
         return;
     }

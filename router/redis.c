@@ -86,10 +86,10 @@ struct conn {
     char *wire; /* bytes handed to h2o_socket_write, until its callback; then the next `out` */
     size_t wire_len, wire_cap;
     int out_secret, wire_secret; /* the buffer holds an AUTH: zeroed before it is reused or freed */
-    int ready;         /* TCP (and TLS) established */
-    int handshake_set; /* AUTH/SELECT/PING are ahead of everything in `out`: it may be written */
-    int open;          /* the handshake succeeded: user commands may go (before, only `gate` bytes may) */
-    size_t gate;       /* bytes of the handshake still to hand to the socket while not open */
+    int ready;                   /* TCP (and TLS) established */
+    int handshake_set;           /* AUTH/SELECT/PING are ahead of everything in `out`: it may be written */
+    int open;                    /* the handshake succeeded: user commands may go (before, only `gate` bytes may) */
+    size_t gate;                 /* bytes of the handshake still to hand to the socket while not open */
 };
 
 /* freed when both timers are closed and no getaddrinfo is in flight (see on_handle_closed) */
