@@ -1,0 +1,147 @@
+// The reserve script's answer is one string the router parses itself (router/admit.c
+// parse_reserve_reply: "<code> <what> <rt> <rr> <4 usage numbers> <6 field lengths>\n<values>").
+// A Redis — or a proxy in front of it, or a script of someone else's loaded under our SHA —
+// that answers anything else must not be believed: the router treats the answer as Redis being
+// unavailable (on_failure decides: closed → 503 quota_store_unavailable). And a well-formed
+// answer must be read exactly: the numbers become the client's x-ratelimit-remaining-* headers,
+// the limit named picks the message and the retry-after, the reason picks the 403.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startMock, startRouter, backendFor, post, chatBody, CHAT_PATH, stopAll, fetchMetrics, metricSum } from './lib/harness.mjs';
+import { startFakeResp } from './lib/hostile_review_resp.mjs';
+
+const bulk = (s) => `$${Buffer.byteLength(s, 'latin1')}\r\n${s}\r\n`;
+
+describe('the reserve reply is parsed strictly and exactly', () => {
+  let mock, fake, router;
+  let reserveAnswer = '';
+  const reserves = [];
+
+  before(async () => {
+    mock = await startMock('rr-east');
+    fake = await startFakeResp((s, args) => {
+      const cmd = args[0].toUpperCase();
+      if (cmd === 'MGET') {
+        s.write(`*${args.length - 1}\r\n` + '$-1\r\n'.repeat(args.length - 1));
+      } else if ((cmd === 'EVALSHA' || cmd === 'EVAL') && args[3].includes('tenant:{')) {
+        reserves.push(args);
+        s.write(reserveAnswer);
+      } else if (cmd === 'EVALSHA' || cmd === 'EVAL') {
+        s.write(':1\r\n'); // the settle
+      } else {
+        s.write('-ERR unexpected\r\n');
+      }
+    });
+    router = await startRouter({
+      config: {
+        threads: 1,
+        redis: { url: fake.url, on_failure: 'closed' },
+        tenants: { default: { tpm: 1000, rpm: 10 } },
+        backends: [backendFor(mock, { deployments: { 'gpt-4o': 'gpt-4o' } })],
+      },
+    });
+  });
+  after(async () => {
+    await stopAll(router, mock);
+    await fake.stop();
+  });
+
+  async function ask(answer) {
+    reserveAnswer = answer;
+    return post(router.url, CHAT_PATH, chatBody({ max_tokens: 5 }));
+  }
+
+  it('sends the reserve as one EVALSHA with the tenant key first and the numbers in one argument', async () => {
+    const r = await ask(bulk('0 - 123 4 10 1 10 10 -1 -1 -1 -1 -1 -1\n'));
+    assert.equal(r.status, 200, r.body);
+    const a = reserves.at(-1);
+    assert.equal(a[0], 'EVALSHA');
+    assert.match(a[1], /^[0-9a-f]{40}$/);
+    const nkeys = Number(a[2]);
+    assert.ok(nkeys >= 5 && nkeys <= 14, `numkeys ${nkeys}`);
+    assert.equal(a[3], 'aoai:tenant:{default}');
+    assert.match(a[4], /^aoai:usage:\{default\}:minute:\d{12}$/);
+    assert.match(a[5], /^aoai:usage:\{default\}:day:\d{8}$/);
+    assert.match(a[6], /^aoai:usage:\{default\}:month:\d{6}$/);
+    for (let i = 7; i < 3 + nkeys; i++) assert.match(a[i], /^aoai:reserved:\{default\}:\d{12}$/);
+    assert.equal(a[3 + nkeys], 'gpt-4o');
+    assert.equal(a[4 + nkeys], '*');
+    // estimate, fallback tpm rpm day month, buckets today, buckets this month, bucket TTL
+    const n = a[5 + nkeys].split(' ').map(Number);
+    assert.equal(n.length, 8, a[5 + nkeys]);
+    assert.deepEqual(n.slice(1, 5), [1000, 10, -1, -1]);
+    assert.match(a[6 + nkeys], /^[0-9a-f]{16}\.[0-9a-f]+$/);
+    assert.equal(a.length, 7 + nkeys);
+  });
+
+  it('an admitting reply: its remaining numbers are the client headers', async () => {
+    const r = await ask(bulk('0 - 123 4 10 1 10 10 -1 -1 -1 -1 -1 -1\n'));
+    assert.equal(r.status, 200, r.body);
+    assert.equal(r.headers['x-ratelimit-remaining-tokens'], '123');
+    assert.equal(r.headers['x-ratelimit-remaining-requests'], '4');
+    const u = await ask(bulk('0 - -1 -1 10 1 10 10 -1 -1 -1 -1 -1 -1\n'));
+    assert.equal(u.status, 200);
+    assert.equal(u.headers['x-ratelimit-remaining-tokens'], undefined, 'unlimited: no header');
+  });
+
+  it('an over-quota reply: the limit named gives the message and retry-after', async () => {
+    const day = await ask(bulk('1 day -1 -1 10 1 500 500 -1 -1 -1 -1 -1 -1\n'));
+    assert.equal(day.status, 429, day.body);
+    assert.equal(day.json().error.code, 'tenant_quota_exceeded');
+    assert.match(day.json().error.message, /tokens per day/);
+    const now = new Date();
+    const dayEnd = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1);
+    const ra = Number(day.headers['retry-after']);
+    assert.ok(Math.abs(ra - Math.ceil((dayEnd - Date.now()) / 1000)) <= 3, `retry-after ${ra}`);
+    const rpm = await ask(bulk('1 rpm -1 -1 10 10 10 10 -1 -1 -1 -1 -1 -1\n'));
+    assert.equal(rpm.status, 429);
+    assert.match(rpm.json().error.message, /requests per minute/);
+    assert.ok(Number(rpm.headers['retry-after']) >= 1 && Number(rpm.headers['retry-after']) <= 60);
+  });
+
+  it('a forbidding reply: 403 with the reason', async () => {
+    const d = await ask(bulk('2 disabled -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 1\n1'));
+    assert.equal(d.status, 403, d.body);
+    assert.match(d.json().error.message, /disabled/);
+    const z = await ask(bulk('2 zero -1 -1 -1 -1 -1 -1 1 -1 -1 -1 -1 -1\n0'));
+    assert.equal(z.status, 403);
+    assert.match(z.json().error.message, /quota is 0/);
+  });
+
+  it('field values with blanks, newlines and bytes of every kind are data, not structure', async () => {
+    // tpm "1\n2" (3 bytes), deployments "a b,\r\n" (6 bytes): invalid values count as absent
+    const r = await ask(bulk('0 - 5 5 1 1 1 1 3 -1 -1 -1 6 -1\n1\n2a b,\r\n'));
+    assert.equal(r.status, 200, r.body);
+    assert.equal(r.headers['x-ratelimit-remaining-tokens'], '5');
+  });
+
+  for (const [what, answer] of [
+    ['the old array shape', '*7\r\n:0\r\n$0\r\n\r\n:0\r\n:5\r\n:5\r\n*0\r\n*0\r\n'],
+    ['an integer', ':0\r\n'],
+    ['a status', '+OK\r\n'],
+    ['an empty string', bulk('')],
+    ['lengths that promise more bytes than follow', bulk('0 - 1 1 1 1 1 1 5 -1 -1 -1 -1 -1\n12')],
+    ['lengths that leave bytes over', bulk('0 - 1 1 1 1 1 1 1 -1 -1 -1 -1 -1\n12')],
+    ['a length below -1', bulk('0 - 1 1 1 1 1 1 -2 -1 -1 -1 -1 -1\n')],
+    ['a length over 2 KiB', bulk(`0 - 1 1 1 1 1 1 2049 -1 -1 -1 -1 -1\n${'7'.repeat(2049)}`)],
+    ['five lengths', bulk('0 - 1 1 1 1 1 1 -1 -1 -1 -1 -1\n')],
+    ['a 20-digit number', bulk('0 - 99999999999999999999 1 1 1 1 1 -1 -1 -1 -1 -1 -1\n')],
+    ['a number with a sign in the middle', bulk('0 - 1-2 1 1 1 1 1 -1 -1 -1 -1 -1 -1\n')],
+    ['two blanks', bulk('0 -  1 1 1 1 1 1 -1 -1 -1 -1 -1 -1\n')],
+    ['no reason word', bulk('0  1 1 1 1 1 1 -1 -1 -1 -1 -1 -1\n')],
+    ['a code out of range', bulk('7 - 1 1 1 1 1 1 -1 -1 -1 -1 -1 -1\n')],
+    ['a NUL in a number', bulk('0 - 1\u00001 1 1 1 1 1 -1 -1 -1 -1 -1 -1\n')],
+  ]) {
+    it(`${what}: not believed — 503 quota_store_unavailable with on_failure closed`, async () => {
+      const before = metricSum(await fetchMetrics(router), 'aoai_router_requests_total', { code: '200' });
+      const r = await ask(answer);
+      assert.equal(r.status, 503, `${r.status} ${r.body}`);
+      assert.equal(r.json().error.code, 'quota_store_unavailable');
+      assert.equal(metricSum(await fetchMetrics(router), 'aoai_router_requests_total', { code: '200' }), before);
+      // and the connection still serves the next well-formed answer
+      const ok = await ask(bulk('0 - 9 9 1 1 1 1 -1 -1 -1 -1 -1 -1\n'));
+      assert.equal(ok.status, 200, ok.body);
+      assert.equal(ok.headers['x-ratelimit-remaining-tokens'], '9');
+    });
+  }
+});
