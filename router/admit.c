@@ -274,11 +274,35 @@ struct aor_admit_call {
 
 #define CALL_CACHE 64 /* finished calls kept per worker for reuse: no malloc of ~5 KB twice per request */
 
+/*
+ * The key arguments a call starts with are the same for every request of one tenant in one
+ * minute (the tenant hash, the window hashes, the reservation buckets, the settle markers): each
+ * worker keeps them as RESP for the last tenants seen, so most calls copy them whole instead of
+ * building a dozen keys.
+ */
+#define KEYS_CACHE 16         /* blocks per worker and kind, direct-mapped by tenant */
+#define KEYS_CACHE_BYTES 1536 /* a block larger than this is built every time */
+
+enum key_kind { KEYS_RESERVE, KEYS_SETTLE_BUCKET, KEYS_SETTLE, KEYS_KINDS };
+
+struct key_block {
+    uint64_t generation; /* of the config they were built with (prefix, number of buckets); 0 = empty */
+    int64_t minute_id;
+    char tenant[AOR_TENANT_NAME_MAX + 1];
+    int nargs, nday, nmonth; /* nday/nmonth: buckets of the reserve that count for today / this month */
+    size_t len;
+    struct {
+        uint32_t off, len;
+    } arg[16];
+    char bytes[KEYS_CACHE_BYTES];
+};
+
 struct aor_admit_worker {
     uv_timer_t timer;
     struct aor_admit_call *calls; /* in flight */
     struct aor_admit_call *spare; /* finished, for reuse (linked through next) */
     unsigned num_spare;
+    struct key_block keys[KEYS_KINDS][KEYS_CACHE];
 };
 
 /* gives a call back: to the worker's spares, or to the heap */
@@ -406,6 +430,52 @@ static int call_key(struct aor_admit_call *c, const struct key_parts *k, const c
 }
 
 #define CALL_KEY(c, k, type, tail, window) call_key((c), (k), (type), sizeof(type) - 1, (tail), sizeof(tail) - 1, (window))
+
+/* the worker's block for `tenant` and `kind` (maybe another tenant's, or empty); NULL without a cache */
+static struct key_block *key_block_of(struct aor_worker *w, enum key_kind kind, const char *tenant)
+{
+    uint32_t h = 2166136261u;
+
+    if (w->admit == NULL)
+        return NULL;
+    for (const unsigned char *p = (const unsigned char *)tenant; *p != '\0'; ++p)
+        h = (h ^ *p) * 16777619u;
+    return &w->admit->keys[kind][h % KEYS_CACHE];
+}
+
+/* 1 when `kb` holds the keys of `tenant` in that minute under that config: they are now `c`'s first arguments */
+static int keys_from_block(struct aor_admit_call *c, const struct key_block *kb, uint64_t generation, int64_t minute_id,
+                           const char *tenant)
+{
+    if (kb == NULL || kb->generation != generation || kb->minute_id != minute_id || c->nargs != 0 ||
+        strcmp(kb->tenant, tenant) != 0)
+        return 0;
+    memcpy(c->arena, kb->bytes, kb->len);
+    memcpy(c->arg, kb->arg, (size_t)kb->nargs * sizeof(c->arg[0]));
+    c->used = kb->len;
+    c->nargs = kb->nargs;
+    return 1;
+}
+
+/* keeps `c`'s arguments so far (its keys) in `kb` for the next requests */
+static void keys_to_block(struct key_block *kb, const struct aor_admit_call *c, uint64_t generation, int64_t minute_id,
+                          const char *tenant, int nday, int nmonth)
+{
+    size_t tl = strlen(tenant);
+
+    if (kb == NULL || c->used > sizeof(kb->bytes) || (size_t)c->nargs > sizeof(kb->arg) / sizeof(kb->arg[0]) ||
+        tl >= sizeof(kb->tenant))
+        return;
+    memcpy(kb->bytes, c->arena, c->used);
+    memcpy(kb->arg, c->arg, (size_t)c->nargs * sizeof(c->arg[0]));
+    memcpy(kb->tenant, tenant, tl + 1);
+    kb->len = c->used;
+    kb->nargs = c->nargs;
+    kb->generation = generation;
+    kb->minute_id = minute_id;
+    kb->nday = nday;
+    kb->nmonth = nmonth;
+}
 
 static struct aor_admit_call *call_new(struct aor_worker *w, const struct script *s)
 {
@@ -1160,6 +1230,7 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
     struct aor_admit_call *c;
     struct aor_quota_windows past;
     struct key_parts k;
+    struct key_block *kb;
     int nb = num_buckets(ar->conf), nday = 0, nmonth = 0, i;
 
     a->remaining_tokens = a->remaining_requests = -1;
@@ -1180,15 +1251,22 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
     c->cb = cb;
     aor_quota_resolve(ar->conf, ar->tenant, NULL, &fallback);
     call_set_numkeys(c, 4 + nb);
-    key_parts_of(ar, &k);
-    if (CALL_KEY(c, &k, "tenant:", "", "") != 0 || add_usage_keys(c, &k, &a->win) != 0)
-        goto fail;
-    for (i = 0; i != nb; ++i) {
-        aor_quota_windows(now - (int64_t)i * 60000, &past);
-        if (CALL_KEY(c, &k, "reserved:", ":", past.minute) != 0)
+    kb = key_block_of(w, KEYS_RESERVE, ar->tenant);
+    if (keys_from_block(c, kb, ar->conf->generation, a->win.minute_id, ar->tenant)) {
+        nday = kb->nday;
+        nmonth = kb->nmonth;
+    } else {
+        key_parts_of(ar, &k);
+        if (CALL_KEY(c, &k, "tenant:", "", "") != 0 || add_usage_keys(c, &k, &a->win) != 0)
             goto fail;
-        nday += past.day_id == a->win.day_id;
-        nmonth += past.month_id == a->win.month_id;
+        for (i = 0; i != nb; ++i) {
+            aor_quota_windows(now - (int64_t)i * 60000, &past);
+            if (CALL_KEY(c, &k, "reserved:", ":", past.minute) != 0)
+                goto fail;
+            nday += past.day_id == a->win.day_id;
+            nmonth += past.month_id == a->win.month_id;
+        }
+        keys_to_block(kb, c, ar->conf->generation, a->win.minute_id, ar->tenant, nday, nmonth);
     }
     {
         int64_t n[8] = {a->estimate, fallback.tpm, fallback.rpm, fallback.day, fallback.month, nday, nmonth, nb * 60 + 120};
@@ -1217,6 +1295,7 @@ void aor_admit_settle(struct aor_request *ar)
     struct aor_admit_call *c;
     struct usage_delta u = {0, 0, 0, 0};
     struct key_parts k;
+    struct key_block *kb;
     int count = 0, bucket;
 
     if (reserved == AOR_ADMIT_NONE && !a->maybe_reserved)
@@ -1274,9 +1353,17 @@ void aor_admit_settle(struct aor_request *ar)
     }
     call_set_numkeys(c, bucket ? 5 : 4);
     c->marker_arg = bucket ? 4 : 3;
-    key_parts_of(ar, &k);
-    if (add_usage_keys(c, &k, &a->win) != 0 || (bucket && CALL_KEY(c, &k, "reserved:", ":", a->win.minute) != 0) ||
-        CALL_KEY(c, &k, "settled:", ":", a->win.minute) != 0 || settle_args(c, bucket, a->estimate, a->reservation_id) != 0) {
+    kb = key_block_of(ar->worker, bucket ? KEYS_SETTLE_BUCKET : KEYS_SETTLE, ar->tenant);
+    if (!keys_from_block(c, kb, ar->conf->generation, a->win.minute_id, ar->tenant)) {
+        key_parts_of(ar, &k);
+        if (add_usage_keys(c, &k, &a->win) != 0 || (bucket && CALL_KEY(c, &k, "reserved:", ":", a->win.minute) != 0) ||
+            CALL_KEY(c, &k, "settled:", ":", a->win.minute) != 0) {
+            call_free(c);
+            return;
+        }
+        keys_to_block(kb, c, ar->conf->generation, a->win.minute_id, ar->tenant, 0, 0);
+    }
+    if (settle_args(c, bucket, a->estimate, a->reservation_id) != 0) {
         call_free(c);
         return;
     }

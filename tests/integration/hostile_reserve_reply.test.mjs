@@ -7,7 +7,8 @@
 // the limit named picks the message and the retry-after, the reason picks the 403.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startMock, startRouter, backendFor, post, chatBody, CHAT_PATH, stopAll, fetchMetrics, metricSum } from './lib/harness.mjs';
+import crypto from 'node:crypto';
+import { startMock, startRouter, backendFor, post, chatBody, CHAT_PATH, stopAll, fetchMetrics, metricSum, pollUntil } from './lib/harness.mjs';
 import { startFakeResp } from './lib/hostile_review_resp.mjs';
 
 const bulk = (s) => `$${Buffer.byteLength(s, 'latin1')}\r\n${s}\r\n`;
@@ -144,4 +145,76 @@ describe('the reserve reply is parsed strictly and exactly', () => {
       assert.equal(ok.headers['x-ratelimit-remaining-tokens'], '9');
     });
   }
+});
+
+// Each worker keeps the key arguments of a tenant's calls for the minute (router/admit.c
+// key_block): a cached block must never name another tenant, an old prefix or an old minute.
+describe('the cached key arguments follow the tenant, the config and the minute', () => {
+  let mock, fake, router;
+  const calls = [];
+  const sha = (s) => crypto.createHash('sha256').update(s).digest('hex');
+  // tenants t-a and t-b share a cache slot (FNV-1a of the name mod 16, as key_block_of picks
+  // it): a block kept for one must not be taken for the other; t-c sits elsewhere
+  const fnv = (str) => [...Buffer.from(str)].reduce((h, b) => Math.imul(h ^ b, 16777619) >>> 0, 2166136261) % 16;
+  const names = Array.from({ length: 400 }, (_, i) => `t-${i}`);
+  const first = names[0];
+  const twin = names.find((n) => n !== first && fnv(n) === fnv(first));
+  const other = names.find((n) => fnv(n) !== fnv(first));
+  const TENANT = { a: first, b: twin, c: other };
+  const KEY = { a: 'aor_cache_test_key_tenant_a_0123456789', b: 'aor_cache_test_key_tenant_b_0123456789', c: 'aor_cache_test_key_tenant_c_0123456789' };
+  const config = (prefix) => ({
+    threads: 1,
+    redis: { url: fake.url, on_failure: 'closed', ...(prefix ? { prefix } : {}) },
+    auth: { mode: 'key', keys: { static: Object.entries(KEY).map(([t, k]) => ({ sha256: sha(k), tenant: TENANT[t] })) } },
+    tenants: { default: { tpm: 100000, rpm: 1000 } },
+    backends: [backendFor(mock, { deployments: { 'gpt-4o': 'gpt-4o' } })],
+  });
+
+  before(async () => {
+    mock = await startMock('rr-cache');
+    fake = await startFakeResp((s, args) => {
+      const cmd = args[0].toUpperCase();
+      if (cmd === 'MGET') return s.write(`*${args.length - 1}\r\n` + '$-1\r\n'.repeat(args.length - 1));
+      if (cmd !== 'EVALSHA' && cmd !== 'EVAL') return s.write('-ERR unexpected\r\n');
+      const nkeys = Number(args[2]);
+      calls.push({ keys: args.slice(3, 3 + nkeys), reserve: /tenant:\{/.test(args[3]) });
+      if (/tenant:\{/.test(args[3])) s.write(bulk('0 - 100 10 1 1 1 1 -1 -1 -1 -1 -1 -1\n'));
+      else s.write(':1\r\n');
+    });
+    router = await startRouter({ config: config() });
+  });
+  after(async () => {
+    await stopAll(router, mock);
+    await fake.stop();
+  });
+
+  const send = (t) => post(router.url, CHAT_PATH, chatBody({ max_tokens: 5 }), { headers: { 'api-key': KEY[t] } });
+
+  it('tenants interleaved: every call names its own tenant, reserve and settle', async () => {
+    for (const t of ['a', 'b', 'a', 'c', 'b', 'b', 'a', 'c']) {
+      calls.length = 0;
+      const r = await send(t);
+      assert.equal(r.status, 200, r.body);
+      await pollUntil(() => calls.length >= 2, { timeoutMs: 5000 });
+      const [reserve, settle] = calls;
+      assert.ok(reserve.reserve && !settle.reserve, JSON.stringify(calls));
+      for (const k of [...reserve.keys, ...settle.keys]) assert.ok(k.startsWith('aoai:') && k.includes(`{${TENANT[t]}}`), `${t}: ${k}`);
+      assert.equal(reserve.keys[0], `aoai:tenant:{${TENANT[t]}}`);
+      assert.deepEqual(settle.keys.slice(0, 3), reserve.keys.slice(1, 4), 'settled in the windows it was admitted in');
+      assert.match(settle.keys.at(-1), new RegExp(`^aoai:settled:\\{${TENANT[t]}\\}:\\d{12}$`));
+    }
+  });
+
+  it('a reload that changes the prefix: the next calls use the new one', async () => {
+    assert.equal((await send('a')).status, 200);
+    const from = router.stderr().length;
+    router.writeConfig(config('other-'));
+    router.signal('SIGHUP');
+    assert.ok(await router.waitStderr(/reloaded/, 10000, from), 'reloaded');
+    calls.length = 0;
+    const r = await send('a');
+    assert.equal(r.status, 200, r.body);
+    await pollUntil(() => calls.length >= 2, { timeoutMs: 5000 });
+    for (const c of calls) for (const k of c.keys) assert.ok(k.startsWith('other-') && k.includes(`{${TENANT.a}}`), k);
+  });
 });
