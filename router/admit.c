@@ -25,6 +25,7 @@
 #include <openssl/rand.h>
 #include "admit.h"
 #include "config.h"
+#include "deftenant.h"
 #include "errors.h"
 #include "log.h"
 #include "metrics.h"
@@ -645,7 +646,8 @@ static void refuse_forbidden(struct aor_request *ar, const char *why)
 /* the status page's and the gauges' view of the tenant's quota and windows */
 static void publish_usage(struct aor_request *ar, const struct aor_quota *q, const int64_t used[4])
 {
-    const int64_t limit[4] = {q->tpm, q->rpm, q->day, q->month};
+    int64_t limit[4];
+    aor_quota_limits(q, aor_deftenant_layer(ar->worker), limit); /* with tenant:{default}'s where nothing else names one */
     ar->adm.metrics = aor_metrics_tenant_quota(ar->tenant, limit, used, &ar->adm.win);
 }
 
@@ -670,6 +672,7 @@ static void local_admit(struct aor_request *ar, int64_t now)
         q = e->q;
     else
         aor_quota_resolve(ar->conf, ar->tenant, NULL, &q);
+    aor_quota_fill(&q, aor_deftenant_layer(ar->worker)); /* what neither hash nor config names: tenant:{default}'s */
     if (aor_quota_forbidden(&q, ar->deployment) != AOR_LIMIT_NONE) {
         pthread_mutex_unlock(&local_lock);
         refuse_forbidden(ar, q.disabled ? "disabled" : !aor_quota_deployment_allowed(&q, ar->deployment) ? "deployment" : "zero");
@@ -1235,6 +1238,7 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
 
     a->remaining_tokens = a->remaining_requests = -1;
     a->estimate = ar->estimate < 0 ? 0 : ar->estimate > MAX_ESTIMATE ? MAX_ESTIMATE : ar->estimate;
+    a->estimate += ar->estimate_default; /* 0..AOR_TENANT_MAX_DEFAULT_MAX_TOKENS (pipeline.c) */
     aor_quota_windows(now, &a->win);
     if (ar->tenant == NULL)
         ar->tenant = "default";
@@ -1250,6 +1254,7 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
     c->ar = ar;
     c->cb = cb;
     aor_quota_resolve(ar->conf, ar->tenant, NULL, &fallback);
+    aor_quota_fill(&fallback, aor_deftenant_layer(w)); /* what the config does not name: tenant:{default}'s */
     call_set_numkeys(c, 4 + nb);
     kb = key_block_of(w, KEYS_RESERVE, ar->tenant);
     if (keys_from_block(c, kb, ar->conf->generation, a->win.minute_id, ar->tenant)) {

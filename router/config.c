@@ -101,7 +101,8 @@ static const char *const issuer_keys[] = {"issuer",
                                           NULL};
 static const char *const auth_keys_keys[] = {"headers", "static", NULL};
 static const char *const static_key_keys[] = {"sha256", "tenant", NULL};
-static const char *const tenant_keys[] = {"tpm", "rpm", "tokens_per_day", "tokens_per_month", "deployments", NULL};
+static const char *const tenant_keys[] = {"tpm", "rpm", "tokens_per_day", "tokens_per_month", "deployments", "default_max_tokens",
+                                          NULL};
 static const char *const backend_keys[] = {"name",   "url", "region",      "provider", "priority",
                                            "weight", "tpm", "deployments", "auth",     NULL};
 /* backends[].auth, per type (indexed by enum aor_cred_type) */
@@ -1608,15 +1609,20 @@ static void inherit_default(struct ctx *c)
     struct aor_config *conf = c->conf;
     const struct aor_tenant_conf *d = NULL;
 
-    for (size_t i = 0; i < conf->num_tenants; ++i)
+    for (size_t i = 0; i < conf->num_tenants; ++i) {
+        conf->tenants[i].named = conf->tenants[i].set;
         if (strcmp(conf->tenants[i].name, "default") == 0)
             d = &conf->tenants[i];
+    }
     if (d == NULL)
         return;
     for (size_t i = 0; i < conf->num_tenants; ++i) {
         struct aor_tenant_conf *t = &conf->tenants[i];
         if (t == d)
             continue;
+        t->named |= d->set;
+        if (!(t->set & 32))
+            t->default_max_tokens = d->default_max_tokens;
         if (!(t->set & 1))
             t->tpm = d->tpm;
         if (!(t->set & 2))
@@ -1669,7 +1675,10 @@ static void parse_tenants(struct ctx *c, yaml_node_t *top)
             t->tokens_per_day = v, t->set |= 4;
         if (get_int(c, val, kp, "tokens_per_month", -1, INT64_MAX, &v) == 1)
             t->tokens_per_month = v, t->set |= 8;
-        get_str_list(c, val, kp, "deployments", check_deployment_name, &t->deployments, &t->num_deployments);
+        if (get_int(c, val, kp, "default_max_tokens", 0, AOR_TENANT_MAX_DEFAULT_MAX_TOKENS, &v) == 1)
+            t->default_max_tokens = v, t->set |= 32;
+        if (get_str_list(c, val, kp, "deployments", check_deployment_name, &t->deployments, &t->num_deployments) == 1)
+            t->set |= 16;
     }
     inherit_default(c);
 }

@@ -131,8 +131,15 @@ struct aor_tenant_conf {
     int64_t tpm, rpm, tokens_per_day, tokens_per_month; /* -1 = unlimited (default) */
     char **deployments;                                 /* NULL = all; never an empty list */
     size_t num_deployments;
-    unsigned set; /* the limits the entry names (1 tpm, 2 rpm, 4 day, 8 month); the others are tenants.default's */
+    int64_t default_max_tokens; /* added to the admission estimate of a completion request whose body names no
+                                   completion limit (README "Quotas"); 0 = none (default), at most
+                                   AOR_TENANT_MAX_DEFAULT_MAX_TOKENS */
+    unsigned set;               /* what the entry names (1 tpm, 2 rpm, 4 day, 8 month, 16 deployments, 32 default_max_tokens); the
+                                   others are tenants.default's */
+    unsigned named; /* `set` with tenants.default's: the fields the config gives this tenant (the rest fall back further) */
 };
+
+#define AOR_TENANT_MAX_DEFAULT_MAX_TOKENS 1000000 /* tenants.<T>.default_max_tokens: above any model's output limit */
 
 struct aor_config {
     int refcnt; /* atomic; see aor_config_retain/release */

@@ -264,6 +264,9 @@ static int read_body(struct aor_request *ar, h2o_req_t *req, enum aor_error *err
         ar->deployment[ar->route.deployment_len] = '\0';
     }
     ar->estimate = aor_reqbody_estimate(&ar->rb, ar->body_len);
+    /* the tenant is known (authenticated before the body is read): its default completion limit */
+    ar->estimate_default =
+        aor_reqbody_default_completion(&ar->rb, ar->route.op, ar->route.op_len, aor_quota_default_max_tokens(ar->conf, ar->tenant));
     return 0;
 }
 

@@ -109,6 +109,7 @@ unsigned aor_quota_resolve(const struct aor_config *conf, const char *tenant, co
     q->disabled = 0;
     q->all_deployments = 1;
     q->deployments[0] = '\0';
+    q->unset = 31u & ~(t != NULL ? t->named : 0u);
     if (t != NULL && t->deployments != NULL) {
         size_t n = 0;
         for (i = 0; i != t->num_deployments; ++i) {
@@ -122,12 +123,17 @@ unsigned aor_quota_resolve(const struct aor_config *conf, const char *tenant, co
         }
         q->deployments[n] = '\0';
         q->all_deployments = 0;
+        q->unset &= ~16u;
     }
     if (f == NULL)
         return 0;
 #define FIELD(name, dst, bit)                                                                                                      \
-    if (f->name != NULL && !aor_quota_parse_value(f->name, f->name##_len, &q->dst))                                                \
-        bad |= bit;
+    if (f->name != NULL) {                                                                                                         \
+        if (aor_quota_parse_value(f->name, f->name##_len, &q->dst))                                                                \
+            q->unset &= ~(unsigned)bit;                                                                                            \
+        else                                                                                                                       \
+            bad |= bit;                                                                                                            \
+    }
     FIELD(tpm, tpm, 1)
     FIELD(rpm, rpm, 2)
     FIELD(day, day, 4)
@@ -137,6 +143,7 @@ unsigned aor_quota_resolve(const struct aor_config *conf, const char *tenant, co
         struct aor_quota saved = *q;
         if (set_list(q, f->deployments, f->deployments_len) == 0) {
             q->all_deployments = 0;
+            q->unset &= ~16u;
         } else {
             memcpy(q->deployments, saved.deployments, sizeof(q->deployments));
             bad |= 16;
@@ -155,6 +162,74 @@ unsigned aor_quota_resolve(const struct aor_config *conf, const char *tenant, co
         }
     }
     return bad;
+}
+
+unsigned aor_quota_layer_parse(const struct aor_quota_fields *f, struct aor_quota_layer *out)
+{
+    struct aor_quota q;
+    unsigned bad = 0;
+
+    memset(out, 0, sizeof(*out));
+    if (f == NULL)
+        return 0;
+#define FIELD(name, bit)                                                                                                           \
+    if (f->name != NULL) {                                                                                                         \
+        if (aor_quota_parse_value(f->name, f->name##_len, &out->name))                                                             \
+            out->have |= bit;                                                                                                      \
+        else                                                                                                                       \
+            bad |= bit;                                                                                                            \
+    }
+    FIELD(tpm, 1)
+    FIELD(rpm, 2)
+    FIELD(day, 4)
+    FIELD(month, 8)
+#undef FIELD
+    if (f->deployments != NULL) {
+        if (set_list(&q, f->deployments, f->deployments_len) == 0) {
+            memcpy(out->deployments, q.deployments, sizeof(out->deployments));
+            out->have |= 16;
+        } else {
+            bad |= 16;
+        }
+    }
+    return bad;
+}
+
+void aor_quota_fill(struct aor_quota *q, const struct aor_quota_layer *d)
+{
+    unsigned give;
+
+    if (d == NULL || (give = q->unset & d->have) == 0)
+        return;
+    if (give & 1)
+        q->tpm = d->tpm;
+    if (give & 2)
+        q->rpm = d->rpm;
+    if (give & 4)
+        q->day = d->day;
+    if (give & 8)
+        q->month = d->month;
+    if (give & 16) {
+        memcpy(q->deployments, d->deployments, sizeof(q->deployments));
+        q->all_deployments = 0;
+    }
+    q->unset &= ~give;
+}
+
+void aor_quota_limits(const struct aor_quota *q, const struct aor_quota_layer *d, int64_t out[4])
+{
+    unsigned give = d != NULL ? q->unset & d->have : 0;
+
+    out[0] = give & 1 ? d->tpm : q->tpm;
+    out[1] = give & 2 ? d->rpm : q->rpm;
+    out[2] = give & 4 ? d->day : q->day;
+    out[3] = give & 8 ? d->month : q->month;
+}
+
+int64_t aor_quota_default_max_tokens(const struct aor_config *conf, const char *tenant)
+{
+    const struct aor_tenant_conf *t = config_tenant(conf, tenant);
+    return t != NULL ? t->default_max_tokens : 0;
 }
 
 int aor_quota_deployment_allowed(const struct aor_quota *q, const char *deployment)

@@ -25,6 +25,19 @@ struct aor_quota {
     int disabled;
     int all_deployments;                         /* no list: every deployment */
     char deployments[AOR_QUOTA_DEPLOYMENTS_MAX]; /* comma list without blanks, when !all_deployments */
+    unsigned unset; /* fields no layer named, so unlimited / all for now (1 tpm, 2 rpm, 4 day, 8 month, 16 deployments):
+                       what aor_quota_fill may still give */
+};
+
+/*
+ * The last fallback layer: the quota fields of the Redis hash of the tenant named `default`
+ * (`<prefix>tenant:{default}`), parsed. `disabled` is not among them: it switches off the tenant
+ * `default` only (README "Quotas and accounting"). Zeroed = nothing to give.
+ */
+struct aor_quota_layer {
+    unsigned have; /* fields present and valid (1 tpm, 2 rpm, 4 day, 8 month, 16 deployments) */
+    int64_t tpm, rpm, day, month;
+    char deployments[AOR_QUOTA_DEPLOYMENTS_MAX]; /* comma list without blanks, when have & 16 */
 };
 
 /* the raw fields of a tenant hash, as Redis holds them; each NULL when absent */
@@ -45,14 +58,30 @@ int aor_quota_parse_value(const char *s, size_t len, int64_t *out);
 
 /*
  * The quota of `tenant`: each field of `f` that is valid, else the config's entry for the
- * tenant, else its `default` entry, else unlimited. `disabled` fails closed: empty, 0, false,
- * no (any case) → on; 1, true, yes, on → disabled; anything else → disabled and reported; a
- * `deployments` list is kept without blanks (empty or over AOR_QUOTA_DEPLOYMENTS_MAX: invalid).
- * `f` may be NULL (no hash). Returns a bit mask of the fields that were present but invalid
- * (1 tpm, 2 rpm, 4 day, 8 month, 16 deployments, 32 disabled) so the caller can log them.
+ * tenant, else its `default` entry, else unlimited (and marked in q->unset for aor_quota_fill). `disabled` fails closed: empty, 0,
+ * false, no (any case) → on; 1, true, yes, on → disabled; anything else → disabled and reported; a `deployments` list is kept
+ * without blanks (empty or over AOR_QUOTA_DEPLOYMENTS_MAX: invalid). `f` may be NULL (no hash). Returns a bit mask of the fields
+ * that were present but invalid (1 tpm, 2 rpm, 4 day, 8 month, 16 deployments, 32 disabled) so the caller can log them.
  */
 unsigned aor_quota_resolve(const struct aor_config *conf, const char *tenant, const struct aor_quota_fields *f,
                            struct aor_quota *q);
+
+/*
+ * Reads the fields of the `default` tenant's hash into `out` by the rules of aor_quota_resolve
+ * (a value that is not valid counts as absent; f->disabled is ignored). `f` may be NULL (no
+ * hash). Returns the mask of the fields present but invalid (1 tpm, 2 rpm, 4 day, 8 month,
+ * 16 deployments).
+ */
+unsigned aor_quota_layer_parse(const struct aor_quota_fields *f, struct aor_quota_layer *out);
+
+/* gives each field of `q` that no layer named (q->unset) the value `d` has for it, if any; `d` may be NULL */
+void aor_quota_fill(struct aor_quota *q, const struct aor_quota_layer *d);
+
+/* q's tpm, rpm, day, month into out[4], each unset one taken from `d` when it has one (`d` may be NULL) */
+void aor_quota_limits(const struct aor_quota *q, const struct aor_quota_layer *d, int64_t out[4]);
+
+/* tenants.<T>.default_max_tokens (inherited from tenants.default), 0 when none or no config */
+int64_t aor_quota_default_max_tokens(const struct aor_config *conf, const char *tenant);
 
 /* 1 when `q` lets the tenant use `deployment` (an empty deployment — a passthrough without one — is allowed) */
 int aor_quota_deployment_allowed(const struct aor_quota *q, const char *deployment);

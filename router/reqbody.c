@@ -196,3 +196,16 @@ int aor_reqbody_with_stream_usage(const char *body, size_t len, const struct aor
         return splice(body, len, head, 0, inner, sizeof(inner) - (empty ? 2 : 1), rb, buf, cap, out);
     return splice(body, len, head, 0, member, sizeof(member) - (empty ? 2 : 1), rb, buf, cap, out);
 }
+
+int64_t aor_reqbody_default_completion(const struct aor_reqbody *rb, const char *op, size_t op_len, int64_t dflt)
+{
+    static const char *const generating[] = {"chat/completions", "completions", "responses"};
+    size_t i;
+
+    if (dflt <= 0 || rb->max_tokens > 0 || op == NULL)
+        return 0;
+    for (i = 0; i != sizeof(generating) / sizeof(generating[0]); ++i)
+        if (op_len == strlen(generating[i]) && memcmp(op, generating[i], op_len) == 0)
+            return dflt;
+    return 0;
+}

@@ -56,4 +56,12 @@ int aor_reqbody_with_stream_usage(const char *body, size_t len, const struct aor
 /* the tokens a request may cost: body bytes / 4 + the requested completion limit */
 int64_t aor_reqbody_estimate(const struct aor_reqbody *rb, size_t body_len);
 
+/*
+ * The completion tokens a quota estimate adds for a body that names no completion limit (no
+ * positive max_completion_tokens / max_tokens / max_output_tokens): `dflt` (the tenant's
+ * default_max_tokens) when `op` is an operation that generates text (chat/completions,
+ * completions, responses); 0 otherwise, and 0 when the body names a limit. `op` may be NULL.
+ */
+int64_t aor_reqbody_default_completion(const struct aor_reqbody *rb, const char *op, size_t op_len, int64_t dflt);
+
 #endif

@@ -66,6 +66,8 @@ struct aor_request {
     char *attempt_body;       /* body rewritten for the current backend, if any */
     int stream;               /* the client asked for stream: true */
     int64_t estimate;         /* tokens the request may cost */
+    int64_t estimate_default; /* the tenant's default_max_tokens when the body names no completion limit: added to the
+                                 quota estimate only (admit.c), not to the backend's (balancer) */
     struct aor_auth auth;     /* the authenticate stage's outcome: tenant, subject, method */
     const char *tenant;       /* auth.tenant once authenticated */
     struct aor_admission adm; /* the admit stage's reservation and decision */

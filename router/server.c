@@ -32,6 +32,7 @@
 #include "backend.h"
 #include "admit.h"
 #include "coolshare.h"
+#include "deftenant.h"
 #include "cred.h"
 #include "jwks.h"
 #include "redis.h"
@@ -734,6 +735,7 @@ static void *worker_main(void *arg)
     }
     aor_apikeys_destroy(w->apikeys);
     aor_coolshare_stop(w);
+    aor_deftenant_stop(w);
     aor_admit_worker_stop(w);
     aor_redis_destroy(w->redis); /* before the wait queue it watches */
     aor_cred_waitq_close(w->cred_waitq);
@@ -785,7 +787,7 @@ static int start_worker(struct aor_worker *w, unsigned id, const int *fds)
                                      redis_entra(w, conf, &entra), REDIS_COMMAND_TIMEOUT_MS)) == NULL)
         return -1;
     if ((w->apikeys = aor_apikeys_create(w->redis, AOR_APIKEY_CACHE_DEFAULT)) == NULL || aor_coolshare_start(w) != 0 ||
-        aor_admit_worker_start(w) != 0)
+        aor_deftenant_start(w) != 0 || aor_admit_worker_start(w) != 0)
         return -1;
     /* worker 0's loop also fetches the issuers' keys (OIDC discovery, JWKS) */
     if (id == 0 && aor_keystores_start(&w->loop, w->upstream) != 0)

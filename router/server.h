@@ -24,6 +24,7 @@ struct aor_tokencache;
 struct aor_coolshare_read;
 struct aor_cred_waitq;
 struct aor_admit_worker;
+struct aor_deftenant;
 
 /*
  * One accepted client connection (item 2 connection cap, item 3 reset budget, item 22
@@ -77,6 +78,7 @@ struct aor_worker {
     struct aor_redis_cmd *coolshare_cmd;
     struct aor_coolshare_read *coolshare_read; /* what the pending read is for (coolshare.c) */
     struct aor_admit_worker *admit;            /* the usage backlog's flush timer (admit.c) */
+    struct aor_deftenant *deftenant;           /* the `default` tenant's quota hash, polled (deftenant.c) */
     uint64_t rng;
     uv_async_t wake; /* main thread → worker: reload or shutdown */
     uint64_t seen_generation;

@@ -7,6 +7,7 @@
 #define _GNU_SOURCE /* GNU strerror_r, explicit_bzero */
 #endif
 #include "config.h"
+#include "quota.h"
 #include "test.h"
 
 #include <dirent.h>
@@ -604,6 +605,43 @@ static void test_integers(void)
                         "t.yaml:6: tenants.t.tpm: expected an integer >= -1 (value too large)");
     EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "tenants:\n  t: { rpm: -2 }\n"),
                         "t.yaml:6: tenants.t.rpm: expected an integer >= -1\n");
+}
+
+/* tenants.<T>.default_max_tokens: 0..1000000, inherited from tenants.default like the limits */
+static void test_default_max_tokens(void)
+{
+    struct aor_config *conf;
+
+    EXPECT_OK(conf,
+              parse(LISTEN BACKEND "tenants:\n  default: { tpm: 1000, default_max_tokens: 800 }\n"
+                                   "  a: { rpm: 5 }\n  b: { default_max_tokens: 0 }\n  c: { default_max_tokens: 1000000 }\n"));
+    if (conf != NULL) {
+        CHECK_EQ_INT(conf->tenants[0].default_max_tokens, 800);
+        CHECK_EQ_INT(conf->tenants[1].default_max_tokens, 800); /* left out: tenants.default's */
+        CHECK_EQ_INT(conf->tenants[1].named, 1 | 2 | 32);       /* its rpm, the default's tpm and default_max_tokens */
+        CHECK_EQ_INT(conf->tenants[2].default_max_tokens, 0);   /* named: 0 (none) */
+        CHECK_EQ_INT(conf->tenants[3].default_max_tokens, 1000000);
+        CHECK_EQ_INT(aor_quota_default_max_tokens(conf, "a"), 800);
+        CHECK_EQ_INT(aor_quota_default_max_tokens(conf, "nobody"), 800);
+        CHECK_EQ_INT(aor_quota_default_max_tokens(conf, "b"), 0);
+    }
+    aor_config_release(conf);
+    EXPECT_OK(conf, parse(LISTEN BACKEND "tenants:\n  a: { tpm: 5 }\n"));
+    if (conf != NULL)
+        CHECK_EQ_INT(conf->tenants[0].default_max_tokens, 0); /* no default anywhere: none */
+    aor_config_release(conf);
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "tenants:\n  t: { default_max_tokens: 1000001 }\n"),
+                        "t.yaml:6: tenants.t.default_max_tokens: expected an integer between 0 and 1000000\n");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "tenants:\n  t: { default_max_tokens: -1 }\n"),
+                        "t.yaml:6: tenants.t.default_max_tokens: expected an integer between 0 and 1000000\n");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "tenants:\n  t: { default_max_tokens: 1e3 }\n"),
+                        "t.yaml:6: tenants.t.default_max_tokens: expected an integer between 0 and 1000000\n");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "tenants:\n  default: { default_max_token: 800 }\n"),
+                        "t.yaml:6: tenants.default.default_max_token: unknown key \"default_max_token\" (did you mean "
+                        "\"default_max_tokens\"?)");
+    EXPECT_ONLY_PROBLEM(parse(LISTEN BACKEND "tenants:\n  t: { max_tokens: 800 }\n"),
+                        "t.yaml:6: tenants.t.max_tokens: unknown key \"max_tokens\" (expected tpm, rpm, tokens_per_day, "
+                        "tokens_per_month, deployments or default_max_tokens; x- keys are free)");
 }
 
 static void test_listen(void)
@@ -1611,6 +1649,7 @@ int main(void)
     test_defaults();
     test_structure();
     test_integers();
+    test_default_max_tokens();
     test_listen();
     test_sections();
     test_auth();

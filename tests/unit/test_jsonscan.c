@@ -85,6 +85,33 @@ static void test_reqbody(void)
     CHECK_EQ_INT(aor_reqbody_scan("not json", 8, &rb), -1);
 }
 
+#define S(x) x, strlen(x)
+
+/* the tenant's default_max_tokens joins the quota estimate of a text-generating request without a limit */
+static void test_default_completion(void)
+{
+    struct aor_reqbody rb;
+    static const char *const bodies[] = {"{\"messages\":[]}",     "{\"max_tokens\":0}",       "{\"max_tokens\":-5}",
+                                         "{\"max_tokens\":null}", "{\"max_tokens\":\"100\"}", "{\"max_output_tokens\":1.5}"};
+    size_t i;
+
+    for (i = 0; i != sizeof(bodies) / sizeof(bodies[0]); ++i) {
+        CHECK_EQ_INT(aor_reqbody_scan(bodies[i], strlen(bodies[i]), &rb), 0);
+        CHECK_EQ_INT(aor_reqbody_default_completion(&rb, S("chat/completions"), 800), 800); /* no usable limit named */
+    }
+    CHECK_EQ_INT(aor_reqbody_default_completion(&rb, S("completions"), 800), 800);
+    CHECK_EQ_INT(aor_reqbody_default_completion(&rb, S("responses"), 800), 800);
+    CHECK_EQ_INT(aor_reqbody_default_completion(&rb, S("embeddings"), 800), 0); /* nothing generated */
+    CHECK_EQ_INT(aor_reqbody_default_completion(&rb, S("audio/speech"), 800), 0);
+    CHECK_EQ_INT(aor_reqbody_default_completion(&rb, S("chat/completionsx"), 800), 0);
+    CHECK_EQ_INT(aor_reqbody_default_completion(&rb, NULL, 0, 800), 0); /* a raw passthrough */
+    CHECK_EQ_INT(aor_reqbody_default_completion(&rb, S("chat/completions"), 0), 0);
+    CHECK_EQ_INT(aor_reqbody_scan("{\"max_tokens\":5}", 16, &rb), 0);
+    CHECK_EQ_INT(aor_reqbody_default_completion(&rb, S("chat/completions"), 800), 0); /* the body's own limit */
+    CHECK_EQ_INT(aor_reqbody_scan("{\"max_output_tokens\":1}", 23, &rb), 0);
+    CHECK_EQ_INT(aor_reqbody_default_completion(&rb, S("responses"), 800), 0);
+}
+
 static void test_with_model(void)
 {
     struct aor_reqbody rb;
@@ -220,6 +247,7 @@ int main(void)
     test_grammar();
     test_depth();
     test_reqbody();
+    test_default_completion();
     test_with_model();
     test_values();
     return aor_test_done("test_jsonscan");

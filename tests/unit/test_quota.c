@@ -153,8 +153,83 @@ static void test_local(void)
     CHECK_EQ_INT(aor_quota_local_reserve(&c, &q, &w, now, 70, &rt, &rr, &ra), AOR_LIMIT_DAY);
 }
 
+/* the last fallback layer: the `default` tenant's hash fills what neither the tenant's hash nor the config names */
+static void test_layer(void)
+{
+    struct aor_tenant_conf tenants[2] = {
+        {.name = "default", .tpm = 1000, .rpm = -1, .tokens_per_day = -1, .tokens_per_month = -1, .set = 1, .named = 1},
+        {.name = "t1", .tpm = 1000, .rpm = -1, .tokens_per_day = 7, .tokens_per_month = -1, .set = 4, .named = 1 | 4}};
+    struct aor_config conf;
+    struct aor_quota q;
+    struct aor_quota_fields f;
+    struct aor_quota_layer d;
+    int64_t lim[4];
+
+    memset(&conf, 0, sizeof(conf));
+    conf.tenants = tenants;
+    conf.num_tenants = 2;
+    memset(&f, 0, sizeof(f));
+    f.tpm = "5", f.tpm_len = 1;
+    f.rpm = "7", f.rpm_len = 1;
+    f.day = "x", f.day_len = 1; /* garbage counts as absent */
+    f.month = "-1", f.month_len = 2;
+    f.deployments = " a, b", f.deployments_len = 5;
+    f.disabled = "1", f.disabled_len = 1; /* never inherited */
+    CHECK_EQ_INT(aor_quota_layer_parse(&f, &d), 4);
+    CHECK_EQ_INT(d.have, 1 | 2 | 8 | 16);
+    CHECK_EQ_STR(d.deployments, "a,b");
+
+    /* t1: tpm from the config's default, day its own: only rpm, month, deployments are open */
+    aor_quota_resolve(&conf, "t1", NULL, &q);
+    CHECK_EQ_INT(q.unset, 2 | 8 | 16);
+    aor_quota_limits(&q, &d, lim);
+    CHECK(lim[0] == 1000 && lim[1] == 7 && lim[2] == 7 && lim[3] == -1);
+    aor_quota_fill(&q, &d);
+    CHECK_EQ_INT(q.tpm, 1000);
+    CHECK_EQ_INT(q.rpm, 7);
+    CHECK_EQ_INT(q.day, 7);
+    CHECK_EQ_INT(q.month, -1);
+    CHECK_EQ_INT(q.disabled, 0);
+    CHECK(!q.all_deployments && strcmp(q.deployments, "a,b") == 0);
+    CHECK_EQ_INT(q.unset, 0);
+    CHECK_EQ_INT(aor_quota_forbidden(&q, "c"), AOR_LIMIT_DEPLOYMENT);
+
+    /* the tenant's own hash wins, field by field; an invalid field there falls through */
+    memset(&f, 0, sizeof(f));
+    f.rpm = "9", f.rpm_len = 1;
+    f.month = "abc", f.month_len = 3;
+    aor_quota_resolve(&conf, "t1", &f, &q);
+    CHECK_EQ_INT(q.unset, 8 | 16);
+    aor_quota_fill(&q, &d);
+    CHECK_EQ_INT(q.rpm, 9);
+    CHECK_EQ_INT(q.month, -1); /* the layer's -1 (unlimited) */
+
+    /* an empty layer, none, or no config */
+    memset(&d, 0, sizeof(d));
+    aor_quota_resolve(&conf, "t1", NULL, &q);
+    aor_quota_fill(&q, &d);
+    aor_quota_fill(&q, NULL);
+    CHECK_EQ_INT(q.rpm, -1);
+    CHECK(q.all_deployments);
+    CHECK_EQ_INT(aor_quota_layer_parse(NULL, &d), 0);
+    CHECK_EQ_INT(d.have, 0);
+    aor_quota_resolve(NULL, "x", NULL, &q);
+    CHECK_EQ_INT(q.unset, 31);
+
+    /* hostile values in the layer: each absent */
+    memset(&f, 0, sizeof(f));
+    f.tpm = "1e3", f.tpm_len = 3;
+    f.rpm = "-2", f.rpm_len = 2;
+    f.day = "1000000000000000000000000000000", f.day_len = 31;
+    f.month = "", f.month_len = 0;
+    f.deployments = ",,,", f.deployments_len = 3;
+    CHECK_EQ_INT(aor_quota_layer_parse(&f, &d), 31);
+    CHECK_EQ_INT(d.have, 0);
+}
+
 int main(void)
 {
+    test_layer();
     test_values();
     test_resolve();
     test_windows();
