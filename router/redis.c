@@ -20,6 +20,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -80,6 +81,7 @@ struct conn {
     struct aor_redis *r;
     struct tcp_attempt *tcp; /* until connected */
     h2o_socket_t *sock;      /* once connected */
+    uv_stream_t *stream;     /* plain TCP: the socket's libuv stream (written directly, see conn_flush); NULL with TLS */
     redisReader *reader;
     char *out; /* command bytes not yet handed to the socket */
     size_t out_len, out_cap;
@@ -994,6 +996,25 @@ static void conn_flush(struct conn *c)
     } else {
         if (!c->open)
             c->gate -= c->out_len;
+        if (c->open && c->stream != NULL && c->sock != NULL && c->out_len <= INT_MAX) {
+            /* plain TCP, nothing of ours in flight: the socket at once. Taken whole (the usual
+             * case), that is all: no write request and callback, nor the epoll_ctl libuv spends
+             * re-arming the watcher after each uv_write (two syscalls a request at one in flight) */
+            uv_buf_t b = uv_buf_init(c->out, (unsigned)c->out_len);
+            int n = uv_try_write(c->stream, &b, 1);
+            if (n > 0 && (size_t)n == c->out_len) {
+                if (c->out_secret)
+                    explicit_bzero(c->out, c->out_len);
+                c->out_len = 0;
+                c->out_secret = 0;
+                return;
+            }
+            if (n > 0) {
+                memmove(c->out, c->out + n, c->out_len - (size_t)n);
+                c->out_len -= (size_t)n;
+            }
+            /* else EAGAIN (the kernel's buffer is full) or an error, which h2o's write reports */
+        }
         c->wire = c->out;
         c->wire_len = c->out_len;
         c->wire_cap = c->out_cap;
@@ -1187,6 +1208,7 @@ static void on_connected(uv_connect_t *req, int status)
     ta->c = NULL;
     sock = c->sock = h2o_uv_socket_create((uv_stream_t *)&ta->tcp, tcp_attempt_closed);
     sock->data = c;
+    c->stream = r->url.tls ? NULL : (uv_stream_t *)&ta->tcp;
     if ((fd = h2o_socket_get_fd(sock)) >= 0) {
         int idle = 15, intvl = 15, cnt = 3; /* keepalive probes: a peer that vanished without a FIN is noticed even when idle */
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
