@@ -8,12 +8,14 @@
 # price of the shared quota, paid on another machine in production).
 #   h1   wrk, HTTP/1.1, 64 connections, non-streaming chat completion
 #   sse  wrk, HTTP/1.1, 64 connections, streamed chat completion without include_usage
+#        (the router adds it upstream and drops the usage chunk)
 #   h1-rate  h2load --h1, 64 connections, the h1 request at a fixed total rate (RATE, default
 #        6400/s) that every proxy sustains: CPU per request at equal work (at full speed the
 #        slower proxy also pays for more loop wakeups per request; no latency percentiles here)
-#        (the router adds it upstream and drops the usage chunk)
 # Target (issue 8): on ≤ 1.3 × off in router CPU per request.
-# Usage: [PERF=1] bench/quota.sh [seconds per run, default 10]  (PERF=1: perf record of router-on, h1)   (results in bench/results/quota-*.tsv)
+# Usage: [REPEAT=n] [PERF=1] [RATE=r] bench/quota.sh [seconds per run, default 10]
+#   REPEAT: rounds of all runs, interleaved; the summary gives medians. PERF=1: perf record of
+#   router-on, h1 (first round). Results in bench/results/quota-*.tsv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -113,23 +115,31 @@ run_rate() { # proxy port pids...
 }
 printf '%s' "$BODY" >$TMP/body.json
 
-echo "== $DUR s per run" >&2
-for sc in h1 sse; do
-  lua=$TMP/chat.lua
-  [ $sc = sse ] && lua=$TMP/sse.lua
-  run $sc router-off $OFF_PORT $lua $PID_28080
-  if [ "${PERF:-}" = 1 ] && [ $sc = h1 ]; then
-    perf record -g -o $OUT/quota-perf.data -p $PID_28081 -- sleep $((DUR - 1)) >/dev/null 2>&1 &
-  fi
-  run $sc router-on $ON_PORT $lua $PID_28081
-  run $sc nginx $NGINX_PORT $lua $NGINX_PIDS
+REPEAT=${REPEAT:-1}
+echo "== $DUR s per run, $REPEAT round(s) (off, on and nginx interleaved in each)" >&2
+for round in $(seq $REPEAT); do
+  for sc in h1 sse; do
+    lua=$TMP/chat.lua
+    [ $sc = sse ] && lua=$TMP/sse.lua
+    run $sc router-off $OFF_PORT $lua $PID_28080
+    if [ "${PERF:-}" = 1 ] && [ $sc = h1 ] && [ $round = 1 ]; then
+      perf record -g -o $OUT/quota-perf.data -p $PID_28081 -- sleep $((DUR - 1)) >/dev/null 2>&1 &
+    fi
+    run $sc router-on $ON_PORT $lua $PID_28081
+    run $sc nginx $NGINX_PORT $lua $NGINX_PIDS
+  done
+  run_rate router-off $OFF_PORT $PID_28080
+  run_rate router-on $ON_PORT $PID_28081
+  run_rate nginx $NGINX_PORT $NGINX_PIDS
 done
-run_rate router-off $OFF_PORT $PID_28080
-run_rate router-on $ON_PORT $PID_28081
-run_rate nginx $NGINX_PORT $NGINX_PIDS
-awk -F'\t' 'NR > 1 { c[$1 "/" $2] = $6; p[$1 "/" $2] = $5 }
-  END { split("h1 sse h1-rate", s, " "); for (i = 1; i <= 3; i++) if (c[s[i] "/router-off"] > 0)
-    printf "%-7s quotas on/off router CPU per request: %.2fx (%s vs %s µs; nginx %s); p99 %s vs %s ms\n", s[i],
+# medians over the rounds (CPU per request and p99 each on its own)
+awk -F'\t' 'function med(a, n,   i, j, t) { for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+  NR > 1 { k = $1 "/" $2; n[k]++; cv[k, n[k]] = $6; pv[k, n[k]] = ($5 == "-" ? -1 : $5) }
+  END { for (k in n) { delete a; for (i = 1; i <= n[k]; i++) a[i] = cv[k, i]; c[k] = med(a, n[k])
+          delete a; for (i = 1; i <= n[k]; i++) a[i] = pv[k, i]; p[k] = med(a, n[k]) }
+    split("h1 sse h1-rate", s, " "); for (i = 1; i <= 3; i++) if (c[s[i] "/router-off"] > 0)
+    printf "%-7s quotas on/off router CPU per request: %.2fx (%.1f vs %.1f µs; nginx %.1f); p99 %s vs %s ms (median of %d)\n", s[i],
       c[s[i] "/router-on"] / c[s[i] "/router-off"], c[s[i] "/router-on"], c[s[i] "/router-off"], c[s[i] "/nginx"],
-      p[s[i] "/router-on"], p[s[i] "/router-off"] }' $results | tee $OUT/quota-latest-summary.txt
+      (p[s[i] "/router-on"] < 0 ? "-" : p[s[i] "/router-on"]), (p[s[i] "/router-off"] < 0 ? "-" : p[s[i] "/router-off"]), n[s[i] "/router-on"] }' $results | tee $OUT/quota-latest-summary.txt
 redis-cli -p $REDIS_PORT --raw HGET "aoai:usage:{default}:day:$(date -u +%Y%m%d)" requests | sed 's/^/requests recorded in Redis: /' >&2
