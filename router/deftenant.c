@@ -93,11 +93,12 @@ static void on_poll(uv_timer_t *t)
     const char *argv[4] = {"EVAL", poll_lua, "1", key};
     size_t pl = strlen(prefix);
 
-    if (d->cmd != NULL || w->redis == NULL || pl + sizeof("tenant:{default}") > sizeof(key))
+    /* while Redis is down the last copy stays; asking would only count an error every tick
+     * (aoai_router_redis_errors_total), as the cooldown poll does not */
+    if (d->cmd != NULL || w->redis == NULL || !aor_redis_is_up(w->redis) || pl + sizeof("tenant:{default}") > sizeof(key))
         return;
     memcpy(key, prefix, pl);
     memcpy(key + pl, "tenant:{default}", sizeof("tenant:{default}"));
-    /* refused at once while Redis is down (no callback): the next tick tries again */
     d->cmd = aor_redis_command_argv(w->redis, on_reply, d, 4, argv, NULL);
 }
 
