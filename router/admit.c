@@ -236,7 +236,12 @@ static void init_shas(void)
 /* ---- one script call: EVALSHA, once more as EVAL on NOSCRIPT -------------------------------- */
 
 #define CALL_MAX_ARGS 40
-#define CALL_ARENA 4096
+/* the arena holds the arguments as RESP bulk strings ("$<len>\r\n<bytes>\r\n": 8 bytes over a
+ * key's, which is under KEY_MAX). The largest call is a reserve with the longest names the config
+ * allows (128-byte prefix and tenant): 4 + AOR_ADMIT_MAX_BUCKETS keys, then the deployment (64),
+ * the deployments list (AOR_QUOTA_DEPLOYMENTS_MAX), 8 numbers of up to 20 characters, the id,
+ * and call_room's margin: 2048 covers those */
+#define CALL_ARENA ((4 + AOR_ADMIT_MAX_BUCKETS) * (KEY_MAX + 8) + 2048)
 
 struct usage_delta {
     int64_t requests, prompt, completion, total;
@@ -272,6 +277,8 @@ struct aor_admit_call {
     struct usage_delta usage;
     char arena[CALL_ARENA]; /* the arguments' bytes; last, so only the fields above are zeroed */
 };
+
+_Static_assert(AOR_QUOTA_DEPLOYMENTS_MAX + 64 + 8 * 21 + 48 + 5 * 26 <= 2048, "CALL_ARENA's room after the keys");
 
 #define CALL_CACHE 64 /* finished calls kept per worker for reuse: no malloc of ~5 KB twice per request */
 

@@ -4,7 +4,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { startMock, startRouter, startRedis, backendFor, post, chatBody, CHAT_PATH, stopAll, redisCli, freePort } from './lib/harness.mjs';
+import { startMock, startRouter, startRedis, backendFor, post, chatBody, CHAT_PATH, stopAll, redisCli, freePort, fetchMetrics, metricSum } from './lib/harness.mjs';
 
 const sha = (s) => crypto.createHash('sha256').update(s).digest('hex');
 
@@ -42,6 +42,109 @@ describe('config limits near the int64 range through the one-string reserve repl
         assert.match(r.headers[h] ?? '', /^\d+$/, `${h}: ${r.headers[h]}`);
       }
       assert.doesNotMatch(router.stderr(), /unexpected reply from the reserve script/);
+    });
+  }
+});
+
+// remember_quota skips re-resolving the tenant hash while its FNV-64 and the config generation
+// are unchanged: a value flipped back and forth, and a reload changing tenants.default, must show
+// at once in the decision and in the quota gauges (never the previous resolution).
+describe('the FNV-keyed quota resolution never serves a stale quota', () => {
+  let mock, redis, router;
+  const KEY = 'aor_review_hot_fnv_0123456789abcdef';
+  const config = (tpm) => ({
+    threads: 1,
+    redis: { url: redis.url, on_failure: 'closed' },
+    auth: { mode: 'key', keys: { static: [{ sha256: sha(KEY), tenant: 'fnv' }] } },
+    tenants: { default: { tpm, rpm: 1000 } },
+    backends: [backendFor(mock, { deployments: { 'gpt-4o': 'gpt-4o' } })],
+  });
+  const send = (max) => post(router.url, CHAT_PATH, chatBody({ max_tokens: max }), { headers: { 'api-key': KEY } });
+  const limit = async (which) => metricSum(await fetchMetrics(router), 'aoai_router_tenant_quota_limit', { tenant: 'fnv', limit: which });
+
+  before(async () => {
+    mock = await startMock('rqh-fnv');
+    redis = await startRedis();
+    router = await startRouter({ config: config(100000) });
+  });
+  after(async () => {
+    await stopAll(router, mock, redis);
+  });
+
+  it('HSET tpm 50 / 100000 / 50 / DEL: each answer and gauge follows the hash', async () => {
+    for (const [tpm, status, gauge] of [
+      ['50', 429, 50],
+      ['100000', 200, 100000],
+      ['50', 429, 50],
+      ['100000', 200, 100000],
+      [null, 200, 100000], // DEL: the config's default again
+    ]) {
+      if (tpm === null) await redisCli(redis, 'HDEL', 'aoai:tenant:{fnv}', 'tpm');
+      else await redisCli(redis, 'HSET', 'aoai:tenant:{fnv}', 'tpm', tpm);
+      const r = await send(200);
+      assert.equal(r.status, status, `tpm ${tpm}: ${r.status} ${r.body}`);
+      assert.equal(await limit('tpm'), gauge, `tpm ${tpm}: gauge`);
+    }
+  });
+
+  it('a reload changing tenants.default.tpm (hash unchanged): the gauge follows at the next request', async () => {
+    await redisCli(redis, 'HSET', 'aoai:tenant:{fnv}', 'rpm', '1000');
+    assert.equal((await send(5)).status, 200);
+    assert.equal(await limit('tpm'), 100000);
+    const from = router.stderr().length;
+    router.writeConfig(config(7777));
+    router.signal('SIGHUP');
+    assert.ok(await router.waitStderr(/reloaded/, 10000, from), 'reloaded');
+    assert.equal((await send(5)).status, 200);
+    assert.equal(await limit('tpm'), 7777);
+  });
+});
+
+// The reserve's arguments now live in the call's arena as RESP bulk strings (8 bytes of head and
+// CRLF each instead of a NUL): the longest names the config allows — a 128-byte prefix, a
+// 128-byte tenant, 10 reservation buckets (upstream_timeout_ms 10 min) — and a tenant's long
+// deployments list must still fit, or every admission of that tenant fails (503 when closed).
+describe('the longest keys the config allows fit the reserve call', () => {
+  let mock, redis, router;
+  const PREFIX = `${'p'.repeat(127)}-`; // 128 bytes (no ':': the harness writes YAML unquoted)
+  const TENANT = `${'t'.repeat(120)}.tenant1`; // 128 bytes
+  const LONGDEP = Array.from({ length: 4 }, (_, i) => `${'d'.repeat(240)}-${i}`); // 4 × 242 bytes
+  const KEYS = { plain: 'aor_review_hot_long_plain_0123456789', deps: 'aor_review_hot_long_deps_01234567890' };
+
+  before(async () => {
+    mock = await startMock('rqh-long');
+    redis = await startRedis();
+    router = await startRouter({
+      config: {
+        threads: 1,
+        limits: { upstream_timeout_ms: 600000 },
+        redis: { url: redis.url, on_failure: 'closed', prefix: PREFIX },
+        auth: {
+          mode: 'key',
+          keys: {
+            static: [
+              { sha256: sha(KEYS.plain), tenant: TENANT },
+              { sha256: sha(KEYS.deps), tenant: `${TENANT.slice(0, 127)}2` },
+            ],
+          },
+        },
+        tenants: { default: { tpm: 100000, rpm: 1000 }, [`${TENANT.slice(0, 127)}2`]: { deployments: [...LONGDEP, 'gpt-4o'] } },
+        backends: [backendFor(mock, { deployments: { 'gpt-4o': 'gpt-4o' } })],
+      },
+    });
+  });
+  after(async () => {
+    await stopAll(router, mock, redis);
+  });
+
+  for (const which of ['plain', 'deps']) {
+    it(`128-byte prefix and tenant, 10 buckets${which === 'deps' ? ', a 1 KB deployments list' : ''}: admitted and counted`, async () => {
+      const r = await post(router.url, CHAT_PATH, chatBody({ max_tokens: 5 }), { headers: { 'api-key': KEYS[which] } });
+      assert.equal(r.status, 200, `${r.status} ${r.body}`);
+      assert.match(r.headers['x-ratelimit-remaining-tokens'] ?? '', /^\d+$/);
+      const tenant = which === 'plain' ? TENANT : `${TENANT.slice(0, 127)}2`;
+      const keys = (await redisCli(redis, '--scan', '--pattern', `${PREFIX}usage:{${tenant}}:minute:*`)).stdout.trim();
+      assert.ok(keys.length > 0, 'usage written under the long prefix');
     });
   }
 });
