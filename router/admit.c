@@ -236,7 +236,12 @@ static void init_shas(void)
 /* ---- one script call: EVALSHA, once more as EVAL on NOSCRIPT -------------------------------- */
 
 #define CALL_MAX_ARGS 40
-#define CALL_ARENA 4096
+/* the arena holds the arguments as RESP bulk strings ("$<len>\r\n<bytes>\r\n": 8 bytes over a
+ * key's, which is under KEY_MAX). The largest call is a reserve with the longest names the config
+ * allows (128-byte prefix and tenant): 4 + AOR_ADMIT_MAX_BUCKETS keys, then the deployment (64),
+ * the deployments list (AOR_QUOTA_DEPLOYMENTS_MAX), 8 numbers of up to 20 characters, the id,
+ * and call_room's margin: 2048 covers those */
+#define CALL_ARENA ((4 + AOR_ADMIT_MAX_BUCKETS) * (KEY_MAX + 8) + 2048)
 
 struct usage_delta {
     int64_t requests, prompt, completion, total;
@@ -272,6 +277,8 @@ struct aor_admit_call {
     struct usage_delta usage;
     char arena[CALL_ARENA]; /* the arguments' bytes; last, so only the fields above are zeroed */
 };
+
+_Static_assert(AOR_QUOTA_DEPLOYMENTS_MAX + 64 + 8 * 21 + 48 + 5 * 26 <= 2048, "CALL_ARENA's room after the keys");
 
 #define CALL_CACHE 64 /* finished calls kept per worker for reuse: no malloc of ~5 KB twice per request */
 
@@ -1051,6 +1058,12 @@ static int num_buckets(const struct aor_config *conf)
 
 /* ---- the admit stage -------------------------------------------------------------------- */
 
+/* a fallback limit as the reserve script gets it: at most AOR_QUOTA_MAX_VALUE (-1 unlimited stays) */
+static int64_t script_limit(int64_t v)
+{
+    return v > AOR_QUOTA_MAX_VALUE ? AOR_QUOTA_MAX_VALUE : v;
+}
+
 /* the reserve script's answer, read from its one string (see reserve_lua) */
 struct reserve_reply {
     int64_t code, remaining_tokens, remaining_requests, used[4];
@@ -1274,7 +1287,17 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
         keys_to_block(kb, c, ar->conf->generation, a->win.minute_id, ar->tenant, nday, nmonth);
     }
     {
-        int64_t n[8] = {a->estimate, fallback.tpm, fallback.rpm, fallback.day, fallback.month, nday, nmonth, nb * 60 + 120};
+        /* the config takes limits up to INT64_MAX, but the script computes in Lua's doubles and
+         * prints the headroom with %d into a reply whose numbers read_int takes to 18 digits:
+         * a limit above the 15 digits a hash may hold is that many (still beyond any use) */
+        int64_t n[8] = {a->estimate,
+                        script_limit(fallback.tpm),
+                        script_limit(fallback.rpm),
+                        script_limit(fallback.day),
+                        script_limit(fallback.month),
+                        nday,
+                        nmonth,
+                        nb * 60 + 120};
         const char *deps = fallback.all_deployments ? "*" : fallback.deployments;
         size_t idl = make_id(a->reservation_id, sizeof(a->reservation_id));
         if (call_arg(c, ar->deployment, strlen(ar->deployment)) != 0 || call_arg(c, deps, strlen(deps)) != 0 ||
