@@ -423,8 +423,18 @@ static int out_reserve(struct conn *c, size_t len)
         char *p;
         while (cap < c->out_len + len)
             cap *= 2;
-        if ((p = realloc(c->out, cap)) == NULL)
+        if (c->out_secret) {
+            /* an AUTH is in there: the old block is zeroed, not left to the allocator as realloc would */
+            if ((p = malloc(cap)) == NULL)
+                return -1;
+            if (c->out_len != 0)
+                memcpy(p, c->out, c->out_len);
+            if (c->out != NULL)
+                explicit_bzero(c->out, c->out_cap);
+            free(c->out);
+        } else if ((p = realloc(c->out, cap)) == NULL) {
             return -1;
+        }
         c->out = p;
         c->out_cap = cap;
     }
@@ -1011,6 +1021,8 @@ static void conn_flush(struct conn *c)
             }
             if (n > 0) {
                 memmove(c->out, c->out + n, c->out_len - (size_t)n);
+                if (c->out_secret) /* the tail keeps a copy of what moved: maybe a re-AUTH's token */
+                    explicit_bzero(c->out + c->out_len - (size_t)n, (size_t)n);
                 c->out_len -= (size_t)n;
             }
             /* else EAGAIN (the kernel's buffer is full) or an error, which h2o's write reports */
