@@ -76,7 +76,7 @@ integration() {
   local dir=${1:-build} files=() f
   shift || true
   for f in "$@"; do files+=("./$f.test.mjs"); done
-  [ ${#files[@]} != 0 ] || files=(./*.test.mjs)
+  if [ ${#files[@]} = 0 ]; then for f in tests/integration/*.test.mjs; do files+=("./${f#tests/integration/}"); done; fi
   npm_deps
   log "integration tests ($dir, ${#files[@]} files)"
   # a test that hangs fails after AOR_TEST_TIMEOUT_S (default 180 s) instead of holding CI until

@@ -11,7 +11,8 @@
 #        (the router adds it upstream and drops the usage chunk)
 #   h1-rate  h2load --h1, 64 connections, the h1 request at a fixed total rate (RATE, default
 #        6400/s) that every proxy sustains: CPU per request at equal work (at full speed the
-#        slower proxy also pays for more loop wakeups per request; no latency percentiles here)
+#        slower proxy also pays for more loop wakeups per request; p50/p99 from h2load's
+#        per-request log: latency at equal load, not queueing at saturation)
 # Target (issue 8): on ≤ 1.3 × off in router CPU per request.
 # Usage: [REPEAT=n] [PERF=1] [RATE=r] bench/quota.sh [seconds per run, default 10]
 #   REPEAT: rounds of all runs, interleaved; the summary gives medians. PERF=1: perf record of
@@ -99,17 +100,20 @@ run() { # scenario proxy port lua pids...
 # proxy is not charged for the loop wakeups a lower request rate costs (fewer requests per
 # epoll_wait): CPU per request at equal work
 RATE=${RATE:-6400}
+# percentile of h2load's per-request log (third column: µs to the end of the response), in ms
+lat_pct() { awk '{ print $3 }' $TMP/h2lat.log | sort -n | awk -v q=$1 '{ v[NR] = $1 } END { i = int(NR * q / 100 + 0.999); if (i < 1) i = 1; printf "%.3f", v[i] / 1000 }'; }
 run_rate() { # proxy port pids...
   local px=$1 port=$2; shift 2
   local before after rb ra reqs
   before=$(cpu_ticks "$@"); rb=$(cpu_ticks $REDIS_PID)
+  rm -f $TMP/h2lat.log
   h2load --h1 -c 64 --rps=$((RATE / 64)) -D $DUR -d $TMP/body.json -H 'content-type: application/json' \
-    "http://127.0.0.1:$port$PATHQ" >$TMP/h2load.out
+    --log-file=$TMP/h2lat.log "http://127.0.0.1:$port$PATHQ" >$TMP/h2load.out
   after=$(cpu_ticks "$@"); ra=$(cpu_ticks $REDIS_PID)
   reqs=$(awk '/^requests:/ {print $8}' $TMP/h2load.out)
   grep -q "^requests: .* 0 failed, 0 errored" $TMP/h2load.out || grep '^requests:' $TMP/h2load.out >&2
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "h1-rate" "$px" "$(awk -v r="$reqs" -v d=$DUR 'BEGIN { printf "%.2f", r / d }')" \
-    "-" "-" \
+    "$(lat_pct 50)" "$(lat_pct 99)" \
     "$(awk -v d=$((after - before)) -v r="$reqs" -v hz=$CLK_TCK 'BEGIN { printf "%.1f", (r > 0 ? d * 1e6 / hz / r : 0) }')" \
     "$(awk -v d=$((ra - rb)) -v r="$reqs" -v hz=$CLK_TCK 'BEGIN { printf "%.1f", (r > 0 ? d * 1e6 / hz / r : 0) }')" | tee -a $results
 }
