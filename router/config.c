@@ -1646,10 +1646,12 @@ static void parse_tenants(struct ctx *c, yaml_node_t *top)
     yaml_node_t *map;
     char kp[KP_MAX];
     int64_t v;
+    size_t *lines = NULL;
 
     if (get_map(c, top, "", "tenants", &map) != 1 || map_len(map) == 0)
         return;
-    if ((conf->tenants = xcalloc(c, map_len(map), sizeof(*conf->tenants))) == NULL)
+    if ((conf->tenants = xcalloc(c, map_len(map), sizeof(*conf->tenants))) == NULL ||
+        (lines = xcalloc(c, map_len(map), sizeof(*lines))) == NULL)
         return;
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; ++p) {
         yaml_node_t *k = node_at(c, p->key), *val = node_at(c, p->value);
@@ -1660,7 +1662,7 @@ static void parse_tenants(struct ctx *c, yaml_node_t *top)
         kp_key(kp, "tenants", sval(k), slen(k));
         if (node_str(c, k, kp, &t->name) < 0)
             continue;
-        ++conf->num_tenants;
+        lines[conf->num_tenants++] = line_of(k);
         t->tpm = t->rpm = t->tokens_per_day = t->tokens_per_month = -1;
         if ((bad = check_tenant_name(t->name, strlen(t->name))) != NULL)
             problem(c, k, "%s: tenant name %s", kp, bad);
@@ -1681,6 +1683,17 @@ static void parse_tenants(struct ctx *c, yaml_node_t *top)
             t->set |= 16;
     }
     inherit_default(c);
+    /* the estimate of a request without a completion limit is at least default_max_tokens, and an
+     * estimate over the tpm is never admitted: the tenant's such requests would all be 429 */
+    for (size_t i = 0; i < conf->num_tenants; ++i) {
+        const struct aor_tenant_conf *t = &conf->tenants[i];
+        if (t->default_max_tokens > 0 && t->tpm > 0 && t->default_max_tokens >= t->tpm)
+            warning_at(c, lines[i],
+                       "tenants.%s: default_max_tokens %lld is not below its tpm %lld: every request of the tenant without a "
+                       "completion limit is refused 429 (unless its Redis hash gives it a larger tpm)",
+                       t->name, (long long)t->default_max_tokens, (long long)t->tpm);
+    }
+    free(lines);
 }
 
 /* `tenant_id` / `client_id` / `token_file` of workload identity, each defaulting to what the AKS webhook injects */

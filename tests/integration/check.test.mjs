@@ -138,6 +138,32 @@ describe('--check warnings', () => {
     assert.match(r.stdout, /OK/);
   });
 
+  it('default_max_tokens not below the tenant\'s tpm: --check passes with a warning naming the tenant (every request without a completion limit would be 429)', async () => {
+    const file = writeTemp(
+      'dmt.yaml',
+      [
+        'listen:',
+        '  - { address: 127.0.0.1, port: 8080 }',
+        'tenants:',
+        '  default: { tpm: 1000, default_max_tokens: 500 }', // below: no warning
+        '  big: { default_max_tokens: 1000 }', // inherits tpm 1000: equal, warned
+        '  huge: { tpm: 5000, default_max_tokens: 8000 }', // warned
+        '  open: { tpm: -1, default_max_tokens: 8000 }', // unlimited: no warning
+        '  off: { tpm: 0, default_max_tokens: 8000 }', // blocked anyway (403): no warning
+        'backends:',
+        '  - { name: eastus, url: "https://contoso-eastus.openai.azure.com" }',
+        '',
+      ].join('\n'),
+    );
+    const r = await run(ROUTER_BIN, ['--check', '-c', file]);
+    checkSanitizers(r.stderr);
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stderr.split('\n').filter(Boolean);
+    assert.equal(lines.length, 2, r.stderr);
+    assert.ok(lines[0].startsWith(`${file}:5: warning: tenants.big: default_max_tokens 1000 is not below its tpm 1000`), r.stderr);
+    assert.ok(lines[1].startsWith(`${file}:6: warning: tenants.huge: default_max_tokens 8000 is not below its tpm 5000`), r.stderr);
+  });
+
   it('auth: { mode: none } on 0.0.0.0: --check passes with a warning', async () => {
     const file = writeTemp(
       'open.yaml',
