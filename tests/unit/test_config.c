@@ -612,9 +612,9 @@ static void test_default_max_tokens(void)
 {
     struct aor_config *conf;
 
-    EXPECT_OK(conf,
-              parse(LISTEN BACKEND "tenants:\n  default: { tpm: 1000, default_max_tokens: 800 }\n"
-                                   "  a: { rpm: 5 }\n  b: { default_max_tokens: 0 }\n  c: { tpm: 2000000, default_max_tokens: 1000000 }\n"));
+    EXPECT_OK(conf, parse(LISTEN BACKEND
+                          "tenants:\n  default: { tpm: 1000, default_max_tokens: 800 }\n"
+                          "  a: { rpm: 5 }\n  b: { default_max_tokens: 0 }\n  c: { tpm: 2000000, default_max_tokens: 1000000 }\n"));
     if (conf != NULL) {
         CHECK_EQ_INT(conf->tenants[0].default_max_tokens, 800);
         CHECK_EQ_INT(conf->tenants[1].default_max_tokens, 800); /* left out: tenants.default's */
