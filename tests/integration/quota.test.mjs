@@ -454,8 +454,20 @@ describe('accounting: usage hashes equal what the backend reported', () => {
     const day = await usageHash(t, 'day');
     assert.equal(day.total_tokens ?? 0, 0, JSON.stringify(day));
     const scan = await redisCli(redis, '--scan', '--pattern', `aoai:reserved:{${t}}:*`);
-    for (const k of scan.stdout.split('\n').filter(Boolean))
+    const buckets = scan.stdout.split('\n').filter(Boolean);
+    assert.ok(buckets.length >= 1, 'the reservation made no bucket');
+    for (const k of buckets) {
       assert.equal(Number((await redisCli(redis, 'HGET', k, 'requests')).stdout), 0, `${k} still holds a reservation`);
+      // the reserve that creates a bucket gives it its TTL (the internal keys never outlive their use)
+      const ttl = Number((await redisCli(redis, 'TTL', k)).stdout);
+      assert.ok(ttl > 0 && ttl <= 360, `${k} TTL ${ttl}`);
+    }
+    const markers = (await redisCli(redis, '--scan', '--pattern', `aoai:settled:{${t}}:*`)).stdout.split('\n').filter(Boolean);
+    assert.ok(markers.length >= 1, 'the settle left no marker');
+    for (const k of markers) {
+      const ttl = Number((await redisCli(redis, 'TTL', k)).stdout);
+      assert.ok(ttl > 0 && ttl <= 900, `${k} TTL ${ttl}`);
+    }
   });
 
   it('access log line of an admitted request carries usage "reported"', async () => {
