@@ -155,49 +155,65 @@ static const char reserve_lua[] =
     "if rpm >= 0 then rr = rpm - mr - 1 end\n"
     "return string.format(fmt, 0, '-', rt, rr, mt + est, mr + 1, dt + est, mo + est) .. hv\n";
 
-/* KEYS: usage keys, then the reservation bucket when it has one, then the settle markers.
- * ARGV: deployment ('' none), the numbers (space separated): has bucket (1/0), estimate,
- *       count usage (1/0), requests, prompt, completion, total, then the TTL of each usage key;
- *       the settle's id, and the reservation's id (the bucket gives back only a reservation
- *       whose field r:<id> it still has: made, and not given back
- *       yet). A settle whose reply was lost (a Redis stopped, dead or slow past the deadline) is
- *       sent again with the same id: the marker makes the one Redis ran first the only one that
- *       counts. Returns 1 (applied) or 0 (this id was applied before); numbers not in that shape
- *       are an error reply, before anything is written. */
+/* One call settles a batch: the requests of one tenant, admission minute and deployment that
+ * ended in the same loop iteration of a worker (see settle_gather), so redis-server runs the
+ * usage writes once per batch instead of once per request.
+ * KEYS: usage keys, then the reservation bucket when it has one, then the settle markers.
+ * ARGV: deployment ('' none); the numbers (space separated): has bucket (1/0), count usage (1/0),
+ *       requests, prompt, completion, total (the batch's sums), then the TTL of each usage key;
+ *       the settle's id; the reservation ids to give back, space separated (the bucket gives back
+ *       only a reservation whose field r:<id> it still has: made, and not given back yet; the
+ *       field holds its estimate). A settle whose reply was lost (a Redis stopped, dead or slow
+ *       past the deadline) is sent again with the same id: the marker makes the one Redis ran
+ *       first the only one that counts. Returns 1 (applied) or 0 (this id was applied before);
+ *       numbers not in that shape are an error reply, before anything is written. */
 /* the marker lives 900 s (15 min): how long a settle's id is remembered. A usage hash gets its
  * TTL when a settle creates it (its requests counter equals this settle's): not again on every
  * write, one Redis command less per window and request (redis-server's time is what caps the
  * quota path's throughput) */
-static const char settle_lua[] = "local hb, est, cu, rq, pt, ct, tt, rest = string.match(ARGV[2], '^([01]) (%d+) ([01]) (%-?%d+) "
-                                 "(%-?%d+) (%-?%d+) (%-?%d+)(.*)$')\n"
-                                 "if not hb then return redis.error_reply('ERR settle: malformed numbers') end\n"
-                                 "local m = KEYS[#KEYS]\n"
-                                 "if redis.call('HSETNX', m, ARGV[3], 1) == 0 then return 0 end\n"
-                                 "redis.call('EXPIRE', m, 900)\n"
-                                 "local k = #KEYS - 1\n"
-                                 "if hb == '1' then\n"
-                                 "  local b = KEYS[k]\n"
-                                 "  k = k - 1\n"
-                                 "  if redis.call('HDEL', b, 'r:' .. ARGV[4]) == 1 then\n"
-                                 "    redis.call('HINCRBY', b, 'tokens', '-' .. est)\n"
-                                 "    redis.call('HINCRBY', b, 'requests', -1)\n"
-                                 "  end\n"
-                                 "end\n"
-                                 "if cu == '1' then\n"
-                                 "  local ttl = {string.match(rest, '^ (%d+) ?(%d*) ?(%d*)$')}\n"
-                                 "  local dep = ARGV[1] ~= '' and ARGV[1] .. ':total_tokens'\n"
-                                 "  local nrq = tonumber(rq)\n"
-                                 "  for i = 1, k do\n"
-                                 "    local key = KEYS[i]\n"
-                                 "    local fresh = redis.call('HINCRBY', key, 'requests', rq) == nrq\n"
-                                 "    redis.call('HINCRBY', key, 'prompt_tokens', pt)\n"
-                                 "    redis.call('HINCRBY', key, 'completion_tokens', ct)\n"
-                                 "    redis.call('HINCRBY', key, 'total_tokens', tt)\n"
-                                 "    if dep then redis.call('HINCRBY', key, dep, tt) end\n"
-                                 "    if fresh or rq == '0' then redis.call('EXPIRE', key, ttl[i]) end\n"
-                                 "  end\n"
-                                 "end\n"
-                                 "return 1\n";
+static const char settle_lua[] =
+    "local hb, cu, rq, pt, ct, tt, rest = string.match(ARGV[2], '^([01]) ([01]) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+)(.*)$')\n"
+    "if not hb then return redis.error_reply('ERR settle: malformed numbers') end\n"
+    "local m = KEYS[#KEYS]\n"
+    "if redis.call('HSETNX', m, ARGV[3], 1) == 0 then return 0 end\n"
+    "redis.call('EXPIRE', m, 900)\n"
+    "local k = #KEYS - 1\n"
+    "if hb == '1' then\n"
+    "  local b = KEYS[k]\n"
+    "  k = k - 1\n"
+    "  local f = {}\n"
+    "  for id in string.gmatch(ARGV[4], '%S+') do f[#f + 1] = 'r:' .. id end\n"
+    "  if #f > 0 then\n"
+    "    local v = redis.call('HMGET', b, unpack(f))\n"
+    "    local n, t = 0, 0\n"
+    "    for i = 1, #v do\n"
+    "      if v[i] then\n"
+    "        n = n + 1\n"
+    "        if #v[i] <= 15 and string.find(v[i], '^%d+$') then t = t + tonumber(v[i]) end\n"
+    "      end\n"
+    "    end\n"
+    "    if n > 0 then\n"
+    "      redis.call('HDEL', b, unpack(f))\n"
+    "      redis.call('HINCRBY', b, 'tokens', string.format('%d', -t))\n"
+    "      redis.call('HINCRBY', b, 'requests', -n)\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if cu == '1' then\n"
+    "  local ttl = {string.match(rest, '^ (%d+) ?(%d*) ?(%d*)$')}\n"
+    "  local dep = ARGV[1] ~= '' and ARGV[1] .. ':total_tokens'\n"
+    "  local nrq = tonumber(rq)\n"
+    "  for i = 1, k do\n"
+    "    local key = KEYS[i]\n"
+    "    local fresh = redis.call('HINCRBY', key, 'requests', rq) == nrq\n"
+    "    redis.call('HINCRBY', key, 'prompt_tokens', pt)\n"
+    "    redis.call('HINCRBY', key, 'completion_tokens', ct)\n"
+    "    redis.call('HINCRBY', key, 'total_tokens', tt)\n"
+    "    if dep then redis.call('HINCRBY', key, dep, tt) end\n"
+    "    if fresh or rq == '0' then redis.call('EXPIRE', key, ttl[i]) end\n"
+    "  end\n"
+    "end\n"
+    "return 1\n";
 
 struct script {
     const char *body;
@@ -312,7 +328,7 @@ _Static_assert(AOR_QUOTA_DEPLOYMENTS_MAX + 64 + 8 * 21 + 48 + 5 * 26 <= 2048, "C
 #define KEYS_CACHE 16         /* blocks per worker and kind, direct-mapped by tenant */
 #define KEYS_CACHE_BYTES 1536 /* a block larger than this is built every time */
 
-enum key_kind { KEYS_RESERVE, KEYS_SETTLE_BUCKET, KEYS_SETTLE, KEYS_KINDS };
+enum key_kind { KEYS_RESERVE, KEYS_SETTLE, KEYS_KINDS };
 
 struct key_block {
     uint64_t generation; /* of the config they were built with (prefix, number of buckets); 0 = empty */
@@ -326,8 +342,33 @@ struct key_block {
     char bytes[KEYS_CACHE_BYTES];
 };
 
+/*
+ * Settles gathered in one loop iteration: one group per tenant, admission minute and deployment,
+ * sent as one settle call just before the worker's Redis commands are written (router/redis.c's
+ * before-flush hook) or when it is full. The call is built as the group opens (keys and
+ * deployment); the sums, the id and the reservation ids are added when it leaves.
+ */
+#define SETTLE_GROUPS 8                        /* open groups per worker; a ninth evicts (sends) one */
+#define SETTLE_BATCH_MAX 32                    /* requests per settle call */
+#define SETTLE_IDS_CAP (SETTLE_BATCH_MAX * 41) /* a reservation id and a blank each */
+
+struct settle_group {
+    struct aor_admit_call *c; /* NULL: free */
+    uint64_t generation;
+    int64_t minute_id;
+    char tenant[AOR_TENANT_NAME_MAX + 1];
+    int members;
+    size_t ids_len;
+    char ids[SETTLE_IDS_CAP];
+};
+
+_Static_assert(5 * (KEY_MAX + 8) + 64 + 9 * 21 + 48 + SETTLE_IDS_CAP + 9 * 26 <= CALL_ARENA,
+               "CALL_ARENA holds a full settle batch");
+
 struct aor_admit_worker {
     uv_timer_t timer;
+    struct settle_group groups[SETTLE_GROUPS];
+    unsigned next_evict;
     struct aor_admit_call *calls; /* in flight */
     struct aor_admit_call *spare; /* finished, for reuse (linked through next) */
     unsigned num_spare;
@@ -919,17 +960,15 @@ static int on_settled(struct aor_admit_call *c, const redisReply *reply, const c
     return 0;
 }
 
-/* adds the arguments after the keys to a settle call */
-static int settle_args(struct aor_admit_call *c, int has_bucket, int64_t estimate, const char *reservation_id)
+/* adds the arguments after the deployment to a settle call: the numbers, its id, the reservations */
+static int settle_args(struct aor_admit_call *c, int has_bucket, const char *ids, size_t ids_len)
 {
-    int64_t n[7 + 3] = {has_bucket,          estimate,      c->count_usage, c->usage.requests, c->usage.prompt,
-                        c->usage.completion, c->usage.total};
+    int64_t n[6 + 3] = {has_bucket, c->count_usage, c->usage.requests, c->usage.prompt, c->usage.completion, c->usage.total};
     int i;
 
     for (i = 0; i != c->nusage; ++i)
-        n[7 + i] = c->ttl[i];
-    if (call_arg(c, c->deployment, strlen(c->deployment)) != 0 || call_nums(c, n, 7 + (size_t)c->nusage) != 0 || call_id(c) != 0 ||
-        call_arg(c, reservation_id, strlen(reservation_id)) != 0)
+        n[6 + i] = c->ttl[i];
+    if (call_nums(c, n, 6 + (size_t)c->nusage) != 0 || call_id(c) != 0 || call_arg(c, ids, ids_len) != 0)
         return -1;
     return 0;
 }
@@ -957,7 +996,8 @@ static void flush_backlog(struct aor_worker *w)
             call_set_numkeys(c, 2);
             c->marker_arg = 1;
             if (call_arg(c, batch[i].key, strlen(batch[i].key)) == 0 &&
-                call_arg(c, batch[i].marker, strlen(batch[i].marker)) == 0 && settle_args(c, 0, 0, "") == 0 && call_send(c) == 0)
+                call_arg(c, batch[i].marker, strlen(batch[i].marker)) == 0 &&
+                call_arg(c, c->deployment, strlen(c->deployment)) == 0 && settle_args(c, 0, "", 0) == 0 && call_send(c) == 0)
                 continue;
             call_free(c);
         }
@@ -995,12 +1035,15 @@ static void on_flush_timer(uv_timer_t *t)
         flush_backlog(w);
 }
 
+static void settle_flush(void *data);
+
 int aor_admit_worker_start(struct aor_worker *w)
 {
     if (w->redis == NULL)
         return 0;
     if ((w->admit = calloc(1, sizeof(*w->admit))) == NULL)
         return -1;
+    aor_redis_set_before_flush(w->redis, settle_flush, w);
     uv_timer_init(&w->loop, &w->admit->timer);
     w->admit->timer.data = w;
     uv_timer_start(&w->admit->timer, on_flush_timer, FLUSH_INTERVAL_MS, FLUSH_INTERVAL_MS);
@@ -1017,6 +1060,8 @@ void aor_admit_worker_stop(struct aor_worker *w)
 {
     if (w->admit == NULL)
         return;
+    settle_flush(w); /* gathered, not sent yet: they join the calls in flight below */
+    aor_redis_set_before_flush(w->redis, NULL, NULL);
     /* settles still in flight: sent again later, with their ids (the process may flush them from another worker) */
     while (w->admit->calls != NULL) {
         struct aor_admit_call *c = w->admit->calls;
@@ -1337,14 +1382,147 @@ fail:
 
 /* ---- the account stage ------------------------------------------------------------------ */
 
+/* ---- settles, gathered per loop iteration ---------------------------------------------------- */
+
+/* sends the group's call with its numbers, its id and the reservations to give back; frees the group */
+static void group_send(struct settle_group *g)
+{
+    struct aor_admit_call *c = g->c;
+
+    g->c = NULL;
+    if (settle_args(c, 1, g->ids, g->ids_len) != 0) { /* never: the arena holds a full batch */
+        keep_usage(c);
+        call_free(c);
+        return;
+    }
+    if (call_send(c) == 0)
+        return;
+    /* Redis is down: the usage waits for it; with reservations to give back, the whole call */
+    if (g->ids_len != 0) {
+        if (!keep_unsure(c))
+            call_free(c);
+        return;
+    }
+    keep_usage(c);
+    call_free(c);
+}
+
+/* router/redis.c's before-flush hook: the settles of this loop iteration join its write */
+static void settle_flush(void *data)
+{
+    struct aor_worker *w = data;
+    int i;
+
+    if (w->admit == NULL)
+        return;
+    for (i = 0; i != SETTLE_GROUPS; ++i)
+        if (w->admit->groups[i].c != NULL)
+            group_send(&w->admit->groups[i]);
+}
+
+/* a settle call for `ar`'s tenant, admission minute and deployment: its keys and deployment written */
+static struct aor_admit_call *settle_call_new(struct aor_request *ar)
+{
+    const struct aor_admission *a = &ar->adm;
+    struct aor_admit_call *c = call_new(ar->worker, &settle_script);
+    struct key_block *kb;
+    struct key_parts k;
+    size_t l;
+
+    if (c == NULL)
+        return NULL;
+    c->done = on_settled;
+    c->nusage = 3;
+    c->ttl[0] = MINUTE_TTL_S;
+    c->ttl[1] = DAY_TTL_S;
+    c->ttl[2] = MONTH_TTL_S;
+    l = strnlen(ar->deployment, sizeof(c->deployment) - 1);
+    memcpy(c->deployment, ar->deployment, l);
+    c->deployment[l] = '\0';
+    call_set_numkeys(c, 5);
+    c->marker_arg = 4;
+    kb = key_block_of(ar->worker, KEYS_SETTLE, ar->tenant);
+    if (!keys_from_block(c, kb, ar->conf->generation, a->win.minute_id, ar->tenant)) {
+        key_parts_of(ar, &k);
+        if (add_usage_keys(c, &k, &a->win) != 0 || CALL_KEY(c, &k, "reserved:", ":", a->win.minute) != 0 ||
+            CALL_KEY(c, &k, "settled:", ":", a->win.minute) != 0)
+            goto fail;
+        keys_to_block(kb, c, ar->conf->generation, a->win.minute_id, ar->tenant, 0, 0);
+    }
+    if (call_arg(c, c->deployment, l) != 0)
+        goto fail;
+    return c;
+fail:
+    call_free(c);
+    return NULL;
+}
+
+/*
+ * Adds a finished request to its worker's group of settles (tenant, admission minute,
+ * deployment): the group leaves as one call just before the worker's Redis commands of this loop
+ * iteration are written, or at once when full. Without a worker's admit state (stopping), alone
+ * and at once.
+ */
+static void settle_gather(struct aor_request *ar, int count, int bucket, const struct usage_delta *u)
+{
+    struct aor_admit_worker *aw = ar->worker->admit;
+    const struct aor_admission *a = &ar->adm;
+    size_t dl = strnlen(ar->deployment, sizeof(((struct aor_admit_call *)NULL)->deployment) - 1), il;
+    struct settle_group one, *g = NULL, *free_g = NULL;
+    int i;
+
+    if (aw != NULL) {
+        for (i = 0; i != SETTLE_GROUPS && g == NULL; ++i) {
+            struct settle_group *x = &aw->groups[i];
+            if (x->c == NULL) {
+                if (free_g == NULL)
+                    free_g = x;
+            } else if (x->generation == ar->conf->generation && x->minute_id == a->win.minute_id &&
+                       strcmp(x->tenant, ar->tenant) == 0 && strlen(x->c->deployment) == dl &&
+                       memcmp(x->c->deployment, ar->deployment, dl) == 0) {
+                g = x;
+            }
+        }
+        if (g == NULL && (g = free_g) == NULL) {
+            g = &aw->groups[aw->next_evict++ % SETTLE_GROUPS];
+            group_send(g);
+        }
+    } else {
+        one.c = NULL;
+        g = &one;
+    }
+    if (g->c == NULL) {
+        if ((g->c = settle_call_new(ar)) == NULL)
+            return; /* out of memory: this request's usage is not written */
+        g->generation = ar->conf->generation;
+        g->minute_id = a->win.minute_id;
+        snprintf(g->tenant, sizeof(g->tenant), "%s", ar->tenant);
+        g->members = 0;
+        g->ids_len = 0;
+    }
+    if (bucket && (il = strnlen(a->reservation_id, sizeof(a->reservation_id))) != 0 && il < sizeof(a->reservation_id)) {
+        memcpy(g->ids + g->ids_len, a->reservation_id, il);
+        g->ids_len += il;
+        g->ids[g->ids_len++] = ' ';
+    }
+    if (count) {
+        g->c->count_usage = 1;
+        g->c->usage.requests += u->requests;
+        g->c->usage.prompt += u->prompt;
+        g->c->usage.completion += u->completion;
+        g->c->usage.total += u->total;
+    }
+    if (g == &one || ++g->members == SETTLE_BATCH_MAX)
+        group_send(g);
+    else
+        aor_redis_flush_soon(ar->worker->redis);
+}
+
 void aor_admit_settle(struct aor_request *ar)
 {
     struct aor_admission *a = &ar->adm;
     int reserved = a->reserved;
-    struct aor_admit_call *c;
     struct usage_delta u = {0, 0, 0, 0};
-    struct key_parts k;
-    struct key_block *kb;
     int count = 0, bucket;
 
     if (reserved == AOR_ADMIT_NONE && !a->maybe_reserved)
@@ -1386,44 +1564,5 @@ void aor_admit_settle(struct aor_request *ar)
     }
     if (ar->worker->redis == NULL || (!count && !bucket))
         return;
-    if ((c = call_new(ar->worker, &settle_script)) == NULL)
-        return;
-    c->done = on_settled;
-    c->count_usage = count;
-    c->usage = u;
-    c->nusage = 3;
-    c->ttl[0] = MINUTE_TTL_S;
-    c->ttl[1] = DAY_TTL_S;
-    c->ttl[2] = MONTH_TTL_S;
-    {
-        size_t l = strnlen(ar->deployment, sizeof(c->deployment) - 1);
-        memcpy(c->deployment, ar->deployment, l);
-        c->deployment[l] = '\0';
-    }
-    call_set_numkeys(c, bucket ? 5 : 4);
-    c->marker_arg = bucket ? 4 : 3;
-    kb = key_block_of(ar->worker, bucket ? KEYS_SETTLE_BUCKET : KEYS_SETTLE, ar->tenant);
-    if (!keys_from_block(c, kb, ar->conf->generation, a->win.minute_id, ar->tenant)) {
-        key_parts_of(ar, &k);
-        if (add_usage_keys(c, &k, &a->win) != 0 || (bucket && CALL_KEY(c, &k, "reserved:", ":", a->win.minute) != 0) ||
-            CALL_KEY(c, &k, "settled:", ":", a->win.minute) != 0) {
-            call_free(c);
-            return;
-        }
-        keys_to_block(kb, c, ar->conf->generation, a->win.minute_id, ar->tenant, 0, 0);
-    }
-    if (settle_args(c, bucket, a->estimate, a->reservation_id) != 0) {
-        call_free(c);
-        return;
-    }
-    if (call_send(c) != 0) {
-        /* Redis is down: the usage waits for it; with a reservation to give back, the whole call */
-        if (bucket) {
-            if (!keep_unsure(c))
-                call_free(c);
-        } else {
-            keep_usage(c);
-            call_free(c);
-        }
-    }
+    settle_gather(ar, count, bucket, &u);
 }

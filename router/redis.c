@@ -123,6 +123,8 @@ struct aor_redis {
     uv_check_t flush_check;
     uv_prepare_t flush_prepare;
     int flush_armed;
+    void (*before_flush)(void *data); /* a user's last commands of the iteration (see aor_redis_set_before_flush) */
+    void *before_flush_data;
     struct aor_redis_cmd *spare_cmds; /* freed commands kept for reuse (at most SPARE_CMDS) */
     unsigned num_spare_cmds;
     uint64_t rng;
@@ -385,6 +387,8 @@ static void conn_flush(struct conn *c);
 
 static void flush_due(struct aor_redis *r)
 {
+    if (r->before_flush != NULL)
+        r->before_flush(r->before_flush_data); /* its commands find the flush armed and join this write */
     r->flush_armed = 0;
     uv_check_stop(&r->flush_check);
     uv_prepare_stop(&r->flush_prepare);
@@ -410,6 +414,17 @@ static void flush_later(struct aor_redis *r)
     r->flush_armed = 1;
     uv_check_start(&r->flush_check, on_flush_check);
     uv_prepare_start(&r->flush_prepare, on_flush_prepare);
+}
+
+void aor_redis_set_before_flush(struct aor_redis *r, void (*fn)(void *data), void *data)
+{
+    r->before_flush = fn;
+    r->before_flush_data = data;
+}
+
+void aor_redis_flush_soon(struct aor_redis *r)
+{
+    flush_later(r);
 }
 
 /* appends `len` bytes to the output (at `at`: 0 = the front); 0, or -1 when over the bound or ENOMEM */

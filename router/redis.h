@@ -167,4 +167,13 @@ char *aor_redis_put_count(char *p, char prefix, size_t n);
  */
 void aor_redis_cancel(struct aor_redis_cmd *cmd);
 
+/**
+ * Commands gathered by a user across a loop iteration: `fn(data)` runs just before the
+ * iteration's commands are written (after the I/O callbacks, or before the loop waits), and the
+ * commands it sends leave in that write. aor_redis_flush_soon makes sure such a write happens
+ * in this iteration even when nothing else was sent. NULL removes the hook.
+ */
+void aor_redis_set_before_flush(struct aor_redis *r, void (*fn)(void *data), void *data);
+void aor_redis_flush_soon(struct aor_redis *r);
+
 #endif

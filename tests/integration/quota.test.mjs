@@ -470,6 +470,49 @@ describe('accounting: usage hashes equal what the backend reported', () => {
     }
   });
 
+  it('settles of one loop iteration leave as one call per tenant, minute and deployment: 12 tenants x 2 deployments x 20 at once (more groups and more requests than a batch holds) counted exactly', async () => {
+    await awayFromMinuteEdge();
+    const tenants = Array.from({ length: 12 }, (_, i) => uniq(`batch${i}`));
+    const deps = ['gpt-4o', 'other'];
+    const tokens = await Promise.all(tenants.map((t) => idp.mint({ tid: t })));
+    const calls = async () => Number(/cmdstat_evalsha:calls=(\d+)/.exec((await redisCli(redis, 'INFO', 'commandstats')).stdout)?.[1] ?? 0);
+    const before = await calls();
+    const jobs = [];
+    for (let i = 0; i < tenants.length; ++i)
+      for (const d of deps)
+        for (let k = 0; k < 20; ++k)
+          jobs.push(
+            post(router.url, `/openai/deployments/${d}/chat/completions?api-version=2024-10-21`, chatBody({ max_tokens: 1 + (k % 4) }), {
+              headers: { authorization: `Bearer ${tokens[i]}` },
+            }).then((r) => ({ t: tenants[i], d, r })),
+          );
+    const done = await Promise.all(jobs);
+    const want = {};
+    for (const { t, d, r } of done) {
+      assert.equal(r.status, 200, r.body);
+      const u = r.json().usage;
+      const w = (want[t] ??= { requests: 0, prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, 'gpt-4o:total_tokens': 0, 'other:total_tokens': 0 });
+      w.requests += 1;
+      w.prompt_tokens += u.prompt_tokens;
+      w.completion_tokens += u.completion_tokens;
+      w.total_tokens += u.total_tokens;
+      w[`${d}:total_tokens`] += u.total_tokens;
+    }
+    await sleep(200);
+    for (const t of tenants) {
+      assert.deepEqual(await usageHash(t, 'minute'), want[t], `minute usage of ${t}`);
+      assert.deepEqual(await usageHash(t, 'day'), want[t], `day usage of ${t}`);
+      for (const k of (await redisCli(redis, '--scan', '--pattern', `aoai:reserved:{${t}}:*`)).stdout.split('\n').filter(Boolean)) {
+        assert.equal(Number((await redisCli(redis, 'HGET', k, 'tokens')).stdout), 0, `${k} still holds tokens`);
+        assert.equal(Number((await redisCli(redis, 'HGET', k, 'requests')).stdout), 0, `${k} still holds requests`);
+        assert.equal(Number((await redisCli(redis, 'HLEN', k)).stdout), 2, `${k} still holds reservations`);
+      }
+    }
+    // 480 reserves, one call each; the settles went out in fewer calls than requests
+    const settles = (await calls()) - before - jobs.length;
+    assert.ok(settles >= 24 && settles < jobs.length, `${settles} settle calls for ${jobs.length} requests`);
+  });
+
   it('access log line of an admitted request carries usage "reported"', async () => {
     const r = await asTenant(uniq('log'));
     assert.equal(r.status, 200);
