@@ -1622,6 +1622,11 @@ static int accepting(const struct aor_redis *r)
            ((r->state == ST_UP && r->retiring == NULL) || (r->state == ST_CONNECTING && r->failures == 0));
 }
 
+int aor_redis_accepting(const struct aor_redis *r)
+{
+    return accepting(r);
+}
+
 struct aor_redis_cmd *aor_redis_command(struct aor_redis *r, aor_redis_cb cb, void *data, const char *fmt, ...)
 {
     struct aor_redis_cmd *cmd = NULL;

@@ -131,6 +131,8 @@ int aor_redis_reconfigure(struct aor_redis *r, const char *url, const char *pass
 
 /* 1 once connected, authenticated (AUTH answered OK) and answering PING; 0 while (re)connecting, waiting for a token, or down */
 int aor_redis_is_up(const struct aor_redis *r);
+/* 1 when a command sent now would be queued (up, or connecting for the first time since it was) */
+int aor_redis_accepting(const struct aor_redis *r);
 
 /**
  * Sends a command (hiredis format: %s C string, %b binary as pointer + size_t, %d ...).

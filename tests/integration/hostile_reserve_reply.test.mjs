@@ -8,7 +8,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { startMock, startRouter, backendFor, post, chatBody, CHAT_PATH, stopAll, fetchMetrics, metricSum, pollUntil } from './lib/harness.mjs';
+import { startMock, startRouter, backendFor, post, chatBody, CHAT_PATH, stopAll, fetchMetrics, metricSum, pollUntil, h2Burst } from './lib/harness.mjs';
 import { startFakeResp } from './lib/hostile_review_resp.mjs';
 
 const bulk = (s) => `$${Buffer.byteLength(s, 'latin1')}\r\n${s}\r\n`;
@@ -28,7 +28,7 @@ describe('the reserve reply is parsed strictly and exactly', () => {
         s.write('*5\r\n' + '$-1\r\n'.repeat(5)); // the tenant:{default} poll (router/deftenant.c): no such hash
       } else if ((cmd === 'EVALSHA' || cmd === 'EVAL') && args[3].includes('tenant:{')) {
         reserves.push(args);
-        s.write(reserveAnswer);
+        s.write(typeof reserveAnswer === 'function' ? reserveAnswer(args) : reserveAnswer);
       } else if (cmd === 'EVALSHA' || cmd === 'EVAL') {
         s.write(':1\r\n'); // the settle
       } else {
@@ -69,12 +69,58 @@ describe('the reserve reply is parsed strictly and exactly', () => {
     for (let i = 7; i < 3 + nkeys; i++) assert.match(a[i], /^aoai:reserved:\{default\}:\d{12}$/);
     assert.equal(a[3 + nkeys], 'gpt-4o');
     assert.equal(a[4 + nkeys], '*');
-    // estimate, fallback tpm rpm day month, buckets today, buckets this month, bucket TTL
+    // fallback tpm rpm day month, buckets today, buckets this month, bucket TTL
     const n = a[5 + nkeys].split(' ').map(Number);
-    assert.equal(n.length, 8, a[5 + nkeys]);
-    assert.deepEqual(n.slice(1, 5), [1000, 10, -1, -1]);
-    assert.match(a[6 + nkeys], /^[0-9a-f]{16}\.[0-9a-f]+$/);
+    assert.equal(n.length, 7, a[5 + nkeys]);
+    assert.deepEqual(n.slice(0, 4), [1000, 10, -1, -1]);
+    // the batch's requests: "<estimate> <reservation id> " — one request here
+    assert.match(a[6 + nkeys], /^\d+ [0-9a-f]{16}\.[0-9a-f]+ $/);
     assert.equal(a.length, 7 + nkeys);
+  });
+
+  /** the requests of a reserve call: [[estimate, id], ...] */
+  const membersOf = (args) => {
+    const w = args.at(-1).trim().split(' ');
+    const m = [];
+    for (let i = 0; i + 1 < w.length; i += 2) m.push([Number(w[i]), w[i + 1]]);
+    return m;
+  };
+
+  /** `n` requests at once on one h2c connection, max_tokens 100 + i (bodies of one length) */
+  const burst = (n) => h2Burst(router.url, CHAT_PATH, Array.from({ length: n }, (_, i) => chatBody({ max_tokens: 100 + i })));
+
+  it('requests that arrive together leave in one reserve call, and each gets its own record of the reply', async () => {
+    // each record answers the request's own estimate as its remaining tokens: a record given to
+    // the wrong request shows as remaining - max_tokens differing between requests
+    reserveAnswer = (args) => bulk(membersOf(args).map(([est]) => `0 - ${est} 9 10 1 10 10 `).join('') + '-1 -1 -1 -1 -1 -1\n');
+    const from = reserves.length;
+    const res = await burst(40);
+    reserveAnswer = '';
+    const prompt = new Set();
+    for (let i = 0; i < res.length; ++i) {
+      assert.equal(res[i].status, 200, res[i].body);
+      prompt.add(Number(res[i].headers['x-ratelimit-remaining-tokens']) - (100 + i));
+    }
+    assert.equal(prompt.size, 1, `records crossed between requests: ${[...prompt]}`);
+    const sizes = reserves.slice(from).map((a) => membersOf(a).length);
+    assert.equal(sizes.reduce((x, y) => x + y, 0), 40, `members ${sizes}`);
+    assert.ok(Math.max(...sizes) > 1, `no call carried more than one request: ${sizes}`);
+    assert.ok(Math.max(...sizes) <= 32, `a call over the batch bound: ${sizes}`);
+    const ids = reserves.slice(from).flatMap((a) => membersOf(a).map(([, id]) => id));
+    assert.equal(new Set(ids).size, 40, 'reservation ids repeat');
+  });
+
+  it('a reply with fewer records than its call has requests is not believed: every request of that call is refused (closed), none admitted on a stranger\'s record', async () => {
+    reserveAnswer = () => bulk('0 - 500 9 10 1 10 10 -1 -1 -1 -1 -1 -1\n'); // always one record
+    const from = reserves.length;
+    const res = await burst(30);
+    reserveAnswer = '';
+    const sizes = reserves.slice(from).map((a) => membersOf(a).length);
+    assert.ok(Math.max(...sizes) > 1, `no call carried more than one request: ${sizes}`);
+    const ok = res.filter((r) => r.status === 200).length;
+    const refused = res.filter((r) => r.status === 503 && r.json().error.code === 'quota_store_unavailable').length;
+    assert.equal(ok, sizes.filter((n) => n === 1).length, `200s ${ok}, call sizes ${sizes}`);
+    assert.equal(refused, sizes.filter((n) => n > 1).reduce((x, y) => x + y, 0), `503s ${refused}, call sizes ${sizes}`);
   });
 
   it('an admitting reply: its remaining numbers are the client headers', async () => {

@@ -28,6 +28,7 @@ import {
   SLOW,
   freePort,
   tempDir,
+  h2Burst,
 } from './lib/harness.mjs';
 import path from 'node:path';
 import { startOidc } from './lib/oidc.mjs';
@@ -141,6 +142,30 @@ describe('admission: 429 per limit', () => {
     const after = metricSum(await fetchMetrics(router), 'aoai_router_quota_rejections_total', { tenant: t, limit: 'rpm' });
     assert.equal(after - before, 1);
     assert.equal((await asTenant(uniq('bystander'))).status, 200, 'another tenant is not affected');
+  });
+
+  it('requests that arrive together are admitted in order as if one by one: rpm 5, 12 streams at once → exactly 5 admitted, 7 refused rpm; tpm likewise', async () => {
+    await awayFromMinuteEdge();
+    const t = uniq('burst');
+    await hset(t, 'rpm', '5');
+    const token = await idp.mint({ tid: t });
+    const h = { authorization: `Bearer ${token}` };
+    const res = await h2Burst(router.url, CHAT_PATH, Array.from({ length: 12 }, () => chatBody({ max_tokens: 2 })), h);
+    assert.equal(res.filter((r) => r.status === 200).length, 5, res.map((r) => r.status).join(' '));
+    const refused = res.filter((r) => r.status === 429);
+    assert.equal(refused.length, 7);
+    for (const r of refused) assert.match(r.json().error.message, /requests per minute/);
+    // the admitted ones count down 4..0, one each
+    assert.deepEqual(res.filter((r) => r.status === 200).map((r) => r.headers['x-ratelimit-remaining-requests']).sort(), ['0', '1', '2', '3', '4']);
+    // tpm: estimate 21 each (body 77 bytes / 4 + max_tokens 2), tpm 100 → 4 admitted (84), the 5th would be 105
+    const t2 = uniq('burst-tpm');
+    await hset(t2, 'tpm', '100');
+    const token2 = await idp.mint({ tid: t2 });
+    const res2 = await h2Burst(router.url, CHAT_PATH, Array.from({ length: 10 }, () => chatBody({ max_tokens: 2 })), { authorization: `Bearer ${token2}` });
+    const ok2 = res2.filter((r) => r.status === 200);
+    assert.equal(ok2.length, 4, res2.map((r) => r.status).join(' '));
+    assert.deepEqual(ok2.map((r) => Number(r.headers['x-ratelimit-remaining-tokens'])).sort((a, b) => a - b), [16, 37, 58, 79]);
+    for (const r of res2.filter((x) => x.status !== 200)) assert.match(r.json().error.message, /tokens per minute/);
   });
 
   it('tpm: reservations are the estimate, usage the actual; the request over tpm is 429 tpm', async () => {

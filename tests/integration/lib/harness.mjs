@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
+import http2 from 'node:http2';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -727,6 +728,35 @@ export function h2load(args, { timeoutMs = 120000 * SLOW } = {}) {
       resolve({ exitCode: code, output: out, requests, status });
     });
   });
+}
+
+/**
+ * POSTs every body at once as streams of one h2c connection (node:http2): written together, so
+ * they reach the router in one read and start in one loop iteration. Resolves, in order, to
+ * [{status, headers, body, json()}].
+ */
+export async function h2Burst(baseUrl, p, bodies, headers = {}) {
+  const session = http2.connect(baseUrl);
+  try {
+    return await Promise.all(
+      bodies.map(
+        (b) =>
+          new Promise((resolve, reject) => {
+            const st = session.request({ ':method': 'POST', ':path': p, 'content-type': 'application/json', ...headers });
+            let h = {},
+              body = '';
+            st.on('response', (x) => (h = x));
+            st.setEncoding('utf8');
+            st.on('data', (d) => (body += d));
+            st.on('end', () => resolve({ status: h[':status'], headers: h, body, json: () => JSON.parse(body) }));
+            st.on('error', reject);
+            st.end(JSON.stringify(b));
+          }),
+      ),
+    );
+  } finally {
+    session.close();
+  }
 }
 
 // ---- misc ------------------------------------------------------------------------------------
