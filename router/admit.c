@@ -184,12 +184,11 @@ static const char reserve_lua[] =
  * KEYS: usage keys, then the reservation bucket when it has one, then the settle markers.
  * ARGV: deployment ('' none); the numbers (space separated): has bucket (1/0), count usage (1/0),
  *       requests, prompt, completion, total (the batch's sums), then the TTL of each usage key;
- *       the settle's id; the reservation ids to give back, space separated (the bucket gives back
- *       only a reservation whose field r:<id> it still has: made, and not given back yet; the
- *       field holds its estimate). A settle whose reply was lost (a Redis stopped, dead or slow
- *       past the deadline) is sent again with the same id: the marker makes the one Redis ran
- *       first the only one that counts. Returns 1 (applied) or 0 (this id was applied before);
- *       numbers not in that shape are an error reply, before anything is written. */
+ *       the settle's id; the reservations to give back, "<estimate> <id> ..." (the bucket gives
+ *       back only a reservation whose field r:<id> it still has: made, and not given back yet). A settle whose reply was lost (a
+ * Redis stopped, dead or slow past the deadline) is sent again with the same id: the marker makes the one Redis ran first the only
+ * one that counts. Returns 1 (applied) or 0 (this id was applied before); numbers not in that shape are an error reply, before
+ * anything is written. */
 /* the marker lives 900 s (15 min): how long a settle's id is remembered. A usage hash gets its
  * TTL when a settle creates it (its requests counter equals this settle's): not again on every
  * write, one Redis command less per window and request (redis-server's time is what caps the
@@ -204,15 +203,21 @@ static const char settle_lua[] =
     "if hb == '1' then\n"
     "  local b = KEYS[k]\n"
     "  k = k - 1\n"
-    "  local f = {}\n"
-    "  for id in string.gmatch(ARGV[4], '%S+') do f[#f + 1] = 'r:' .. id end\n"
-    "  if #f > 0 then\n"
-    "    local v = redis.call('HMGET', b, unpack(f))\n"
+    "  local f, e = {}, {}\n"
+    "  for est, id in string.gmatch(ARGV[4], '(%d+) (%S+)') do\n"
+    "    f[#f + 1] = 'r:' .. id\n"
+    "    e[#e + 1] = tonumber(est)\n"
+    "  end\n"
+    /* which reservations the bucket still holds; what to give back is the router's own estimate,
+     * not the field's value (someone else's write must not drive the bucket below 0). A bucket
+     * that is not a hash gives nothing back, and the usage is still written */
+    "  local v = #f > 0 and redis.pcall('HMGET', b, unpack(f))\n"
+    "  if type(v) == 'table' and not v.err then\n"
     "    local n, t = 0, 0\n"
-    "    for i = 1, #v do\n"
+    "    for i = 1, #f do\n"
     "      if v[i] then\n"
     "        n = n + 1\n"
-    "        if #v[i] <= 15 and string.find(v[i], '^%d+$') then t = t + tonumber(v[i]) end\n"
+    "        t = t + e[i]\n"
     "      end\n"
     "    end\n"
     "    if n > 0 then\n"
@@ -378,7 +383,7 @@ struct key_block {
  */
 #define SETTLE_GROUPS 8                        /* open groups per worker; a ninth evicts (sends) one */
 #define SETTLE_BATCH_MAX 32                    /* requests per settle call */
-#define SETTLE_IDS_CAP (SETTLE_BATCH_MAX * 41) /* a reservation id and a blank each */
+#define SETTLE_IDS_CAP (SETTLE_BATCH_MAX * 56) /* "<estimate> <reservation id> " each */
 
 struct settle_group {
     struct aor_admit_call *c; /* NULL: free */
@@ -483,6 +488,18 @@ static const char *call_arg_str(const struct aor_admit_call *c, int i, char *buf
     memcpy(buf, c->arena + c->arg[i < c->nargs ? i : 0].off, len);
     buf[len] = '\0';
     return buf;
+}
+
+/* writes `v` in decimal at `p` (at most 20 characters); returns the end */
+static char *put_dec(char *p, uint64_t v)
+{
+    char tmp[24], *q = tmp + sizeof(tmp);
+
+    do
+        *--q = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    memcpy(p, q, (size_t)(tmp + sizeof(tmp) - q));
+    return p + (tmp + sizeof(tmp) - q);
 }
 
 /* one argument holding `n` decimal integers separated by spaces */
@@ -996,9 +1013,27 @@ static int call_id(struct aor_admit_call *c)
     return call_arg(c, buf, len);
 }
 
+/* an error reply Redis gives before running anything, for a while (loading its data, a replica
+ * during a failover, a script running too long, a cluster resharding): try again later */
+static int transient_error(const redisReply *reply)
+{
+    static const char *const words[] = {"LOADING", "READONLY", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"};
+    size_t i, l;
+
+    if (reply == NULL || reply->str == NULL)
+        return 0;
+    for (i = 0; i != sizeof(words) / sizeof(words[0]); ++i)
+        if (reply->len > (l = strlen(words[i])) && memcmp(reply->str, words[i], l) == 0 && reply->str[l] == ' ')
+            return 1;
+    return 0;
+}
+
 static int on_settled(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
 {
-    (void)reply;
+    if (errstr == aor_redis_err_reply && transient_error(reply)) {
+        /* not run (or, if it was, its marker makes the second run a no-op): sent again with its id */
+        return keep_unsure(c);
+    }
     if (errstr == aor_redis_err_reply) {
         /* Redis refused the script (a key of the wrong type, say): trying again would fail again
          * (router/redis.c counts the error in aoai_router_redis_errors_total) */
@@ -1526,18 +1561,10 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
         g->members_len = 0;
     }
     /* "<estimate> <id> " */
-    p = g->members + g->members_len;
+    p = put_dec(g->members + g->members_len, (uint64_t)a->estimate);
+    *p++ = ' ';
     {
-        int64_t e = a->estimate;
-        char tmp[24], *q = tmp + sizeof(tmp);
-        size_t idl;
-        do
-            *--q = (char)('0' + e % 10);
-        while ((e /= 10) != 0);
-        memcpy(p, q, (size_t)(tmp + sizeof(tmp) - q));
-        p += tmp + sizeof(tmp) - q;
-        *p++ = ' ';
-        idl = make_id(a->reservation_id, sizeof(a->reservation_id));
+        size_t idl = make_id(a->reservation_id, sizeof(a->reservation_id));
         memcpy(p, a->reservation_id, idl);
         p += idl;
         *p++ = ' ';
@@ -1685,9 +1712,12 @@ static void settle_gather(struct aor_request *ar, int count, int bucket, const s
         g->ids_len = 0;
     }
     if (bucket && (il = strnlen(a->reservation_id, sizeof(a->reservation_id))) != 0 && il < sizeof(a->reservation_id)) {
-        memcpy(g->ids + g->ids_len, a->reservation_id, il);
-        g->ids_len += il;
-        g->ids[g->ids_len++] = ' ';
+        char *p = put_dec(g->ids + g->ids_len, (uint64_t)a->estimate);
+        *p++ = ' ';
+        memcpy(p, a->reservation_id, il);
+        p += il;
+        *p++ = ' ';
+        g->ids_len = (size_t)(p - g->ids);
     }
     if (count) {
         g->c->count_usage = 1;
