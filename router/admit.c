@@ -44,14 +44,16 @@
 
 /* ---- scripts ------------------------------------------------------------------------- */
 
-/* One call admits a batch: the requests of one tenant, minute, deployment and fallback quota
- * that arrived in the same loop iteration of a worker (see reserve_gather), in order, exactly as
- * that many calls one after the other would.
+/* One call admits a batch: the requests of one tenant, minute and fallback quota that started
+ * in the same loop iteration of a worker (see aor_admit_start), in order, exactly as that many
+ * calls one after the other would.
  * KEYS: tenant hash, usage minute, usage day, usage month, reservation buckets (this minute first).
- * ARGV: deployment, fallback deployments ("*" = all), the numbers (one argument, space
- *       separated: fewer arguments to format): fallback tpm rpm day month, buckets in today,
- *       buckets in this month, bucket TTL; and the requests: "<estimate> <reservation id> ..."
- *       (a reservation's field r:<id> in the bucket, holding its estimate, marks it to give back).
+ * ARGV: fallback deployments ("*" = all), the numbers (one argument, space separated: fewer
+ *       arguments to format): fallback tpm rpm day month, buckets in today, buckets in this
+ *       month, bucket TTL; and the requests: "<estimate> <reservation id> =<deployment> ..."
+ *       (a reservation's field r:<id> in the bucket, holding its estimate, marks it to give back;
+ *       the deployment, a name of [A-Za-z0-9._-] or empty, is checked against the allow-list per
+ *       request).
  * Returns one string (one reply object to read, not a dozen), a record per request then the
  * tenant hash:
  *   "<code> <what> <remaining tokens> <remaining requests> <minute tokens> <minute requests>
@@ -67,20 +69,23 @@
  * Counters are written by HINCRBY: anything but 0..15 digits (someone else's garbage, a bucket
  * driven below 0) counts as 0; a window without a limit is read for the status page only, and a
  * key of the wrong type there counts as 0 instead of failing the script. A bucket gets its TTL
- * from the reserve that creates it.
+ * from the reserve that creates it; a bucket counter HINCRBY would refuse (someone's garbage)
+ * starts again from 0 before the writes, which would otherwise stop half way: tokens reserved
+ * with no r:<id> to give them back.
  * Written for redis-server's time, which caps the quota path (`redis-cli INFO commandstats`
  * under bench/quota.sh): one string.match for the numbers, HMGET where a hash gives two fields,
  * numbers handed to Redis as the strings they came as (Lua's number-to-string is a printf of a
  * double), and the reads, checks and writes shared by a batch — 17 µs a call alone before, a
  * batch of 8 ~35 µs. */
 static const char reserve_lua[] =
-    "local p2, p3, p4, p5, p6, p7, p8 = string.match(ARGV[3], '^(%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%d+) (%d+) (%d+)$')\n"
+    "local p2, p3, p4, p5, p6, p7, p8 = string.match(ARGV[2], '^(%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%d+) (%d+) (%d+)$')\n"
     "if not p2 then return redis.error_reply('ERR reserve: malformed numbers') end\n"
-    "local ests, estr, ids = {}, {}, {}\n"
-    "for e, id in string.gmatch(ARGV[4], '(%d+) (%S+)') do\n"
+    "local ests, estr, ids, dep = {}, {}, {}, {}\n"
+    "for e, id, d in string.gmatch(ARGV[3], '(%d+) (%S+) =(%S*)') do\n"
     "  ests[#ests + 1] = tonumber(e)\n"
     "  estr[#estr + 1] = e\n"
     "  ids[#ids + 1] = id\n"
+    "  dep[#dep + 1] = d\n"
     "end\n"
     "if #ests == 0 then return redis.error_reply('ERR reserve: no request') end\n"
     "local v = redis.call('HMGET', KEYS[1], 'tpm', 'rpm', 'tokens_per_day', 'tokens_per_month', 'deployments', 'disabled')\n"
@@ -118,14 +123,20 @@ static const char reserve_lua[] =
     "end\n"
     "if tpm == 0 or rpm == 0 or day == 0 or month == 0 then return string.rep(string.format(fmt, 2, 'zero', -1, -1, -1, -1, -1, "
     "-1), #ests) .. hv end\n"
-    "local deps = ARGV[2]\n"
+    "local deps = ARGV[1]\n"
     "local d = v[5]\n"
     "if d then\n"
     "  d = string.gsub(d, '[ \\t]', '')\n"
     "  if #d < 1024 and string.find(d, '[^,]') and not string.find(d, '[%z\\1-\\32\\127]') then deps = d end\n"
     "end\n"
-    "if ARGV[1] ~= '' and deps ~= '*' and not string.find(',' .. deps .. ',', ',' .. ARGV[1] .. ',', 1, true) then\n"
-    "  return string.rep(string.format(fmt, 2, 'deployment', -1, -1, -1, -1, -1, -1), #ests) .. hv\n"
+    "local allowed = {}\n"
+    "local function may(x)\n"
+    "  if x == '' or deps == '*' then return true end\n"
+    "  if allowed[x] == nil then allowed[x] = string.find(',' .. deps .. ',', ',' .. x .. ',', 1, true) ~= nil end\n"
+    "  return allowed[x]\n"
+    "end\n"
+    "local function hincr_ok(x)\n"
+    "  return not x or x == '0' or (#x <= 18 and string.find(x, '^%-?[1-9]%d*$') ~= nil)\n"
     "end\n"
     "local function int(x)\n"
     "  if not x or #x > 15 or not string.find(x, '^%d+$') then return 0 end\n"
@@ -154,11 +165,14 @@ static const char reserve_lua[] =
     "local out, fields, addt, addn = {}, {}, 0, 0\n"
     "for i = 1, #ests do\n"
     "  local est, over = ests[i], nil\n"
-    "  if month >= 0 and mo + est > month then over = 'month'\n"
+    "  if not may(dep[i]) then over = 'deployment'\n"
+    "  elseif month >= 0 and mo + est > month then over = 'month'\n"
     "  elseif day >= 0 and dt + est > day then over = 'day'\n"
     "  elseif tpm >= 0 and mt + est > tpm then over = 'tpm'\n"
     "  elseif rpm >= 0 and mr + 1 > rpm then over = 'rpm' end\n"
-    "  if over then\n"
+    "  if over == 'deployment' then\n"
+    "    out[i] = string.format(fmt, 2, over, -1, -1, -1, -1, -1, -1)\n"
+    "  elseif over then\n"
     "    out[i] = string.format(fmt, 1, over, -1, -1, mt, mr, dt, mo)\n"
     "  else\n"
     "    mt, mr, dt, mo = mt + est, mr + 1, dt + est, mo + est\n"
@@ -172,6 +186,8 @@ static const char reserve_lua[] =
     "  end\n"
     "end\n"
     "if addn > 0 then\n"
+    "  if not hincr_ok(b[1]) then redis.call('HSET', KEYS[5], 'tokens', '0') end\n"
+    "  if not hincr_ok(b[2]) then redis.call('HSET', KEYS[5], 'requests', '0') end\n"
     "  if redis.call('HINCRBY', KEYS[5], 'tokens', string.format('%d', addt)) == addt then redis.call('EXPIRE', KEYS[5], p8) end\n"
     "  redis.call('HINCRBY', KEYS[5], 'requests', addn)\n"
     "  redis.call('HSET', KEYS[5], unpack(fields))\n"
@@ -211,16 +227,22 @@ static const char settle_lua[] =
     /* which reservations the bucket still holds; what to give back is the router's own estimate,
      * not the field's value (someone else's write must not drive the bucket below 0). A bucket
      * that is not a hash gives nothing back, and the usage is still written */
-    "  local v = #f > 0 and redis.pcall('HMGET', b, unpack(f))\n"
+    "  local v = #f > 0 and redis.pcall('HMGET', b, 'tokens', 'requests', unpack(f))\n"
     "  if type(v) == 'table' and not v.err then\n"
     "    local n, t = 0, 0\n"
     "    for i = 1, #f do\n"
-    "      if v[i] then\n"
+    "      if v[i + 2] then\n"
     "        n = n + 1\n"
     "        t = t + e[i]\n"
     "      end\n"
     "    end\n"
     "    if n > 0 then\n"
+    /* a counter someone overwrote with what HINCRBY refuses would fail the script half way
+     * (the marker set, the usage not written): it starts again from 0 */
+    "      for j, c in ipairs({'tokens', 'requests'}) do\n"
+    "        local x = v[j]\n"
+    "        if x and x ~= '0' and not (#x <= 18 and string.find(x, '^%-?[1-9]%d*$')) then redis.call('HSET', b, c, '0') end\n"
+    "      end\n"
     "      redis.call('HDEL', b, unpack(f))\n"
     "      redis.call('HINCRBY', b, 'tokens', string.format('%d', -t))\n"
     "      redis.call('HINCRBY', b, 'requests', -n)\n"
@@ -306,11 +328,11 @@ static void init_shas(void)
  * allows (128-byte prefix and tenant): 4 + AOR_ADMIT_MAX_BUCKETS keys, then the deployment (64),
  * the deployments list (AOR_QUOTA_DEPLOYMENTS_MAX), 8 numbers of up to 20 characters, and
  * call_room's margin: 2048 covers those; then the batch's requests (RESERVE_MEMBERS_CAP) */
-#define RESERVE_BATCH_MAX 32                         /* requests per reserve call */
-#define RESERVE_MEMBERS_CAP (RESERVE_BATCH_MAX * 48) /* "<estimate, 13 digits> <id, 33> " each */
+#define RESERVE_BATCH_MAX 32                          /* requests per reserve call */
+#define RESERVE_MEMBERS_CAP (RESERVE_BATCH_MAX * 116) /* "<estimate, 13 digits> <id, 33> =<deployment, 64> " each */
 #define CALL_ARENA ((4 + AOR_ADMIT_MAX_BUCKETS) * (KEY_MAX + 8) + 2048 + RESERVE_MEMBERS_CAP)
-_Static_assert(RESERVE_MEMBERS_CAP >= RESERVE_BATCH_MAX * (13 + 1 + 33 + 1),
-               "a batch's estimates (MAX_ESTIMATE plus a default) and ids fit");
+_Static_assert(RESERVE_MEMBERS_CAP >= RESERVE_BATCH_MAX * (13 + 1 + 33 + 2 + 64 + 1),
+               "a batch's estimates, ids and deployments fit");
 
 struct usage_delta {
     int64_t requests, prompt, completion, total;
@@ -399,22 +421,24 @@ _Static_assert(5 * (KEY_MAX + 8) + 64 + 9 * 21 + 48 + SETTLE_IDS_CAP + 9 * 26 <=
                "CALL_ARENA holds a full settle batch");
 
 /*
- * Reserves gathered in one loop iteration, the same way: one group per tenant, minute,
- * deployment and fallback quota (config generation and tenant:{default}'s layer), sent as one
- * call just before the iteration's Redis write. The call is built as the group opens; the
- * requests' estimates and ids are added when it leaves. Nothing waits longer than it did: the
- * write happens in the same iteration as before.
+ * Reserves gathered in one loop iteration, the same way: one group per tenant, minute and
+ * fallback quota (config generation and tenant:{default}'s layer), sent as one call just before
+ * the iteration's Redis write. The call is built as the group opens; the requests' estimates,
+ * ids and deployments are added as they come. Nothing waits longer than it did: the write
+ * happens in the same iteration as before. Groups leave in the order they opened, and all of
+ * them whenever one must leave early (full, or a ninth needs its slot): a request never
+ * overtakes an earlier one of its tenant.
  */
 #define RESERVE_GROUPS 8
 
 struct reserve_group {
     struct aor_admit_call *c; /* NULL: free */
+    uint64_t opened;          /* the worker's count of groups opened: the order they leave in */
     uint64_t generation;
     int64_t minute_id;
     int64_t fallback[4];
     char deps[AOR_QUOTA_DEPLOYMENTS_MAX]; /* the fallback deployments list ("*": all) */
     char tenant[AOR_TENANT_NAME_MAX + 1];
-    char deployment[65];
     size_t members_len;
     char members[RESERVE_MEMBERS_CAP];
 };
@@ -422,7 +446,7 @@ struct reserve_group {
 struct aor_admit_worker {
     uv_timer_t timer;
     struct reserve_group rgroups[RESERVE_GROUPS];
-    unsigned next_revict;
+    uint64_t rgroups_opened;
     struct settle_group groups[SETTLE_GROUPS];
     unsigned next_evict;
     struct aor_admit_call *calls; /* in flight */
@@ -1147,6 +1171,15 @@ void aor_admit_worker_stop(struct aor_worker *w)
     if (w->admit == NULL)
         return;
     admit_flush(w); /* gathered, not sent yet: they join the calls in flight below */
+    /* reservations still awaited (the drain ended before Redis answered): Redis may make them
+     * yet; a settle queued behind each on the same connection gives it back when it does */
+    for (struct aor_admit_call *c = w->admit->calls; c != NULL; c = c->next)
+        for (int i = 0; i != c->nmembers; ++i) {
+            c->members[i]->adm.maybe_reserved = 1;
+            aor_admit_settle(c->members[i]);
+        }
+    admit_flush(w);
+    aor_redis_flush_now(w->redis); /* what the socket takes now (plain TCP); the rest is lost with the connection */
     aor_redis_set_before_flush(w->redis, NULL, NULL);
     /* settles still in flight: sent again later, with their ids (the process may flush them from another worker) */
     while (w->admit->calls != NULL) {
@@ -1430,7 +1463,21 @@ static void rgroup_send(struct reserve_group *g)
     call_free(c);
 }
 
-/* the reserve call of a new group for `ar`: its keys, deployment, fallback and numbers written */
+/* sends every open group, oldest first */
+static void rgroups_send_all(struct aor_admit_worker *aw)
+{
+    for (;;) {
+        struct reserve_group *oldest = NULL;
+        for (int i = 0; i != RESERVE_GROUPS; ++i)
+            if (aw->rgroups[i].c != NULL && (oldest == NULL || aw->rgroups[i].opened < oldest->opened))
+                oldest = &aw->rgroups[i];
+        if (oldest == NULL)
+            return;
+        rgroup_send(oldest);
+    }
+}
+
+/* the reserve call of a new group for `ar`: its keys, fallback and numbers written */
 static struct aor_admit_call *reserve_call_new(struct aor_request *ar, const struct aor_quota *fallback, const char *deps,
                                                int64_t now)
 {
@@ -1474,8 +1521,7 @@ static struct aor_admit_call *reserve_call_new(struct aor_request *ar, const str
                         nday,
                         nmonth,
                         nb * 60 + 120};
-        if (call_arg(c, ar->deployment, strlen(ar->deployment)) != 0 || call_arg(c, deps, strlen(deps)) != 0 ||
-            call_nums(c, n, 7) != 0)
+        if (call_arg(c, deps, strlen(deps)) != 0 || call_nums(c, n, 7) != 0)
             goto fail;
     }
     return c;
@@ -1484,7 +1530,7 @@ fail:
     return NULL;
 }
 
-/* the open group `ar` joins (same tenant, minute, deployment, fallback and callback), or NULL */
+/* the open group `ar` joins (same tenant, minute, config, fallback and callback), or NULL */
 static struct reserve_group *rgroup_find(struct aor_admit_worker *aw, const struct aor_request *ar, const int64_t fb[4],
                                          const char *deps, aor_admit_cb cb, struct reserve_group **free_g)
 {
@@ -1498,7 +1544,7 @@ static struct reserve_group *rgroup_find(struct aor_admit_worker *aw, const stru
                 *free_g = g;
         } else if (g->generation == ar->conf->generation && g->minute_id == ar->adm.win.minute_id && g->c->cb == cb &&
                    memcmp(g->fallback, fb, sizeof(g->fallback)) == 0 && strcmp(g->tenant, ar->tenant) == 0 &&
-                   strcmp(g->deployment, ar->deployment) == 0 && strcmp(g->deps, deps) == 0) {
+                   strcmp(g->deps, deps) == 0) {
             return g;
         }
     }
@@ -1515,6 +1561,7 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
     struct reserve_group one, *g = NULL, *free_g;
     const char *deps;
     char *p;
+    size_t dl;
 
     a->remaining_tokens = a->remaining_requests = -1;
     a->estimate = ar->estimate < 0 ? 0 : ar->estimate > MAX_ESTIMATE ? MAX_ESTIMATE : ar->estimate;
@@ -1534,11 +1581,16 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
     fb[2] = fallback.day;
     fb[3] = fallback.month;
     /* a Redis that takes no command now (down, reconnecting after failures) decides at once */
-    if (aw != NULL && aor_redis_accepting(w->redis) && strlen(ar->tenant) < sizeof(g->tenant) &&
-        strlen(ar->deployment) < sizeof(g->deployment) && strlen(deps) < sizeof(g->deps)) {
+    dl = strlen(ar->deployment);
+    if (dl != 0 && !aor_route_valid_name(ar->deployment, dl)) { /* never: routes.c and pipeline.c let only such names through */
+        store_unavailable(ar, now);
+        return 1;
+    }
+    if (aw != NULL && aor_redis_accepting(w->redis) && strlen(ar->tenant) < sizeof(g->tenant) && strlen(deps) < sizeof(g->deps)) {
         if ((g = rgroup_find(aw, ar, fb, deps, cb, &free_g)) == NULL && (g = free_g) == NULL) {
-            g = &aw->rgroups[aw->next_revict++ % RESERVE_GROUPS];
-            rgroup_send(g);
+            /* a ninth group: every open one leaves, in the order they opened */
+            rgroups_send_all(aw);
+            g = &aw->rgroups[0];
         }
     } else {
         one.c = NULL;
@@ -1555,18 +1607,22 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
         memcpy(g->fallback, fb, sizeof(fb));
         if (g != &one) {
             snprintf(g->tenant, sizeof(g->tenant), "%s", ar->tenant);
-            snprintf(g->deployment, sizeof(g->deployment), "%s", ar->deployment);
             snprintf(g->deps, sizeof(g->deps), "%s", deps);
+            g->opened = ++aw->rgroups_opened;
         }
         g->members_len = 0;
     }
-    /* "<estimate> <id> " */
+    /* "<estimate> <id> =<deployment> " */
     p = put_dec(g->members + g->members_len, (uint64_t)a->estimate);
     *p++ = ' ';
     {
         size_t idl = make_id(a->reservation_id, sizeof(a->reservation_id));
         memcpy(p, a->reservation_id, idl);
         p += idl;
+        *p++ = ' ';
+        *p++ = '=';
+        memcpy(p, ar->deployment, dl);
+        p += dl;
         *p++ = ' ';
     }
     g->members_len = (size_t)(p - g->members);
@@ -1582,7 +1638,7 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb)
         return 1;
     }
     if (g->c->nmembers == RESERVE_BATCH_MAX)
-        rgroup_send(g);
+        rgroups_send_all(aw); /* this one and, before it, any older one (of this tenant too) */
     else
         aor_redis_flush_soon(w->redis);
     return 0;
@@ -1623,9 +1679,7 @@ static void admit_flush(void *data)
 
     if (w->admit == NULL)
         return;
-    for (i = 0; i != RESERVE_GROUPS; ++i)
-        if (w->admit->rgroups[i].c != NULL)
-            rgroup_send(&w->admit->rgroups[i]);
+    rgroups_send_all(w->admit);
     for (i = 0; i != SETTLE_GROUPS; ++i)
         if (w->admit->groups[i].c != NULL)
             group_send(&w->admit->groups[i]);

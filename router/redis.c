@@ -427,6 +427,12 @@ void aor_redis_flush_soon(struct aor_redis *r)
     flush_later(r);
 }
 
+void aor_redis_flush_now(struct aor_redis *r)
+{
+    if (r != NULL && !r->destroyed)
+        flush_due(r);
+}
+
 /* appends `len` bytes to the output (at `at`: 0 = the front); 0, or -1 when over the bound or ENOMEM */
 /* room for `len` more bytes of output, within the bound */
 static int out_reserve(struct conn *c, size_t len)

@@ -177,5 +177,7 @@ void aor_redis_cancel(struct aor_redis_cmd *cmd);
  */
 void aor_redis_set_before_flush(struct aor_redis *r, void (*fn)(void *data), void *data);
 void aor_redis_flush_soon(struct aor_redis *r);
+/* writes the commands gathered so far at once (before the connection is torn down) */
+void aor_redis_flush_now(struct aor_redis *r);
 
 #endif

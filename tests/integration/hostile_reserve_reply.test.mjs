@@ -67,24 +67,18 @@ describe('the reserve reply is parsed strictly and exactly', () => {
     assert.match(a[5], /^aoai:usage:\{default\}:day:\d{8}$/);
     assert.match(a[6], /^aoai:usage:\{default\}:month:\d{6}$/);
     for (let i = 7; i < 3 + nkeys; i++) assert.match(a[i], /^aoai:reserved:\{default\}:\d{12}$/);
-    assert.equal(a[3 + nkeys], 'gpt-4o');
-    assert.equal(a[4 + nkeys], '*');
+    assert.equal(a[3 + nkeys], '*');
     // fallback tpm rpm day month, buckets today, buckets this month, bucket TTL
-    const n = a[5 + nkeys].split(' ').map(Number);
-    assert.equal(n.length, 7, a[5 + nkeys]);
+    const n = a[4 + nkeys].split(' ').map(Number);
+    assert.equal(n.length, 7, a[4 + nkeys]);
     assert.deepEqual(n.slice(0, 4), [1000, 10, -1, -1]);
-    // the batch's requests: "<estimate> <reservation id> " — one request here
-    assert.match(a[6 + nkeys], /^\d+ [0-9a-f]{16}\.[0-9a-f]+ $/);
-    assert.equal(a.length, 7 + nkeys);
+    // the batch's requests: "<estimate> <reservation id> =<deployment> " — one request here
+    assert.match(a[5 + nkeys], /^\d+ [0-9a-f]{16}\.[0-9a-f]+ =gpt-4o $/);
+    assert.equal(a.length, 6 + nkeys);
   });
 
   /** the requests of a reserve call: [[estimate, id], ...] */
-  const membersOf = (args) => {
-    const w = args.at(-1).trim().split(' ');
-    const m = [];
-    for (let i = 0; i + 1 < w.length; i += 2) m.push([Number(w[i]), w[i + 1]]);
-    return m;
-  };
+  const membersOf = (args) => [...args.at(-1).matchAll(/(\d+) (\S+) =(\S*) /g)].map((m) => [Number(m[1]), m[2], m[3]]);
 
   /** `n` requests at once on one h2c connection, max_tokens 100 + i (bodies of one length) */
   const burst = (n) => h2Burst(router.url, CHAT_PATH, Array.from({ length: n }, (_, i) => chatBody({ max_tokens: 100 + i })));
