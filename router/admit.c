@@ -203,8 +203,8 @@ static const char reserve_lua[] =
  *       the settle's id; the reservations to give back, "<estimate> <id> ..." (the bucket gives
  *       back only a reservation whose field r:<id> it still has: made, and not given back yet). A settle whose reply was lost (a
  * Redis stopped, dead or slow past the deadline) is sent again with the same id: the marker makes the one Redis ran first the only
- * one that counts. Returns 1 (applied) or 0 (this id was applied before); numbers not in that shape are an error reply, before
- * anything is written. */
+ * one that counts. Returns 1 + 2 * (a bit per usage key that is not a hash, left alone) when applied, 0 (this id was applied
+ * before); numbers not in that shape are an error reply, before anything is written. */
 /* the marker lives 900 s (15 min): how long a settle's id is remembered. A usage hash gets its
  * TTL when a settle creates it (its requests counter equals this settle's): not again on every
  * write, one Redis command less per window and request (redis-server's time is what caps the
@@ -249,21 +249,35 @@ static const char settle_lua[] =
     "    end\n"
     "  end\n"
     "end\n"
+    /* the marker is set: an error now would lose the usage (Redis keeps what a script wrote
+     * before it failed). A usage counter HINCRBY refuses (garbage, out of range) starts again
+     * from this settle's number, as the reserve reads it as 0; a usage key that is not a hash
+     * is left alone and the other windows are written: bit i of the reply's (n - 1) / 2 says
+     * KEYS[i + 1] was refused */
+    "local bad = 0\n"
     "if cu == '1' then\n"
     "  local ttl = {string.match(rest, '^ (%d+) ?(%d*) ?(%d*)$')}\n"
     "  local dep = ARGV[1] ~= '' and ARGV[1] .. ':total_tokens'\n"
     "  local nrq = tonumber(rq)\n"
+    "  local function add(key, f, d)\n"
+    "    if type(redis.pcall('HINCRBY', key, f, d)) == 'table' then redis.call('HSET', key, f, d) end\n"
+    "  end\n"
     "  for i = 1, k do\n"
     "    local key = KEYS[i]\n"
-    "    local fresh = redis.call('HINCRBY', key, 'requests', rq) == nrq\n"
-    "    redis.call('HINCRBY', key, 'prompt_tokens', pt)\n"
-    "    redis.call('HINCRBY', key, 'completion_tokens', ct)\n"
-    "    redis.call('HINCRBY', key, 'total_tokens', tt)\n"
-    "    if dep then redis.call('HINCRBY', key, dep, tt) end\n"
-    "    if fresh or rq == '0' then redis.call('EXPIRE', key, ttl[i]) end\n"
+    "    local r = redis.pcall('HINCRBY', key, 'requests', rq)\n"
+    "    if type(r) == 'table' and string.sub(r.err, 1, 9) == 'WRONGTYPE' then\n"
+    "      bad = bad + (i == 1 and 1 or i == 2 and 2 or 4)\n"
+    "    else\n"
+    "      if type(r) == 'table' then redis.call('HSET', key, 'requests', rq) end\n"
+    "      add(key, 'prompt_tokens', pt)\n"
+    "      add(key, 'completion_tokens', ct)\n"
+    "      add(key, 'total_tokens', tt)\n"
+    "      if dep then add(key, dep, tt) end\n"
+    "      if r == nrq or type(r) == 'table' or rq == '0' then redis.call('EXPIRE', key, ttl[i]) end\n"
+    "    end\n"
     "  end\n"
     "end\n"
-    "return 1\n";
+    "return 1 + 2 * bad\n";
 
 struct script {
     const char *body;
@@ -1066,6 +1080,13 @@ static int on_settled(struct aor_admit_call *c, const redisReply *reply, const c
             AOR_LOG(AOR_LOG_ERROR, "admit", "usage for %s not recorded: Redis refused the write", call_arg_str(c, 0, key));
     } else if (errstr != NULL) {
         return keep_unsure(c); /* sent, no reply: Redis may have run it */
+    } else if (reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer > 1 && c->count_usage) {
+        /* applied, but these usage keys are not hashes: the other windows were written */
+        char key[KEY_MAX];
+        for (int i = 0; i != c->nusage; ++i)
+            if ((reply->integer - 1) / 2 >> i & 1)
+                AOR_LOG(AOR_LOG_ERROR, "admit", "usage for %s not recorded: Redis refused the write (not a hash)",
+                        call_arg_str(c, i, key));
     }
     return 0;
 }

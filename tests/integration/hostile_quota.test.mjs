@@ -129,26 +129,55 @@ describe('hostile values in Redis', () => {
     await cli('DEL', key);
   });
 
-  it('usage and reservation hashes with garbage counters count as 0, never crash', async () => {
+  it('usage and reservation hashes with garbage counters count as 0: the usage is still written whole (a counter HINCRBY refuses starts again from the settle\'s number), never crash', async () => {
+    await awayFromMinuteEdgeHq();
     const now = new Date().toISOString().replace(/[-:T]/g, '').slice(0, 12);
-    await cli('HSET', `aoai:usage:{hostile-usage}:minute:${now}`, 'total_tokens', 'garbage', 'requests', '-99999999999999999999');
+    const minute = `aoai:usage:{hostile-usage}:minute:${now}`;
+    await cli('DEL', minute, dayKey('hostile-usage'));
+    await cli('HSET', minute, 'total_tokens', 'garbage', 'requests', '-99999999999999999999', 'prompt_tokens', '1.5',
+      'completion_tokens', '9223372036854775807', 'gpt-4o:total_tokens', 'x');
+    await cli('HSET', dayKey('hostile-usage'), 'prompt_tokens', '100', 'total_tokens', ' 7');
     await cli('HSET', `aoai:reserved:{hostile-usage}:${now}`, 'tokens', '1e400', 'requests', 'x');
     await cli('HSET', 'aoai:tenant:{hostile-usage}', 'tpm', '1000', 'rpm', '5');
     const r = await call(routerA, 'hostile-usage');
     assert.equal(r.status, 200, r.body);
+    const u = r.json().usage;
+    assert.ok(u.total_tokens > 0 && u.prompt_tokens > 0, r.body);
+    const hget = async (k, f) => (await cli('HGET', k, f)).stdout.trim();
+    await pollUntil(async () => (await hget(minute, 'requests')) === '1', { timeoutMs: 3000 });
+    assert.equal(await hget(minute, 'total_tokens'), String(u.total_tokens));
+    assert.equal(await hget(minute, 'prompt_tokens'), String(u.prompt_tokens));
+    assert.equal(await hget(minute, 'completion_tokens'), String(u.completion_tokens));
+    assert.equal(await hget(minute, 'gpt-4o:total_tokens'), String(u.total_tokens));
+    // a valid counter keeps its count; garbage in one field does not stop the day's others
+    const day = await dayUsage('hostile-usage');
+    assert.equal(day.prompt_tokens, 100 + u.prompt_tokens);
+    assert.equal(day.total_tokens, u.total_tokens);
+    assert.equal(day.requests, 1);
+    assert.ok(Number((await cli('TTL', minute)).stdout) > 0, 'the minute hash has its TTL');
+    assert.doesNotMatch(routerA.stderr(), /usage for aoai:usage:\{hostile-usage\}/);
   });
 
-  it('a usage key of the wrong type (a string): the settle is refused and logged once (no retry loop); when the check must read it, open admits locally and closed answers 503', async () => {
+  it('a usage key of the wrong type (a string): that window is refused and logged once (no retry loop), the other windows are written; when the check must read it, open admits locally and closed answers 503', async () => {
+    await awayFromMinuteEdgeHq();
     await cli('SET', dayKey('wrongtype'), 'not-a-hash');
     const count = () => (routerA.stderr().match(/quota script failed: WRONGTYPE/g) ?? []).length;
+    const refused = () => (routerA.stderr().match(/usage for aoai:usage:\{wrongtype\}:day:\d+ not recorded: Redis refused the write \(not a hash\)/g) ?? []).length;
     // tokens_per_day unlimited: the check never reads the day hash, only the settle writes it
-    assert.equal((await call(routerA, 'wrongtype')).status, 200);
+    const r = await call(routerA, 'wrongtype');
+    assert.equal(r.status, 200);
     await sleep(1500); // three backlog flush ticks: a refused write is not retried
-    assert.equal(count(), 1, routerA.stderr().slice(-2000));
-    assert.match(routerA.stderr(), /usage for aoai:usage:\{wrongtype\}:minute:\d+ not recorded: Redis refused the write/);
+    assert.equal(refused(), 1, routerA.stderr().slice(-2000));
+    assert.equal(count(), 0, 'the settle ran: the minute and month windows are written');
+    const now = new Date().toISOString().replace(/[-:T]/g, '');
+    const total = String(r.json().usage.total_tokens);
+    assert.equal((await cli('HGET', `aoai:usage:{wrongtype}:minute:${now.slice(0, 12)}`, 'total_tokens')).stdout.trim(), total);
+    assert.equal((await cli('HGET', `aoai:usage:{wrongtype}:month:${now.slice(0, 6)}`, 'total_tokens')).stdout.trim(), total);
+    assert.equal((await cli('GET', dayKey('wrongtype'))).stdout.trim(), 'not-a-hash', 'the operator\'s key is left alone');
     // with a day quota the reserve script reads it and fails: on_failure decides
     await cli('HSET', 'aoai:tenant:{wrongtype}', 'tokens_per_day', '1000000');
     assert.equal((await call(routerA, 'wrongtype')).status, 200);
+    assert.ok(count() >= 1, routerA.stderr().slice(-2000));
     const closed = await call(closedRouter, 'wrongtype');
     assert.equal(closed.status, 503, closed.body);
     assert.equal(closed.json().error.code, 'quota_store_unavailable');
