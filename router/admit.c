@@ -1187,42 +1187,91 @@ static void on_timer_closed(uv_handle_t *h)
     free(h->data);
 }
 
+static void on_stop_guard(uv_timer_t *t)
+{
+    *(int *)t->data = 1;
+}
+
+/* the client connections are gone: while Redis is up, the calls in flight get their replies and
+ * the backlog and the settles of unknown outcome are written, for up to AOR_ADMIT_STOP_FLUSH_MS
+ * (a restart after an outage would otherwise lose what waits) */
+static void stop_flush(struct aor_worker *w)
+{
+    uv_timer_t guard;
+    int expired = 0, rounds = 0;
+
+    uv_timer_init(&w->loop, &guard);
+    guard.data = &expired;
+    uv_timer_start(&guard, on_stop_guard, AOR_ADMIT_STOP_FLUSH_MS, 0);
+    while (!expired) {
+        if (w->admit->calls == NULL) {
+            /* a round that sends nothing (Redis away, out of memory) ends it */
+            if (!aor_redis_is_up(w->redis) || (unsure_size() == 0 && aor_admit_backlog_size() == 0) || rounds++ == 64)
+                break;
+            flush_unsure(w);
+            flush_backlog(w);
+            if (w->admit->calls == NULL)
+                break;
+        }
+        uv_run(&w->loop, UV_RUN_ONCE);
+    }
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(&w->loop, UV_RUN_NOWAIT);
+}
+
+/* a reserve call whose reply is not awaited any more: its requests are gone with their connections */
+static void drop_reserve(struct aor_admit_call *c)
+{
+    call_unlink(c);
+    aor_redis_cancel(c->cmd);
+    c->cmd = NULL;
+    for (int i = 0; i != c->nmembers; ++i) {
+        c->members[i]->adm.call = NULL;
+        if (c->members[i]->req == NULL)
+            c->cb(c->members[i]);
+    }
+    free(c);
+}
+
 void aor_admit_worker_stop(struct aor_worker *w)
 {
+    struct aor_admit_call *c, *next;
+
     if (w->admit == NULL)
         return;
     admit_flush(w); /* gathered, not sent yet: they join the calls in flight below */
     /* reservations still awaited (the drain ended before Redis answered): Redis may make them
      * yet; a settle queued behind each on the same connection gives it back when it does */
-    for (struct aor_admit_call *c = w->admit->calls; c != NULL; c = c->next)
+    for (c = w->admit->calls; c != NULL; c = c->next)
         for (int i = 0; i != c->nmembers; ++i) {
             c->members[i]->adm.maybe_reserved = 1;
             aor_admit_settle(c->members[i]);
         }
     admit_flush(w);
+    for (c = w->admit->calls; c != NULL; c = next) {
+        next = c->next;
+        if (c->nmembers != 0)
+            drop_reserve(c);
+    }
+    stop_flush(w);
+    admit_flush(w);
     aor_redis_flush_now(w->redis); /* what the socket takes now (plain TCP); the rest is lost with the connection */
     aor_redis_set_before_flush(w->redis, NULL, NULL);
-    /* settles still in flight: sent again later, with their ids (the process may flush them from another worker) */
-    while (w->admit->calls != NULL) {
-        struct aor_admit_call *c = w->admit->calls;
+    /* settles still in flight: sent again later, with their ids (the process may flush them from another
+     * worker), or reported at exit */
+    while ((c = w->admit->calls) != NULL) {
+        if (c->nmembers != 0) {
+            drop_reserve(c);
+            continue;
+        }
         call_unlink(c);
         aor_redis_cancel(c->cmd);
         c->cmd = NULL;
-        if (c->nmembers != 0) {
-            /* reservations still awaited: their requests (gone with their connections by now) may be freed */
-            for (int i = 0; i != c->nmembers; ++i) {
-                c->members[i]->adm.call = NULL;
-                if (c->members[i]->req == NULL)
-                    c->cb(c->members[i]);
-            }
-            free(c);
-            continue;
-        }
         if (!keep_unsure(c))
             free(c);
     }
     while (w->admit->spare != NULL) {
-        struct aor_admit_call *c = w->admit->spare;
+        c = w->admit->spare;
         w->admit->spare = c->next;
         free(c);
     }
@@ -1230,6 +1279,35 @@ void aor_admit_worker_stop(struct aor_worker *w)
     w->admit->timer.data = w->admit;
     uv_close((uv_handle_t *)&w->admit->timer, on_timer_closed);
     w->admit = NULL;
+}
+
+static void report_usage(const char *what, const char *key, const char *deployment, const struct usage_delta *u)
+{
+    AOR_LOG(AOR_LOG_ERROR, "admit",
+            "usage %s at exit: key %s deployment %s requests %lld prompt_tokens %lld completion_tokens %lld total_tokens %lld",
+            what, key, deployment[0] != '\0' ? deployment : "-", (long long)u->requests, (long long)u->prompt,
+            (long long)u->completion, (long long)u->total);
+}
+
+void aor_admit_report_unwritten(void)
+{
+    struct aor_admit_call *c;
+    char key[KEY_MAX];
+    size_t i;
+
+    pthread_mutex_lock(&backlog_lock);
+    for (i = 0; i != backlog_len; ++i)
+        report_usage("not recorded", backlog[i].key, backlog[i].deployment, &backlog[i].u);
+    free(backlog);
+    backlog = NULL;
+    backlog_len = 0;
+    pthread_mutex_unlock(&backlog_lock);
+    /* sent, never confirmed: Redis may have applied them (their ids would make a later run a no-op) */
+    while ((c = unsure_take()) != NULL) {
+        for (int j = 0; c->count_usage && j != c->nusage; ++j)
+            report_usage("perhaps not recorded (sent, never confirmed)", call_arg_str(c, j, key), c->deployment, &c->usage);
+        free(c);
+    }
 }
 
 /* ---- keys ------------------------------------------------------------------------------------ */

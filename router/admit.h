@@ -57,9 +57,17 @@ int aor_admit_start(struct aor_request *ar, aor_admit_cb cb);
  */
 void aor_admit_settle(struct aor_request *ar);
 
-/* per worker: the backlog flush timer (with Redis). 0 or -1; stop before the worker's Redis goes */
+/* per worker: the backlog flush timer (with Redis). 0 or -1; stop before the worker's Redis goes.
+ * Stop first gives what waits for Redis (backlog, settles of unknown outcome, calls in flight)
+ * up to AOR_ADMIT_STOP_FLUSH_MS to be written while Redis is up */
 int aor_admit_worker_start(struct aor_worker *w);
 void aor_admit_worker_stop(struct aor_worker *w);
+
+#define AOR_ADMIT_STOP_FLUSH_MS 2000
+
+/* at process exit, after every worker stopped: logs each usage delta Redis never took (one
+ * ERROR line per key and deployment, with its numbers, for an operator to reconcile) and frees them */
+void aor_admit_report_unwritten(void);
 
 /* usage deltas waiting for Redis (for tests and logs) */
 size_t aor_admit_backlog_size(void);

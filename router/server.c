@@ -986,6 +986,7 @@ exit:
     }
     for (i = 0; i != started; ++i)
         pthread_join(workers[i].thread, NULL);
+    aor_admit_report_unwritten();
     if (started != 0)
         AOR_LOG(AOR_LOG_INFO, "server", "stopped");
     for (i = 0; ssl_ctxs != NULL && i != num_ssl; ++i)
