@@ -376,8 +376,10 @@ struct aor_admit_call {
     aor_admit_cb cb;
     /* for a settle or a backlog flush: what to keep if the write fails */
     int count_usage;
-    int nusage;     /* usage keys: arguments 0..nusage-1 */
-    int marker_arg; /* the argument that is the settle markers' key */
+    int maybe_applied;  /* a send of it reached Redis' socket and got no reply: Redis may have run it */
+    int settled_behind; /* a reserve whose members got a settle queued behind it at teardown */
+    int nusage;         /* usage keys: arguments 0..nusage-1 */
+    int marker_arg;     /* the argument that is the settle markers' key */
     int ttl[3];
     char deployment[65];
     struct usage_delta usage;
@@ -731,6 +733,8 @@ static void on_call_reply(void *data, const struct redisReply *reply, const char
 {
     struct aor_admit_call *c = data;
 
+    if ((errstr == aor_redis_err_timeout || errstr == aor_redis_err_disconnected) && aor_redis_cmd_sent(c->cmd))
+        c->maybe_applied = 1;
     c->cmd = NULL;
     if (errstr == aor_redis_err_reply && !c->retried && reply != NULL && reply->str != NULL &&
         strncmp(reply->str, "NOSCRIPT", 8) == 0) {
@@ -1066,6 +1070,18 @@ static int transient_error(const redisReply *reply)
     return 0;
 }
 
+/* a usage write Redis refused, with its numbers: it is not tried again, so an operator may add them */
+static void log_refused(struct aor_admit_call *c, int i, const char *why)
+{
+    char key[KEY_MAX];
+
+    AOR_LOG(AOR_LOG_ERROR, "admit",
+            "usage for %s not recorded: Redis refused the write%s: deployment \"%s\" requests %lld prompt_tokens %lld "
+            "completion_tokens %lld total_tokens %lld",
+            call_arg_str(c, i, key), why, c->deployment, (long long)c->usage.requests, (long long)c->usage.prompt,
+            (long long)c->usage.completion, (long long)c->usage.total);
+}
+
 static int on_settled(struct aor_admit_call *c, const redisReply *reply, const char *errstr)
 {
     if (errstr == aor_redis_err_reply && transient_error(reply)) {
@@ -1075,18 +1091,15 @@ static int on_settled(struct aor_admit_call *c, const redisReply *reply, const c
     if (errstr == aor_redis_err_reply) {
         /* Redis refused the script (a key of the wrong type, say): trying again would fail again
          * (router/redis.c counts the error in aoai_router_redis_errors_total) */
-        char key[KEY_MAX];
-        if (c->count_usage)
-            AOR_LOG(AOR_LOG_ERROR, "admit", "usage for %s not recorded: Redis refused the write", call_arg_str(c, 0, key));
+        for (int i = 0; c->count_usage && i != c->nusage; ++i)
+            log_refused(c, i, "");
     } else if (errstr != NULL) {
         return keep_unsure(c); /* sent, no reply: Redis may have run it */
     } else if (reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer > 1 && c->count_usage) {
         /* applied, but these usage keys are not hashes: the other windows were written */
-        char key[KEY_MAX];
         for (int i = 0; i != c->nusage; ++i)
             if ((reply->integer - 1) / 2 >> i & 1)
-                AOR_LOG(AOR_LOG_ERROR, "admit", "usage for %s not recorded: Redis refused the write (not a hash)",
-                        call_arg_str(c, i, key));
+                log_refused(c, i, " (not a hash)");
     }
     return 0;
 }
@@ -1233,21 +1246,39 @@ static void drop_reserve(struct aor_admit_call *c)
     free(c);
 }
 
+/* reservations still awaited (the drain ended before Redis answered): Redis may make them yet;
+ * a settle queued behind each on the same connection, written now, gives it back when it does */
+static void settle_behind_reserves(struct aor_worker *w)
+{
+    admit_flush(w); /* gathered, not sent yet: they join the calls in flight below */
+    for (struct aor_admit_call *c = w->admit->calls; c != NULL; c = c->next) {
+        if (c->nmembers == 0 || c->settled_behind)
+            continue;
+        c->settled_behind = 1;
+        for (int i = 0; i != c->nmembers; ++i) {
+            c->members[i]->adm.maybe_reserved = 1;
+            aor_admit_settle(c->members[i]);
+        }
+    }
+    admit_flush(w);
+    aor_redis_flush_now(w->redis);
+}
+
+void aor_admit_teardown(struct aor_worker *w)
+{
+    /* before the client connections close: a request waiting on its reserve keeps its connection
+     * up to the command deadline, and a timeout drops the Redis connection the settle needs */
+    if (w->admit != NULL)
+        settle_behind_reserves(w);
+}
+
 void aor_admit_worker_stop(struct aor_worker *w)
 {
     struct aor_admit_call *c, *next;
 
     if (w->admit == NULL)
         return;
-    admit_flush(w); /* gathered, not sent yet: they join the calls in flight below */
-    /* reservations still awaited (the drain ended before Redis answered): Redis may make them
-     * yet; a settle queued behind each on the same connection gives it back when it does */
-    for (c = w->admit->calls; c != NULL; c = c->next)
-        for (int i = 0; i != c->nmembers; ++i) {
-            c->members[i]->adm.maybe_reserved = 1;
-            aor_admit_settle(c->members[i]);
-        }
-    admit_flush(w);
+    settle_behind_reserves(w);
     for (c = w->admit->calls; c != NULL; c = next) {
         next = c->next;
         if (c->nmembers != 0)
@@ -1265,6 +1296,7 @@ void aor_admit_worker_stop(struct aor_worker *w)
             continue;
         }
         call_unlink(c);
+        c->maybe_applied |= aor_redis_cmd_sent(c->cmd);
         aor_redis_cancel(c->cmd);
         c->cmd = NULL;
         if (!keep_unsure(c))
@@ -1283,10 +1315,10 @@ void aor_admit_worker_stop(struct aor_worker *w)
 
 static void report_usage(const char *what, const char *key, const char *deployment, const struct usage_delta *u)
 {
+    /* the deployment quoted ("" none): a name may be "-" but never holds a quote */
     AOR_LOG(AOR_LOG_ERROR, "admit",
-            "usage %s at exit: key %s deployment %s requests %lld prompt_tokens %lld completion_tokens %lld total_tokens %lld",
-            what, key, deployment[0] != '\0' ? deployment : "-", (long long)u->requests, (long long)u->prompt,
-            (long long)u->completion, (long long)u->total);
+            "usage %s: key %s deployment \"%s\" requests %lld prompt_tokens %lld completion_tokens %lld total_tokens %lld", what,
+            key, deployment, (long long)u->requests, (long long)u->prompt, (long long)u->completion, (long long)u->total);
 }
 
 void aor_admit_report_unwritten(void)
@@ -1297,15 +1329,17 @@ void aor_admit_report_unwritten(void)
 
     pthread_mutex_lock(&backlog_lock);
     for (i = 0; i != backlog_len; ++i)
-        report_usage("not recorded", backlog[i].key, backlog[i].deployment, &backlog[i].u);
+        report_usage("not recorded at exit", backlog[i].key, backlog[i].deployment, &backlog[i].u);
     free(backlog);
     backlog = NULL;
     backlog_len = 0;
     pthread_mutex_unlock(&backlog_lock);
-    /* sent, never confirmed: Redis may have applied them (their ids would make a later run a no-op) */
+    /* kept whole for a re-send: sent and never confirmed (Redis may have applied them), or never
+     * sent (kept for the reservation they give back) */
     while ((c = unsure_take()) != NULL) {
         for (int j = 0; c->count_usage && j != c->nusage; ++j)
-            report_usage("perhaps not recorded (sent, never confirmed)", call_arg_str(c, j, key), c->deployment, &c->usage);
+            report_usage(c->maybe_applied ? "perhaps not recorded (sent, never confirmed) at exit" : "not recorded at exit",
+                         call_arg_str(c, j, key), c->deployment, &c->usage);
         free(c);
     }
 }

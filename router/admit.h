@@ -65,6 +65,10 @@ void aor_admit_worker_stop(struct aor_worker *w);
 
 #define AOR_ADMIT_STOP_FLUSH_MS 2000
 
+/* the worker starts closing its client connections (the drain is over): each reservation still
+ * awaited gets a settle queued behind it, so a reservation Redis makes late is given back */
+void aor_admit_teardown(struct aor_worker *w);
+
 /* at process exit, after every worker stopped: logs each usage delta Redis never took (one
  * ERROR line per key and deployment, with its numbers, for an operator to reconcile) and frees them */
 void aor_admit_report_unwritten(void);

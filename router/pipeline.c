@@ -333,6 +333,12 @@ static void after_admit(struct aor_request *ar)
         refuse(ar, (enum aor_error)ar->adm.error, ar->adm.message);
         return;
     }
+    if (ar->worker->tearing_down) {
+        /* admitted (after a reserve that timed out, say) while the worker closes its connections:
+         * not forwarded; the client is being cut off */
+        refuse(ar, AOR_ERR_SHUTTING_DOWN, "the router is stopping");
+        return;
+    }
     if (collect_candidates(ar, &err, &msg) != 0) {
         refuse(ar, err, msg);
         return;

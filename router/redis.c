@@ -66,6 +66,7 @@ struct aor_redis_cmd {
     enum cmd_kind kind;
     uint64_t serial; /* an Entra ID AUTH: the token's serial; 0 otherwise */
     int evalsha;     /* NOSCRIPT is its expected answer, not an error (only EVALSHA's) */
+    int sent;        /* its bytes were handed to the socket: Redis may run it though no reply comes */
 };
 
 /* one transport attempt; freed when it is given up (the h2o socket closes on its own) */
@@ -105,6 +106,7 @@ struct aor_redis {
     enum conn_state state;
     struct conn *conn;                 /* current attempt, NULL when none */
     struct aor_redis_cmd *head, *tail; /* pending on `conn`, oldest first */
+    struct aor_redis_cmd *unsent;      /* the first pending command not handed to the socket yet; NULL: none */
     uint64_t connect_deadline;         /* uv_now() ms: TCP + TLS + handshake of the current attempt */
     unsigned failures;                 /* consecutive failed attempts; 0 = the last connection was healthy */
     unsigned flaps;                    /* consecutive connections lost within FLAP_WINDOW_MS of their handshake */
@@ -546,6 +548,7 @@ static void fail_pending(struct aor_redis *r, const char *err)
 {
     struct aor_redis_cmd *cmd;
 
+    r->unsent = NULL;
     while ((cmd = r->head) != NULL) {
         r->head = cmd->next;
         if (r->head == NULL)
@@ -690,6 +693,8 @@ static void fifo_push(struct aor_redis *r, struct aor_redis_cmd *cmd)
     else
         r->head = cmd;
     r->tail = cmd;
+    if (r->unsent == NULL)
+        r->unsent = cmd;
     if (!uv_is_active((uv_handle_t *)&r->deadline_timer))
         arm_deadline(r);
 }
@@ -731,6 +736,7 @@ static struct aor_redis_cmd *new_cmd(struct aor_redis *r, enum cmd_kind kind, ao
     cmd->next = NULL;
     cmd->serial = 0;
     cmd->evalsha = 0;
+    cmd->sent = 0;
     return cmd;
 }
 
@@ -1005,6 +1011,15 @@ static void on_written(h2o_socket_t *sock, const char *err)
 }
 
 /* hands the output to the socket when it may go and no write is in flight */
+/* every pending command's bytes are in what goes to the socket now (a partial write counts: Redis
+ * may run what it got) */
+static void mark_sent(struct aor_redis *r)
+{
+    for (struct aor_redis_cmd *cmd = r->unsent; cmd != NULL; cmd = cmd->next)
+        cmd->sent = 1;
+    r->unsent = NULL;
+}
+
 static void conn_flush(struct conn *c)
 {
     h2o_iovec_t buf;
@@ -1027,6 +1042,8 @@ static void conn_flush(struct conn *c)
     } else {
         if (!c->open)
             c->gate -= c->out_len;
+        else
+            mark_sent(c->r);
         if (c->open && c->stream != NULL && c->sock != NULL && c->out_len <= INT_MAX) {
             /* plain TCP, nothing of ours in flight: the socket at once. Taken whole (the usual
              * case), that is all: no write request and callback, nor the epoll_ctl libuv spends
@@ -1139,6 +1156,8 @@ static void dispatch_replies(struct conn *c)
         r->head = cmd->next;
         if (r->head == NULL)
             r->tail = NULL;
+        if (r->unsent == cmd) /* never: a reply comes only to what was sent */
+            r->unsent = cmd->next;
         if (cmd->kind != CMD_USER) {
             handshake_reply(r, cmd, reply);
         } else if (cmd->cb != NULL) {
@@ -1761,6 +1780,11 @@ struct aor_redis_cmd *aor_redis_command_resp(struct aor_redis *r, aor_redis_cb c
 fail:
     count_error();
     return NULL;
+}
+
+int aor_redis_cmd_sent(const struct aor_redis_cmd *cmd)
+{
+    return cmd != NULL && cmd->sent;
 }
 
 void aor_redis_cancel(struct aor_redis_cmd *cmd)

@@ -169,6 +169,11 @@ char *aor_redis_put_count(char *p, char prefix, size_t n);
  */
 void aor_redis_cancel(struct aor_redis_cmd *cmd);
 
+/* 1 when the pending command's bytes were handed to the socket (Redis may have run it even if
+ * its reply never comes: a timeout, a lost connection), 0 when they never left the router. Valid
+ * until its callback returns */
+int aor_redis_cmd_sent(const struct aor_redis_cmd *cmd);
+
 /**
  * Commands gathered by a user across a loop iteration: `fn(data)` runs just before the
  * iteration's commands are written (after the I/O callbacks, or before the loop waits), and the

@@ -701,6 +701,7 @@ static void close_client_conns(struct aor_worker *w)
     h2o_linklist_t *l;
 
     w->tearing_down = 1;
+    aor_admit_teardown(w);
     uv_timer_stop(&w->accept_timer);
     for (l = w->conns.next; l != &w->conns; l = l->next) {
         struct aor_client_conn *c = H2O_STRUCT_FROM_MEMBER(struct aor_client_conn, link, l);

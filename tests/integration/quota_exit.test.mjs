@@ -55,7 +55,7 @@ function logged(stderr, tenant, kind) {
   const sum = { requests: 0, prompt: 0, completion: 0, total: 0, lines: 0, perhaps: 0 };
   for (const m of stderr.matchAll(LINE)) {
     if (!m[2].startsWith(`aoai:usage:{${tenant}}:${kind}:`)) continue;
-    assert.equal(m[3], 'gpt-4o');
+    assert.equal(m[3], '"gpt-4o"');
     sum.lines += 1;
     if (m[1] !== 'not recorded') sum.perhaps += 1;
     sum.requests += Number(m[4]);
