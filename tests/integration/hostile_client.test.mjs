@@ -35,6 +35,7 @@ import {
   startRedis,
   redisCli,
   run,
+  sanitizerEnv,
 } from './lib/harness.mjs';
 import { connectH2, frames, requestHead, hpack, rssKiB } from './lib/hostile_h2.mjs';
 
@@ -341,7 +342,7 @@ describe('logs never block a worker (item 5)', () => {
       configPath,
       toYaml({ threads: 1, listen: [{ address: '127.0.0.1', port }], backends: [backendFor(east, { deployments: { 'gpt-4o': 'gpt-4o' } })] }),
     );
-    const proc = spawn(ROUTER_BIN, ['-c', configPath], { stdio: ['ignore', fd, 'pipe'] });
+    const proc = spawn(ROUTER_BIN, ['-c', configPath], { stdio: ['ignore', fd, 'pipe'], env: sanitizerEnv() });
     let stderr = '';
     proc.stderr.on('data', (d) => (stderr += d));
     const url = `http://127.0.0.1:${port}`;
@@ -390,7 +391,7 @@ describe('logs never block a worker: stderr (item 5)', () => {
     );
     // every request fails over with one stderr line (~120 bytes): 3,000 of them overflow the pipe
     await east.setBehaviour({ status: 500 });
-    const proc = spawn(ROUTER_BIN, ['-c', configPath], { stdio: ['ignore', 'ignore', fd] });
+    const proc = spawn(ROUTER_BIN, ['-c', configPath], { stdio: ['ignore', 'ignore', fd], env: sanitizerEnv() });
     const url = `http://127.0.0.1:${port}`;
     try {
       assert.ok(await pollUntil(() => httpRequest(`${url}/healthz`, { timeoutMs: 1000 }).then((r) => r.status === 200, () => false), { timeoutMs: 10000 * SLOW }));

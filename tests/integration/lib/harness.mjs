@@ -375,12 +375,7 @@ export async function startRouter({ config, env = {}, port, ready = true, tls = 
   const proc = track(
     spawn(ROUTER_BIN, ['-c', configPath], {
       cwd: dir,
-      env: {
-        ...process.env,
-        ASAN_OPTIONS: process.env.ASAN_OPTIONS ?? 'detect_leaks=1',
-        LSAN_OPTIONS: process.env.LSAN_OPTIONS ?? `suppressions=${path.join(ROOT, 'tests/lsan.supp')}`, // h2o's per-thread caches
-        ...env,
-      },
+      env: { ...sanitizerEnv(), ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     }),
   );
@@ -473,6 +468,15 @@ export async function startRouter({ config, env = {}, port, ready = true, tls = 
 
 function tail(s, n = 4000) {
   return s.length > n ? '…' + s.slice(-n) : s;
+}
+
+/** The environment a router process runs with: leak checks on, h2o's per-thread caches suppressed (tests/lsan.supp). */
+export function sanitizerEnv() {
+  return {
+    ...process.env,
+    ASAN_OPTIONS: process.env.ASAN_OPTIONS ?? 'detect_leaks=1',
+    LSAN_OPTIONS: process.env.LSAN_OPTIONS ?? `suppressions=${path.join(ROOT, 'tests/lsan.supp')}`,
+  };
 }
 
 /** Throws when a sanitizer reported anything. */
