@@ -294,17 +294,7 @@ static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
 
 static void sha1_hex(struct script *s)
 {
-    static const char digits[] = "0123456789abcdef";
-    unsigned char md[20];
-    unsigned int n = 0, i;
-
-    if (EVP_Digest(s->body, strlen(s->body), md, &n, EVP_sha1(), NULL) != 1 || n != 20)
-        return; /* sha stays "": every call goes as EVAL */
-    for (i = 0; i != 20; ++i) {
-        s->sha[2 * i] = digits[md[i] >> 4];
-        s->sha[2 * i + 1] = digits[md[i] & 15];
-    }
-    s->sha[40] = '\0';
+    aor_redis_sha1_hex(s->body, s->sha); /* "" when it failed: every call goes as EVAL */
 }
 
 static void make_bulks(struct script *s)

@@ -1,5 +1,6 @@
 /* deftenant.c — see deftenant.h */
 #include <hiredis/hiredis.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "config.h"
@@ -25,12 +26,24 @@ static const char poll_lua[] = "local v = redis.pcall('HMGET', KEYS[1], 'tpm', '
                                "end\n"
                                "return v\n";
 
+/* the poll goes as EVALSHA (every 500 ms per worker and replica: not the script's body each
+ * time); a Redis that lost its script cache answers NOSCRIPT once, and that poll is sent again as
+ * EVAL, which caches it there */
+static char poll_sha[41];
+static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
+
+static void init_sha(void)
+{
+    aor_redis_sha1_hex(poll_lua, poll_sha);
+}
+
 struct aor_deftenant {
     uv_timer_t timer;
     struct aor_worker *w;
     struct aor_redis_cmd *cmd; /* the read in flight, NULL when none */
     struct aor_quota_layer layer;
     int have;        /* a read has answered */
+    int use_eval;    /* the last EVALSHA was answered NOSCRIPT: the next read sends the body */
     uint64_t logged; /* fingerprint of the last reply logged as invalid (worker 0 logs, once per change) */
 };
 
@@ -42,6 +55,8 @@ static uint64_t fnv(const void *p, size_t len, uint64_t h)
     return h;
 }
 
+static void send_poll(struct aor_deftenant *d);
+
 static void on_reply(void *data, const struct redisReply *reply, const char *errstr)
 {
     struct aor_deftenant *d = data;
@@ -50,6 +65,13 @@ static void on_reply(void *data, const struct redisReply *reply, const char *err
     unsigned bad;
 
     d->cmd = NULL;
+    if (errstr == aor_redis_err_reply && reply != NULL && reply->str != NULL && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
+        !d->use_eval) {
+        d->use_eval = 1;
+        send_poll(d); /* at once, as EVAL */
+        return;
+    }
+    d->use_eval = 0;
     if (errstr != NULL || reply == NULL)
         return; /* Redis down, slow or refusing: the last copy stays */
     memset(&f, 0, sizeof(f));
@@ -84,9 +106,8 @@ static void on_reply(void *data, const struct redisReply *reply, const char *err
     d->have = 1;
 }
 
-static void on_poll(uv_timer_t *t)
+static void send_poll(struct aor_deftenant *d)
 {
-    struct aor_deftenant *d = t->data;
     struct aor_worker *w = d->w;
     const char *prefix = w->conf->redis.prefix != NULL ? w->conf->redis.prefix : "aoai:";
     char key[KEY_MAX];
@@ -99,7 +120,17 @@ static void on_poll(uv_timer_t *t)
         return;
     memcpy(key, prefix, pl);
     memcpy(key + pl, "tenant:{default}", sizeof("tenant:{default}"));
+    pthread_once(&sha_once, init_sha);
+    if (!d->use_eval && poll_sha[0] != '\0') {
+        argv[0] = "EVALSHA";
+        argv[1] = poll_sha;
+    }
     d->cmd = aor_redis_command_argv(w->redis, on_reply, d, 4, argv, NULL);
+}
+
+static void on_poll(uv_timer_t *t)
+{
+    send_poll(t->data);
 }
 
 int aor_deftenant_start(struct aor_worker *w)

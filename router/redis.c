@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 #include <hiredis/hiredis.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <h2o.h>
@@ -1780,6 +1781,22 @@ struct aor_redis_cmd *aor_redis_command_resp(struct aor_redis *r, aor_redis_cb c
 fail:
     count_error();
     return NULL;
+}
+
+void aor_redis_sha1_hex(const char *body, char sha[41])
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char md[20];
+    unsigned int n = 0;
+
+    sha[0] = '\0';
+    if (EVP_Digest(body, strlen(body), md, &n, EVP_sha1(), NULL) != 1 || n != 20)
+        return;
+    for (int i = 0; i != 20; ++i) {
+        sha[2 * i] = digits[md[i] >> 4];
+        sha[2 * i + 1] = digits[md[i] & 15];
+    }
+    sha[40] = '\0';
 }
 
 int aor_redis_cmd_sent(const struct aor_redis_cmd *cmd)

@@ -174,6 +174,9 @@ void aor_redis_cancel(struct aor_redis_cmd *cmd);
  * until its callback returns */
 int aor_redis_cmd_sent(const struct aor_redis_cmd *cmd);
 
+/* the SHA1 of a script's body in hex, as EVALSHA names it; "" when the digest failed (then use EVAL) */
+void aor_redis_sha1_hex(const char *body, char sha[41]);
+
 /**
  * Commands gathered by a user across a loop iteration: `fn(data)` runs just before the
  * iteration's commands are written (after the I/O callbacks, or before the loop waits), and the

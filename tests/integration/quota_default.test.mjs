@@ -246,6 +246,33 @@ describe('the tenant named default in Redis: the last fallback layer', () => {
     assert.match(r.json().error.message, /rpm/);
   });
 
+  it('the poll goes as EVALSHA, not the script body every 500 ms; after SCRIPT FLUSH (NOSCRIPT) it reloads the script once and the layer still applies within 2 s', async () => {
+    await resetLayer();
+    const stats = async () => {
+      const text = await cli('INFO', 'commandstats');
+      const calls = (name) => Number((text.match(new RegExp(`^cmdstat_${name}:calls=(\\d+)`, 'm')) ?? [0, 0])[1]);
+      return { eval: calls('eval'), evalsha: calls('evalsha') };
+    };
+    // no requests meanwhile: what Redis runs are the two routers' polls (2 workers each)
+    const a = await stats();
+    await sleep(2000);
+    const b = await stats();
+    assert.equal(b.eval - a.eval, 0, `EVAL sent ${b.eval - a.eval} times in 2 s`);
+    assert.ok(b.evalsha - a.evalsha >= 8, `EVALSHA ${b.evalsha - a.evalsha} times in 2 s (4 workers, every 500 ms)`);
+    await cli('SCRIPT', 'FLUSH');
+    await awayFromMinuteEdge();
+    const t0 = Date.now();
+    await cli('HSET', DEFAULT_KEY, 'rpm', '3');
+    await msUntil(routerA, 3, t0);
+    await msUntil(routerB, 3, t0);
+    const c = await stats();
+    assert.ok(c.eval - b.eval >= 1 && c.eval - b.eval <= 16, `EVAL after the flush: ${c.eval - b.eval} (Redis caches a script for every connection: at most one per worker and script)`);
+    await sleep(1000);
+    const d = await stats();
+    assert.equal(d.eval - c.eval, 0, 'EVALSHA again once the script is cached');
+    await cli('DEL', DEFAULT_KEY);
+  });
+
   it('the tenant hash, then the config, come first: own rpm 5, config tenants.owncfg rpm 50, config tenants.default tpm over the layer tpm 1', async () => {
     await resetLayer();
     await awayFromMinuteEdge();
