@@ -1011,7 +1011,6 @@ static void on_written(h2o_socket_t *sock, const char *err)
     conn_flush(c);
 }
 
-/* hands the output to the socket when it may go and no write is in flight */
 /* every pending command's bytes are in what goes to the socket now (a partial write counts: Redis
  * may run what it got) */
 static void mark_sent(struct aor_redis *r)
@@ -1021,6 +1020,7 @@ static void mark_sent(struct aor_redis *r)
     r->unsent = NULL;
 }
 
+/* hands the output to the socket when it may go and no write is in flight */
 static void conn_flush(struct conn *c)
 {
     h2o_iovec_t buf;
@@ -1157,7 +1157,7 @@ static void dispatch_replies(struct conn *c)
         r->head = cmd->next;
         if (r->head == NULL)
             r->tail = NULL;
-        if (r->unsent == cmd) /* never: a reply comes only to what was sent */
+        if (r->unsent == cmd) /* a handshake command (its bytes went out under the gate, unmarked) */
             r->unsent = cmd->next;
         if (cmd->kind != CMD_USER) {
             handshake_reply(r, cmd, reply);

@@ -8,9 +8,9 @@ import crypto from 'node:crypto';
 import http from 'node:http';
 import { startMock, startRouter, backendFor, chatBody, CHAT_PATH, stopAll, run, pollUntil, sleep, h2Burst, waitExit, checkSanitizers, SLOW } from './lib/harness.mjs';
 import { startDurableRedis } from './lib/quota_redis.mjs';
+import { exitLines } from './lib/exit_report.mjs';
 
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
-const LINE = /usage (not recorded|perhaps not recorded \(sent, never confirmed\)) at exit: key (\S+) deployment (\S+) requests (-?\d+) prompt_tokens (-?\d+) completion_tokens (-?\d+) total_tokens (-?\d+)/g;
 
 let east, redis;
 
@@ -67,18 +67,6 @@ async function burst(url, n, keyFor, par = 8) {
   );
   agent.destroy();
   return out;
-}
-
-function exitLines(stderr) {
-  return [...stderr.matchAll(LINE)].map((m) => ({
-    sure: m[1] === 'not recorded',
-    key: m[2],
-    deployment: m[3],
-    requests: Number(m[4]),
-    prompt: Number(m[5]),
-    completion: Number(m[6]),
-    total: Number(m[7]),
-  }));
 }
 
 /** sum of a field over every usage hash whose name matches the Lua pattern */

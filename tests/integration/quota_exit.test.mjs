@@ -7,10 +7,10 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { startMock, startRouter, backendFor, post, chatBody, CHAT_PATH, stopAll, run, pollUntil, sleep, setBehaviour, resetMock, SLOW } from './lib/harness.mjs';
 import { startDurableRedis } from './lib/quota_redis.mjs';
+import { exitLines } from './lib/exit_report.mjs';
 
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
 const KEY = `aor_${crypto.randomBytes(24).toString('base64url')}`;
-const LINE = /usage (not recorded|perhaps not recorded \(sent, never confirmed\)) at exit: key (\S+) deployment (\S+) requests (\d+) prompt_tokens (\d+) completion_tokens (\d+) total_tokens (\d+)/g;
 
 let east, redis;
 
@@ -53,15 +53,15 @@ async function serve(router, n) {
 /** the exit lines of one window kind ('day', 'minute', 'month'), summed */
 function logged(stderr, tenant, kind) {
   const sum = { requests: 0, prompt: 0, completion: 0, total: 0, lines: 0, perhaps: 0 };
-  for (const m of stderr.matchAll(LINE)) {
-    if (!m[2].startsWith(`aoai:usage:{${tenant}}:${kind}:`)) continue;
-    assert.equal(m[3], '"gpt-4o"');
+  for (const l of exitLines(stderr)) {
+    if (!l.key.startsWith(`aoai:usage:{${tenant}}:${kind}:`)) continue;
+    assert.equal(l.deployment, '"gpt-4o"');
     sum.lines += 1;
-    if (m[1] !== 'not recorded') sum.perhaps += 1;
-    sum.requests += Number(m[4]);
-    sum.prompt += Number(m[5]);
-    sum.completion += Number(m[6]);
-    sum.total += Number(m[7]);
+    if (!l.sure) sum.perhaps += 1;
+    sum.requests += l.requests;
+    sum.prompt += l.prompt;
+    sum.completion += l.completion;
+    sum.total += l.total;
   }
   return sum;
 }
